@@ -128,17 +128,16 @@ class Run:
         return path
 
 
-def start_run(notebook: str, parameters: Mapping[str, Any], results_dir: str = "", seed: int | None = None,
-              quiet: bool = False) -> Run:
+def start_run(notebook: str, parameters: Mapping[str, Any], quiet: bool = False) -> Run:
     """Open ``<results>/<profile>/<notebook>/`` for a notebook run and print its resolved config.
 
     parameters: the notebook's parameters (see :func:`collect_parameters`); ``QUICK`` picks the
-    profile name ("quick" or "paper"), ``SEED`` the seed.
+    profile name ("quick" or "paper"), ``SEED`` the seed, ``RESULTS_DIR`` the results root.
     """
     params = dict(parameters)
     profile = "quick" if params.get("QUICK", True) else "paper"
-    seed = int(params.get("SEED", 0) if seed is None else seed)
-    directory = results_root(results_dir) / profile / notebook
+    seed = int(params.get("SEED", 0))
+    directory = results_root(params.get("RESULTS_DIR", "")) / profile / notebook
     directory.mkdir(parents=True, exist_ok=True)
     run = Run(notebook=notebook, profile=profile, parameters=params, seed=seed, directory=directory)
     torch.manual_seed(seed)
