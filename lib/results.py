@@ -90,12 +90,13 @@ class Run:
         return self.directory / name
 
     def write_table(self, name: str, rows: Sequence[Mapping[str, Any]]) -> Path:
-        """Write rows (dicts with the same keys) as ``<name>.csv``."""
+        """Write rows (dicts) as ``<name>.csv``; a key missing from a row is left empty in that row."""
         if not rows:
             raise ValueError(f"table {name!r} has no rows")
         path = self.path(f"{name}.csv")
+        fieldnames = list(dict.fromkeys(key for row in rows for key in row))  # union, first-seen order
         with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
             writer.writeheader()
             writer.writerows(rows)
         return path
