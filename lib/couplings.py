@@ -195,7 +195,7 @@ class IndependentCoupling(Coupling):
 
     def pair(self, x: Tensor, index: Tensor) -> CoupledBatch:
         z = _fresh_noise(x, self.generator)
-        cost = cost_matrix(x, z, self.cost).diagonal().mean().item()
+        cost = cost_matrix_diagonal(x, z, self.cost).mean().item()
         return CoupledBatch(z=z, x=x, stats=CouplingStats(swaps=0, cost_before=cost, cost_after=cost))
 
 
@@ -277,7 +277,7 @@ class LoomCoupling(Coupling):
         seeds = self.seeds[index, caches]
         z = noise_from_seeds(seeds, tuple(x.shape[1:]), x.device)  # step 1b
         if self.no_swaps:
-            cost = cost_matrix(x, z, self.cost).diagonal().mean().item()
+            cost = cost_matrix_diagonal(x, z, self.cost).mean().item()
             return CoupledBatch(z=z, x=x, stats=CouplingStats(0, cost, cost))
         perm, stats = _assign(x, z, self.cost)  # step 2
         self.seeds[index, caches] = seeds[torch.as_tensor(perm)]  # step 3: write the seeds back

@@ -1,0 +1,161 @@
+"""Coupling-cost benchmark: wall time of one coupling step, LOOM vs independent vs minibatch OT.
+
+Issue target: at batch 128 with CIFAR-shaped examples (3x32x32) and 50k examples, on the CPU, a LOOM
+step costs at most 2x an independent step. All couplings see the same batches in one run, so the
+ratios are comparable even on a noisy machine. The LOOM step is also broken into its parts (noise
+regeneration from seeds, cost matrix, exact assignment) to show where the time goes.
+
+    python -m lib.benchmarks            # writes results/quick/benchmarks/coupling_cost.{csv,json}
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+from lib import results
+from lib.couplings import COUPLINGS, cost_matrix, epoch_batches, exact_assignment, make_coupling, noise_from_seeds
+
+
+@dataclass(frozen=True)
+class CouplingBenchmark:
+    """Settings of the coupling-cost benchmark (defaults: the issue's CIFAR-10 setting)."""
+
+    num_examples: int = 50_000  # size of LOOM's seed table
+    shape: tuple[int, ...] = (3, 32, 32)  # one example
+    batch_size: int = 128  # OT batch
+    steps: int = 60  # timed steps per coupling
+    warmup: int = 5  # untimed steps first (allocator, scipy import, caches)
+    device: str = "cpu"
+    seed: int = 0
+
+
+def _clock() -> float:
+    """perf_counter after any queued CUDA work has finished."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def interleaved_median_ms(fns: dict[str, Callable[[int], object]], steps: int, warmup: int) -> dict[str, float]:
+    """Median wall time in ms of each ``fn(step)``; the functions take turns at every step.
+
+    Taking turns exposes every contender to the same background load, so their ratios stay
+    meaningful on a shared, noisy machine even when the absolute times drift.
+    """
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for step in range(warmup + steps):
+        for name, fn in fns.items():
+            start = _clock()
+            fn(step)
+            if step >= warmup:
+                times[name].append(_clock() - start)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+def _batches(setting: CouplingBenchmark) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(x (B, *shape), index (B,)) pairs: random CIFAR-shaped data with disjoint indices from one epoch.
+
+    Only the batch's data is materialised; the seed table still has num_examples rows.
+    """
+    generator = torch.Generator().manual_seed(setting.seed)
+    indices = epoch_batches(setting.num_examples, setting.batch_size, generator)
+    count = setting.steps + setting.warmup
+    return [(torch.rand(setting.batch_size, *setting.shape, generator=generator).to(setting.device) * 2 - 1,
+             indices[i % len(indices)]) for i in range(count)]
+
+
+def file_per_example_step(folder: Path, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The approach we replace: each example's noise lives in its own file, read and rewritten every step.
+
+    x: (B, *shape), index: (B,) -> z (B, *shape) re-paired by exact assignment, files rewritten.
+    """
+    z = torch.stack([torch.load(folder / f"{i}.pt") for i in index.tolist()])
+    perm = exact_assignment(cost_matrix(x, z))
+    z = z[torch.as_tensor(perm)]
+    for i, noise in zip(index.tolist(), z):
+        torch.save(noise.clone(), folder / f"{i}.pt")
+    return z
+
+
+def seed_files(folder: Path, setting: CouplingBenchmark, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """One noise file per example touched by ``batches`` (the untouched 50k would only cost disk)."""
+    for i in torch.cat([index for _, index in batches]).unique().tolist():
+        torch.save(torch.randn(setting.shape), folder / f"{i}.pt")
+
+
+def time_couplings(setting: CouplingBenchmark) -> list[dict[str, object]]:
+    """One row per contender: median ms per step and its ratio to the independent coupling.
+
+    Contenders: the three couplings, LOOM with one file per example (the approach replaced), and
+    the parts of a LOOM step (noise from seeds, cost matrix, exact assignment) next to torch.randn.
+    """
+    batches = _batches(setting)
+    coupling = {name: make_coupling(name, setting.num_examples, seed=setting.seed) for name in COUPLINGS}
+    x, _ = batches[0]
+    seeds = torch.randint(2**62, (setting.batch_size,), generator=torch.Generator().manual_seed(1))
+    z = noise_from_seeds(seeds, setting.shape, setting.device)
+    costs = cost_matrix(x, z)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        seed_files(folder, setting, batches)
+        fns: dict[str, Callable[[int], object]] = {
+            **{name: (lambda step, c=c: c(*batches[step])) for name, c in coupling.items()},
+            "loom with one file per example": lambda step: file_per_example_step(folder, *batches[step]),
+            "loom part: noise from seeds": lambda step: noise_from_seeds(seeds, setting.shape, setting.device),
+            "independent part: torch.randn": lambda step: torch.randn(x.shape, device=x.device),
+            "loom part: cost matrix (cdist)": lambda step: cost_matrix(x, z),
+            "loom part: exact assignment (scipy)": lambda step: exact_assignment(costs),
+        }
+        medians = interleaved_median_ms(fns, setting.steps, setting.warmup)
+    base = medians["independent"]
+    return [{"part": name, "ms_per_step": ms, "ratio_to_independent": ms / base} for name, ms in medians.items()]
+
+
+def summary(rows: list[dict[str, object]], setting: CouplingBenchmark) -> dict[str, object]:
+    """The headline ratios and whether the issue's target (LOOM <= 2x independent) is met."""
+    ms = {r["part"]: r["ms_per_step"] for r in rows}
+    return {
+        **asdict(setting), "torch_threads": torch.get_num_threads(),
+        "ms_independent": ms["independent"], "ms_minibatch_ot": ms["minibatch_ot"], "ms_loom": ms["loom"],
+        "loom_over_independent": ms["loom"] / ms["independent"],
+        "minibatch_ot_over_independent": ms["minibatch_ot"] / ms["independent"],
+        "loom_over_minibatch_ot": ms["loom"] / ms["minibatch_ot"],
+        "file_per_example_over_loom": ms["loom with one file per example"] / ms["loom"],
+        "target_loom_at_most_2x_independent": ms["loom"] / ms["independent"] <= 2.0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lib.benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-examples", type=int, default=CouplingBenchmark.num_examples)
+    parser.add_argument("--batch-size", type=int, default=CouplingBenchmark.batch_size)
+    parser.add_argument("--steps", type=int, default=CouplingBenchmark.steps)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--profile", default="quick", choices=["quick", "paper"], help="results subfolder")
+    parser.add_argument("--results-dir", default="", help="results root (default: <repo>/results)")
+    args = parser.parse_args(argv)
+    setting = CouplingBenchmark(num_examples=args.num_examples, batch_size=args.batch_size, steps=args.steps,
+                                device=args.device)
+    params = {"QUICK": args.profile == "quick", "SEED": setting.seed, "RESULTS_DIR": args.results_dir,
+              **{k.upper(): v for k, v in asdict(setting).items()}}
+    run = results.start_run("benchmarks", params)
+    rows = time_couplings(setting)
+    run.write_table("coupling_cost", rows)
+    run.write_json("coupling_cost", summary(rows, setting))
+    run.finish()
+    for row in rows:
+        print(f"{row['part']:38s} {row['ms_per_step']:8.2f} ms  x{row['ratio_to_independent']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
