@@ -17,6 +17,7 @@ from lib.datasets import (
     collate_indexed, digits_split_indices, make_dataset, read_cifar10, to_uint8, uint8_to_unit,
     write_fake_cifar10, write_hdf5_images, write_hdf5_latents,
 )
+from lib.results import REPO_ROOT
 
 
 def random_uint8(n, c=3, h=8, w=8, seed=0):
@@ -344,3 +345,19 @@ def test_writers_reject_wrong_inputs_and_leave_no_file(tmp_path):
     with pytest.raises(ValueError, match="scale"):
         write_hdf5_latents(tmp_path / "z.h5", torch.zeros(2, 4, 2, 2), scale=0.0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_data_prep_cifar10_verifies_the_on_disk_format(tmp_path, capsys):
+    """data_prep/cifar10.py --offline accepts a copy in the official format and refuses a missing one."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("prep_cifar10", REPO_ROOT / "data_prep" / "cifar10.py")
+    prep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prep)
+    assert prep.main(["--root", str(tmp_path / "missing"), "--offline"]) == 1
+    assert "Fix: run" in capsys.readouterr().err
+    write_fake_cifar10(tmp_path, num_train=50, num_test=10)
+    assert prep.main(["--root", str(tmp_path), "--offline"]) == 1  # not the official sizes
+    assert "expected 50000" in capsys.readouterr().err
+    assert prep.main(["--root", str(tmp_path), "--offline", "--allow-subset"]) == 0
+    assert "{'train': 50, 'test': 10}" in capsys.readouterr().out

@@ -1,0 +1,87 @@
+"""The repository keeps its promises: same dependencies for pip and conda, clean notebooks that follow
+the kit's conventions, profiles that only name real parameters, CI running the README's test command."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from lib import reproduce
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def _requirement_name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_lists_the_pyproject_dependencies() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    conda = yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
+    pip_section = next(d["pip"] for d in conda if isinstance(d, dict))
+    conda_pip = [r for r in pip_section if not r.startswith("-e")]
+    assert sorted(conda_pip) == sorted(pyproject), "environment.yml and pyproject.toml disagree"
+    assert {_requirement_name(r) for r in pyproject} >= {"torch", "torchvision", "papermill", "nbval", "clean-fid"}
+    assert "torch==2.14.1" in pyproject and "torchvision==0.29.1" in pyproject
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    command = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+               if line and not line.startswith(("#", "set ", "cd "))]
+    assert command == ["make test"]
+    assert "make test" in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_committed_clean_and_follows_the_conventions(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "strip outputs and execution counts"
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith(f"# {path.stem[:2]} ")
+    parameters = code[0]
+    assert "parameters" in parameters.metadata.get("tags", []), "first code cell must be tagged parameters"
+    assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
+    lines = [line for line in parameters.source.splitlines() if line.strip()]
+    assert all(re.match(r"^[A-Z][A-Z0-9_]* = .+  # \S", line) for line in lines), "NAME = literal  # comment"
+    assert "QUICK = True" in parameters.source and "RESULTS_DIR = " in parameters.source
+
+
+def test_profiles_name_existing_notebooks_and_parameters() -> None:
+    quick, paper = reproduce.load_profile("quick"), reproduce.load_profile("paper")
+    assert list(quick) == sorted(quick) and set(paper) >= set(quick)
+    for profile in (quick, paper):
+        for name, params in profile.items():
+            reproduce.check_parameters(reproduce.notebook_path(name), params)
+    assert all(params.get("QUICK") is False for params in paper.values())
+
+
+def test_unknown_papermill_parameter_is_refused_with_the_fix() -> None:
+    with pytest.raises(ValueError, match=r"has no parameter\(s\) \['STEPZ'\].*Fix the name"):
+        reproduce.check_parameters(reproduce.notebook_path("03_toy_generation"), {"STEPZ": 10})
+
+
+def test_unknown_profile_or_notebook_names_the_known_ones() -> None:
+    with pytest.raises(SystemExit, match="unknown profile 'fast'"):
+        reproduce.load_profile("fast")
+    with pytest.raises(FileNotFoundError, match="known notebooks"):
+        reproduce.notebook_path("99_missing")
+    with pytest.raises(SystemExit, match="matches none"):
+        reproduce.select(reproduce.load_profile("quick"), ["42"])
+
+
+def test_results_on_main_carry_their_provenance() -> None:
+    """Every committed result folder has a run.json with the fields the standards ask for."""
+    for run_json in (ROOT / "results").glob("*/*/run.json"):
+        run = json.loads(run_json.read_text())
+        for key in ("parameters", "profile", "git_commit", "versions", "device", "seed", "wall_time_s", "files"):
+            assert key in run, f"{run_json} lacks {key}"
+        assert all((run_json.parent / f).exists() for f in run["files"]), f"{run_json} lists a missing file"
