@@ -63,8 +63,8 @@ def package_versions() -> dict[str, str]:
 
 
 def device_description() -> dict[str, Any]:
-    """CPU model and thread count, and the GPU name if one is used."""
-    info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    """Where the run computed ("cpu" or "cuda"), CPU model and thread count, and the GPU name if there is one."""
+    info: dict[str, Any] = {"device": "cuda" if torch.cuda.is_available() else "cpu", "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(0)
