@@ -1,24 +1,43 @@
-"""One training loop for conditional flow matching with any coupling.
+"""One training loop for conditional flow matching with any coupling, in-process or under torchrun.
 
-Used in-process by the notebooks on tensors that fit in memory (toys, digits). Per step:
-draw the next batch of example indices from a shuffled epoch, let the coupling pair noise with the
-batch (LOOM writes its seeds back here), take an Adam step on the CFM loss, update the EMA.
-Adam with linear warm-up then constant lr and gradient-norm clipping, as in the released configs.
+Per step (paper Algorithm 1 around the CFM update): draw the next global batch of example indices
+from a shuffled epoch, gather the batch's data from every rank, let the coupling pair noise with it
+(LOOM writes its seeds back here, identically on every rank), keep this rank's slice, take an Adam
+step on the CFM loss (DDP averages the gradients), update the EMA. Adam with linear warm-up then
+constant lr and gradient-norm clipping, as in the released configs.
+
+Checkpoints hold everything the next step depends on (weights, EMA, optimizer, scheduler, the
+coupling's seed table and generator, RNG states, the rest of the current epoch), are written
+atomically, and resume exactly: N steps + resume + N steps == 2N straight steps.
+
+    python -m lib.train --dataset digits --model mlp --coupling loom --steps 2000 --out runs/digits
+    torchrun --nproc_per_node=4 -m lib.train --dataset cifar10 --root data --model cifar10 --out runs/c10
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from lib.couplings import Coupling, LoomCoupling, converge_pairing, epoch_batches
+from lib import distributed
+from lib.couplings import Coupling, LoomCoupling, converge_pairing, epoch_batches, make_coupling
+from lib.datasets import IndexedImages, make_dataset
 from lib.flow import cfm_loss, sample_time
+
+Data = Union[Tensor, IndexedImages]  # (N, *shape) in memory, or a dataset of the kit
+CHECKPOINT_FORMAT = "loom-kit-train-v1"
 
 
 @dataclass(frozen=True)
@@ -26,7 +45,7 @@ class TrainConfig:
     """Flat training settings (the released configs' names where they exist)."""
 
     steps: int = 2000  # optimiser steps
-    batch_size: int = 128  # minibatch = OT batch on one device
+    batch_size: int = 128  # per-rank batch; the OT batch is batch_size x world size
     lr: float = 1e-3  # Adam learning rate after warm-up
     warmup_steps: int = 0  # linear warm-up from 0 to lr
     grad_clip: float = 1.0  # max gradient norm
@@ -37,6 +56,12 @@ class TrainConfig:
     redraw_every_epochs: int = 0  # >0: LOOM redraws all seeds this often (appendix's rejected variant)
     converge_first: bool = False  # "train after convergence": re-pair without training until no swaps
     progress: bool = True  # tqdm progress bar
+    checkpoint_every: int = 0  # steps between checkpoints (0: only at the end), when a path is given
+    bf16: bool = False  # bf16 autocast for the forward pass on CUDA (ignored on the CPU)
+
+
+# Settings a resumed run may change: they do not alter the trajectory of the weights.
+RESUMABLE_CHANGES = frozenset({"steps", "progress", "log_every", "checkpoint_every"})
 
 
 @dataclass
@@ -47,6 +72,20 @@ class TrainResult:
     ema: nn.Module
     history: list[dict[str, float]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Loop:
+    """Where the loop is: last finished step, epoch, the epoch's remaining batches, the order/time RNG."""
+
+    step: int
+    epoch: int
+    batches: list[Tensor]
+    generator: torch.Generator
+
+
+class TrainCheckpointError(ValueError):
+    """A training checkpoint that cannot be resumed: the message names the file and the fix."""
 
 
 def make_ema(model: nn.Module, decay: float) -> AveragedModel:
@@ -61,40 +100,256 @@ def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torc
     )
 
 
-def train_flow(model: nn.Module, data: Tensor, coupling: Coupling, config: TrainConfig) -> TrainResult:
-    """Train ``model`` on ``data`` (N, *shape), example i = data[i], pairing noise through ``coupling``."""
-    if config.batch_size > len(data):
-        raise ValueError(f"batch_size {config.batch_size} exceeds the {len(data)} examples")
-    if config.converge_first:
-        if not isinstance(coupling, LoomCoupling):
-            raise ValueError("converge_first needs the loom coupling")
-        converge_pairing(coupling, data, config.batch_size, seed=config.seed)
+def fetch_batch(data: Data, index: Tensor, device: torch.device) -> Tensor:
+    """Examples ``index`` (b,) of ``data`` -> (b, *shape) on ``device`` (flipped copies included)."""
+    x = data[index] if isinstance(data, Tensor) else data.__getitems__(index)[1]
+    return x.to(device, non_blocking=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, synced, then renamed.
+
+    A crash leaves either the previous checkpoint or the new one, never a torn file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a training checkpoint written by :func:`save_checkpoint`, with errors that name the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainCheckpointError(f"no checkpoint at {path}; check the path (or drop --resume to start fresh)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: trusted
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a torn or foreign file
+        raise TrainCheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); "
+                                   "it may be truncated: delete it and resume from an earlier one") from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise TrainCheckpointError(
+            f"{path} is not a training checkpoint of this kit (format {state.get('format') if isinstance(state, dict) else None!r}); "
+            "a released model checkpoint loads with lib.unet.load_released_unet for evaluation, not for resuming")
+    return state
+
+
+def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """Refuse to resume with settings that would change the run (anything but RESUMABLE_CHANGES)."""
+    now = asdict(config)
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise TrainCheckpointError(f"{path} was written with other settings ({detail}); resume with the "
+                                   "checkpoint's settings or start a new run in another folder")
+
+
+def checkpoint_state(model: nn.Module, ema: AveragedModel, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, coupling: Coupling, loop: Loop,
+                     history: list[dict[str, float]], config: TrainConfig) -> dict[str, Any]:
+    """Everything the next step depends on. ``model``/``optimizer``/``lr_scheduler``/``global_step`` keep
+    the released checkpoints' names, so lib.unet's loader reads the model of these files too."""
+    return {
+        "format": CHECKPOINT_FORMAT, "config": asdict(config), "world_size": distributed.world_size(),
+        "global_step": loop.step, "epoch": loop.epoch, "batches": [b.clone() for b in loop.batches],
+        "generator": loop.generator.get_state(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+        "lr_scheduler": scheduler.state_dict(), "coupling": coupling.state_dict(), "history": list(history),
+    }
+
+
+def restore(state: dict[str, Any], model: nn.Module, ema: AveragedModel, optimizer: torch.optim.Optimizer,
+            scheduler: torch.optim.lr_scheduler.LRScheduler, coupling: Coupling, loop: Loop,
+            history: list[dict[str, float]]) -> None:
+    """Load a :func:`checkpoint_state` dict back into live objects (in place)."""
+    if state["world_size"] != distributed.world_size():
+        raise TrainCheckpointError(f"checkpoint was written by {state['world_size']} rank(s), this run has "
+                                   f"{distributed.world_size()}; resume with the same number of processes")
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["lr_scheduler"])
+    coupling.load_state_dict(state["coupling"])
+    loop.step, loop.epoch, loop.batches = state["global_step"], state["epoch"], list(state["batches"])
+    loop.generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    history[:] = state["history"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def next_batch(loop: Loop, num_examples: int, global_batch: int, coupling: Coupling, config: TrainConfig) -> Tensor:
+    """The next global batch of example indices (global_batch,), starting a new epoch when one ends."""
+    if not loop.batches:
+        loop.epoch += 1
+        if config.redraw_every_epochs and isinstance(coupling, LoomCoupling) and loop.epoch > 1 \
+                and (loop.epoch - 1) % config.redraw_every_epochs == 0:
+            coupling.redraw()
+        loop.batches = epoch_batches(num_examples, global_batch, loop.generator)
+    return loop.batches.pop(0)
+
+
+def cfm_step(net: nn.Module, data: Data, coupling: Coupling, index: Tensor, loop: Loop, config: TrainConfig,
+             device: torch.device) -> tuple[Tensor, Any]:
+    """Loss of this rank's slice of the global batch ``index`` (B,) after the coupling re-paired it.
+
+    Every rank gathers the whole batch, so the coupling solves one B x B assignment and its state
+    (LOOM's seed table) evolves identically everywhere; time samples are drawn for the whole batch too,
+    so a run on W ranks sees the same pairs and times as one process with the global batch.
+    """
+    mine = distributed.rank_slice(len(index))
+    x = distributed.all_gather_cat(fetch_batch(data, index[mine], device))
+    pair = coupling(x, index)
+    t = sample_time(len(index), device, loop.generator)[mine]
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda"):
+        loss = cfm_loss(net, pair.z[mine], pair.x[mine], t, config.sigma)
+    return loss, pair.stats
+
+
+def train_flow(model: nn.Module, data: Data, coupling: Coupling, config: TrainConfig,
+               checkpoint: str | os.PathLike[str] | None = None) -> TrainResult:
+    """Train ``model`` on ``data`` (example i = data[i]), pairing noise through ``coupling``.
+
+    checkpoint: a file path; if it exists the run resumes from it exactly, and it is (re)written every
+    ``config.checkpoint_every`` steps and at the end. Under torchrun every rank calls this with the
+    same arguments; ``model`` is wrapped in DDP here.
+    """
+    device = next(model.parameters()).device
+    num_examples, global_batch = len(data), config.batch_size * distributed.world_size()
+    if global_batch > num_examples:
+        raise ValueError(f"global batch {global_batch} (batch_size x ranks) exceeds the {num_examples} examples")
     torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = warmup_schedule(optimizer, config.warmup_steps)
     ema = make_ema(model, config.ema_decay)
+    loop = Loop(step=0, epoch=0, batches=[], generator=torch.Generator().manual_seed(config.seed))
     history: list[dict[str, float]] = []
-    batches: list[Tensor] = []
-    epoch = 0
-    for step in tqdm(range(1, config.steps + 1), disable=not config.progress, desc=coupling.name):
-        if not batches:
-            epoch += 1
-            if config.redraw_every_epochs and isinstance(coupling, LoomCoupling) and epoch > 1 \
-                    and (epoch - 1) % config.redraw_every_epochs == 0:
-                coupling.redraw()
-            batches = epoch_batches(len(data), config.batch_size, generator)
-        index = batches.pop(0)
-        pair = coupling(data[index], index)
-        t = sample_time(len(index), data.device, generator)
-        loss = cfm_loss(model, pair.z, pair.x, t, config.sigma)
+    path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None and path.exists():
+        state = load_checkpoint(path)
+        check_resumable(state["config"], config, path)
+        restore(state, model, ema, optimizer, scheduler, coupling, loop, history)
+    elif config.converge_first:
+        if not isinstance(coupling, LoomCoupling) or not isinstance(data, Tensor):
+            raise ValueError("converge_first needs the loom coupling and in-memory data (a tensor)")
+        converge_pairing(coupling, data, global_batch, seed=config.seed)
+    net = DistributedDataParallel(model) if distributed.world_size() > 1 else model
+    bar = tqdm(range(loop.step + 1, config.steps + 1), disable=not config.progress or not distributed.is_main(),
+               desc=coupling.name, initial=loop.step, total=config.steps)
+    for step in bar:
+        index = next_batch(loop, num_examples, global_batch, coupling, config)
+        loss, stats = cfm_step(net, data, coupling, index, loop, config, device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         scheduler.step()
         ema.update_parameters(model)
+        loop.step = step
         if step % config.log_every == 0 or step == config.steps:
-            history.append({"step": step, "epoch": epoch, "loss": loss.item(), "swaps": pair.stats.swaps,
-                            "cost_before": pair.stats.cost_before, "cost_after": pair.stats.cost_after})
+            history.append({"step": step, "epoch": loop.epoch, "loss": loss.item(), "swaps": stats.swaps,
+                            "cost_before": stats.cost_before, "cost_after": stats.cost_after})
+        if path is not None and (step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0)):
+            if distributed.is_main():
+                save_checkpoint(path, checkpoint_state(model, ema, optimizer, scheduler, coupling, loop, history, config))
+            distributed.barrier()
     return TrainResult(model=model, ema=copy.deepcopy(ema.module).eval(), history=history, config=asdict(config))
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: python -m lib.train / torchrun -m lib.train
+# ---------------------------------------------------------------------------------------------
+
+
+def build_model(name: str, example_shape: tuple[int, ...]) -> nn.Module:
+    """``mlp`` (flat data of any shape) or a lib.unet preset name (cifar10, digits, tiny, ...)."""
+    if name == "mlp":
+        from lib.models import MLP
+
+        return MLP(math.prod(example_shape))
+    from lib.unet import PRESETS, build_unet
+
+    if name not in PRESETS:
+        raise ValueError(f"unknown model {name!r}; use 'mlp' or a UNet preset: {sorted(PRESETS)}")
+    return build_unet(name)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    defaults = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m lib.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="digits", help="digits, cifar10, imagefolder or hdf5")
+    p.add_argument("--root", help="dataset folder or file (cifar10: the folder holding cifar-10-batches-py)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
+                   help="horizontal flips as extra examples i + N (the paper's images; not for digits)")
+    p.add_argument("--model", default="mlp", help="mlp or a lib.unet preset")
+    p.add_argument("--coupling", default="loom", help="independent, minibatch_ot or loom")
+    p.add_argument("--caches", type=int, default=1, help="LOOM noise caches per example")
+    p.add_argument("--cost", default="l2", help="pairing cost: l2 (released code) or sqeuclidean")
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint.pt, config.json, history.json")
+    p.add_argument("--dump-seeds", action="store_true", help="each rank saves its final seed table (checks)")
+    p.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
+    for f in fields(TrainConfig):
+        if f.name in ("progress",):
+            continue
+        kind = type(f.default)
+        flag = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            p.add_argument(flag, type=kind, default=getattr(defaults, f.name))
+    return p.parse_args(argv)
+
+
+def dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Constructor arguments of the chosen dataset from the command line."""
+    if args.dataset == "digits":
+        return {"split": "train", "flip": args.flip}
+    if not args.root:
+        raise SystemExit(f"--dataset {args.dataset} needs --root (the data folder or file)")
+    return {"root": args.root, "flip": args.flip} if args.dataset != "hdf5" else {"path": args.root, "flip": args.flip}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = distributed.init_from_env()
+    if args.device:
+        device = torch.device(args.device)
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "progress"})
+    data = make_dataset(args.dataset, **dataset_kwargs(args))
+    torch.manual_seed(config.seed)  # same initial weights on every rank
+    model = build_model(args.model, tuple(data[0][1].shape)).to(device)
+    coupling = make_coupling(args.coupling, len(data), num_caches=args.caches, seed=config.seed, cost=args.cost)
+    if distributed.is_main():
+        args.out.mkdir(parents=True, exist_ok=True)
+        run_config = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                      "world_size": distributed.world_size(), "num_examples": len(data), "device": str(device)}
+        (args.out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+        print(json.dumps(run_config), flush=True)
+    result = train_flow(model, data, coupling, config, checkpoint=args.out / "checkpoint.pt")
+    if distributed.is_main():
+        (args.out / "history.json").write_text(json.dumps(result.history) + "\n")
+    if args.dump_seeds and isinstance(coupling, LoomCoupling):
+        torch.save(coupling.seeds, args.out / f"seeds_rank{distributed.rank()}.pt")
+    distributed.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

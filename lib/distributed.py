@@ -1,0 +1,68 @@
+"""torch.distributed glue for `torchrun -m lib.train` (gloo on CPU, nccl on CUDA).
+
+LOOM under data parallelism (paper_setup.md): every rank all-gathers the data of the global batch,
+solves ONE assignment on it and keeps its own slice. Because every rank runs the same coupling
+step on the same inputs, the seed tables stay identical without ever being communicated.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def launched_by_torchrun() -> bool:
+    """True when torchrun's environment (WORLD_SIZE, RANK, MASTER_ADDR) is present."""
+    return all(k in os.environ for k in ("WORLD_SIZE", "RANK", "MASTER_ADDR"))
+
+
+def init_from_env() -> torch.device:
+    """Join the process group torchrun describes (no-op for a single process) -> this rank's device."""
+    if launched_by_torchrun() and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_gather_cat(local: Tensor) -> Tensor:
+    """Concatenate every rank's (b, *shape) tensor in rank order -> (world * b, *shape); identity alone."""
+    if world_size() == 1:
+        return local
+    parts = [torch.empty_like(local) for _ in range(world_size())]
+    dist.all_gather(parts, local.contiguous())
+    return torch.cat(parts)
+
+
+def rank_slice(global_batch: int) -> slice:
+    """This rank's rows of a global batch of ``global_batch`` rows (equal shares, in rank order)."""
+    share = global_batch // world_size()
+    return slice(rank() * share, (rank() + 1) * share)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,105 @@
+"""The training loop: exact resume from atomic checkpoints, clear errors, and torchrun DDP on CPU (gloo)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from lib import toy
+from lib.couplings import LoomCoupling, make_coupling
+from lib.models import MLP
+from lib.results import REPO_ROOT
+from lib.train import TrainCheckpointError, TrainConfig, load_checkpoint, save_checkpoint, train_flow
+
+CONFIG = TrainConfig(steps=24, batch_size=16, lr=1e-3, warmup_steps=5, seed=3, log_every=4, progress=False)
+
+
+def run(steps: int, checkpoint: Path | None = None, coupling_name: str = "loom"):
+    """Train a fresh MLP for ``steps`` on 100 moons points; returns (result, coupling)."""
+    data = toy.sample_toy("moons", 100, seed=1)
+    torch.manual_seed(0)
+    model = MLP(2, hidden=32, depth=2)
+    coupling = make_coupling(coupling_name, len(data), num_caches=2, seed=5)
+    return train_flow(model, data, coupling, replace(CONFIG, steps=steps), checkpoint=checkpoint), coupling
+
+
+@pytest.mark.parametrize("coupling_name", ["loom", "minibatch_ot"])
+def test_resume_is_exact(tmp_path: Path, coupling_name: str) -> None:
+    """12 steps + resume + 12 steps gives bit-identical weights, EMA, seed table and history to 24 steps."""
+    straight, straight_coupling = run(24, coupling_name=coupling_name)
+    path = tmp_path / "checkpoint.pt"
+    run(12, path, coupling_name)  # steps 1..12 (crosses an epoch boundary: 100 // 16 = 6 batches per epoch)
+    assert load_checkpoint(path)["global_step"] == 12
+    resumed, resumed_coupling = run(24, path, coupling_name)  # a fresh process would do exactly this
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values()):
+        assert torch.equal(a, b)
+    assert straight.history == resumed.history
+    if coupling_name == "loom":
+        assert torch.equal(straight_coupling.seeds, resumed_coupling.seeds)
+    assert load_checkpoint(path)["global_step"] == 24
+
+
+def test_checkpoint_is_written_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"format": "x", "payload": torch.arange(10)})
+    save_checkpoint(path, {"format": "x", "payload": torch.arange(20)})
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temporary file left behind
+    assert torch.equal(torch.load(path)["payload"], torch.arange(20))
+
+
+def test_bad_checkpoints_name_the_problem_and_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    run(4, path)
+    with pytest.raises(TrainCheckpointError, match="other settings.*lr: 0.001 -> 0.01"):
+        data = toy.sample_toy("moons", 100, seed=1)
+        train_flow(MLP(2, hidden=32, depth=2), data, make_coupling("loom", 100, num_caches=2),
+                   replace(CONFIG, lr=1e-2), checkpoint=path)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(TrainCheckpointError, match="truncated"):
+        load_checkpoint(truncated)
+    released = tmp_path / "released.pt"
+    torch.save({"model": {}, "optimizer": {}, "lr_scheduler": {}, "global_step": 1}, released)
+    with pytest.raises(TrainCheckpointError, match="load_released_unet"):
+        load_checkpoint(released)
+    with pytest.raises(TrainCheckpointError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_loom_checkpoint_does_not_resume_another_coupling(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    run(4, path, "loom")
+    with pytest.raises(ValueError, match="coupling state is for 'loom'"):
+        run(8, path, "minibatch_ot")
+
+
+def _train_cli(out: Path, nproc: int, batch_size: int) -> None:
+    cli = ["-m", "lib.train", "--dataset", "digits", "--model", "mlp", "--coupling", "loom", "--steps", "8",
+           "--batch-size", str(batch_size), "--seed", "2", "--out", str(out), "--dump-seeds", "--device", "cpu"]
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
+    done = subprocess.run([sys.executable, *launcher, *cli], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_share_one_assignment(tmp_path: Path) -> None:
+    """torchrun --nproc_per_node=2 (gloo): both ranks end with the same seed table, the seed multiset is
+    unchanged, and it equals one process with the same global batch (one assignment on the gathered batch)."""
+    _train_cli(tmp_path / "ddp", nproc=2, batch_size=16)
+    _train_cli(tmp_path / "single", nproc=1, batch_size=32)
+    rank0, rank1 = (torch.load(tmp_path / "ddp" / f"seeds_rank{r}.pt") for r in (0, 1))
+    single = torch.load(tmp_path / "single" / "seeds_rank0.pt")
+    initial = LoomCoupling(len(single), 1, seed=2).seeds
+    assert torch.equal(rank0, rank1)
+    assert torch.equal(rank0.flatten().sort().values, initial.flatten().sort().values)
+    assert not torch.equal(rank0, initial)  # the assignment really re-paired
+    assert torch.equal(rank0, single)
+    assert load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["world_size"] == 2
