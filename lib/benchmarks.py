@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from lib import results
-from lib.couplings import COUPLINGS, cost_matrix, epoch_batches, exact_assignment, make_coupling, noise_from_seeds
+from lib.couplings import COUPLINGS, SEED_HIGH, cost_matrix, epoch_batches, exact_assignment, make_coupling, noise_from_seeds
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def time_couplings(setting: CouplingBenchmark) -> list[dict[str, object]]:
     batches = _batches(setting)
     coupling = {name: make_coupling(name, setting.num_examples, seed=setting.seed) for name in COUPLINGS}
     x, _ = batches[0]
-    seeds = torch.randint(2**62, (setting.batch_size,), generator=torch.Generator().manual_seed(1))
+    seeds = torch.randint(SEED_HIGH, (setting.batch_size,), generator=torch.Generator().manual_seed(1))
     z = noise_from_seeds(seeds, setting.shape, setting.device)
     costs = cost_matrix(x, z)
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,7 +28,9 @@ from torch import Tensor
 
 CostName = Literal["l2", "sqeuclidean"]
 COST_NAMES: tuple[str, ...] = ("l2", "sqeuclidean")
-SEED_HIGH = 2**62  # seeds are drawn from [0, SEED_HIGH); torch.Generator accepts any 64-bit value
+# Seeds are drawn from [0, SEED_HIGH). torch's CPU generator (mt19937) keeps only the low 32 bits of a
+# seed (seeds s and s + 2**32 give the same noise), so a wider range would only pretend to more noises.
+SEED_HIGH = 2**32
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lib.couplings import (
-    IndependentCoupling, LoomCoupling, MinibatchOTCoupling, _fresh_noise, cost_matrix, epoch_batches,
+    SEED_HIGH, IndependentCoupling, LoomCoupling, MinibatchOTCoupling, _fresh_noise, cost_matrix, epoch_batches,
     exact_assignment, make_coupling, noise_from_seeds, total_pairing_cost,
 )
 from lib.metrics import exact_ot_cost
@@ -90,10 +90,19 @@ def test_loom_with_batch_equal_dataset_reaches_the_exact_optimum_in_one_pass():
 
 
 def test_regenerating_a_seed_gives_the_same_noise_every_call():
-    seeds = torch.tensor([5, 2**61 + 7, 5])
+    seeds = torch.tensor([5, 2**31 + 7, 5])
     a = noise_from_seeds(seeds, (3, 4), "cpu")
     b = noise_from_seeds(seeds, (3, 4), "cpu")
     assert torch.equal(a, b) and torch.equal(a[0], a[2]) and not torch.equal(a[0], a[1])
+
+
+def test_seed_range_is_the_generators_real_seed_space():
+    """torch's CPU generator ignores seed bits above 32, so the table draws from [0, 2**32) and no wider."""
+    same = noise_from_seeds(torch.tensor([9, 9 + 2**32]), (8,), "cpu")
+    assert torch.equal(same[0], same[1])  # why SEED_HIGH is 2**32: wider seeds would collide silently
+    loom = LoomCoupling(4096, 2, seed=0)
+    assert int(loom.seeds.max()) < SEED_HIGH == 2**32
+    assert loom.seeds.unique().numel() >= loom.seeds.numel() - 2  # birthday bound: ~1e-3 expected repeats
 
 
 def test_no_swaps_keeps_the_table_fixed_and_redraw_changes_it():
