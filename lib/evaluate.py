@@ -68,10 +68,9 @@ class SeededSampler:
 
     def __call__(self, batch_size: int) -> Tensor:
         """Next ``batch_size`` images -> (B, C, H, W) in [-1, 1] on the sampler's device."""
-        from lib.couplings import noise_from_seeds
-        from lib.sample import image_seeds
+        from lib.sample import noise_for_images
 
-        z = noise_from_seeds(image_seeds(self.seed, self.made, batch_size), self.loaded.shape, self.device)
+        z = noise_for_images(self.loaded, self.seed, batch_size, self.device, start=self.made)
         with torch.no_grad():
             result = sample(self.loaded.model, z, self.solver)
         self.made += batch_size

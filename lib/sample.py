@@ -88,13 +88,19 @@ def image_seeds(seed: int, start: int, count: int) -> Tensor:
     return (seed * RUN_STRIDE + torch.arange(start, start + count, dtype=torch.int64)) % SEED_HIGH
 
 
+def noise_for_images(loaded: LoadedModel, seed: int, count: int, device: torch.device | str = "cpu",
+                     start: int = 0) -> Tensor:
+    """The starting noise of images start .. start + count - 1 of run ``seed`` -> (count, *loaded.shape)."""
+    return noise_from_seeds(image_seeds(seed, start, count), loaded.shape, device)
+
+
 def generate(loaded: LoadedModel, num: int, solver: str, seed: int = 0, batch_size: int = 256,
              device: torch.device | str = "cpu") -> Iterator[tuple[Tensor, int]]:
     """Yield (samples (b, *shape) on the CPU, true NFE of that batch) until ``num`` images are made."""
     model = loaded.model.to(device).eval()
     for start in range(0, num, batch_size):
         count = min(batch_size, num - start)
-        z = noise_from_seeds(image_seeds(seed, start, count), loaded.shape, device)
+        z = noise_for_images(loaded, seed, count, device, start)
         with torch.no_grad():
             result = sample(model, z, solver)
         yield result.x.cpu(), result.nfe

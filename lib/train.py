@@ -302,6 +302,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--coupling", default="loom", help="independent, minibatch_ot or loom")
     p.add_argument("--caches", type=int, default=1, help="LOOM noise caches per example")
     p.add_argument("--cost", default="l2", help="pairing cost: l2 (released code) or sqeuclidean")
+    p.add_argument("--no-swaps", action="store_true", help="loom: keep each example's noise fixed (ablation)")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint.pt, config.json, history.json")
     p.add_argument("--dump-seeds", action="store_true", help="each rank saves its final seed table (checks)")
     p.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
@@ -335,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     data = make_dataset(args.dataset, **dataset_kwargs(args))
     torch.manual_seed(config.seed)  # same initial weights on every rank
     model = build_model(args.model, tuple(data[0][1].shape)).to(device)
-    coupling = make_coupling(args.coupling, len(data), num_caches=args.caches, seed=config.seed, cost=args.cost)
+    coupling = make_coupling(args.coupling, len(data), num_caches=args.caches, seed=config.seed, cost=args.cost,
+                             no_swaps=args.no_swaps)
     if distributed.is_main():
         args.out.mkdir(parents=True, exist_ok=True)
         run_config = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -1,0 +1,38 @@
+"""The glue of the image notebooks: command lines for lib.train, paper rows, joining ours with the paper's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lib import pipeline
+
+
+def test_train_argv_spells_lib_train_options() -> None:
+    argv = pipeline.train_argv(Path("out"), {"coupling": "loom", "no_swaps": True, "bf16": False, "batch_size": 32})
+    assert argv == ["--out", "out", "--coupling", "loom", "--no-swaps", "--batch-size", "32"]
+
+
+def test_every_ablation_row_is_a_valid_lib_train_command(tmp_path: Path) -> None:
+    from lib.train import parse_args
+
+    for row, options in pipeline.ABLATIONS.items():
+        args = parse_args(pipeline.train_argv(tmp_path / pipeline.run_name(row), options))
+        assert args.coupling == options["coupling"] and args.no_swaps == options.get("no_swaps", False)
+    assert pipeline.run_name("w/o saving local reassignments") == "wo_saving_local_reassignments"
+
+
+def test_paper_rows_and_side_by_side_join_on_method_solver_and_nfe() -> None:
+    paper = pipeline.paper_rows("5", "cifar10")
+    assert {"w/o saving local reassignments", "fixed source w/o reassignments"} <= {r["method"] for r in paper}
+    ours = [{"method": "w/o saving local reassignments", "solver": "midpoint-4", "nfe": 8, "fid": 9.0},
+            {"method": "w/o saving local reassignments", "solver": "dopri5", "nfe": 77.0, "fid": 5.0},
+            {"method": "w/o saving local reassignments", "solver": "euler-8", "nfe": 8, "fid": 9.0}]
+    joined = pipeline.side_by_side(ours, paper)
+    assert [r["paper_fid"] for r in joined] == [8.69, 4.52, None]
+
+
+def test_a_failed_training_run_reports_the_command_and_its_error(tmp_path: Path) -> None:
+    with pytest.raises(pipeline.TrainingFailed, match="unknown model 'resnet'"):
+        pipeline.launch_training(tmp_path / "run", {"dataset": "digits", "model": "resnet", "steps": 1})
