@@ -35,3 +35,15 @@ def test_file_per_example_step_permutes_the_stored_noise() -> None:
     assert torch.equal(z, after)
     key = lambda t: sorted(map(tuple, t.flatten(1).tolist()))  # noqa: E731
     assert key(before) == key(after)
+
+
+def test_time_training_steps_times_every_coupling_and_its_share() -> None:
+    from lib.models import MLP
+
+    rows = benchmarks.time_training_steps(MLP(6, hidden=16, depth=2), torch.randn(64, 6), batch_size=16, steps=2,
+                                          warmup=1)
+    steps = [r for r in rows if r["part"].endswith("training step")]
+    shares = [r for r in rows if r["part"].endswith("coupling alone")]
+    assert [r["part"].split(":")[0] for r in steps] == ["independent", "minibatch_ot", "loom"]
+    assert steps[0]["ratio_to_independent"] == 1.0 and all(r["images_per_s"] > 0 for r in steps)
+    assert all(0 < r["share_of_step"] for r in shares)

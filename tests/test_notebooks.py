@@ -76,7 +76,7 @@ def test_a_failing_notebook_names_itself_and_the_cell(tmp_path: Path) -> None:
 
 
 TINY_05 = {"FAKE_TRAIN": 32, "FAKE_TEST": 16, "STEPS": 4, "BATCH_SIZE": 8, "SOLVERS": ["euler-1", "midpoint-1"],
-           "NUM_FID_SAMPLES": 16, "CURVATURE_PATHS": 8, "GRID_IMAGES": 4}
+           "NUM_FID_SAMPLES": 16, "CURVATURE_PATHS": 8, "GRID_IMAGES": 4, "STEP_BENCH_BATCH": 16, "STEP_BENCH_STEPS": 2}
 
 
 def test_05_cifar10_trains_every_row_through_torchrun(tmp_path: Path) -> None:
@@ -91,6 +91,9 @@ def test_05_cifar10_trains_every_row_through_torchrun(tmp_path: Path) -> None:
     assert all(int(r["swaps"]) == 0 for r in history if r["method"] == "I-CFM")
     assert (tmp_path / "runs" / "loomcfm" / "checkpoint.pt").is_file()
     assert len(read_csv(folder / "curvature_per_step.csv")) == 2 * 19
+    steps = read_csv(folder / "training_step_cost.csv")
+    assert [r["part"] for r in steps][::2] == ["independent: training step", "minibatch_ot: training step",
+                                               "loom: training step"]
 
 
 def test_05_cifar10_evaluates_a_released_format_checkpoint(tmp_path: Path) -> None:
