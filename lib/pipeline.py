@@ -54,7 +54,7 @@ def train_argv(out: Path, options: Mapping[str, Any]) -> list[str]:
 
     True switches a flag on; False leaves it at lib.train's default, which is off for every flag.
     """
-    argv = ["--out", str(out)]
+    argv = ["--out", str(out), "--no-progress"]  # the bar would only fill the captured output
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
         if value is True:

@@ -296,6 +296,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="digits", help="digits, cifar10, imagefolder or hdf5")
     p.add_argument("--root", help="dataset folder or file (cifar10: the folder holding cifar-10-batches-py)")
+    p.add_argument("--resolution", type=int, help="imagefolder: output size; hdf5: expected size (checked)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
                    help="horizontal flips as extra examples i + N (the paper's images; not for digits)")
     p.add_argument("--model", default="mlp", help="mlp or a lib.unet preset")
@@ -307,8 +308,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dump-seeds", action="store_true", help="each rank saves its final seed table (checks)")
     p.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     for f in fields(TrainConfig):
-        if f.name in ("progress",):
-            continue
         kind = type(f.default)
         flag = "--" + f.name.replace("_", "-")
         if kind is bool:
@@ -324,7 +323,13 @@ def dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         return {"split": "train", "flip": args.flip}
     if not args.root:
         raise SystemExit(f"--dataset {args.dataset} needs --root (the data folder or file)")
-    return {"root": args.root, "flip": args.flip} if args.dataset != "hdf5" else {"path": args.root, "flip": args.flip}
+    if args.dataset == "imagefolder" and not args.resolution:
+        raise SystemExit("--dataset imagefolder needs --resolution (images are resized and centre-cropped to it)")
+    if args.dataset == "hdf5":
+        return {"path": args.root, "flip": args.flip, "resolution": args.resolution}
+    if args.dataset == "imagefolder":
+        return {"root": args.root, "flip": args.flip, "resolution": args.resolution}
+    return {"root": args.root, "flip": args.flip}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     device = distributed.init_from_env()
     if args.device:
         device = torch.device(args.device)
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "progress"})
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     data = make_dataset(args.dataset, **dataset_kwargs(args))
     torch.manual_seed(config.seed)  # same initial weights on every rank
     model = build_model(args.model, tuple(data[0][1].shape)).to(device)

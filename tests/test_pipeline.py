@@ -11,7 +11,7 @@ from lib import pipeline
 
 def test_train_argv_spells_lib_train_options() -> None:
     argv = pipeline.train_argv(Path("out"), {"coupling": "loom", "no_swaps": True, "bf16": False, "batch_size": 32})
-    assert argv == ["--out", "out", "--coupling", "loom", "--no-swaps", "--batch-size", "32"]
+    assert argv == ["--out", "out", "--no-progress", "--coupling", "loom", "--no-swaps", "--batch-size", "32"]
 
 
 def test_every_ablation_row_is_a_valid_lib_train_command(tmp_path: Path) -> None:

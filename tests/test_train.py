@@ -82,7 +82,8 @@ def test_a_loom_checkpoint_does_not_resume_another_coupling(tmp_path: Path) -> N
 
 def _train_cli(out: Path, nproc: int, batch_size: int) -> None:
     cli = ["-m", "lib.train", "--dataset", "digits", "--model", "mlp", "--coupling", "loom", "--steps", "8",
-           "--batch-size", str(batch_size), "--seed", "2", "--out", str(out), "--dump-seeds", "--device", "cpu"]
+           "--batch-size", str(batch_size), "--seed", "2", "--out", str(out), "--dump-seeds", "--device", "cpu",
+           "--no-progress"]
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
     done = subprocess.run([sys.executable, *launcher, *cli], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
@@ -103,3 +104,24 @@ def test_torchrun_two_ranks_share_one_assignment(tmp_path: Path) -> None:
     assert not torch.equal(rank0, initial)  # the assignment really re-paired
     assert torch.equal(rank0, single)
     assert load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["world_size"] == 2
+
+
+def test_cli_trains_on_an_hdf5_file_and_an_image_folder(tmp_path: Path) -> None:
+    """lib.train reads the kit's on-disk formats: HDF5 images and an ImageFolder tree."""
+    from PIL import Image
+
+    from lib.datasets import write_hdf5_images
+    from lib.train import main
+
+    write_hdf5_images(tmp_path / "images.h5", torch.randint(0, 256, (24, 3, 8, 8), dtype=torch.uint8))
+    assert main(["--dataset", "hdf5", "--root", str(tmp_path / "images.h5"), "--flip", "--steps", "2",
+                 "--batch-size", "8", "--out", str(tmp_path / "h5run"), "--device", "cpu", "--no-progress"]) == 0
+    for label in ("a", "b"):
+        (tmp_path / "folder" / label).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (12, 10), (40 * i, 10, 200)).save(tmp_path / "folder" / label / f"{i}.png")
+    assert main(["--dataset", "imagefolder", "--root", str(tmp_path / "folder"), "--resolution", "8", "--steps", "2",
+                 "--batch-size", "8", "--out", str(tmp_path / "folderrun"), "--device", "cpu", "--no-progress"]) == 0
+    assert load_checkpoint(tmp_path / "folderrun" / "checkpoint.pt")["global_step"] == 2
+    with pytest.raises(SystemExit, match="needs --resolution"):
+        main(["--dataset", "imagefolder", "--root", str(tmp_path / "folder"), "--out", str(tmp_path / "x")])
