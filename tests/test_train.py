@@ -125,3 +125,13 @@ def test_cli_trains_on_an_hdf5_file_and_an_image_folder(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "folderrun" / "checkpoint.pt")["global_step"] == 2
     with pytest.raises(SystemExit, match="needs --resolution"):
         main(["--dataset", "imagefolder", "--root", str(tmp_path / "folder"), "--out", str(tmp_path / "x")])
+
+
+def test_released_config_fills_defaults_and_flags_override_it(tmp_path: Path) -> None:
+    from lib.train import RELEASED_CONFIGS, parse_args, steps_for_epochs
+
+    args = parse_args(["--config", "cifar10", "--out", str(tmp_path), "--lr", "1e-3"])
+    assert (args.model, args.batch_size, args.caches, args.warmup_steps, args.flip) == ("cifar10", 32, 4, 5000, True)
+    assert args.lr == 1e-3 and args.ema_decay == 0.9999
+    assert set(RELEASED_CONFIGS) == {"cifar10", "imagenet32", "imagenet64", "ffhq256_latent"}
+    assert steps_for_epochs(1000, 100_000, 128) == 781_000  # 781 full batches per epoch of 100k flipped images
