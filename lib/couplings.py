@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -363,18 +363,20 @@ def epoch_batches(num_examples: int, batch_size: int, generator: torch.Generator
 
 
 def converge_pairing(coupling: LoomCoupling, data: Tensor, batch_size: int, max_epochs: int = 100,
-                     seed: int = 0) -> list[dict[str, float]]:
+                     seed: int = 0, fetch: Callable[[Tensor], Tensor] | None = None) -> list[dict[str, float]]:
     """Run LOOM's re-pairing alone (no training) until an epoch makes no swap.
 
-    data: (N, *shape). Returns one record per epoch: epoch, swaps, mean cost after the epoch's
-    steps. Used for the "train after convergence" ablation and the convergence figure.
+    data: (N, *shape), or any sized dataset together with ``fetch(index (B,)) -> (B, *shape)``.
+    Returns one record per epoch: epoch, swaps, mean cost after the epoch's steps. Used for the
+    "train after convergence" ablation and the convergence figure.
     """
+    fetch = fetch or data.__getitem__
     generator = torch.Generator().manual_seed(seed)
     history = []
     for epoch in range(max_epochs):
         swaps, costs = 0, []
         for index in epoch_batches(len(data), batch_size, generator):
-            stats = coupling(data[index], index).stats
+            stats = coupling(fetch(index), index).stats
             swaps += stats.swaps
             costs.append(stats.cost_after)
         history.append({"epoch": epoch + 1, "swaps": swaps, "batch_cost": float(np.mean(costs))})

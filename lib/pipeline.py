@@ -20,12 +20,12 @@ from lib.results import REPO_ROOT
 
 PAPER_RESULTS = Path(__file__).resolve().parent / "reference" / "paper_results.csv"
 
-# Paper Table 5 rows -> lib.train options. "train after convergence" needs the whole dataset in
-# memory for the convergence pass (lib.train.train_flow's converge_first): the digits notebook runs it.
+# Paper Table 1 / Table 5 rows -> lib.train options.
 ABLATIONS: dict[str, dict[str, Any]] = {
     "I-CFM": {"coupling": "independent"},
     "w/o saving local reassignments": {"coupling": "minibatch_ot"},
     "fixed source w/o reassignments": {"coupling": "loom", "no_swaps": True},
+    "train after convergence": {"coupling": "loom", "converge_first": True},
     "LOOM-CFM": {"coupling": "loom"},
 }
 

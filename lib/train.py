@@ -246,9 +246,11 @@ def train_flow(model: nn.Module, data: Data, coupling: Coupling, config: TrainCo
         check_resumable(state["config"], config, path)
         restore(state, model, ema, optimizer, scheduler, coupling, loop, history)
     elif config.converge_first:
-        if not isinstance(coupling, LoomCoupling) or not isinstance(data, Tensor):
-            raise ValueError("converge_first needs the loom coupling and in-memory data (a tensor)")
-        converge_pairing(coupling, data, global_batch, seed=config.seed)
+        if not isinstance(coupling, LoomCoupling):
+            raise ValueError("converge_first needs the loom coupling")
+        # Every rank re-pairs the same global batches with the same seeds: the tables stay identical.
+        converge_pairing(coupling, data, global_batch, seed=config.seed,
+                         fetch=lambda index: fetch_batch(data, index, device))
     net = DistributedDataParallel(model) if distributed.world_size() > 1 else model
     bar = tqdm(range(loop.step + 1, config.steps + 1), disable=not config.progress or not distributed.is_main(),
                desc=coupling.name, initial=loop.step, total=config.steps)

@@ -135,3 +135,18 @@ def test_released_config_fills_defaults_and_flags_override_it(tmp_path: Path) ->
     assert args.lr == 1e-3 and args.ema_decay == 0.9999
     assert set(RELEASED_CONFIGS) == {"cifar10", "imagenet32", "imagenet64", "ffhq256_latent"}
     assert steps_for_epochs(1000, 100_000, 128) == 781_000  # 781 full batches per epoch of 100k flipped images
+
+
+def test_train_after_convergence_runs_on_a_dataset_as_on_a_tensor() -> None:
+    from lib.couplings import converge_pairing
+    from lib.datasets import TensorImages
+
+    images = torch.rand(40, 1, 4, 4) * 2 - 1
+    dataset = TensorImages(images)
+    on_tensor, on_dataset = LoomCoupling(40, seed=1), LoomCoupling(40, seed=1)
+    history = converge_pairing(on_tensor, images, 8, seed=0)
+    assert history == converge_pairing(on_dataset, dataset, 8, seed=0, fetch=lambda i: dataset.__getitems__(i)[1])
+    assert torch.equal(on_tensor.seeds, on_dataset.seeds) and history[-1]["swaps"] == 0
+    coupling = LoomCoupling(40, seed=1)
+    train_flow(MLP(16, hidden=8, depth=1), dataset, coupling, replace(CONFIG, steps=2, batch_size=8, converge_first=True))
+    assert torch.equal(coupling.seeds.flatten().sort().values, on_tensor.seeds.flatten().sort().values)
