@@ -56,13 +56,17 @@ def mlp_from_state(weights: dict[str, Tensor]) -> MLP:
 
 
 def load_model(path: str | os.PathLike[str], use_ema: bool = True) -> LoadedModel:
-    """A kit training checkpoint (lib.train; the EMA weights by default) or a released LOOM-CFM checkpoint.
+    """A kit training checkpoint (lib.train; the EMA weights by default) or a released LOOM-CFM checkpoint
+    (a file, or ``released:<name>`` to fetch one of lib.released.RELEASED_REPOS).
 
     The architecture is read off the weights: a lib.unet preset (the released layout) or the toy MLP.
     A file of another architecture raises lib.unet.CheckpointError listing what does not fit.
     """
+    from lib.released import PREFIX, fetch_released
     from lib.train import CHECKPOINT_FORMAT, load_checkpoint
 
+    if str(path).startswith(PREFIX):  # released:<name>, fetched through huggingface_hub
+        path = fetch_released(str(path)[len(PREFIX):])
     path = Path(path)
     raw = torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
     if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
@@ -117,7 +121,7 @@ def save_grid(images: Tensor, path: str | os.PathLike[str]) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lib.sample", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a lib.train checkpoint or a released LOOM-CFM .pt")
+    p.add_argument("--checkpoint", required=True, help="a lib.train checkpoint, a released .pt, or released:<name>")
     p.add_argument("--solver", default="midpoint-4", help="euler-K, midpoint-K, rk4-K or dopri5")
     p.add_argument("--num", type=int, default=64, help="number of images")
     p.add_argument("--seed", type=int, default=0, help="run seed (fixes every image's noise)")
