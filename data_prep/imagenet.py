@@ -1,0 +1,146 @@
+"""Downsampled ImageNet (32x32 or 64x64) -> HDF5 shards the kit reads (lib.datasets.HDF5Images).
+
+Sources:
+  - the official downsampled releases (image-net.org "Imagenet32_train_npz" / "Imagenet64_train_part*_npz"):
+    ``train_data_batch_<k>.npz`` (and ``val_data.npz``) with ``data`` uint8 (N, 3 * res * res) as R, G, B
+    planes and ``labels`` 1..1000;
+  - an ImageFolder tree (class folders of images), resized and centre-cropped to ``--resolution``.
+
+    python data_prep/imagenet.py --source ~/Imagenet32_train_npz --resolution 32 --out data/imagenet32
+    python data_prep/imagenet.py --source ~/imagenet/train --resolution 64 --out data/imagenet64
+    python data_prep/imagenet.py ... --fid-stats          # also clean-fid reference statistics (online: Inception)
+
+Idempotent: a shard already written is skipped, so an interrupted run is resumed by running it again
+(shards are written atomically). Labels are stored 0-based.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from lib.datasets import DatasetFormatError, write_hdf5_images
+
+
+def npz_batch_files(source: Path, split: str) -> list[Path]:
+    """The release's batch files for ``split`` ("train": train_data_batch_*, "val": val_data*) in order."""
+    pattern = "train_data_batch_*.npz" if split == "train" else "val_data*.npz"
+    files = sorted(source.glob(pattern), key=lambda p: (len(p.name), p.name))  # batch_2 before batch_10
+    if not files:
+        raise FileNotFoundError(f"no {pattern} in {source}; point --source at the unpacked downsampled ImageNet "
+                                "folder (or at an ImageFolder tree)")
+    return files
+
+
+def read_npz_batch(path: Path, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """One official batch file -> (images uint8 (N, 3, res, res), labels int64 (N,) 0-based)."""
+    try:
+        with np.load(path) as batch:
+            data, labels = batch["data"], batch["labels"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise DatasetFormatError(f"{path} is not a downsampled-ImageNet batch with 'data' and 'labels' ({err}); "
+                                 "re-download or re-extract it") from err
+    if data.ndim != 2 or data.shape[1] != 3 * resolution * resolution or data.dtype != np.uint8:
+        raise DatasetFormatError(f"{path}: data is {data.dtype} {data.shape}, expected uint8 (N, {3 * resolution**2}) "
+                                 f"for --resolution {resolution}; is it the {resolution}x{resolution} release?")
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if len(labels) != len(data) or labels.min() < 1:
+        raise DatasetFormatError(f"{path}: {len(labels)} labels for {len(data)} images, or labels not 1-based")
+    return data.reshape(-1, 3, resolution, resolution), labels - 1
+
+
+def npz_chunks(source: Path, split: str, resolution: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(images, labels) per batch file, in order."""
+    for path in npz_batch_files(source, split):
+        yield read_npz_batch(path, resolution)
+
+
+def folder_chunks(source: Path, resolution: int, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(images, labels) of an ImageFolder tree in chunks of ``chunk`` images, resized to ``resolution``."""
+    import torch
+
+    from lib.datasets import ImageFolderImages, to_uint8
+
+    dataset = ImageFolderImages(source, resolution, flip=False)
+    for start in range(0, len(dataset), chunk):
+        index = torch.arange(start, min(start + chunk, len(dataset)))
+        _, x = dataset.__getitems__(index)
+        yield to_uint8(x).numpy(), dataset.example_labels(index).numpy()
+
+
+def write_shards(chunks: Iterator[tuple[np.ndarray, np.ndarray]], out: Path, shard_size: int, prefix: str) -> list[Path]:
+    """Re-cut a stream of (images, labels) into shards of ``shard_size`` images: out/<prefix>_<k>.h5.
+
+    A shard that already exists is kept (its images are still read to keep the cut aligned).
+    """
+    shards, images, labels = [], [], []
+    pending = 0
+
+    def flush(n: int) -> None:
+        nonlocal images, labels, pending
+        x, y = np.concatenate(images), np.concatenate(labels)
+        path = out / f"{prefix}_{len(shards):05d}.h5"
+        if not path.exists():
+            write_hdf5_images(path, x[:n], y[:n])
+        shards.append(path)
+        images, labels, pending = [x[n:]], [y[n:]], len(x) - n
+
+    for x, y in tqdm(chunks, desc=f"{prefix} shards", unit="file"):
+        images.append(x)
+        labels.append(y)
+        pending += len(x)
+        while pending >= shard_size:
+            flush(shard_size)
+    if pending:
+        flush(pending)
+    return shards
+
+
+def write_fid_stats(shards: Path, resolution: int, split: str, count: int, seed: int = 0) -> Path:
+    """clean-fid reference statistics ``imagenet<res>_<split>`` of ``count`` random images of the shards."""
+    import torch
+
+    from lib.datasets import HDF5Images
+    from lib.fid import make_reference_stats
+
+    data = HDF5Images(shards, flip=False)
+    pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    return make_reference_stats(f"imagenet{resolution}_{split}", data.__getitems__(pick)[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", type=Path, required=True, help="folder of official .npz batches, or an ImageFolder tree")
+    p.add_argument("--resolution", type=int, required=True, choices=[32, 64])
+    p.add_argument("--out", type=Path, required=True, help="output folder of HDF5 shards")
+    p.add_argument("--split", default="train", choices=["train", "val"])
+    p.add_argument("--shard-size", type=int, default=100_000, help="images per shard")
+    p.add_argument("--fid-stats", action="store_true",
+                   help="also store clean-fid reference statistics imagenet<res>_<split> (Inception: online once)")
+    p.add_argument("--fid-images", type=int, default=50_000, help="random images the FID statistics use")
+    args = p.parse_args(argv)
+    if not args.source.is_dir():
+        print(f"error: --source {args.source} is not a folder", file=sys.stderr)
+        return 1
+    try:
+        from_npz = any(args.source.glob("*.npz"))
+        chunks = npz_chunks(args.source, args.split, args.resolution) if from_npz else \
+            folder_chunks(args.source, args.resolution)
+        shards = write_shards(chunks, args.out / args.split, args.shard_size, f"imagenet{args.resolution}_{args.split}")
+    except (FileNotFoundError, DatasetFormatError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{len(shards)} shard(s) in {args.out / args.split}")
+    if args.fid_stats:
+        print(f"FID stats: {write_fid_stats(args.out / args.split, args.resolution, args.split, args.fid_images)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

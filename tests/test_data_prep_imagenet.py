@@ -1,0 +1,74 @@
+"""data_prep/imagenet.py on fabricated inputs in the official formats: npz batches and an ImageFolder tree."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lib.datasets import HDF5Images
+from lib.results import REPO_ROOT
+
+
+def load_prep():
+    spec = importlib.util.spec_from_file_location("prep_imagenet", REPO_ROOT / "data_prep" / "imagenet.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_npz_batches(folder: Path, sizes: list[int], resolution: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Fabricated train_data_batch_<k>.npz files (data as R, G, B planes, labels 1..1000) -> all images, labels."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    images, labels = [], []
+    for k, n in enumerate(sizes, start=1):
+        data = rng.integers(0, 256, (n, 3 * resolution * resolution), dtype=np.uint8)
+        y = rng.integers(1, 1001, n)
+        np.savez(folder / f"train_data_batch_{k}.npz", data=data, labels=list(y), mean=data.mean(0))
+        images.append(data.reshape(n, 3, resolution, resolution))
+        labels.append(y - 1)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def test_npz_batches_become_shards_in_order_and_resume(tmp_path: Path) -> None:
+    prep = load_prep()
+    images, labels = write_npz_batches(tmp_path / "src", [7, 5, 9, 3, 2, 2, 2, 2, 2, 4])  # batch_10 sorts last
+    argv = ["--source", str(tmp_path / "src"), "--resolution", "32", "--out", str(tmp_path / "out"), "--shard-size", "10"]
+    assert prep.main(argv) == 0
+    shards = sorted((tmp_path / "out" / "train").glob("*.h5"))
+    assert [p.name for p in shards] == [f"imagenet32_train_{k:05d}.h5" for k in range(4)]
+    data = HDF5Images(tmp_path / "out" / "train", flip=False)
+    index, x = data.__getitems__(torch.arange(len(data)))
+    assert len(data) == 38 and torch.equal(((x + 1) * 127.5).round().to(torch.uint8), torch.from_numpy(images))
+    assert torch.equal(data.example_labels(index), torch.from_numpy(labels))
+    shards[1].unlink()  # an interrupted run: the missing shard is written again, the others are kept
+    before = shards[0].stat().st_mtime_ns
+    assert prep.main(argv) == 0
+    assert shards[1].exists() and shards[0].stat().st_mtime_ns == before
+
+
+def test_image_folder_source(tmp_path: Path) -> None:
+    prep = load_prep()
+    for label in ("n01", "n02"):
+        (tmp_path / "src" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (80, 70), (30 * i, 50, 90)).save(tmp_path / "src" / label / f"{i}.JPEG")
+    assert prep.main(["--source", str(tmp_path / "src"), "--resolution", "64", "--out", str(tmp_path / "out")]) == 0
+    data = HDF5Images(tmp_path / "out" / "train", flip=False)
+    assert len(data) == 6 and data.image_shape == (3, 64, 64)
+
+
+def test_bad_inputs_name_the_file(tmp_path: Path, capsys) -> None:
+    prep = load_prep()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "train_data_batch_1.npz").write_bytes(b"not a zip")
+    assert prep.main(["--source", str(tmp_path / "src"), "--resolution", "32", "--out", str(tmp_path / "o")]) == 1
+    assert "train_data_batch_1.npz is not a downsampled-ImageNet batch" in capsys.readouterr().err
+    write_npz_batches(tmp_path / "src64", [3], resolution=64)
+    assert prep.main(["--source", str(tmp_path / "src64"), "--resolution", "32", "--out", str(tmp_path / "o")]) == 1
+    assert "is it the 32x32 release" in capsys.readouterr().err
+    assert prep.main(["--source", str(tmp_path / "nowhere"), "--resolution", "32", "--out", str(tmp_path / "o")]) == 1
