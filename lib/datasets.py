@@ -627,7 +627,7 @@ class HDF5Images(IndexedImages):
         return state
 
 
-def _atomic_write_hdf5(path: PathLike, fill: Callable[[Any], None]) -> Path:
+def atomic_write_hdf5(path: PathLike, fill: Callable[[Any], None]) -> Path:
     """Write an HDF5 file via a temporary sibling and os.replace, so readers never see a partial file."""
     import h5py
 
@@ -671,7 +671,7 @@ def write_hdf5_images(path: PathLike, images: Tensor | np.ndarray,
         if labels is not None:
             f.create_dataset("labels", data=labels)
 
-    return _atomic_write_hdf5(path, fill)
+    return atomic_write_hdf5(path, fill)
 
 
 def write_hdf5_latents(path: PathLike, latents: Tensor | np.ndarray, scale: float,
@@ -693,7 +693,7 @@ def write_hdf5_latents(path: PathLike, latents: Tensor | np.ndarray, scale: floa
         if labels is not None:
             f.create_dataset("labels", data=labels)
 
-    return _atomic_write_hdf5(path, fill)
+    return atomic_write_hdf5(path, fill)
 
 
 # ---------------------------------------------------------------------------------------------------------

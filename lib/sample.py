@@ -99,12 +99,12 @@ def noise_for_images(loaded: LoadedModel, seed: int, count: int, device: torch.d
 
 
 def generate(loaded: LoadedModel, num: int, solver: str, seed: int = 0, batch_size: int = 256,
-             device: torch.device | str = "cpu") -> Iterator[tuple[Tensor, int]]:
-    """Yield (samples (b, *shape) on the CPU, true NFE of that batch) until ``num`` images are made."""
+             device: torch.device | str = "cpu", start: int = 0) -> Iterator[tuple[Tensor, int]]:
+    """Yield (samples (b, *shape) on the CPU, true NFE of that batch) for images start .. start + num - 1."""
     model = loaded.model.to(device).eval()
-    for start in range(0, num, batch_size):
-        count = min(batch_size, num - start)
-        z = noise_for_images(loaded, seed, count, device, start)
+    for first in range(start, start + num, batch_size):
+        count = min(batch_size, start + num - first)
+        z = noise_for_images(loaded, seed, count, device, first)
         with torch.no_grad():
             result = sample(model, z, solver)
         yield result.x.cpu(), result.nfe
