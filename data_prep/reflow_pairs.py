@@ -30,11 +30,13 @@ def shard_path(out: Path, k: int) -> Path:
 
 
 def write_shard(path: Path, seeds: np.ndarray, samples: np.ndarray, solver: str, device: str) -> Path:
-    """One shard: /seeds int64 (n,), /samples float32 (n, *shape); attrs say how the noise is regenerated."""
+    """One shard: /latents float32 (n, C, H, W) with attrs scale = 1 (the kit's HDF5 latent layout, so
+    lib.datasets.HDF5Images reads the samples) and /seeds int64 (n,); attrs say how the noise is regenerated."""
 
     def fill(f: h5py.File) -> None:
+        f.create_dataset("latents", data=samples)
+        f["latents"].attrs["scale"] = 1.0
         f.create_dataset("seeds", data=seeds)
-        f.create_dataset("samples", data=samples)
         f.attrs.update({"solver": solver, "noise_device_type": device, "noise": "lib.couplings.noise_from_seeds"})
 
     return atomic_write_hdf5(path, fill)
@@ -51,6 +53,8 @@ def make_pairs(loaded: LoadedModel, out: Path, num: int, solver: str, seed: int 
         if path.exists():
             continue
         start, count = k * shard_size, min(shard_size, num - k * shard_size)
+        if len(loaded.shape) != 3:
+            raise ValueError(f"reflow pairs are images (C, H, W); this model makes {loaded.shape}")
         samples = torch.cat([x for x, _ in generate(loaded, count, solver, seed, batch_size, device, start=start)])
         write_shard(path, image_seeds(seed, start, count).numpy(), samples.numpy().astype(np.float32), solver,
                     torch.device(device).type)

@@ -314,6 +314,16 @@ class LoomCoupling(Coupling):
         self.seed_init = state["seed_init"]
 
 
+def fixed_pairs_coupling(seeds: Tensor) -> LoomCoupling:
+    """Reflow's coupling: example i always gets the noise of seeds[i] (N,), the noise it was generated from.
+
+    A LOOM table with one cache that never swaps, filled with the given seeds.
+    """
+    coupling = LoomCoupling(len(seeds), 1, no_swaps=True)
+    coupling.seeds[:, 0] = seeds
+    return coupling
+
+
 COUPLINGS: tuple[str, ...] = ("independent", "minibatch_ot", "loom")
 
 

@@ -712,3 +712,21 @@ def make_dataset(name: str, **kwargs: Any) -> IndexedImages:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; use one of {sorted(DATASETS)}")
     return DATASETS[name](**kwargs)
+
+
+def read_pair_seeds(path: PathLike) -> tuple[Tensor, str]:
+    """Reflow pair shards (data_prep/reflow_pairs.py) -> (noise seeds int64 (N,) in example order, the device
+    type whose generator made the noise). The samples themselves load with ``HDF5Images(path, flip=False)``."""
+    import h5py
+
+    seeds, devices = [], set()
+    for shard in hdf5_shard_paths(path):
+        with h5py.File(shard, "r") as f:
+            if "seeds" not in f:
+                raise DatasetFormatError(f"{shard} has no 'seeds': it is not a reflow pair shard "
+                                         "(make them with data_prep/reflow_pairs.py)")
+            seeds.append(torch.from_numpy(f["seeds"][:].astype(np.int64)))
+            devices.add(str(f.attrs.get("noise_device_type", "cpu")))
+    if len(devices) != 1:
+        raise DatasetFormatError(f"{path}: shards were made on different device types {sorted(devices)}")
+    return torch.cat(seeds), devices.pop()

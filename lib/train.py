@@ -323,6 +323,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--caches", type=int, default=1, help="LOOM noise caches per example")
     p.add_argument("--cost", default="l2", help="pairing cost: l2 (released code) or sqeuclidean")
     p.add_argument("--no-swaps", action="store_true", help="loom: keep each example's noise fixed (ablation)")
+    p.add_argument("--reflow", action="store_true",
+                   help="--root holds reflow pairs (data_prep/reflow_pairs.py): each sample keeps its own noise")
+    p.add_argument("--init", help="start from these weights (a kit or released checkpoint; EMA weights), e.g. reflow")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint.pt, config.json, history.json")
     p.add_argument("--dump-seeds", action="store_true", help="each rank saves its final seed table (checks)")
     p.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
@@ -344,6 +347,30 @@ def steps_for_epochs(epochs: int, num_examples: int, global_batch: int) -> int:
     return epochs * (num_examples // global_batch)
 
 
+def initial_model(args: argparse.Namespace, example_shape: tuple[int, ...]) -> nn.Module:
+    """--init's weights (architecture read off them) or a fresh --model."""
+    if not args.init:
+        return build_model(args.model, example_shape)
+    from lib.sample import load_model
+
+    loaded = load_model(args.init)
+    if loaded.shape != example_shape:
+        raise ValueError(f"--init {args.init} makes {loaded.shape} examples but the data has {example_shape}")
+    return loaded.model.train()
+
+
+def reflow_coupling(root: str, device: torch.device) -> Coupling:
+    """The fixed pairs of a reflow folder, checked to regenerate their noise on this device type."""
+    from lib.couplings import fixed_pairs_coupling
+    from lib.datasets import read_pair_seeds
+
+    seeds, made_on = read_pair_seeds(root)
+    if made_on != device.type:
+        raise ValueError(f"the pairs in {root} were generated on {made_on}; noise regenerates identically only on "
+                         f"the same device type, so train on {made_on} (this run uses {device.type})")
+    return fixed_pairs_coupling(seeds)
+
+
 def dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Constructor arguments of the chosen dataset from the command line."""
     if args.dataset == "digits":
@@ -352,6 +379,8 @@ def dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"--dataset {args.dataset} needs --root (the data folder or file)")
     if args.dataset == "imagefolder" and not args.resolution:
         raise SystemExit("--dataset imagefolder needs --resolution (images are resized and centre-cropped to it)")
+    if args.reflow and (args.dataset != "hdf5" or args.flip):
+        raise SystemExit("--reflow reads the pair shards: use --dataset hdf5 without --flip")
     if args.dataset == "hdf5":
         return {"path": args.root, "flip": args.flip, "resolution": args.resolution}
     if args.dataset == "imagefolder":
@@ -369,9 +398,10 @@ def main(argv: list[str] | None = None) -> int:
         args.steps = steps_for_epochs(args.epochs, len(data), args.batch_size * distributed.world_size())
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     torch.manual_seed(config.seed)  # same initial weights on every rank
-    model = build_model(args.model, tuple(data[0][1].shape)).to(device)
-    coupling = make_coupling(args.coupling, len(data), num_caches=args.caches, seed=config.seed, cost=args.cost,
-                             no_swaps=args.no_swaps)
+    model = initial_model(args, tuple(data[0][1].shape)).to(device)
+    coupling = reflow_coupling(args.root, device) if args.reflow else \
+        make_coupling(args.coupling, len(data), num_caches=args.caches, seed=config.seed, cost=args.cost,
+                      no_swaps=args.no_swaps)
     if distributed.is_main():
         args.out.mkdir(parents=True, exist_ok=True)
         run_config = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

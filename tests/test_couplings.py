@@ -149,3 +149,14 @@ def test_cost_option_changes_the_matrix():
 def test_bad_input_names_the_problem(bad, message):
     with pytest.raises(ValueError, match=message):
         bad()
+
+
+def test_fixed_pairs_coupling_gives_each_example_its_own_noise():
+    from lib.couplings import fixed_pairs_coupling
+
+    seeds = torch.tensor([11, 7, 5, 3, 2])
+    coupling = fixed_pairs_coupling(seeds)
+    x, index = data(3), torch.tensor([4, 0, 2])
+    out = coupling(x, index)
+    assert torch.equal(out.z, noise_from_seeds(seeds[index], (2,), "cpu")) and out.stats.swaps == 0
+    assert torch.equal(coupling.seeds[:, 0], seeds)
