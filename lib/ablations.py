@@ -34,6 +34,7 @@ from lib.metrics import w2
 from lib.solvers import parse_solver, sample, solver_for_nfe
 from lib.toy import digits_vectors
 from lib.train import TrainConfig, TrainResult, train_flow
+from lib.train import build_model as train_build_model
 
 ModelKind = Literal["mlp", "unet"]
 MODEL_KINDS: tuple[str, ...] = ("mlp", "unet")
@@ -140,13 +141,7 @@ def build_model(kind: str, hidden: int = 256, seed: int = 0) -> nn.Module:
     """A fresh velocity field for digits with weights fixed by ``seed``: MLP(64) or the UNet digits preset."""
     check_model_kind(kind)
     torch.manual_seed(seed)
-    if kind == "unet":
-        from lib.unet import build_unet
-
-        return build_unet("digits")
-    from lib.models import MLP
-
-    return MLP(64, hidden=hidden)
+    return train_build_model("digits", DIGIT_SHAPE) if kind == "unet" else train_build_model("mlp", (64,), hidden)
 
 
 def train_ablation(ablation: Ablation, train: Tensor, budget: AblationBudget) -> TrainedAblation:

@@ -7,6 +7,7 @@ as a subprocess, so a notebook on one CPU and a run on 8 GPUs exercise the same 
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +107,4 @@ def run_name(row: str) -> str:
 
 def read_history(checkpoint: Path) -> list[dict[str, float]]:
     """The loss / swaps / cost records lib.train wrote beside ``checkpoint`` (history.json)."""
-    import json
-
     return json.loads((checkpoint.parent / "history.json").read_text())

@@ -279,12 +279,12 @@ def train_flow(model: nn.Module, data: Data, coupling: Coupling, config: TrainCo
 # ---------------------------------------------------------------------------------------------
 
 
-def build_model(name: str, example_shape: tuple[int, ...]) -> nn.Module:
-    """``mlp`` (flat data of any shape) or a lib.unet preset name (cifar10, digits, tiny, ...)."""
+def build_model(name: str, example_shape: tuple[int, ...], hidden: int = 256) -> nn.Module:
+    """``mlp`` (flat data of any shape; ``hidden`` wide) or a lib.unet preset name (cifar10, digits, tiny, ...)."""
     if name == "mlp":
         from lib.models import MLP
 
-        return MLP(math.prod(example_shape))
+        return MLP(math.prod(example_shape), hidden=hidden)
     from lib.unet import PRESETS, build_unet
 
     if name not in PRESETS:

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from data_prep import imagenet as prep
 from lib.datasets import HDF5Images
-from lib.results import REPO_ROOT
-
-
-def load_prep():
-    spec = importlib.util.spec_from_file_location("prep_imagenet", REPO_ROOT / "data_prep" / "imagenet.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_npz_batches(folder: Path, sizes: list[int], resolution: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -35,7 +27,6 @@ def write_npz_batches(folder: Path, sizes: list[int], resolution: int = 32) -> t
 
 
 def test_npz_batches_become_shards_in_order_and_resume(tmp_path: Path) -> None:
-    prep = load_prep()
     images, labels = write_npz_batches(tmp_path / "src", [7, 5, 9, 3, 2, 2, 2, 2, 2, 4])  # batch_10 sorts last
     argv = ["--source", str(tmp_path / "src"), "--resolution", "32", "--out", str(tmp_path / "out"), "--shard-size", "10"]
     assert prep.main(argv) == 0
@@ -52,7 +43,6 @@ def test_npz_batches_become_shards_in_order_and_resume(tmp_path: Path) -> None:
 
 
 def test_image_folder_source(tmp_path: Path) -> None:
-    prep = load_prep()
     for label in ("n01", "n02"):
         (tmp_path / "src" / label).mkdir(parents=True)
         for i in range(3):
@@ -63,7 +53,6 @@ def test_image_folder_source(tmp_path: Path) -> None:
 
 
 def test_bad_inputs_name_the_file(tmp_path: Path, capsys) -> None:
-    prep = load_prep()
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "train_data_batch_1.npz").write_bytes(b"not a zip")
     assert prep.main(["--source", str(tmp_path / "src"), "--resolution", "32", "--out", str(tmp_path / "o")]) == 1

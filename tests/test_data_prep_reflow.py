@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 
+from data_prep import reflow_pairs as prep
 from lib.couplings import make_coupling, noise_from_seeds
 from lib.datasets import HDF5Images, read_pair_seeds
-from lib.results import REPO_ROOT
 from lib.sample import image_seeds, load_model
 from lib.solvers import sample
 from lib.train import TrainConfig, load_checkpoint, main, train_flow
 from lib.unet import build_unet
-
-
-def load_prep():
-    spec = importlib.util.spec_from_file_location("prep_reflow", REPO_ROOT / "data_prep" / "reflow_pairs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def read_shards(folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -44,7 +36,6 @@ def teacher(tmp_path: Path) -> Path:
 
 
 def test_pairs_regenerate_from_their_seeds_and_resume_exactly(tmp_path: Path) -> None:
-    prep = load_prep()
     checkpoint = teacher(tmp_path)
     argv = ["--checkpoint", str(checkpoint), "--num", "10", "--shard-size", "4", "--solver", "euler-2", "--seed", "3",
             "--batch-size", "3", "--device", "cpu", "--out", str(tmp_path / "pairs")]
@@ -64,7 +55,6 @@ def test_pairs_regenerate_from_their_seeds_and_resume_exactly(tmp_path: Path) ->
 
 
 def test_reflow_fine_tunes_the_teacher_on_its_own_pairs(tmp_path: Path) -> None:
-    prep = load_prep()
     checkpoint = teacher(tmp_path)
     pairs = tmp_path / "pairs"
     assert prep.main(["--checkpoint", str(checkpoint), "--num", "24", "--shard-size", "10", "--solver", "midpoint-2",

@@ -17,7 +17,6 @@ from lib.datasets import (
     collate_indexed, digits_split_indices, make_dataset, read_cifar10, to_uint8, uint8_to_unit,
     write_fake_cifar10, write_hdf5_images, write_hdf5_latents,
 )
-from lib.results import REPO_ROOT
 
 
 def random_uint8(n, c=3, h=8, w=8, seed=0):
@@ -349,11 +348,8 @@ def test_writers_reject_wrong_inputs_and_leave_no_file(tmp_path):
 
 def test_data_prep_cifar10_verifies_the_on_disk_format(tmp_path, capsys):
     """data_prep/cifar10.py --offline accepts a copy in the official format and refuses a missing one."""
-    import importlib.util
+    from data_prep import cifar10 as prep
 
-    spec = importlib.util.spec_from_file_location("prep_cifar10", REPO_ROOT / "data_prep" / "cifar10.py")
-    prep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prep)
     assert prep.main(["--root", str(tmp_path / "missing"), "--offline"]) == 1
     assert "Fix: run" in capsys.readouterr().err
     write_fake_cifar10(tmp_path, num_train=50, num_test=10)
