@@ -68,7 +68,7 @@ class SeededSampler:
 
     def __call__(self, batch_size: int) -> Tensor:
         """Next ``batch_size`` images -> (B, C, H, W) in [-1, 1] on the sampler's device."""
-        from lib.sample import noise_for_images
+        from lib.sample import noise_for_images, to_images
 
         z = noise_for_images(self.loaded, self.seed, batch_size, self.device, start=self.made)
         with torch.no_grad():
@@ -76,7 +76,7 @@ class SeededSampler:
         self.made += batch_size
         self.nfe_total += result.nfe
         self.batches += 1
-        return result.x.clamp(-1, 1)  # an image leaves the sampler as it would be saved: clipped to range
+        return to_images(self.loaded, result.x).clamp(-1, 1)  # as it would be saved: decoded, clipped to range
 
     @property
     def mean_nfe(self) -> float:

@@ -11,13 +11,19 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+import torch
 from torch import Tensor
-from torchvision.utils import save_image
+from torchvision.utils import make_grid, save_image
 
 from lib.datasets import CIFAR10_FOLDER, write_fake_cifar10
 from lib.results import REPO_ROOT
+
+if TYPE_CHECKING:  # the UNet stack loads only when a notebook evaluates
+    from matplotlib.figure import Figure
+
+    from lib.sample import LoadedModel
 
 PAPER_RESULTS = Path(__file__).resolve().parent / "reference" / "paper_results.csv"
 
@@ -93,11 +99,18 @@ def side_by_side(ours: list[Mapping[str, Any]], paper: list[Mapping[str, str]]) 
     rows = []
     for row in ours:
         method, family = row["method"], str(row["solver"]).split("-")[0]
-        match = [p for p in paper if p["method"] == method and p["solver"] == family
-                 and (family == "dopri5" or p["nfe"] == str(int(row["nfe"])))]
+        match = [p for p in paper if p["method"] == method and _same_setting(p, family, row["nfe"])]
         rows.append({**row, "paper_fid": float(match[0]["fid"]) if match else None,
                      "paper_nfe": match[0]["nfe"] if match else None})
     return rows
+
+
+def _same_setting(paper: Mapping[str, str], family: str, nfe: float) -> bool:
+    """A paper row matches our solver family at equal NFE (any NFE for dopri5; where the paper does not
+    name its solver, "unknown", the NFE alone decides)."""
+    if family == "dopri5":
+        return paper["solver"] == "dopri5"
+    return paper["solver"] in (family, "unknown") and paper["nfe"] == str(int(nfe))
 
 
 def run_name(row: str) -> str:
@@ -108,3 +121,101 @@ def run_name(row: str) -> str:
 def read_history(checkpoint: Path) -> list[dict[str, float]]:
     """The loss / swaps / cost records lib.train wrote beside ``checkpoint`` (history.json)."""
     return json.loads((checkpoint.parent / "history.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The steps every image notebook takes: train the rows, evaluate, draw
+# ---------------------------------------------------------------------------------------------------------
+def train_rows(rows: Sequence[str], options: Mapping[str, Any], runs: Path,
+               nproc: int = 1) -> tuple[dict[str, Path], list[dict[str, Any]]]:
+    """Train one model per paper row: ``options`` with the row's coupling (ABLATIONS) on top, each in
+    ``runs/<run_name(row)>`` (a rerun resumes) -> (checkpoint by row, training history rows with "method")."""
+    checkpoints: dict[str, Path] = {}
+    history: list[dict[str, Any]] = []
+    for row in rows:
+        if row not in ABLATIONS:
+            raise ValueError(f"unknown row {row!r}; rows are {sorted(ABLATIONS)}")
+        checkpoints[row] = launch_training(runs / run_name(row), {**options, **ABLATIONS[row]}, nproc)
+        history += [{"method": row, **record} for record in read_history(checkpoints[row])]
+    return checkpoints, history
+
+
+def eval_targets(eval_checkpoint: str, repo: Path = REPO_ROOT) -> dict[str, str | Path]:
+    """``EVAL_CHECKPOINT`` -> {row name: what lib.sample.load_model takes}: ``released:<name>`` is passed on
+    (fetched through huggingface_hub), a path is taken relative to the repository."""
+    from lib.released import PREFIX
+
+    if eval_checkpoint.startswith(PREFIX):
+        return {eval_checkpoint[len(PREFIX):]: eval_checkpoint}
+    return {Path(eval_checkpoint).stem: repo / eval_checkpoint}
+
+
+def fid_table(models: Mapping[str, LoadedModel], solvers: Sequence[str], num_samples: int, reference: str,
+              paper: list[dict[str, str]], *, seed: int, device: str, features: str = "inception",
+              dataset_res: int = 32) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """FID of every model at every solver (true NFE checked against the grid) -> (our rows, rows joined
+    with the paper's). ``features="random"`` scores with lib.fid.RandomConvFeatures: offline, not comparable."""
+    from lib.evaluate import fid_rows
+    from lib.fid import RandomConvFeatures
+    from lib.solvers import parse_solver
+
+    extractor = RandomConvFeatures() if features == "random" else None
+    ours: list[dict[str, Any]] = []
+    for name, loaded in models.items():
+        ours += [{"method": name, **row} for row in fid_rows(
+            loaded, solvers, num_samples, reference, seed=seed, device=device, batch_size=min(250, num_samples),
+            dataset_res=dataset_res, feature_extractor=extractor)]
+    for row in ours:
+        expected = parse_solver(row["solver"]).expected_nfe
+        if expected is not None and row["nfe"] != expected:  # midpoint-k must cost 2k network calls
+            raise RuntimeError(f"{row['method']} {row['solver']}: counted {row['nfe']} network calls, expected {expected}")
+    return ours, side_by_side(ours, paper)
+
+
+def curvature_rows(models: Mapping[str, LoadedModel], num_paths: int, seed: int, device: str,
+                   steps: int = 20) -> list[dict[str, Any]]:
+    """Paper Fig. 4: 1 - cos of consecutive velocities along ``steps``-step Euler paths from the same noise
+    for every model -> rows {method, step, curvature}."""
+    from lib.evaluate import path_curvature
+    from lib.sample import noise_for_images
+
+    rows: list[dict[str, Any]] = []
+    for name, loaded in models.items():
+        z = noise_for_images(loaded, seed, num_paths, device)
+        per_step = path_curvature(loaded.model.to(device), z, steps=steps)
+        rows += [{"method": name, "step": i + 1, "curvature": float(c)} for i, c in enumerate(per_step)]
+    return rows
+
+
+def fid_vs_nfe_figure(fid: Sequence[Mapping[str, Any]], curvature: Sequence[Mapping[str, Any]],
+                      features: str) -> Figure:
+    """Two panels: FID against true NFE per method (paper Fig. 3) and curvature per Euler step (Fig. 4)."""
+    from lib import plots
+
+    fig, axes = plots.figure(2, size=3.6)
+    for method in dict.fromkeys(r["method"] for r in fid):
+        mine = [r for r in fid if r["method"] == method]
+        axes[0][0].plot([r["nfe"] for r in mine], [r["fid"] for r in mine], marker="o", label=method)
+    axes[0][0].set(xscale="log", xlabel="NFE (true network calls)", ylabel=f"FID ({features} features)",
+                   title="FID vs NFE")
+    axes[0][0].legend(fontsize=6)
+    plots.draw_curves(axes[0][1], curvature, "step", "curvature", "method", "curvature per Euler step", logy=True)
+    fig.tight_layout()
+    return fig
+
+
+def sample_grids_figure(models: Mapping[str, LoadedModel], num_images: int, solver: str, seed: int,
+                        device: str) -> Figure:
+    """One panel per model: ``num_images`` samples from the same noise (latent models decoded to pixels)."""
+    from lib import plots
+    from lib.sample import generate, to_images
+
+    fig, axes = plots.figure(len(models), size=3.0)
+    for ax, (name, loaded) in zip(axes[0], models.items()):
+        images = torch.cat([to_images(loaded, x) for x, _ in generate(loaded, num_images, solver, seed, device=device)])
+        grid = make_grid(images.cpu().clamp(-1, 1), nrow=max(1, int(num_images**0.5)), normalize=True,
+                         value_range=(-1, 1))
+        ax.imshow(grid.permute(1, 2, 0).numpy())
+        ax.set_title(f"{name}\n{solver}", fontsize=7)
+        ax.axis("off")
+    return fig

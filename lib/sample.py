@@ -33,11 +33,24 @@ RUN_STRIDE = 1_000_000_007
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A velocity field ready to sample, its example shape (C, H, W) or (D,), and where it came from."""
+    """A velocity field ready to sample, its example shape (C, H, W) or (D,), and where it came from.
+
+    Latent models (FFHQ-256) also carry ``decoder``: scaled latents (B, *shape) -> images (B, 3, H, W) in
+    [-1, 1] (the autoencoder with the latent scale applied, see lib.autoencoder); pixel models have None.
+    """
 
     model: nn.Module
     shape: tuple[int, ...]
     info: dict[str, Any]
+    decoder: nn.Module | None = None
+
+
+def to_images(loaded: LoadedModel, x: Tensor) -> Tensor:
+    """Samples (B, *loaded.shape) -> images in [-1, 1]: decoded for latent models, unchanged otherwise."""
+    if loaded.decoder is None:
+        return x
+    with torch.no_grad():
+        return loaded.decoder.to(x.device).eval()(x)
 
 
 def _ema_weights(state: dict[str, Any]) -> dict[str, Tensor]:
@@ -132,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     loaded = load_model(args.checkpoint, use_ema=not args.raw_weights)
     batches = list(generate(loaded, args.num, args.solver, args.seed, args.batch_size, args.device))
-    images = torch.cat([x for x, _ in batches])
+    images = torch.cat([to_images(loaded, x) for x, _ in batches])
     if args.out.suffix == ".pt":
         args.out.parent.mkdir(parents=True, exist_ok=True)
         torch.save(images, args.out)
