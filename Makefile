@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
 
-# Main job: every CPU-feasible notebook of the profile through papermill -> results/$(PROFILE)/...
+# Main job: every CPU-feasible notebook of the profile through papermill -> results/$(PROFILE)/...,
+# then the README's generated sections (notebook index, results) from what was written.
 reproduce: $(STAMP)
 	$(PY) -m lib.reproduce --profile $(PROFILE)
+	$(PY) -m lib.readme
 
 # Unit tests, papermill smoke runs and nbval on the committed notebooks (results go to a temp dir).
 test: $(STAMP)

@@ -23,6 +23,7 @@ from lib.results import REPO_ROOT, results_root
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+TABLES_NOTEBOOK = "10_paper_tables"  # reads what every other notebook wrote, so it always runs last
 
 
 class NotebookFailed(RuntimeError):
@@ -35,11 +36,12 @@ def profile_names() -> list[str]:
 
 
 def load_profile(profile: str) -> dict[str, dict[str, Any]]:
-    """The profile's notebooks in run order, each with its parameter overrides."""
+    """The profile's notebooks in run order (by number, the tables notebook last), each with its overrides."""
     path = PROFILES_DIR / f"{profile}.json"
     if not path.exists():
         raise SystemExit(f"unknown profile {profile!r}; use one of {profile_names()}")
-    return json.loads(path.read_text())["notebooks"]
+    notebooks = json.loads(path.read_text())["notebooks"]
+    return dict(sorted(notebooks.items(), key=lambda item: (item[0] == TABLES_NOTEBOOK, item[0])))
 
 
 def notebook_path(name: str) -> Path:

@@ -1,0 +1,151 @@
+"""The README's generated sections: the notebook index (with measured runtimes) and the results.
+
+Both are written between marker comments and come only from results/ (run.json wall times, tables.csv from
+notebook 10), so no number in the README is typed by hand:
+
+    python -m lib.readme            # rewrite the sections of README.md from results/
+    python -m lib.readme --check    # exit 1 if README.md is not what results/ says (tests run this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from lib.results import REPO_ROOT
+from lib.tables import SECTIONS, read_csv
+
+README = REPO_ROOT / "README.md"
+RESULTS = REPO_ROOT / "results"
+
+
+@dataclass(frozen=True)
+class NotebookInfo:
+    """What the index says about a notebook besides its measured runtimes."""
+
+    paper: str  # the paper's tables / figures it regenerates
+    shows: str  # one line
+    device: str  # where the paper profile runs
+    paper_runtime: str  # an estimate until results/paper/<notebook>/run.json exists
+
+
+NOTEBOOKS: dict[str, NotebookInfo] = {
+    "01_toy_couplings": NotebookInfo("Fig. 1, 2, 5", "curved vs straight 2-D paths, one local re-pairing, the polygon "
+                                     "counterexample", "CPU", "est. minutes, CPU"),
+    "02_assignment_convergence": NotebookInfo("Theorem 1, Fig. 6", "pairing cost never rises, swaps die out, gap to "
+                                              "the exact optimum; coupling-step cost", "CPU", "est. ~10 min, CPU"),
+    "03_toy_generation": NotebookInfo("-", "I-CFM vs minibatch OT vs LOOM on 2-D toys: W2 by NFE", "CPU",
+                                      "est. ~20 min, CPU"),
+    "04_digits": NotebookInfo("Table 5, Fig. 4 (digits scale)", "the ablation rows on scikit-learn digits", "CPU",
+                              "est. ~35 min, 2 CPU cores"),
+    "05_cifar10": NotebookInfo("Table 1, 5; Fig. 3, 4, 7", "ablation rows via torchrun, FID vs NFE beside the paper",
+                               "GPUs", "est. ~17 h per row on 4 GPUs (paper: 17.3 h)"),
+    "06_imagenet": NotebookInfo("Table 2; Fig. 7", "ImageNet-32/64 from the official npz batches, FID vs NFE", "GPUs",
+                                "est. days on 4 GPUs"),
+    "07_ffhq_latent": NotebookInfo("Table 3; Fig. 7", "FFHQ-256 in SD kl-f8 latents, decoded FID", "GPUs",
+                                   "est. days on 4 GPUs"),
+    "08_reflow": NotebookInfo("Table 1 (reflow rows)", "10^6 teacher pairs, reflow fine-tuning, FID at 1-2 NFE",
+                              "GPUs", "est. ~1 day on 4 GPUs"),
+    "09_performance": NotebookInfo("- (reviewers' cost question)", "coupling step parts, O(m^3) assignment fit, "
+                                   "throughput, share of the step", "CPU or GPU", "est. ~15 min, one GPU"),
+    "10_paper_tables": NotebookInfo("Tables 1, 2, 3, 5; Figs. 1-7", "every table and figure rebuilt from results/",
+                                    "CPU", "seconds"),
+    "11_released_checkpoints": NotebookInfo("Tables 1, 2, 3", "the five released checkpoints at the paper's NFE",
+                                            "GPU", "est. hours on one GPU (50k samples x 4 solvers x 5)"),
+}
+
+
+def notebooks_on_disk() -> list[str]:
+    return sorted(p.stem for p in (REPO_ROOT / "notebooks").glob("*.ipynb"))
+
+
+def _wall_time(results: Path, profile: str, notebook: str) -> str:
+    """Measured wall time of the notebook's last run in ``profile`` with its device, or '' if never run."""
+    path = results / profile / notebook / "run.json"
+    if not path.is_file():
+        return ""
+    run = json.loads(path.read_text())
+    seconds, device = float(run["wall_time_s"]), run["device"]
+    where = device.get("cuda_device") or f"{device.get('cpu_count', '?')} CPU cores"
+    return (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min") + f" ({where})"
+
+
+def notebook_index(results: Path) -> str:
+    """The index table: notebook, paper items, what it shows, device, quick and paper runtimes."""
+    lines = ["| notebook | paper | what it shows | paper-profile device | quick run (measured) | paper run |",
+             "|---|---|---|---|---|---|"]
+    for name in notebooks_on_disk():
+        if name not in NOTEBOOKS:
+            raise KeyError(f"notebook {name} has no entry in lib.readme.NOTEBOOKS; add one")
+        info = NOTEBOOKS[name]
+        quick = _wall_time(results, "quick", name) or "not run yet"
+        paper = _wall_time(results, "paper", name) or info.paper_runtime
+        lines.append(f"| `{name}` | {info.paper} | {info.shows} | {info.device} | {quick} | {paper} |")
+    return "\n".join(lines)
+
+
+def results_section(results: Path) -> str:
+    """Per paper table: how many numbers the kit has matched, and the rows with a kit value (from tables.csv)."""
+    path = results / "tables.csv"
+    if not path.is_file():
+        return "No results yet: run `make reproduce` (notebook 10 writes results/tables.md)."
+    rows = read_csv(path)
+    parts = ["Generated from [results/tables.md](results/tables.md) (full tables, protocols and provenance). "
+             "Quick-profile values test the pipeline on fabricated data and are never compared with the paper."]
+    for (table, dataset), title in SECTIONS.items():
+        mine = [r for r in rows if r["table"] == table and r["dataset"] == dataset]
+        measured = [r for r in mine if r["status"] != "not run yet"]
+        paper_numbers = [r for r in mine if r["paper_fid"]]
+        compared = sum(r["status"] == "paper profile" for r in paper_numbers)
+        parts.append(f"- **{title}**: {len(paper_numbers)} paper numbers, {compared} matched by a paper-profile run, "
+                     f"{len(measured)} kit rows in all ({', '.join(sorted({r['profile'] for r in measured})) or 'none'}).")
+    return "\n".join(parts)
+
+
+def quick_total(results: Path) -> str:
+    """One sentence: how long the notebooks of the last quick run took together, and on what."""
+    runs = [json.loads(p.read_text()) for p in sorted((results / "quick").glob("*/run.json"))]
+    if not runs:
+        return "No quick run is recorded yet."
+    minutes = sum(float(r["wall_time_s"]) for r in runs) / 60
+    cores = sorted({str(r["device"].get("cpu_count", "?")) for r in runs})
+    return (f"The last `make reproduce` (results/quick/*/run.json) spent {minutes:.0f} minutes in its {len(runs)} "
+            f"notebooks on {'/'.join(cores)} CPU cores.")
+
+
+SECTION_BUILDERS = {"quick-total": quick_total, "notebook-index": notebook_index, "results": results_section}
+
+
+def render(text: str, results: Path) -> str:
+    """``text`` with every generated section replaced by what ``results`` says now."""
+    for name, build in SECTION_BUILDERS.items():
+        pattern = re.compile(rf"(<!-- {name}:start -->\n)(?:.*?\n)?(<!-- {name}:end -->)", re.S)
+        if not pattern.search(text):
+            raise ValueError(f"README has no '<!-- {name}:start -->' ... '<!-- {name}:end -->' markers")
+        text = pattern.sub(lambda m: m.group(1) + build(results) + "\n" + m.group(2), text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lib.readme", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="only check that README.md is current (exit 1 if not)")
+    p.add_argument("--results", type=Path, default=RESULTS, help="results root (default: <repo>/results)")
+    args = p.parse_args(argv)
+    current = README.read_text()
+    wanted = render(current, args.results)
+    if args.check:
+        if current != wanted:
+            print("README.md is out of date with results/: run `python -m lib.readme`", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(wanted)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
