@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import matplotlib.image as mpimg
+from matplotlib.ticker import NullFormatter
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
@@ -103,21 +104,30 @@ def fig2_local_reassignment(rows: Rows) -> Figure:
     return fig
 
 
-def fig3_fid_vs_nfe(ours: Rows, paper: Rows, title: str = "") -> Figure:
-    """Fig. 3: FID against true NFE per method, ours (solid) beside the paper's (dashed, same colour)."""
-    fig, axes = plots.figure(1, size=4.2)
-    ax = axes[0][0]
-    for method in dict.fromkeys(r["method"] for r in ours):
-        mine = sorted(_floats(_select(ours, "method", method), "nfe", "fid"), key=lambda r: r["nfe"])
-        line, = ax.plot([r["nfe"] for r in mine], [r["fid"] for r in mine], marker="o", label=f"{method} (kit)")
-        theirs = sorted(_floats([r for r in _select(paper, "method", method) if r["nfe"]], "nfe", "fid"),
-                        key=lambda r: r["nfe"])
-        if theirs:
-            ax.plot([r["nfe"] for r in theirs], [r["fid"] for r in theirs], ls="--", marker="x",
-                    color=line.get_color(), label=f"{method} (paper)")
-    ax.set(xscale="log", xlabel="NFE (true network calls)", ylabel="FID", title=title or "FID vs NFE")
-    ax.legend(fontsize=6)
-    ax.grid(alpha=0.3)
+def _fid_lines(ax: Any, rows: Rows, style: dict[str, Any], suffix: str, colors: dict[str, str]) -> None:
+    """FID against NFE, one line per method, the colour fixed per method across panels."""
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = sorted(_floats([r for r in _select(rows, "method", method) if r["nfe"]], "nfe", "fid"),
+                      key=lambda r: r["nfe"])
+        if mine:
+            line, = ax.plot([r["nfe"] for r in mine], [r["fid"] for r in mine], label=f"{method}{suffix}",
+                            color=colors.get(method), **style)
+            colors.setdefault(method, line.get_color())
+
+
+def fig3_fid_vs_nfe(ours: Rows, paper: Rows, comparable: bool, title: str = "") -> Figure:
+    """Fig. 3: FID against true NFE per method. ``comparable`` (paper profile, Inception features): ours solid
+    and the paper's dashed on one axis; otherwise two panels, since the values share no scale."""
+    fig, axes = plots.figure(1 if comparable else 2, size=4.2)
+    colors: dict[str, str] = {}
+    _fid_lines(axes[0][0], ours, {"marker": "o"}, " (kit)", colors)
+    _fid_lines(axes[0][-1], [r for r in paper if r["method"] in colors], {"ls": "--", "marker": "x"}, " (paper)", colors)
+    for ax, label in zip(axes[0], ["kit and paper" if comparable else "kit (not comparable with the paper)", "paper"]):
+        ax.set(xscale="log", xlabel="NFE (true network calls)", ylabel="FID", title=f"{title}: {label}")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # log axes over a short range crowd their minor labels
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
     return fig
 
 
@@ -144,6 +154,7 @@ def fig5_polygon(pairings: Rows, sweep: Rows) -> Figure:
     ax.axhline(sweep[0]["global_optimum"], ls="--", color="k", label="global optimum")
     ax.set(xlabel="minibatch size m", ylabel="mean pairing cost", title=f"n = {n} examples")
     ax.legend(fontsize=7)
+    fig.tight_layout()
     return fig
 
 
@@ -192,7 +203,7 @@ def _csv(root: Path, notebook: str, *names: str) -> tuple[str, list[list[dict[st
 def redraw_paper_figures(root: Path) -> tuple[dict[str, tuple[Figure, str]], dict[str, str]]:
     """Every figure of paper_setup.md that results/ has the numbers for -> ({name: (figure, source)},
     {name: what is missing}). The source names the notebook and profile the numbers came from."""
-    from lib.tables import paper_results, run_folder
+    from lib.tables import is_comparable, paper_results, run_folder
 
     drawn: dict[str, tuple[Figure, str]] = {}
     missing: dict[str, str] = {}
@@ -209,8 +220,9 @@ def redraw_paper_figures(root: Path) -> tuple[dict[str, tuple[Figure, str]], dic
     add("fig2_local_reassignment", "01_toy_couplings", _csv(root, "01_toy_couplings", "fig2_pairing.csv"),
         fig2_local_reassignment)
     cifar_paper = [r for r in paper_results() if r["dataset"] == "cifar10" and r["table"] in ("1", "5")]
-    add("fig3_fid_vs_nfe", "05_cifar10", _csv(root, "05_cifar10", "fid_vs_paper.csv"),
-        lambda ours: fig3_fid_vs_nfe(ours, cifar_paper, "CIFAR-10: FID vs NFE"))
+    fid = _csv(root, "05_cifar10", "fid_vs_paper.csv")
+    comparable = fid is not None and all(is_comparable({**r, "profile": fid[0]}) for r in fid[1][0])
+    add("fig3_fid_vs_nfe", "05_cifar10", fid, lambda ours: fig3_fid_vs_nfe(ours, cifar_paper, comparable, "CIFAR-10"))
     add("fig4_curvature", "05_cifar10", _csv(root, "05_cifar10", "curvature_per_step.csv"), fig4_curvature)
     add("fig5_polygon_counterexample", "01_toy_couplings",
         _csv(root, "01_toy_couplings", "fig5_polygon_pairings.csv", "fig5_polygon.csv"), fig5_polygon)

@@ -108,3 +108,21 @@ def test_05_cifar10_evaluates_a_released_format_checkpoint(tmp_path: Path) -> No
     assert {r["method"] for r in rows} == {"loom-cfm_cifar10"}
     assert all(r["kind"] == "released" and r["global_step"] == "123" for r in rows)
     assert not (folder / "training_history.csv").exists()
+
+
+def test_10_paper_tables_rebuilds_tables_and_figures_from_results(tmp_path: Path) -> None:
+    """Run on a copy of the committed results: every paper number appears, quick rows are labelled and never
+    compared, and the figures whose numbers exist are redrawn."""
+    import shutil
+
+    shutil.copytree(Path(__file__).resolve().parents[1] / "results", tmp_path, dirs_exist_ok=True)
+    folder = run_tiny("10_paper_tables", tmp_path)
+    rows = read_csv(tmp_path / "tables.csv")
+    assert read_csv(folder / "tables.csv") == rows
+    with open(Path(__file__).resolve().parents[1] / "lib" / "reference" / "paper_results.csv") as f:
+        assert sum(r["paper_fid"] != "" for r in rows) >= sum(1 for _ in f) - 1
+    assert all(r["difference"] == "" for r in rows if r["profile"] == "quick")
+    assert "## Table 3: FFHQ-256 (latent)" in (tmp_path / "tables.md").read_text()
+    drawn = json.loads((folder / "figures.json").read_text())["drawn"]
+    assert {"fig1_gaussian_paths", "fig3_fid_vs_nfe", "fig6_assignment_convergence"} <= set(drawn)
+    assert all((folder / f"{name}.png").is_file() for name in drawn)
