@@ -1,9 +1,19 @@
-"""Coupling-cost benchmark: wall time of one coupling step, LOOM vs independent vs minibatch OT.
+"""Performance of LOOM-CFM: what a coupling step, the assignment, sampling and training cost, and when it matters.
 
-Issue target: at batch 128 with CIFAR-shaped examples (3x32x32) and 50k examples, on the CPU, a LOOM
-step costs at most 2x an independent step. All couplings see the same batches in one run, so the
-ratios are comparable even on a noisy machine. The LOOM step is also broken into its parts (noise
-regeneration from seeds, cost matrix, exact assignment) to show where the time goes.
+Every timing takes turns between its contenders at each step (:func:`interleaved_median_ms`), so the
+ratios reported from one run hold on a noisy, shared machine even when the absolute times drift.
+Speed is reported by writing results/, never asserted in tests.
+
+- :func:`time_couplings`         one coupling step, LOOM vs independent vs minibatch OT (notebook 02's
+  CIFAR-10 setting: batch 128 of 3x32x32 examples, a 50k-row seed table; issue target LOOM <= 2x independent).
+- :func:`loom_breakdown`, :func:`coupling_sweep`   a LOOM step split into noise regeneration, cost matrix,
+  assignment and seed write-back, beside the other couplings, for any batch size and example shape.
+- :func:`assignment_scaling`, :func:`fit_power_law`   cost matrix, host transfer and exact assignment vs m,
+  and the fit log t = a + k log m.
+- :func:`time_sampling`, :func:`time_training_steps`, :func:`time_presets`, :func:`coupling_share_sweep`
+  sampling throughput per solver, training-step time per UNet preset, the coupling's share of a step vs batch.
+- :func:`seed_table_memory`, :func:`peak_memory`   what the seed table and a run occupy.
+- :func:`conclusion_facts`, :func:`conclusion_text`   where LOOM stops being cheap, written from the measurements.
 
     python -m lib.benchmarks            # writes results/quick/benchmarks/coupling_cost.{csv,json}
 """
@@ -12,17 +22,33 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
+import resource
 import statistics
+import sys
 import tempfile
 import time
-from pathlib import Path
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
+from torch import Tensor, nn
 
 from lib import results
-from lib.couplings import COUPLINGS, SEED_HIGH, cost_matrix, epoch_batches, exact_assignment, make_coupling, noise_from_seeds
+from lib.couplings import (COUPLINGS, SEED_HIGH, LoomCoupling, cost_matrix, epoch_batches, exact_assignment,
+                           make_coupling, noise_from_seeds)
+from lib.solvers import parse_solver, sample
+from lib.train import RELEASED_CONFIGS, Loop, TrainConfig, cfm_step
+from lib.unet import PRESETS, build_unet
+
+MAX_DISTINCT_BATCHES = 8  # data tensors materialised per benchmark; later steps reuse them with new indices
+LOOM_PARTS: tuple[str, ...] = ("noise from seeds", "cost matrix", "assignment", "write-back")
+ASSIGNMENT_PARTS: tuple[str, ...] = ("cost matrix", "transfer", "assignment")
+SHARE_THRESHOLDS: tuple[float, ...] = (0.10, 0.50)  # coupling shares of a training step the conclusion locates
+EXTRAPOLATION_LIMIT = 16  # the conclusion quotes an extrapolated crossing only up to this multiple of the largest batch
 
 
 @dataclass(frozen=True)
@@ -38,6 +64,11 @@ class CouplingBenchmark:
     seed: int = 0
 
 
+# ---------------------------------------------------------------------------------------------
+# Clocks
+# ---------------------------------------------------------------------------------------------
+
+
 def _clock() -> float:
     """perf_counter after any queued CUDA work has finished."""
     if torch.cuda.is_available():
@@ -51,6 +82,8 @@ def interleaved_median_ms(fns: dict[str, Callable[[int], object]], steps: int, w
     Taking turns exposes every contender to the same background load, so their ratios stay
     meaningful on a shared, noisy machine even when the absolute times drift.
     """
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
     times: dict[str, list[float]] = {name: [] for name in fns}
     for step in range(warmup + steps):
         for name, fn in fns.items():
@@ -61,16 +94,61 @@ def interleaved_median_ms(fns: dict[str, Callable[[int], object]], steps: int, w
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
-def _batches(setting: CouplingBenchmark) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(x (B, *shape), index (B,)) pairs: random CIFAR-shaped data with disjoint indices from one epoch.
+class PartTimer:
+    """Splits calls into consecutive parts: ``lap(name)`` closes the part begun at ``start()`` or the last lap.
 
-    Only the batch's data is materialised; the seed table still has num_examples rows.
+    Used inside a contender of :func:`interleaved_median_ms`, so the parts come from the very steps
+    being timed, under the same load as the other contenders.
     """
+
+    def __init__(self) -> None:
+        self.laps: dict[str, list[float]] = {}
+        self._last = 0.0
+
+    def start(self) -> None:
+        self._last = _clock()
+
+    def lap(self, name: str) -> None:
+        now = _clock()
+        self.laps.setdefault(name, []).append(now - self._last)
+        self._last = now
+
+    def median_ms(self, skip: int) -> dict[str, float]:
+        """Median ms of each part over its calls after the first ``skip`` (the warm-up)."""
+        return {name: 1e3 * statistics.median(t[skip:]) for name, t in self.laps.items()}
+
+
+def column(part: str) -> str:
+    """A part's column name in the tables: "noise from seeds" -> "noise_from_seeds_ms"."""
+    return part.replace(" ", "_").replace("-", "_") + "_ms"
+
+
+def shape_label(shape: Sequence[int]) -> str:
+    """(3, 32, 32) -> "3x32x32"; (2,) -> "2"."""
+    return "x".join(str(int(s)) for s in shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# One coupling step (notebook 02's benchmark)
+# ---------------------------------------------------------------------------------------------
+
+
+def _batches(setting: CouplingBenchmark) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(x (B, *shape), index (B,)) per step: random data with disjoint indices from one epoch.
+
+    At most MAX_DISTINCT_BATCHES data tensors are materialised (later steps reuse them with other
+    indices, so LOOM still meets fresh seeds), which keeps batch 1024 of 4x32x32 examples in memory.
+    The seed table still has num_examples rows.
+    """
+    if setting.batch_size > setting.num_examples:
+        raise ValueError(f"batch_size {setting.batch_size} exceeds num_examples {setting.num_examples}; "
+                         "raise num_examples (the seed-table rows) to at least the batch size")
     generator = torch.Generator().manual_seed(setting.seed)
     indices = epoch_batches(setting.num_examples, setting.batch_size, generator)
     count = setting.steps + setting.warmup
-    return [(torch.rand(setting.batch_size, *setting.shape, generator=generator).to(setting.device) * 2 - 1,
-             indices[i % len(indices)]) for i in range(count)]
+    data = [torch.rand(setting.batch_size, *setting.shape, generator=generator).to(setting.device) * 2 - 1
+            for _ in range(min(count, MAX_DISTINCT_BATCHES))]
+    return [(data[i % len(data)], indices[i % len(indices)]) for i in range(count)]
 
 
 def file_per_example_step(folder: Path, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -134,6 +212,517 @@ def summary(rows: list[dict[str, object]], setting: CouplingBenchmark) -> dict[s
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# A LOOM step in parts, per batch size and example shape
+# ---------------------------------------------------------------------------------------------
+
+
+def timed_loom_step(coupling: LoomCoupling, x: Tensor, index: Tensor, timer: PartTimer) -> Tensor:
+    """One LOOM step (Algorithm 1) with a lap after each of LOOM_PARTS; returns the re-paired noise (B, *shape).
+
+    x: (B, *shape) data, index: (B,) its example indices. The same building blocks as
+    LoomCoupling.pair in the same order with the same generator draws, so the seed table ends where
+    ``coupling(x, index)`` would leave it (tested); only the step statistics (swaps, mean costs) are skipped.
+    """
+    if coupling.seed_init != "upfront" or coupling.no_swaps:
+        raise ValueError("timed_loom_step times the plain LOOM step: build the LoomCoupling with "
+                         "seed_init='upfront' and no_swaps=False")
+    timer.start()
+    index = index.cpu().long()
+    caches = coupling.choose_caches(len(index))  # 1. one cache per example, its noise regenerated
+    seeds = coupling.seeds[index, caches]
+    z = noise_from_seeds(seeds, tuple(x.shape[1:]), x.device)
+    timer.lap("noise from seeds")
+    costs = cost_matrix(x, z, coupling.cost)  # 2. the B x B assignment between noises and data
+    timer.lap("cost matrix")
+    perm = torch.as_tensor(exact_assignment(costs))
+    timer.lap("assignment")
+    coupling.seeds[index, caches] = seeds[perm]  # 3. permute the chosen seeds and write them back
+    z = z[perm.to(z.device)]  # 4. the re-paired batch for the flow-matching step
+    timer.lap("write-back")
+    return z
+
+
+def loom_breakdown(setting: CouplingBenchmark) -> dict[str, object]:
+    """One row: median ms per step of the three couplings and of each part of a LOOM step, taking turns.
+
+    Columns: shape, dim, batch_size, num_examples, device, ``<coupling>_ms`` for independent /
+    minibatch_ot / loom, ``<part>_ms`` for LOOM_PARTS (underscored), parts_total_ms (the timed step
+    the parts come from), and LOOM's ratios to the other two couplings.
+    """
+    batches = _batches(setting)
+    couplings = {name: make_coupling(name, setting.num_examples, seed=setting.seed) for name in COUPLINGS}
+    instrumented = LoomCoupling(setting.num_examples, seed=setting.seed)
+    timer = PartTimer()
+    fns: dict[str, Callable[[int], object]] = {
+        **{name: (lambda step, c=c: c(*batches[step])) for name, c in couplings.items()},
+        "parts_total": lambda step: timed_loom_step(instrumented, *batches[step], timer),
+    }
+    ms = interleaved_median_ms(fns, setting.steps, setting.warmup)
+    parts = timer.median_ms(setting.warmup)
+    return {
+        "shape": shape_label(setting.shape), "dim": math.prod(setting.shape), "batch_size": setting.batch_size,
+        "num_examples": setting.num_examples, "device": setting.device,
+        **{f"{name}_ms": ms[name] for name in COUPLINGS},
+        **{column(part): parts[part] for part in LOOM_PARTS},
+        "parts_total_ms": ms["parts_total"],
+        "loom_over_independent": ms["loom"] / ms["independent"],
+        "loom_over_minibatch_ot": ms["loom"] / ms["minibatch_ot"],
+    }
+
+
+def coupling_sweep(shapes: Sequence[Sequence[int]], batch_sizes: Sequence[int], num_examples: int = 50_000,
+                   steps: int = 20, warmup: int = 3, device: str = "cpu", seed: int = 0) -> list[dict[str, object]]:
+    """:func:`loom_breakdown` for every example shape x batch size (the seed table grows to the batch if needed)."""
+    return [loom_breakdown(CouplingBenchmark(num_examples=max(num_examples, b), shape=tuple(int(s) for s in shape),
+                                             batch_size=b, steps=steps, warmup=warmup, device=device, seed=seed))
+            for shape in shapes for b in batch_sizes]
+
+
+# ---------------------------------------------------------------------------------------------
+# The assignment vs m
+# ---------------------------------------------------------------------------------------------
+
+
+def assignment_scaling(sizes: Sequence[int], shape: Sequence[int] = (3, 32, 32), steps: int = 5, warmup: int = 1,
+                       device: str = "cpu", seed: int = 0) -> list[dict[str, object]]:
+    """Per m: median ms of the m x m cost matrix on ``device``, its transfer to the host in float64, and
+    scipy's exact assignment (lib.couplings.exact_assignment); the sizes take turns at every step.
+
+    Data x (m, *shape) uniform in [-1, 1] against Gaussian noise z (m, *shape), as in a LOOM step.
+    Rows: m, dim, device, cost_matrix_ms, transfer_ms, assignment_ms, total_ms.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    points = {m: (torch.rand(m, *shape, generator=generator).to(device) * 2 - 1,
+                  torch.randn(m, *shape, generator=generator).to(device)) for m in sizes}
+    timers = {m: PartTimer() for m in sizes}
+
+    def solve(m: int) -> np.ndarray:
+        timer, (x, z) = timers[m], points[m]
+        timer.start()
+        costs = cost_matrix(x, z)
+        timer.lap("cost matrix")
+        host = costs.double().cpu()  # what exact_assignment hands scipy; a no-op there afterwards
+        timer.lap("transfer")
+        perm = exact_assignment(host)
+        timer.lap("assignment")
+        return perm
+
+    ms = interleaved_median_ms({str(m): (lambda step, m=m: solve(m)) for m in sizes}, steps, warmup)
+    rows = []
+    for m in sizes:
+        parts = timers[m].median_ms(warmup)
+        rows.append({"m": m, "dim": math.prod(shape), "device": device,
+                     **{column(p): parts[p] for p in ASSIGNMENT_PARTS}, "total_ms": ms[str(m)]})
+    return rows
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    """Least-squares fit of log t = a + k log m, i.e. t = c m^k with c = exp(a) (t in ms)."""
+
+    exponent: float  # k
+    log_constant: float  # a (natural log)
+    min_size: int  # smallest m used in the fit
+    max_size: int  # largest m used in the fit
+    points: int  # sizes used
+
+    @property
+    def constant(self) -> float:
+        """c in t = c m^k (ms)."""
+        return math.exp(self.log_constant)
+
+    def predict(self, m: float) -> float:
+        """Fitted time in ms at size m."""
+        return self.constant * m**self.exponent
+
+
+def fit_power_law(sizes: Sequence[float], times_ms: Sequence[float], min_size: float = 0) -> PowerLawFit:
+    """Fit t = c m^k to (sizes, times_ms) by least squares in log-log, using the sizes >= ``min_size``.
+
+    Small sizes are dominated by fixed overheads (Python, allocation), so ``min_size`` keeps the fit to
+    the sizes where the algorithm's growth shows.
+    """
+    if len(sizes) != len(times_ms):
+        raise ValueError(f"{len(sizes)} sizes but {len(times_ms)} times; pass one time per size")
+    kept = [(float(m), float(t)) for m, t in zip(sizes, times_ms) if m >= min_size]
+    if len({m for m, _ in kept}) < 2:
+        raise ValueError(f"a power-law fit needs at least two distinct sizes >= min_size={min_size}, got "
+                         f"{sorted({m for m, _ in kept})}; add sizes or lower min_size")
+    if any(m <= 0 or t <= 0 for m, t in kept):
+        raise ValueError("sizes and times must be positive for a log-log fit")
+    log_m, log_t = np.log([m for m, _ in kept]), np.log([t for _, t in kept])
+    k, a = np.polyfit(log_m, log_t, 1)
+    return PowerLawFit(exponent=float(k), log_constant=float(a), min_size=int(min(m for m, _ in kept)),
+                       max_size=int(max(m for m, _ in kept)), points=len(kept))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling and training
+# ---------------------------------------------------------------------------------------------
+
+
+def check_bf16(device: torch.device | str, bf16: bool) -> None:
+    """Refuse bf16 off CUDA: lib.train autocasts on CUDA only, so a CPU row labelled bf16 would be fp32."""
+    if bf16 and torch.device(device).type != "cuda":
+        raise ValueError(f"bf16 autocast runs on CUDA only, but the device is {device}; time bf16 on a GPU "
+                         "or pass bf16=False (BF16 = [False] in the notebook)")
+
+
+def autocast(device: torch.device | str, bf16: bool) -> torch.autocast | nullcontext:
+    """bf16 autocast on CUDA when asked, fp32 otherwise (see :func:`check_bf16`)."""
+    check_bf16(device, bf16)
+    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def time_sampling(model: nn.Module, shape: Sequence[int], solvers: Sequence[str], batch_size: int, steps: int = 3,
+                  warmup: int = 1, seed: int = 0, bf16: bool = False) -> list[dict[str, object]]:
+    """Sampling throughput per solver spec: ``batch_size`` images from the same noise (B, *shape), solvers
+    taking turns. Rows: solver, nfe (true network calls), ms_per_batch, images_per_s, ms_per_network_call.
+
+    For adaptive solvers the NFE depends on the field: an untrained model's dopri5 NFE is not a trained one's.
+    """
+    device = next(model.parameters()).device
+    check_bf16(device, bf16)
+    for spec in solvers:
+        parse_solver(spec)  # a bad spec fails before anything is timed
+    model.eval()
+    z = torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    nfe: dict[str, int] = {}
+
+    def run(spec: str) -> None:
+        with autocast(device, bf16):
+            nfe[spec] = sample(model, z, spec).nfe
+
+    ms = interleaved_median_ms({spec: (lambda step, spec=spec: run(spec)) for spec in solvers}, steps, warmup)
+    return [{"solver": spec, "nfe": nfe[spec], "batch_size": batch_size, "bf16": bf16, "ms_per_batch": ms[spec],
+             "images_per_s": 1e3 * batch_size / ms[spec], "ms_per_network_call": ms[spec] / nfe[spec]}
+            for spec in solvers]
+
+
+def time_training_steps(model: torch.nn.Module, data: torch.Tensor, batch_size: int, steps: int, warmup: int = 3,
+                        seed: int = 0, bf16: bool = False,
+                        couplings: Sequence[str] = COUPLINGS) -> list[dict[str, object]]:
+    """Median ms of one full training step (coupling + CFM loss + backward + Adam) per coupling, and of the
+    coupling alone, taking turns every step. data: (N, *shape) on the model's device.
+
+    Rows: part ("<coupling>: training step" or "<coupling>: coupling alone"), ms_per_step, and
+    ratio_to_independent (training steps) or share_of_step (coupling alone). ``couplings`` must
+    include "independent" (the base of the ratios).
+    """
+    if "independent" not in couplings or not set(couplings) <= set(COUPLINGS):
+        raise ValueError(f"couplings must be a subset of {COUPLINGS} that includes 'independent', got {couplings}")
+    device = next(model.parameters()).device
+    check_bf16(device, bf16)
+    config = TrainConfig(batch_size=batch_size, seed=seed, bf16=bf16)
+    generator = torch.Generator().manual_seed(seed)
+    batches = [epoch_batches(len(data), batch_size, generator)[0] for _ in range(steps + warmup)]
+    fns: dict[str, Callable[[int], object]] = {}
+    for name in couplings:
+        net = copy.deepcopy(model)
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+        loop = Loop(step=0, epoch=0, batches=[], generator=torch.Generator().manual_seed(seed))
+        coupling = make_coupling(name, len(data), seed=seed)
+        shadow = make_coupling(name, len(data), seed=seed)  # its own state, so timing it leaves training intact
+
+        def train_step(step: int, net=net, optimizer=optimizer, loop=loop, coupling=coupling) -> None:
+            loss, _ = cfm_step(net, data, coupling, batches[step], loop, config, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        fns[f"{name}: training step"] = train_step
+        fns[f"{name}: coupling alone"] = lambda step, c=shadow: c(data[batches[step]], batches[step])
+    medians = interleaved_median_ms(fns, steps, warmup)
+    base = medians["independent: training step"]
+    rows: list[dict[str, object]] = []
+    for name in couplings:
+        step_ms, coupling_ms = medians[f"{name}: training step"], medians[f"{name}: coupling alone"]
+        rows.append({"part": f"{name}: training step", "ms_per_step": step_ms, "ratio_to_independent": step_ms / base,
+                     "images_per_s": 1e3 * batch_size / step_ms, "bf16": bf16})
+        rows.append({"part": f"{name}: coupling alone", "ms_per_step": coupling_ms,
+                     "share_of_step": coupling_ms / step_ms})
+    return rows
+
+
+def per_coupling(rows: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
+    """:func:`time_training_steps` rows -> one row per coupling: step_ms, images_per_s, ratio_to_independent,
+    coupling_ms, share_of_step."""
+    by_part = {str(r["part"]): r for r in rows}
+    names = [p.split(":")[0] for p in by_part if p.endswith(": training step")]
+    out = []
+    for name in names:
+        step, alone = by_part[f"{name}: training step"], by_part[f"{name}: coupling alone"]
+        out.append({"coupling": name, "step_ms": step["ms_per_step"], "images_per_s": step["images_per_s"],
+                    "ratio_to_independent": step["ratio_to_independent"], "coupling_ms": alone["ms_per_step"],
+                    "share_of_step": alone["share_of_step"]})
+    return out
+
+
+def preset_data(preset: str, num: int, device: str, seed: int = 0) -> Tensor:
+    """Uniform [-1, 1] examples (num, C, H, W) of a UNet preset's input shape (timing needs no real images)."""
+    cfg = PRESETS[preset]
+    shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    return (torch.rand(num, *shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1).to(device)
+
+
+def preset_batch(preset: str, batch_size: int) -> int:
+    """``batch_size`` if positive, else the preset's released per-GPU batch (lib.train.RELEASED_CONFIGS)."""
+    if batch_size > 0:
+        return batch_size
+    if preset not in RELEASED_CONFIGS:
+        raise ValueError(f"preset {preset!r} has no released config; give a positive batch size "
+                         f"(released: {sorted(RELEASED_CONFIGS)})")
+    return int(RELEASED_CONFIGS[preset]["batch_size"])
+
+
+def peak_memory(device: str) -> dict[str, float | None]:
+    """Peak resident memory of this process so far (MiB, resource.getrusage) and, on CUDA, the peak
+    tensor memory since the last torch.cuda.reset_peak_memory_stats (MiB; None on the CPU)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    rss_mib = rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.device(device).type == "cuda" else None
+    return {"peak_rss_mib": rss_mib, "cuda_peak_mib": cuda}
+
+
+def time_presets(presets: Sequence[str], batch_size: int, steps: int, warmup: int = 2, device: str = "cpu",
+                 bf16: Sequence[bool] = (False,), seed: int = 0) -> list[dict[str, object]]:
+    """Training-step time of each UNet preset (x bf16 setting) with every coupling: one row per
+    (preset, bf16, coupling) from :func:`per_coupling`, plus params_m, batch_size and :func:`peak_memory`.
+
+    ``batch_size`` 0 takes each preset's released per-GPU batch. bf16 applies on CUDA only. The peak CUDA
+    memory covers the whole timing, which holds one model + Adam copy per coupling (three).
+    """
+    rows = []
+    for preset in presets:
+        b = preset_batch(preset, batch_size)
+        for half in bf16:
+            if torch.device(device).type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            torch.manual_seed(seed)
+            model = build_unet(preset).to(device)
+            timed = time_training_steps(model, preset_data(preset, 2 * b, device, seed), b, steps, warmup,
+                                        seed=seed, bf16=half)
+            memory = peak_memory(device)
+            params_m = sum(p.numel() for p in model.parameters()) / 1e6
+            rows += [{"preset": preset, "device": device, "bf16": half, "batch_size": b, "params_m": params_m,
+                      **r, **memory} for r in per_coupling(timed)]
+            del model, timed  # free the GPU memory before the next preset is built
+    return rows
+
+
+def coupling_share_sweep(preset: str, batch_sizes: Sequence[int], steps: int, warmup: int = 1,
+                         device: str = "cpu", bf16: bool = False, seed: int = 0) -> list[dict[str, object]]:
+    """The LOOM coupling's share of a training step of the same UNet as the batch grows.
+
+    Per batch size: independent and LOOM training steps and LOOM's coupling alone, taking turns.
+    Rows: preset, device, bf16, batch_size, independent_step_ms, loom_step_ms, coupling_ms,
+    coupling_share (coupling_ms / loom_step_ms), loom_over_independent.
+    """
+    rows = []
+    for b in batch_sizes:
+        torch.manual_seed(seed)
+        model = build_unet(preset).to(device)
+        timed = per_coupling(time_training_steps(model, preset_data(preset, 2 * b, device, seed), b, steps, warmup,
+                                                 seed=seed, bf16=bf16, couplings=("independent", "loom")))
+        independent, loom = timed
+        rows.append({"preset": preset, "device": device, "bf16": bf16, "batch_size": b,
+                     "independent_step_ms": independent["step_ms"], "loom_step_ms": loom["step_ms"],
+                     "coupling_ms": loom["coupling_ms"], "coupling_share": loom["share_of_step"],
+                     "loom_over_independent": loom["ratio_to_independent"]})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+# ---------------------------------------------------------------------------------------------
+
+
+def seed_table_memory(name: str, num_examples: int, num_caches: int, shape: Sequence[int]) -> dict[str, object]:
+    """Bytes of LOOM's seed table (num_examples, num_caches) for a dataset, measured on a real table,
+    against storing the same noises as float32 tensors (num_examples, num_caches, *shape)."""
+    table = LoomCoupling(num_examples, num_caches).seeds
+    table_bytes = table.element_size() * table.nelement()
+    noise_bytes = torch.empty((), dtype=torch.float32).element_size() * num_examples * num_caches * math.prod(shape)
+    return {"dataset": name, "num_examples": num_examples, "num_caches": num_caches, "shape": shape_label(shape),
+            "seed_bytes_per_example": table_bytes / num_examples, "seed_table_mib": table_bytes / 2**20,
+            "stored_noise_mib": noise_bytes / 2**20, "noise_over_seeds": noise_bytes / table_bytes}
+
+
+def released_seed_tables(examples: Mapping[str, int]) -> list[dict[str, object]]:
+    """:func:`seed_table_memory` for each released config named in ``examples`` (name -> examples, flipped
+    copies included), with its caches (lib.train.RELEASED_CONFIGS) and its preset's input shape (lib.unet)."""
+    rows = []
+    for name, num in examples.items():
+        if name not in RELEASED_CONFIGS:
+            raise ValueError(f"no released config {name!r}; use one of {sorted(RELEASED_CONFIGS)}")
+        cfg = PRESETS[RELEASED_CONFIGS[name]["model"]]
+        rows.append(seed_table_memory(name, num, int(RELEASED_CONFIGS[name]["caches"]),
+                                      (cfg.in_channels, cfg.image_size, cfg.image_size)))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The conclusion, written from the measurements
+# ---------------------------------------------------------------------------------------------
+
+FIXES: dict[str, str] = {
+    "assignment": "a GPU assignment solver (an auction algorithm, or entropic Sinkhorn iterations rounded to a "
+                  "permutation) in place of scipy's exact CPU solver, or overlapping the CPU assignment of the next "
+                  "batch with the GPU step of the current one (the pairing needs only data and seeds, not the weights)",
+    "noise from seeds": "regenerating the batch's noise in one batched kernel (a counter-based generator keyed by "
+                        "the seeds) instead of re-seeding one generator per row",
+    "cost matrix": "building the cost matrix on the GPU (one matrix product; bf16/tf32) and sending only it to the "
+                   "host",
+    "write-back": "keeping the seed table on the device the permutation is applied on",
+}
+PER_RANK_FIX = ("smaller per-rank OT batches (each rank pairing its own slice instead of one assignment on the "
+                "gathered global batch; cheaper by the fitted exponent, at the price of a more local pairing)")
+
+
+def crossing(rows: Sequence[Mapping[str, object]], threshold: float) -> dict[str, object]:
+    """Where coupling_share first reaches ``threshold`` along the measured batch sizes.
+
+    rows: :func:`coupling_share_sweep` rows. Returns threshold, at (first batch size with share >=
+    threshold, None if never) and below (the measured batch size before it, None if none).
+    """
+    ordered = sorted(rows, key=lambda r: int(r["batch_size"]))
+    below = None
+    for r in ordered:
+        if float(r["coupling_share"]) >= threshold:
+            return {"threshold": threshold, "at": int(r["batch_size"]), "below": below}
+        below = int(r["batch_size"])
+    return {"threshold": threshold, "at": None, "below": below}
+
+
+def share_fits(rows: Sequence[Mapping[str, object]]) -> tuple[PowerLawFit, PowerLawFit] | None:
+    """Power laws in the batch size of the coupling's ms and of the rest of the LOOM step's ms
+    (loom_step_ms - coupling_ms), fitted to :func:`coupling_share_sweep` rows; None if they cannot be fitted."""
+    sizes = [float(r["batch_size"]) for r in rows]
+    coupling_ms = [float(r["coupling_ms"]) for r in rows]
+    rest_ms = [float(r["loom_step_ms"]) - float(r["coupling_ms"]) for r in rows]
+    if len(set(sizes)) < 2 or min(rest_ms) <= 0 or min(coupling_ms) <= 0:
+        return None
+    return fit_power_law(sizes, coupling_ms), fit_power_law(sizes, rest_ms)
+
+
+def extrapolated_crossing(rows: Sequence[Mapping[str, object]], threshold: float) -> float | None:
+    """Batch size where the coupling would reach ``threshold`` of the step, from :func:`share_fits`.
+
+    None when the coupling does not grow faster than the rest of the step, or the rows cannot be fitted.
+    An extrapolation, not a measurement.
+    """
+    fits = share_fits(rows)
+    if fits is None or fits[0].exponent <= fits[1].exponent:
+        return None
+    c, n = fits
+    # c_c B^k_c = thr (c_n B^k_n + c_c B^k_c)  <=>  B^(k_c - k_n) = thr c_n / ((1 - thr) c_c)
+    return (threshold * n.constant / ((1 - threshold) * c.constant)) ** (1 / (c.exponent - n.exponent))
+
+
+def dominant_parts(breakdown: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
+    """Per example shape, at its largest measured batch: the LOOM part with the most time and its share of
+    the parts, and LOOM's ratios to the other couplings. breakdown: :func:`loom_breakdown` rows."""
+    out = []
+    for shape in dict.fromkeys(str(r["shape"]) for r in breakdown):
+        row = max((r for r in breakdown if r["shape"] == shape), key=lambda r: int(r["batch_size"]))
+        parts = {part: float(row[column(part)]) for part in LOOM_PARTS}
+        top = max(parts, key=parts.get)
+        out.append({"shape": shape, "batch_size": int(row["batch_size"]), "part": top,
+                    "part_share": parts[top] / sum(parts.values()), "loom_ms": float(row["loom_ms"]),
+                    "loom_over_independent": float(row["loom_over_independent"]),
+                    "loom_over_minibatch_ot": float(row["loom_over_minibatch_ot"])})
+    return out
+
+
+def conclusion_facts(share_rows: Sequence[Mapping[str, object]], fit: PowerLawFit,
+                     assignment_rows: Sequence[Mapping[str, object]],
+                     breakdown: Sequence[Mapping[str, object]]) -> dict[str, object]:
+    """The numbers the conclusion states, all taken from measured rows (JSON-ready)."""
+    ordered = sorted(share_rows, key=lambda r: int(r["batch_size"]))
+    largest = max(assignment_rows, key=lambda r: int(r["m"]))
+    fits = share_fits(ordered)
+    return {
+        "device": ordered[0]["device"], "torch_threads": torch.get_num_threads(), "preset": ordered[0]["preset"],
+        "bf16": ordered[0]["bf16"],
+        "share_first": {"batch_size": int(ordered[0]["batch_size"]), "share": float(ordered[0]["coupling_share"])},
+        "share_last": {"batch_size": int(ordered[-1]["batch_size"]), "share": float(ordered[-1]["coupling_share"])},
+        "crossings": [{**crossing(ordered, t), "extrapolated": extrapolated_crossing(ordered, t)}
+                      for t in SHARE_THRESHOLDS],
+        "coupling_batch_exponent": fits[0].exponent if fits else None,
+        "rest_of_step_batch_exponent": fits[1].exponent if fits else None,
+        "assignment_exponent": fit.exponent, "assignment_constant_ms": fit.constant,
+        "fit_sizes": [fit.min_size, fit.max_size], "assignment_device": largest["device"],
+        "largest_m": int(largest["m"]), "largest_m_assignment_ms": float(largest["assignment_ms"]),
+        "largest_m_cost_matrix_ms": float(largest["cost_matrix_ms"]),
+        "dominant_parts": dominant_parts(breakdown),
+    }
+
+
+def _crossing_sentence(c: Mapping[str, object], last_batch: int) -> str:
+    """One sentence about where the share passes c['threshold'] (measured, or extrapolated when not reached)."""
+    pct = f"{100 * float(c['threshold']):.0f} %"
+    if c["at"] is not None:
+        where = f"between batch {c['below']} and batch {c['at']}" if c["below"] is not None else \
+            f"already at the smallest batch measured, {c['at']}"
+        return f"It passes {pct} of the step {where}."
+    guess, limit = c["extrapolated"], EXTRAPOLATION_LIMIT * last_batch
+    if guess is None:
+        tail = "; on these measurements the coupling does not grow faster than the rest of the step"
+    elif guess > limit:
+        tail = (f"; power laws fitted to the measured coupling and rest-of-step times put the crossing beyond batch "
+                f"{limit:,} ({EXTRAPOLATION_LIMIT}x the largest measured), too far out to quote")
+    else:
+        tail = (f"; power laws fitted to the measured coupling and rest-of-step times put the crossing near batch "
+                f"{guess:,.0f} (extrapolated, not measured)")
+    return f"It stays below {pct} up to the largest batch measured, {last_batch}{tail}."
+
+
+def conclusion_text(facts: Mapping[str, object]) -> str:
+    """Markdown conclusion: where LOOM stops being cheap on this device and what would fix it (named, not measured)."""
+    first, last = facts["share_first"], facts["share_last"]
+    precision = "bf16 autocast" if facts["bf16"] else "fp32"
+    k = float(facts["assignment_exponent"])
+    growth = "" if facts["coupling_batch_exponent"] is None else (
+        f"Over the measured batches the rest of the training step grows as "
+        f"B^{facts['rest_of_step_batch_exponent']:.2f} and the coupling as B^{facts['coupling_batch_exponent']:.2f}. ")
+    lines = [
+        f"**Where LOOM stops being cheap ({facts['device']}, {facts['torch_threads']} torch threads, "
+        f"`{facts['preset']}` UNet, {precision}).** "
+        f"The LOOM coupling takes {100 * first['share']:.1f} % of a training step at batch {first['batch_size']} "
+        f"and {100 * last['share']:.1f} % at batch {last['batch_size']}. "
+        + " ".join(_crossing_sentence(c, last["batch_size"]) for c in facts["crossings"]),
+        "",
+        f"**Why.** {growth}Fitted on m = {facts['fit_sizes'][0]}..{facts['fit_sizes'][1]}, the exact assignment "
+        f"(scipy's linear_sum_assignment) takes t ≈ {facts['assignment_constant_ms']:.3g} ms · m^{k:.2f}, so "
+        f"doubling the OT batch multiplies it by {2**k:.1f}. At m = {facts['largest_m']} it takes "
+        f"{facts['largest_m_assignment_ms']:.1f} ms, beside "
+        f"{facts['largest_m_cost_matrix_ms']:.1f} ms for the cost matrix on {facts['assignment_device']}.",
+        "",
+        "**What dominates a LOOM step** (largest batch measured per example shape): " + "; ".join(
+            f"{d['shape']} at batch {d['batch_size']}: {d['part']} {100 * d['part_share']:.0f} % of the step's parts, "
+            f"LOOM {d['loom_over_independent']:.1f}x independent and {d['loom_over_minibatch_ot']:.2f}x minibatch OT"
+            for d in facts["dominant_parts"]) + ".",
+        "",
+        "**What would fix it** (named here, not measured): " + "; ".join(fix_order(facts)) + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def fix_order(facts: Mapping[str, object]) -> list[str]:
+    """The fixes, the one for the most frequently dominant part first, then the per-rank batch fix."""
+    counts: dict[str, int] = {}
+    for d in facts["dominant_parts"]:
+        counts[str(d["part"])] = counts.get(str(d["part"]), 0) + 1
+    ordered = sorted(FIXES, key=lambda part: -counts.get(part, 0))
+    return [FIXES[part] for part in ordered if counts.get(part) or part == "assignment"] + [PER_RANK_FIX]
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lib.benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -160,44 +749,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def time_training_steps(model: torch.nn.Module, data: torch.Tensor, batch_size: int, steps: int, warmup: int = 3,
-                        seed: int = 0, bf16: bool = False) -> list[dict[str, object]]:
-    """Median ms of one full training step (coupling + CFM loss + backward + Adam) per coupling, and of the
-    coupling alone, taking turns every step. data: (N, *shape) on the model's device.
-
-    Rows: part ("<coupling>: training step" or "<coupling>: coupling alone"), ms_per_step, and
-    ratio_to_independent (training steps) or share_of_step (coupling alone).
-    """
-    from lib.train import Loop, TrainConfig, cfm_step
-
-    device = next(model.parameters()).device
-    config = TrainConfig(batch_size=batch_size, seed=seed, bf16=bf16)
-    generator = torch.Generator().manual_seed(seed)
-    batches = [epoch_batches(len(data), batch_size, generator)[0] for _ in range(steps + warmup)]
-    fns: dict[str, Callable[[int], object]] = {}
-    for name in COUPLINGS:
-        net = copy.deepcopy(model)
-        optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
-        loop = Loop(step=0, epoch=0, batches=[], generator=torch.Generator().manual_seed(seed))
-        coupling = make_coupling(name, len(data), seed=seed)
-        shadow = make_coupling(name, len(data), seed=seed)  # its own state, so timing it leaves training intact
-
-        def train_step(step: int, net=net, optimizer=optimizer, loop=loop, coupling=coupling) -> None:
-            loss, _ = cfm_step(net, data, coupling, batches[step], loop, config, device)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        fns[f"{name}: training step"] = train_step
-        fns[f"{name}: coupling alone"] = lambda step, c=shadow: c(data[batches[step]], batches[step])
-    medians = interleaved_median_ms(fns, steps, warmup)
-    base = medians["independent: training step"]
-    rows: list[dict[str, object]] = []
-    for name in COUPLINGS:
-        step_ms, coupling_ms = medians[f"{name}: training step"], medians[f"{name}: coupling alone"]
-        rows.append({"part": f"{name}: training step", "ms_per_step": step_ms, "ratio_to_independent": step_ms / base,
-                     "images_per_s": 1e3 * batch_size / step_ms, "bf16": bf16})
-        rows.append({"part": f"{name}: coupling alone", "ms_per_step": coupling_ms, "share_of_step": coupling_ms / step_ms})
-    return rows
