@@ -21,13 +21,18 @@ Canonical HDF5 layout (written by :func:`write_hdf5_images` / :func:`write_hdf5_
 
     /images   uint8   (N, C, H, W)   pixels 0..255, channels first; read as x / 127.5 - 1 in [-1, 1]
       -- or --
-    /latents  float32 (N, C, h, w)   autoencoder latents stored UNSCALED, with attribute
+    /latents  float32 (N, C, h, w)   autoencoder latents stored UNSCALED, with attributes
               attrs["scale"] float > 0: the std divisor; read as latents / scale
+              attrs["autoencoder"] str (optional): the autoencoder that encoded them (a hub id or a
+                  save_pretrained folder, see lib.autoencoder); lib.train records it to decode samples
+              attrs["flipped_copies"] bool (optional): the file already holds the encodings of the
+                  horizontally flipped images as extra examples (data_prep/ffhq_latents.py)
     /labels   int64   (N,)           optional class labels
 
 Latents are stored unscaled so the same file serves any scale convention; the divisor measured by the
 data-prep script (the paper: the std of the first batch) travels with the data in ``attrs["scale"]``.
-Shards must agree on the key, (C, H, W), the scale and whether labels are present.
+Shards must agree on the key, (C, H, W), the scale, the autoencoder, flipped_copies and whether labels are
+present.
 
 Errors: a missing file or folder raises ``FileNotFoundError``; a file that exists but breaks the layout
 raises :class:`DatasetFormatError` (a ``ValueError``); both name the offending path.
@@ -40,7 +45,7 @@ import operator
 import os
 import pickle
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -61,6 +66,7 @@ __all__ = [
     "TensorImages",
     "collate_indexed",
     "digits_split_indices",
+    "fit_resolution",
     "hdf5_shard_paths",
     "make_dataset",
     "read_cifar10",
@@ -68,6 +74,8 @@ __all__ = [
     "uint8_to_unit",
     "unflip_index",
     "write_fake_cifar10",
+    "write_fake_imagenet",
+    "write_fake_faces",
     "write_hdf5_images",
     "write_hdf5_latents",
 ]
@@ -381,11 +389,41 @@ def write_fake_cifar10(root: PathLike, num_train: int = 500, num_test: int = 100
     return folder
 
 
-def _smooth_images(rng: np.random.Generator, n: int) -> np.ndarray:
-    """n random low-frequency colour images -> uint8 (n, 3, 32, 32) (a 4x4 grid upsampled bilinearly)."""
+def _smooth_images(rng: np.random.Generator, n: int, size: int = 32) -> np.ndarray:
+    """n random low-frequency colour images -> uint8 (n, 3, size, size) (a 4x4 grid upsampled bilinearly)."""
     coarse = torch.from_numpy(rng.uniform(0, 255, size=(n, 3, 4, 4)).astype(np.float32))
-    fine = torch.nn.functional.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=True)
+    fine = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=True)
     return fine.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def write_fake_imagenet(folder: PathLike, train_sizes: Sequence[int], num_val: int = 0, resolution: int = 32,
+                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Fabricate downsampled ImageNet in the official .npz format under ``folder`` -> (every training image
+    uint8 (N, 3, res, res) in file order, their labels int64 (N,) 0-based).
+
+    The format of image-net.org's "Imagenet32_train_npz" / "Imagenet64_train_part*_npz" releases, which
+    data_prep/imagenet.py reads: ``train_data_batch_<k>.npz`` (k = 1, 2, ...; ``train_sizes[k - 1]`` images each)
+    with ``data`` uint8 (n, 3 * res * res) as R, G, B planes, ``labels`` a list of 1..1000 and ``mean`` the
+    batch's mean row; ``val_data.npz`` (``data``, ``labels``) when ``num_val`` > 0. Images are smooth random
+    colour blobs, so resizing and flips behave as on photographs.
+    """
+    if not train_sizes or min(train_sizes) < 1 or num_val < 0:
+        raise ValueError(f"need at least one training batch of >= 1 image and num_val >= 0, got {list(train_sizes)} "
+                         f"and {num_val}")
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    images, labels = [], []
+    for k, n in enumerate(train_sizes, start=1):
+        x, y = _smooth_images(rng, n, resolution), rng.integers(1, 1001, n)
+        data = x.reshape(n, -1)
+        np.savez(folder / f"train_data_batch_{k}.npz", data=data, labels=y.tolist(), mean=data.mean(0))
+        images.append(x)
+        labels.append(y - 1)
+    if num_val:
+        x = _smooth_images(rng, num_val, resolution)
+        np.savez(folder / "val_data.npz", data=x.reshape(num_val, -1), labels=rng.integers(1, 1001, num_val).tolist())
+    return np.concatenate(images), np.concatenate(labels).astype(np.int64)
 
 
 def _write_pickle(path: Path, obj: object) -> None:
@@ -394,10 +432,45 @@ def _write_pickle(path: Path, obj: object) -> None:
         pickle.dump(obj, f, protocol=2)
 
 
+def write_fake_faces(folder: PathLike, num: int, resolution: int = 64, seed: int = 0) -> Path:
+    """Fabricate ``num`` face-like PNGs (resolution x resolution) in ``folder``, named like FFHQ's 00000.png.
+
+    Each is a skin-toned ellipse on a plain background with two eyes and a mouth, all with random size, colour
+    and position, and left/right asymmetric, so a flipped image differs from the original. Stands in for FFHQ
+    on CPU runs of data_prep/ffhq_latents.py; existing files are kept.
+    """
+    from PIL import Image, ImageDraw
+
+    if num < 1 or resolution < 8:
+        raise ValueError(f"need num >= 1 and resolution >= 8, got {num} and {resolution}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    r = resolution
+    for i in range(num):
+        path = folder / f"{i:05d}.png"
+        background, skin, eyes = (tuple(int(c) for c in rng.integers(lo, hi, 3)) for lo, hi in
+                                  ((0, 256), (150, 250), (0, 90)))
+        cx, cy = r * rng.uniform(0.4, 0.6, 2)
+        w, h = r * rng.uniform(0.25, 0.35), r * rng.uniform(0.33, 0.45)
+        image = Image.new("RGB", (r, r), background)
+        draw = ImageDraw.Draw(image)
+        draw.ellipse([cx - w, cy - h, cx + w, cy + h], fill=skin)
+        for side, size in ((-1, rng.uniform(0.05, 0.09)), (1, rng.uniform(0.03, 0.07))):  # unequal eyes
+            ex, ey, s = cx + side * 0.45 * w, cy - 0.25 * h, size * r
+            draw.ellipse([ex - s, ey - s, ex + s, ey + s], fill=eyes)
+        mouth = cx + rng.uniform(-0.2, 0.2) * w
+        draw.line([mouth - 0.4 * w, cy + 0.5 * h, mouth + 0.4 * w, cy + 0.45 * h], fill=(120, 30, 40),
+                  width=max(1, r // 32))
+        if not path.exists():
+            image.save(path)
+    return folder
+
+
 # ---------------------------------------------------------------------------------------------------------
 # ImageFolder
 # ---------------------------------------------------------------------------------------------------------
-def _fit_resolution(image: Any, resolution: int) -> Any:
+def fit_resolution(image: Any, resolution: int) -> Any:
     """PIL image -> resolution x resolution: center-crop to a square, then bicubic resize (antialiased).
 
     An image already of that size passes through unchanged (PIL returns a copy for a same-size resize).
@@ -443,7 +516,7 @@ class ImageFolderImages(IndexedImages):
         from torchvision.transforms.functional import pil_to_tensor
 
         path, _ = self.folder.samples[k]
-        image = _fit_resolution(self.folder.loader(path), self.resolution)  # loader converts to RGB
+        image = fit_resolution(self.folder.loader(path), self.resolution)  # loader converts to RGB
         return uint8_to_unit(pil_to_tensor(image))
 
 
@@ -464,6 +537,8 @@ class _Shard:
     shape: tuple[int, int, int]
     scale: float  # 1.0 for images
     labels: np.ndarray | None
+    autoencoder: str | None = None  # latents: attrs["autoencoder"], the source that encoded them
+    flipped_copies: bool = False  # latents: attrs["flipped_copies"], encoded flips stored as examples
 
 
 def hdf5_shard_paths(path: PathLike) -> list[Path]:
@@ -524,8 +599,11 @@ def _inspect_hdf5(path: Path, key: str | None, resolution: int | None) -> _Shard
             raise DatasetFormatError(f"{path}: '{key}' holds no examples")
         if resolution is not None and (h, w) != (resolution, resolution):
             raise DatasetFormatError(f"{path}: '{key}' is {h}x{w}, expected resolution {resolution}x{resolution}")
-        scale = _read_scale(data, path) if key == "latents" else 1.0
-        return _Shard(path, key, n, (c, h, w), scale, _read_labels(f, path, n))
+        if key == "images":
+            return _Shard(path, key, n, (c, h, w), 1.0, _read_labels(f, path, n))
+        autoencoder = data.attrs.get("autoencoder")
+        return _Shard(path, key, n, (c, h, w), _read_scale(data, path), _read_labels(f, path, n),
+                      None if autoencoder is None else str(autoencoder), bool(data.attrs.get("flipped_copies", False)))
 
 
 def _read_scale(data: Any, path: Path) -> float:
@@ -556,6 +634,8 @@ def _check_shards_agree(shards: list[_Shard]) -> None:
         for what, a, b in (("dataset key", first.key, shard.key),
                            ("example shape (C, H, W)", first.shape, shard.shape),
                            ("latents scale", first.scale, shard.scale),
+                           ("autoencoder", first.autoencoder, shard.autoencoder),
+                           ("flipped_copies", first.flipped_copies, shard.flipped_copies),
                            ("presence of labels", first.labels is not None, shard.labels is not None)):
             if a != b:
                 raise DatasetFormatError(f"inconsistent shards: {shard.path} has {what} {b}, "
@@ -568,7 +648,9 @@ class HDF5Images(IndexedImages):
     key: "images", "latents" or None (whichever is present). resolution: if given, H == W == resolution
     is required (for latents, the latent resolution). Items: images -> x / 127.5 - 1 in [-1, 1];
     latents -> latents / scale. ``flip`` flips latents too, which only approximates encoding the flipped
-    image; store encoded flips as extra examples and pass flip=False where that matters.
+    image; data_prep/ffhq_latents.py stores the encoded flips as extra examples instead (attrs
+    ``flipped_copies``), and such files refuse flip=True. ``autoencoder`` / ``flipped_copies``: the latents'
+    attributes (None / False for images and for files without them).
 
     Files are validated (and labels read) on construction, then opened lazily, once per process, on first
     access: h5py handles must not cross a fork, so DataLoader workers open their own.
@@ -580,6 +662,12 @@ class HDF5Images(IndexedImages):
         _check_shards_agree(shards)
         self.path, self.shards = Path(path), shards
         self.key, self.scale = shards[0].key, shards[0].scale
+        self.autoencoder, self.flipped_copies = shards[0].autoencoder, shards[0].flipped_copies
+        if flip and self.flipped_copies:
+            # Flipping a latent is not encoding the flipped image, and the encoded flips are already examples:
+            # flip=True would add N approximate copies on top of the exact ones.
+            raise ValueError(f"{path} already holds the encoded horizontal flips as extra examples "
+                             "(attrs flipped_copies); load it with flip=False (lib.train: --no-flip)")
         # ends[s] is one past the last global example of shard s; a sorted search finds an example's shard.
         self._ends = torch.tensor(np.cumsum([s.length for s in shards]), dtype=torch.int64)
         labels = None if shards[0].labels is None else torch.from_numpy(np.concatenate([s.labels for s in shards]))
@@ -675,10 +763,11 @@ def write_hdf5_images(path: PathLike, images: Tensor | np.ndarray,
 
 
 def write_hdf5_latents(path: PathLike, latents: Tensor | np.ndarray, scale: float,
-                       labels: Tensor | np.ndarray | None = None) -> Path:
+                       labels: Tensor | np.ndarray | None = None, attrs: Mapping[str, Any] | None = None) -> Path:
     """Write UNSCALED latents (N, C, h, w) as float32 with attrs["scale"] = scale -> path (atomically).
 
-    Readers divide by ``scale`` (the latent std measured by the data-prep script); labels (N,) are optional.
+    Readers divide by ``scale`` (the latent std measured by the data-prep script); labels (N,) are optional;
+    ``attrs`` go on /latents beside the scale (e.g. "autoencoder", "flipped_copies", see the module doc).
     """
     latents = _as_numpy(latents)
     if latents.ndim != 4 or not np.issubdtype(latents.dtype, np.floating):
@@ -690,6 +779,7 @@ def write_hdf5_latents(path: PathLike, latents: Tensor | np.ndarray, scale: floa
     def fill(f: Any) -> None:
         f.create_dataset("latents", data=latents.astype(np.float32))
         f["latents"].attrs["scale"] = float(scale)
+        f["latents"].attrs.update(dict(attrs or {}))
         if labels is not None:
             f.create_dataset("labels", data=labels)
 

@@ -23,7 +23,7 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "torchdiffeq", "clean-fid", "scikit-learn", "h5py",
-            "matplotlib", "papermill")
+            "matplotlib", "papermill", "diffusers")
 PARAMETER_TYPES = (bool, int, float, str, type(None), list, tuple, dict)
 
 

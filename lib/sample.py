@@ -24,7 +24,7 @@ from torchvision.utils import save_image
 from lib.couplings import SEED_HIGH, noise_from_seeds
 from lib.models import MLP
 from lib.solvers import sample
-from lib.unet import load_released_unet
+from lib.unet import CheckpointError, load_released_unet
 
 # Image i of run seed s has noise seed (s * RUN_STRIDE + i) mod 2**32 (the generator's seed space, see
 # lib.couplings.SEED_HIGH): distinct within a run, and runs s != s' start ~10**9 seeds apart.
@@ -74,7 +74,10 @@ def load_model(path: str | os.PathLike[str], use_ema: bool = True) -> LoadedMode
 
     The architecture is read off the weights: a lib.unet preset (the released layout) or the toy MLP.
     A file of another architecture raises lib.unet.CheckpointError listing what does not fit.
+    Latent models get ``decoder`` (lib.autoencoder.LatentDecoder): a released checkpoint from its ``ae.*`` weights
+    and ``ae.scale``, a kit checkpoint trained on HDF5 latents from the autoencoder source and scale it recorded.
     """
+    from lib.autoencoder import decoder_from_checkpoint
     from lib.released import PREFIX, fetch_released
     from lib.train import CHECKPOINT_FORMAT, load_checkpoint
 
@@ -91,13 +94,32 @@ def load_model(path: str | os.PathLike[str], use_ema: bool = True) -> LoadedMode
             model = mlp_from_state(weights)
             return LoadedModel(model, (model.dim,), {**info, "preset": "mlp"})
         unet, unet_info = load_released_unet(weights)
+        decoder, latent = kit_decoder(state.get("latent"))
     else:
         unet, unet_info = load_released_unet(path)  # released format; clear errors for anything else
         info = {"checkpoint": str(path), "kind": "released", "weights": "model",
                 "global_step": unet_info["global_step"]}
+        model_state = raw.get("model", raw) if isinstance(raw, dict) else {}
+        decoder = decoder_from_checkpoint(model_state)
+        latent = None if decoder is None else {"autoencoder": f"{path}:ae.*", "scale": float(decoder.scale)}
     config = unet_info["config"]
+    if decoder is not None and decoder.latent_channels != config.in_channels:
+        raise CheckpointError(f"{path}: the autoencoder makes {decoder.latent_channels}-channel latents but the UNet "
+                              f"({unet_info['preset']}) takes {config.in_channels} channels")
     return LoadedModel(unet, (config.in_channels, config.image_size, config.image_size),
-                       {**info, "preset": unet_info["preset"], "num_params": unet_info["num_params"]})
+                       {**info, "preset": unet_info["preset"], "num_params": unet_info["num_params"],
+                        **({"autoencoder": latent["autoencoder"], "latent_scale": latent["scale"]} if latent else {})},
+                       decoder)
+
+
+def kit_decoder(latent: dict[str, Any] | None) -> tuple[nn.Module | None, dict[str, Any] | None]:
+    """A kit checkpoint's ``latent`` record {autoencoder, scale} (lib.train.latent_source) -> (LatentDecoder, record),
+    or (None, None) for a model trained on pixels."""
+    if not latent:
+        return None, None
+    from lib.autoencoder import LatentDecoder, load_autoencoder
+
+    return LatentDecoder(load_autoencoder(latent["autoencoder"]), latent["scale"]), latent
 
 
 def image_seeds(seed: int, start: int, count: int) -> Tensor:

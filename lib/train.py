@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from lib import distributed
 from lib.couplings import Coupling, LoomCoupling, converge_pairing, epoch_batches, make_coupling
-from lib.datasets import IndexedImages, make_dataset
+from lib.datasets import HDF5Images, IndexedImages, make_dataset
 from lib.flow import cfm_loss, sample_time
 
 Data = Union[Tensor, IndexedImages]  # (N, *shape) in memory, or a dataset of the kit
@@ -189,6 +189,17 @@ def restore(state: dict[str, Any], model: nn.Module, ema: AveragedModel, optimiz
     history[:] = state["history"]
 
 
+def latent_source(data: Data) -> dict[str, Any] | None:
+    """{"autoencoder", "scale"} of HDF5 latents made by an autoencoder (None for anything else).
+
+    Saved in checkpoints (``latent``) and config.json so lib.sample rebuilds the decoder: the model is trained on
+    latents / scale, so its samples decode as decoder(sample * scale) (lib.autoencoder.LatentDecoder).
+    """
+    if isinstance(data, HDF5Images) and data.key == "latents" and data.autoencoder:
+        return {"autoencoder": data.autoencoder, "scale": data.scale}
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
@@ -240,10 +251,14 @@ def train_flow(model: nn.Module, data: Data, coupling: Coupling, config: TrainCo
     ema = make_ema(model, config.ema_decay)
     loop = Loop(step=0, epoch=0, batches=[], generator=torch.Generator().manual_seed(config.seed))
     history: list[dict[str, float]] = []
+    latent = latent_source(data)
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.exists():
         state = load_checkpoint(path)
         check_resumable(state["config"], config, path)
+        if state.get("latent") != latent:
+            raise TrainCheckpointError(f"{path} was trained on latents {state.get('latent')}, this data is {latent}; "
+                                       "resume on the same latents or start a new run in another folder")
         restore(state, model, ema, optimizer, scheduler, coupling, loop, history)
     elif config.converge_first:
         if not isinstance(coupling, LoomCoupling):
@@ -269,7 +284,8 @@ def train_flow(model: nn.Module, data: Data, coupling: Coupling, config: TrainCo
                             "cost_before": stats.cost_before, "cost_after": stats.cost_after})
         if path is not None and (step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0)):
             if distributed.is_main():
-                save_checkpoint(path, checkpoint_state(model, ema, optimizer, scheduler, coupling, loop, history, config))
+                state = checkpoint_state(model, ema, optimizer, scheduler, coupling, loop, history, config)
+                save_checkpoint(path, {**state, "latent": latent})
             distributed.barrier()
     return TrainResult(model=model, ema=copy.deepcopy(ema.module).eval(), history=history, config=asdict(config))
 
@@ -301,7 +317,10 @@ RELEASED_CONFIGS: dict[str, dict[str, Any]] = {
                    "warmup_steps": 20000, "epochs": 200, "caches": 1, "ema_decay": 0.9999, "sigma": 1e-7},
     "imagenet64": {"dataset": "hdf5", "model": "imagenet64", "flip": True, "batch_size": 24, "lr": 1e-4,
                    "warmup_steps": 20000, "epochs": 575, "caches": 1, "ema_decay": 0.9999, "sigma": 1e-7},
-    "ffhq256_latent": {"dataset": "hdf5", "model": "ffhq256_latent", "flip": True, "batch_size": 32, "lr": 2e-5,
+    # FFHQ latents: the flips are in the data already. data_prep/ffhq_latents.py encodes every flipped image and
+    # stores it as an extra example, because flipping a latent is not encoding the flipped image; flipping the
+    # latents again would add approximate copies (HDF5Images refuses flip=True on such files).
+    "ffhq256_latent": {"dataset": "hdf5", "model": "ffhq256_latent", "flip": False, "batch_size": 32, "lr": 2e-5,
                        "warmup_steps": 3500, "epochs": 500, "caches": 4, "ema_decay": 0.9999, "sigma": 1e-7},
 }
 
@@ -405,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     if distributed.is_main():
         args.out.mkdir(parents=True, exist_ok=True)
         run_config = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                      "world_size": distributed.world_size(), "num_examples": len(data), "device": str(device)}
+                      "world_size": distributed.world_size(), "num_examples": len(data), "device": str(device),
+                      "latent": latent_source(data)}
         (args.out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
         print(json.dumps(run_config), flush=True)
     result = train_flow(model, data, coupling, config, checkpoint=args.out / "checkpoint.pt")

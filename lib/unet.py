@@ -125,6 +125,9 @@ PRESETS: dict[str, UNetConfig] = {
     # digits uses 32-channel heads so the multi-head attention path runs on CPU too.
     "digits": UNetConfig(8, 1, 1, 32, (1, 2), 1, (2,), num_head_channels=32),
     "tiny": UNetConfig(32, 3, 3, 32, (1, 2), 1, (2,)),
+    # The latent path on a CPU: 4 x 8 x 8 latents (a tiny autoencoder's; see lib.autoencoder). Its 4-channel
+    # input and output convs tell it apart from "tiny" when a preset is read off the weights.
+    "tiny_latent": UNetConfig(8, 4, 4, 32, (1, 2), 1, (2,)),
 }
 
 

@@ -273,6 +273,6 @@ def test_loading_from_memory_does_not_share_storage() -> None:
 
 
 def test_presets_table_is_complete() -> None:
-    assert set(PAPER_PRESETS) | {"digits", "tiny"} == set(PRESETS)
+    assert set(PAPER_PRESETS) | {"digits", "tiny", "tiny_latent"} == set(PRESETS)
     assert PRESETS["digits"].image_size == 8 and PRESETS["digits"].in_channels == 1
     assert PRESETS["ffhq256_latent"].in_channels == PRESETS["ffhq256_latent"].out_channels == 4
