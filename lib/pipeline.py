@@ -41,6 +41,10 @@ class TrainingFailed(RuntimeError):
     """lib.train exited with an error: the message carries the command and the end of its output."""
 
 
+class ScriptFailed(RuntimeError):
+    """A data_prep script exited with an error: the message carries the command and the end of its output."""
+
+
 def fabricate_cifar10(root: Path, num_train: int, num_test: int, seed: int = 0) -> Path:
     """A small CIFAR-10 in the official on-disk format under ``root`` (kept if already there) -> root."""
     if not (root / CIFAR10_FOLDER / "data_batch_1").is_file():
@@ -84,6 +88,15 @@ def launch_training(out: Path, options: Mapping[str, Any], nproc: int = 1, timeo
     return out / "checkpoint.pt"
 
 
+def run_script(script: str, argv: Sequence[str], timeout_s: float | None = None) -> str:
+    """Run ``python <script> <argv>`` from the repository, as a user runs the data_prep scripts -> its stdout."""
+    command = [sys.executable, script, *map(str, argv)]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0:
+        raise ScriptFailed(f"{' '.join(command)}\nexited with {done.returncode}:\n{done.stderr[-4000:]}")
+    return done.stdout
+
+
 def paper_rows(table: str, dataset: str) -> list[dict[str, str]]:
     """Rows of the paper's results (lib/reference/paper_results.csv) for one table and dataset."""
     with open(PAPER_RESULTS, newline="") as f:
@@ -101,7 +114,8 @@ def side_by_side(ours: list[Mapping[str, Any]], paper: list[Mapping[str, str]]) 
         method, family = row["method"], str(row["solver"]).split("-")[0]
         match = [p for p in paper if p["method"] == method and _same_setting(p, family, row["nfe"])]
         rows.append({**row, "paper_fid": float(match[0]["fid"]) if match else None,
-                     "paper_nfe": match[0]["nfe"] if match else None})
+                     "paper_nfe": match[0]["nfe"] if match else None,
+                     "paper_provenance": match[0]["provenance"] if match else None})
     return rows
 
 
@@ -152,9 +166,12 @@ def eval_targets(eval_checkpoint: str, repo: Path = REPO_ROOT) -> dict[str, str 
 
 def fid_table(models: Mapping[str, LoadedModel], solvers: Sequence[str], num_samples: int, reference: str,
               paper: list[dict[str, str]], *, seed: int, device: str, features: str = "inception",
-              dataset_res: int = 32) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+              dataset_res: int | None = 32, dataset_split: str = "train") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """FID of every model at every solver (true NFE checked against the grid) -> (our rows, rows joined
-    with the paper's). ``features="random"`` scores with lib.fid.RandomConvFeatures: offline, not comparable."""
+    with the paper's). ``features="random"`` scores with lib.fid.RandomConvFeatures: offline, not comparable.
+    ``dataset_res`` / ``dataset_split`` pick clean-fid's precomputed statistics of a named dataset (cifar10 32
+    train, ffhq 256 trainval70k); the generated images must have that size (None: any size, for folder or
+    custom references)."""
     from lib.evaluate import fid_rows
     from lib.fid import RandomConvFeatures
     from lib.solvers import parse_solver
@@ -164,7 +181,7 @@ def fid_table(models: Mapping[str, LoadedModel], solvers: Sequence[str], num_sam
     for name, loaded in models.items():
         ours += [{"method": name, **row} for row in fid_rows(
             loaded, solvers, num_samples, reference, seed=seed, device=device, batch_size=min(250, num_samples),
-            dataset_res=dataset_res, feature_extractor=extractor)]
+            dataset_res=dataset_res, dataset_split=dataset_split, feature_extractor=extractor)]
     for row in ours:
         expected = parse_solver(row["solver"]).expected_nfe
         if expected is not None and row["nfe"] != expected:  # midpoint-k must cost 2k network calls

@@ -9,25 +9,11 @@ import torch
 from PIL import Image
 
 from data_prep import imagenet as prep
-from lib.datasets import HDF5Images
-
-
-def write_npz_batches(folder: Path, sizes: list[int], resolution: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Fabricated train_data_batch_<k>.npz files (data as R, G, B planes, labels 1..1000) -> all images, labels."""
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    images, labels = [], []
-    for k, n in enumerate(sizes, start=1):
-        data = rng.integers(0, 256, (n, 3 * resolution * resolution), dtype=np.uint8)
-        y = rng.integers(1, 1001, n)
-        np.savez(folder / f"train_data_batch_{k}.npz", data=data, labels=list(y), mean=data.mean(0))
-        images.append(data.reshape(n, 3, resolution, resolution))
-        labels.append(y - 1)
-    return np.concatenate(images), np.concatenate(labels)
+from lib.datasets import HDF5Images, write_fake_imagenet
 
 
 def test_npz_batches_become_shards_in_order_and_resume(tmp_path: Path) -> None:
-    images, labels = write_npz_batches(tmp_path / "src", [7, 5, 9, 3, 2, 2, 2, 2, 2, 4])  # batch_10 sorts last
+    images, labels = write_fake_imagenet(tmp_path / "src", [7, 5, 9, 3, 2, 2, 2, 2, 2, 4])  # batch_10 sorts last
     argv = ["--source", str(tmp_path / "src"), "--resolution", "32", "--out", str(tmp_path / "out"), "--shard-size", "10"]
     assert prep.main(argv) == 0
     shards = sorted((tmp_path / "out" / "train").glob("*.h5"))
@@ -40,6 +26,20 @@ def test_npz_batches_become_shards_in_order_and_resume(tmp_path: Path) -> None:
     before = shards[0].stat().st_mtime_ns
     assert prep.main(argv) == 0
     assert shards[1].exists() and shards[0].stat().st_mtime_ns == before
+
+
+def test_fabricated_batches_have_the_official_keys_and_a_val_split(tmp_path: Path) -> None:
+    images, labels = write_fake_imagenet(tmp_path / "src", [4, 3], num_val=5, resolution=64, seed=1)
+    assert images.shape == (7, 3, 64, 64) and images.dtype == np.uint8 and labels.min() >= 0 and labels.max() < 1000
+    with np.load(tmp_path / "src" / "train_data_batch_2.npz") as batch:
+        assert set(batch.files) == {"data", "labels", "mean"} and batch["data"].shape == (3, 3 * 64 * 64)
+        assert np.array_equal(batch["labels"] - 1, labels[4:])
+    assert images.std() > 10  # colour blobs, not a constant
+    argv = ["--source", str(tmp_path / "src"), "--resolution", "64", "--out", str(tmp_path / "out")]
+    assert prep.main([*argv, "--split", "val"]) == 0
+    assert len(HDF5Images(tmp_path / "out" / "val", flip=False)) == 5
+    with np.load(tmp_path / "src" / "val_data.npz") as val:
+        assert set(val.files) == {"data", "labels"}
 
 
 def test_image_folder_source(tmp_path: Path) -> None:
@@ -57,7 +57,7 @@ def test_bad_inputs_name_the_file(tmp_path: Path, capsys) -> None:
     (tmp_path / "src" / "train_data_batch_1.npz").write_bytes(b"not a zip")
     assert prep.main(["--source", str(tmp_path / "src"), "--resolution", "32", "--out", str(tmp_path / "o")]) == 1
     assert "train_data_batch_1.npz is not a downsampled-ImageNet batch" in capsys.readouterr().err
-    write_npz_batches(tmp_path / "src64", [3], resolution=64)
+    write_fake_imagenet(tmp_path / "src64", [3], resolution=64)
     assert prep.main(["--source", str(tmp_path / "src64"), "--resolution", "32", "--out", str(tmp_path / "o")]) == 1
     assert "is it the 32x32 release" in capsys.readouterr().err
     assert prep.main(["--source", str(tmp_path / "nowhere"), "--resolution", "32", "--out", str(tmp_path / "o")]) == 1

@@ -31,8 +31,16 @@ def test_paper_rows_and_side_by_side_join_on_method_solver_and_nfe() -> None:
             {"method": "w/o saving local reassignments", "solver": "euler-8", "nfe": 8, "fid": 9.0}]
     joined = pipeline.side_by_side(ours, paper)
     assert [r["paper_fid"] for r in joined] == [8.69, 4.52, None]
+    assert [r["paper_provenance"] for r in joined] == ["secondary+authors_plot", "secondary+authors_plot", None]
 
 
 def test_a_failed_training_run_reports_the_command_and_its_error(tmp_path: Path) -> None:
     with pytest.raises(pipeline.TrainingFailed, match="unknown model 'resnet'"):
         pipeline.launch_training(tmp_path / "run", {"dataset": "digits", "model": "resnet", "steps": 1})
+
+
+def test_a_failed_data_prep_script_reports_the_command_and_its_error(tmp_path: Path) -> None:
+    with pytest.raises(pipeline.ScriptFailed, match=r"(?s)data_prep/imagenet.py --source .*is not a folder"):
+        pipeline.run_script("data_prep/imagenet.py", ["--source", tmp_path / "nowhere", "--resolution", 32,
+                                                      "--out", tmp_path / "out"])
+    assert "usage" in pipeline.run_script("data_prep/imagenet.py", ["--help"])
