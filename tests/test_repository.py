@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
 import yaml
 
@@ -53,6 +54,9 @@ def test_notebook_is_committed_clean_and_follows_the_conventions(path: Path) -> 
     lines = [line for line in parameters.source.splitlines() if line.strip()]
     assert all(re.match(r"^[A-Z][A-Z0-9_]* = .+  # \S", line) for line in lines), "NAME = literal  # comment"
     assert "QUICK = True" in parameters.source and "RESULTS_DIR = " in parameters.source
+    # papermill's parser silently skips some lines (e.g. a comment holding "="): such a parameter could not be
+    # injected, and lib.reproduce would refuse it as unknown.
+    assert {line.split(" = ")[0] for line in lines} == set(papermill.inspect_notebook(str(path)))
 
 
 def test_profiles_name_existing_notebooks_and_parameters() -> None:
