@@ -157,6 +157,12 @@ def comparison(root: Path) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["table"], r["dataset"]))  # stable: paper order within a table
 
 
+def unshown_paper_rows(rows: list[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Paper rows that have no row in ``rows`` (a :func:`comparison`): empty when every paper number is shown."""
+    shown = {(r["table"], r["dataset"], r["method"], r["solver"], r["paper_nfe"]) for r in rows if r["paper_fid"] != ""}
+    return [p for p in paper_results() if (p["table"], p["dataset"], p["method"], p["solver"], p["nfe"]) not in shown]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Markdown
 # ---------------------------------------------------------------------------------------------------------
