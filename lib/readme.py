@@ -99,10 +99,13 @@ def results_section(results: Path) -> str:
     for (table, dataset), title in SECTIONS.items():
         mine = [r for r in rows if r["table"] == table and r["dataset"] == dataset]
         measured = [r for r in mine if r["status"] != "not run yet"]
-        paper_numbers = [r for r in mine if r["paper_fid"]]
-        compared = sum(r["status"] == "paper profile" for r in paper_numbers)
-        parts.append(f"- **{title}**: {len(paper_numbers)} paper numbers, {compared} matched by a paper-profile run, "
-                     f"{len(measured)} kit rows in all ({', '.join(sorted({r['profile'] for r in measured})) or 'none'}).")
+        key = lambda r: (r["method"], r["solver"], r["paper_nfe"])  # noqa: E731 - one paper number
+        paper_numbers = {key(r) for r in mine if r["paper_fid"]}
+        compared = {key(r) for r in mine if r["paper_fid"] and r["status"] == "paper profile"}
+        quick_only = {key(r) for r in mine if r["paper_fid"] and r["profile"] == "quick"} - compared
+        parts.append(f"- **{title}**: {len(paper_numbers)} paper numbers: {len(compared)} matched by a paper-profile "
+                     f"run, {len(quick_only)} by a quick-profile run only; {len(measured)} kit rows in all "
+                     f"({', '.join(sorted({r['profile'] for r in measured})) or 'none'}).")
     return "\n".join(parts)
 
 

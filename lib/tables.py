@@ -192,13 +192,17 @@ def markdown_table(rows: Iterable[Mapping[str, Any]]) -> str:
 
 
 def summary_line(rows: list[Mapping[str, Any]]) -> str:
-    """How many paper numbers have a comparable kit number, a quick-profile one, or none yet."""
-    paper_rows = [r for r in rows if r["paper_fid"] != ""]
-    compared = sum(r["status"] == "paper profile" for r in paper_rows)
-    quick = sum(r.get("profile") == "quick" for r in paper_rows)
-    missing = sum(r["status"] == "not run yet" for r in paper_rows)
-    return (f"{len(paper_rows)} paper numbers: {compared} matched by a paper-profile kit run, {quick} by a "
-            f"quick-profile run only (not comparable), {missing} not run yet.")
+    """How many paper numbers have a comparable kit number, a quick-profile one, or none yet (a paper number
+    may have several kit rows: an own run and a release)."""
+    def numbers(status: str | None = None, profile: str | None = None) -> set[tuple[str, str, str]]:
+        return {(r["method"], r["solver"], r["paper_nfe"]) for r in rows if r["paper_fid"] != ""
+                and (status is None or r["status"] == status) and (profile is None or r.get("profile") == profile)}
+
+    compared = numbers(status="paper profile")
+    quick = numbers(profile="quick") - compared
+    missing = numbers(status="not run yet")
+    return (f"{len(numbers())} paper numbers: {len(compared)} matched by a paper-profile kit run, {len(quick)} by a "
+            f"quick-profile run only (not comparable), {len(missing)} not run yet.")
 
 
 def markdown(rows: list[Mapping[str, Any]]) -> str:
