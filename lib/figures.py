@@ -175,11 +175,14 @@ def fig6_convergence(batch_sweep: Rows, size_sweep: Rows) -> Figure:
 
 
 def fig7_sample_grids(grids: Mapping[str, Path]) -> Figure:
-    """Fig. 7: the sample-grid images the notebooks saved (PNG files), one panel per title."""
-    fig, axes = plots.figure(len(grids), size=4.0)
-    for ax, (title, path) in zip(axes[0], grids.items()):
+    """Fig. 7: the sample-grid images the notebooks saved (PNG files), one panel per title, four per row."""
+    ncols = min(4, len(grids))
+    fig, axes = plots.figure(ncols, -(-len(grids) // ncols), size=4.0)
+    panels = [ax for row in axes for ax in row]
+    for ax, (title, path) in zip(panels, grids.items()):
         ax.imshow(mpimg.imread(path))
         ax.set_title(title, fontsize=7)
+    for ax in panels:
         ax.axis("off")
     return fig
 
@@ -188,6 +191,22 @@ def fig7_sample_grids(grids: Mapping[str, Path]) -> Figure:
 # All of them from a results folder (notebook 10)
 # ---------------------------------------------------------------------------------------------------------
 GRID_NOTEBOOKS = ("05_cifar10", "06_imagenet", "07_ffhq_latent", "08_reflow", "11_released_checkpoints")
+GRID_FILES = ("sample_grids.png", "samples_*.png")  # one grid of all rows (05-08), or one per release (11)
+
+
+def sample_grid_files(root: Path) -> dict[str, Path]:
+    """{panel title: PNG} of every sample grid the image notebooks saved, from each notebook's preferred run."""
+    from lib.tables import run_folder
+
+    grids: dict[str, Path] = {}
+    for notebook in GRID_NOTEBOOKS:
+        found = run_folder(root, notebook)
+        if found is None:
+            continue
+        for path in sorted(p for pattern in GRID_FILES for p in found[1].glob(pattern)):
+            grids[f"{notebook} {path.stem.removeprefix('samples_').removeprefix('sample_grids')} ({found[0]})"
+                  .replace("  ", " ")] = path
+    return grids
 
 
 def _csv(root: Path, notebook: str, *names: str) -> tuple[str, list[list[dict[str, str]]]] | None:
@@ -203,7 +222,7 @@ def _csv(root: Path, notebook: str, *names: str) -> tuple[str, list[list[dict[st
 def redraw_paper_figures(root: Path) -> tuple[dict[str, tuple[Figure, str]], dict[str, str]]:
     """Every figure of paper_setup.md that results/ has the numbers for -> ({name: (figure, source)},
     {name: what is missing}). The source names the notebook and profile the numbers came from."""
-    from lib.tables import is_comparable, paper_results, run_folder
+    from lib.tables import is_comparable, paper_results
 
     drawn: dict[str, tuple[Figure, str]] = {}
     missing: dict[str, str] = {}
@@ -228,8 +247,7 @@ def redraw_paper_figures(root: Path) -> tuple[dict[str, tuple[Figure, str]], dic
         _csv(root, "01_toy_couplings", "fig5_polygon_pairings.csv", "fig5_polygon.csv"), fig5_polygon)
     add("fig6_assignment_convergence", "02_assignment_convergence",
         _csv(root, "02_assignment_convergence", "batch_size_sweep.csv", "dataset_size_sweep.csv"), fig6_convergence)
-    grids = {f"{nb} ({found[0]})": found[1] / "sample_grids.png" for nb in GRID_NOTEBOOKS
-             if (found := run_folder(root, nb)) is not None and (found[1] / "sample_grids.png").is_file()}
+    grids = sample_grid_files(root)
     if grids:
         drawn["fig7_sample_grids"] = (fig7_sample_grids(grids), ", ".join(grids))
     else:

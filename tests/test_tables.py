@@ -82,3 +82,19 @@ def test_redraw_names_what_is_missing(tmp_path: Path) -> None:
     assert drawn == {} and set(missing) == {"fig1_gaussian_paths", "fig2_local_reassignment", "fig3_fid_vs_nfe",
                                             "fig4_curvature", "fig5_polygon_counterexample",
                                             "fig6_assignment_convergence", "fig7_sample_grids"}
+
+
+def test_sample_grids_of_every_image_notebook_are_collected(tmp_path: Path) -> None:
+    """Fig. 7 takes 05-08's one grid each and 11's grid per release, from the preferred profile."""
+    from PIL import Image
+
+    for notebook, names in [("05_cifar10", ["sample_grids"]), ("11_released_checkpoints", ["samples_cifar10",
+                                                                                           "samples_ffhq256"])]:
+        write_run(tmp_path, "quick", notebook, "unused.csv", [{"a": 1}])
+        for name in names:
+            Image.new("RGB", (8, 8)).save(tmp_path / "quick" / notebook / f"{name}.png")
+    grids = figures.sample_grid_files(tmp_path)
+    assert list(grids) == ["05_cifar10 (quick)", "11_released_checkpoints cifar10 (quick)",
+                           "11_released_checkpoints ffhq256 (quick)"]
+    drawn, missing = figures.redraw_paper_figures(tmp_path)
+    assert "fig7_sample_grids" in drawn and "fig7_sample_grids" not in missing
