@@ -5,7 +5,7 @@
 
 The canonical format is torchvision's own (``<root>/cifar-10-batches-py``), which
 ``lib.datasets.CIFAR10Images`` reads. The FID reference is clean-fid's precomputed CIFAR-10 train
-statistics at 32x32, mode "clean" (paper_setup.md's protocol), stored in clean-fid's stats folder.
+statistics at 32x32, mode "clean" (clean-fid's protocol; the paper's own is torcheval's, see lib/reference/paper_setup.md), stored in clean-fid's stats folder.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from lib.datasets import CIFAR10_FOLDER, read_cifar10
+from lib.fid import cleanfid_stats_dir
 
 SPLIT_SIZES = {"train": 50_000, "test": 10_000}
 
@@ -30,8 +31,6 @@ def download(root: Path) -> None:
 def fetch_fid_stats() -> Path:
     """clean-fid's precomputed CIFAR-10 train statistics (32x32, clean mode) into its stats folder -> that folder."""
     from cleanfid import fid
-
-    from lib.fid import cleanfid_stats_dir
 
     fid.get_reference_statistics("cifar10", 32, mode="clean", split="train")
     return cleanfid_stats_dir()

@@ -38,7 +38,8 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lib.autoencoder import DEFAULT_AUTOENCODER, encode_mean, load_autoencoder
+from lib.autoencoder import DEFAULT_AUTOENCODER, encode_mean
+from lib.checkpoints import load_autoencoder
 from lib.datasets import DatasetFormatError, fit_resolution, uint8_to_unit, write_hdf5_latents
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")

@@ -10,7 +10,7 @@ adapts our samplers to clean-fid's generator convention, stores custom reference
 own file names, turns offline failures into errors that say what to do, and returns an :class:`FIDResult`
 whose :class:`FIDProtocol` records what produced the number.
 
-Protocols are not interchangeable (see reference/paper_setup.md, "Evaluation protocol"): the paper's released
+Protocols are not interchangeable (see lib/reference/paper_setup.md, "Evaluation protocol"): the paper's released
 code uses torcheval (torchvision's Inception, test-split references); torchcfm uses clean-fid's TF-Inception
 against the 50k CIFAR-10 training-set statistics with ``mode="legacy_tensorflow"``, and EDM the same Inception
 and reference with its own code. Compare only numbers whose protocols agree.
@@ -40,25 +40,7 @@ import torch.nn.functional as F
 from cleanfid import fid as cleanfid_fid
 from torch import Tensor, nn
 
-from lib.toy import digits_vectors
-
-__all__ = [
-    "DigitsClassifier",
-    "FIDProtocol",
-    "FIDResult",
-    "FeatureExtractor",
-    "RandomConvFeatures",
-    "cleanfid_stats_dir",
-    "custom_stats_path",
-    "digits_frechet_distance",
-    "digits_images",
-    "fid_from_generator",
-    "gaussian_stats",
-    "make_reference_stats",
-    "tensor_generator",
-    "to_cleanfid_range",
-    "train_digits_classifier",
-]
+from lib.toy import digits_split_indices, digits_vectors
 
 LIBRARY = "clean-fid"
 INCEPTION = "inception_v3"  # clean-fid's name for its TF-Inception (the one in its stats file names)
@@ -454,11 +436,9 @@ class DigitsClassifier(nn.Module):
 
 
 def _digits_split(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Stratified 80/20 split of the digits: (x_train, y_train, x_test, y_test)."""
-    from sklearn.model_selection import train_test_split
-
+    """The kit's digits split (lib.toy.digits_split_indices, 80/20): (x_train, y_train, x_test, y_test)."""
     x, y = digits_images()
-    train, test = train_test_split(np.arange(len(y)), test_size=0.2, random_state=seed, stratify=y.numpy())
+    train, test = (torch.from_numpy(digits_split_indices(split, 0.2, seed)) for split in ("train", "test"))
     return x[train], y[train], x[test], y[test]
 
 
@@ -466,8 +446,9 @@ def _digits_split(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 def _one_thread() -> Iterator[None]:
     """Run torch on one CPU thread, then restore the caller's setting.
 
-    Tiny matmuls gain nothing from threads; one thread makes the float reductions, hence the trained
-    weights, the same on every machine, and avoids OpenMP spin-waits on busy shared CPUs (60x slower seen).
+    Tiny matmuls gain nothing from threads; one thread fixes the order of the float reductions, hence the trained
+    weights, from run to run on one machine (CPUs with other vector instructions, e.g. AVX-512 vs AVX2, may still
+    round differently), and avoids OpenMP spin-waits on busy shared CPUs (60x slower seen).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

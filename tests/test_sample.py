@@ -14,7 +14,8 @@ from lib.couplings import make_coupling
 from lib.fid import RandomConvFeatures
 from lib.models import MLP
 from lib.train import TrainConfig, train_flow
-from lib.unet import CheckpointError, build_unet
+from lib.models import CheckpointError
+from lib.unet import build_unet
 
 CONFIG = TrainConfig(steps=4, batch_size=8, seed=0, progress=False, ema_decay=0.5)
 
