@@ -54,8 +54,15 @@ def toy_stats(tmp_path_factory, extractor):
 
 
 def toy_fid(images, extractor, stats_dir):
-    return fid_from_generator(tensor_generator(images), len(images), "toy", dataset_res=32,
-                              feature_extractor=extractor, stats_dir=stats_dir, batch_size=N)
+    return fid_from_generator(
+        tensor_generator(images),
+        len(images),
+        "toy",
+        dataset_res=32,
+        feature_extractor=extractor,
+        stats_dir=stats_dir,
+        batch_size=N,
+    )
 
 
 def write_pngs(images: torch.Tensor, folder) -> None:
@@ -72,6 +79,7 @@ def cleanfid_gen(images: torch.Tensor):
 
 def cleanfid_version() -> str:
     from importlib import metadata
+
     return metadata.version("clean-fid")
 
 
@@ -110,16 +118,32 @@ def test_fid_grows_with_shift_and_noise(toy_stats, extractor):
 def test_folder_reference_matches_cleanfid_compute_fid(tmp_path, extractor):
     reference, samples = smooth_images(100, 0), smooth_images(100, 2)
     write_pngs(reference, tmp_path / "reference")
-    ours = fid_from_generator(tensor_generator(samples), 100, tmp_path / "reference", dataset_res=32,
-                              feature_extractor=extractor, batch_size=50)
-    theirs = cleanfid_fid.compute_fid(gen=cleanfid_gen(samples), fdir2=str(tmp_path / "reference"), mode="clean",
-                                      custom_feat_extractor=extractor, num_gen=100, z_dim=1, batch_size=50,
-                                      device=torch.device("cpu"), num_workers=0, verbose=False)
+    ours = fid_from_generator(
+        tensor_generator(samples),
+        100,
+        tmp_path / "reference",
+        dataset_res=32,
+        feature_extractor=extractor,
+        batch_size=50,
+    )
+    theirs = cleanfid_fid.compute_fid(
+        gen=cleanfid_gen(samples),
+        fdir2=str(tmp_path / "reference"),
+        mode="clean",
+        custom_feat_extractor=extractor,
+        num_gen=100,
+        z_dim=1,
+        batch_size=50,
+        device=torch.device("cpu"),
+        num_workers=0,
+        verbose=False,
+    )
     assert ours.fid == pytest.approx(theirs, rel=1e-6)
     assert ours.protocol.num_reference == 100 and "folder" in ours.protocol.reference
     # PNGs hold exactly what to_cleanfid_range makes of the images: same images give FID 0.
-    same = fid_from_generator(tensor_generator(reference), 100, tmp_path / "reference",
-                              feature_extractor=extractor, batch_size=50)
+    same = fid_from_generator(
+        tensor_generator(reference), 100, tmp_path / "reference", feature_extractor=extractor, batch_size=50
+    )
     assert same.fid == pytest.approx(0.0, abs=1e-8)
 
 
@@ -132,28 +156,42 @@ def test_default_stats_folder_is_cleanfids_own(tmp_path, monkeypatch, extractor)
     assert path.parent == tmp_path / "cleanfid" / "stats"
     assert cleanfid_fid.test_stats_exists("toy_default", "clean", model_name=extractor.name)
     samples = smooth_images(100, 3)
-    ours = fid_from_generator(tensor_generator(samples), 100, "toy_default", feature_extractor=extractor,
-                              batch_size=100)
-    theirs = cleanfid_fid.compute_fid(gen=cleanfid_gen(samples), dataset_name="toy_default",
-                                      dataset_split="custom", model_name=extractor.name, mode="clean",
-                                      custom_feat_extractor=extractor, num_gen=100, z_dim=1, batch_size=100,
-                                      device=torch.device("cpu"), verbose=False)
+    ours = fid_from_generator(
+        tensor_generator(samples), 100, "toy_default", feature_extractor=extractor, batch_size=100
+    )
+    theirs = cleanfid_fid.compute_fid(
+        gen=cleanfid_gen(samples),
+        dataset_name="toy_default",
+        dataset_split="custom",
+        model_name=extractor.name,
+        mode="clean",
+        custom_feat_extractor=extractor,
+        num_gen=100,
+        z_dim=1,
+        batch_size=100,
+        device=torch.device("cpu"),
+        verbose=False,
+    )
     assert ours.fid == pytest.approx(theirs, rel=1e-6)
     with pytest.raises(FileExistsError, match="overwrite=True"):
         make_reference_stats("toy_default", images, feature_extractor=extractor)
 
 
-@pytest.mark.parametrize("bad,match", [
-    (lambda b: torch.zeros(b, 1, 32, 32), r"\(B, 3, H, W\) = \(200, 3, 32, 32\)"),  # grey images
-    (lambda b: torch.zeros(b, 3, 16, 16), r"\(200, 3, 32, 32\)"),  # wrong resolution
-    (lambda b: torch.zeros(b + 1, 3, 32, 32), r"\(200, 3, 32, 32\)"),  # wrong batch size
-    (lambda b: torch.full((b, 3, 32, 32), 255.0), r"in \[-1, 1\]"),  # 0..255 range
-    (lambda b: torch.zeros(b, 3, 32, 32, dtype=torch.uint8), "float images"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (lambda b: torch.zeros(b, 1, 32, 32), r"\(B, 3, H, W\) = \(200, 3, 32, 32\)"),  # grey images
+        (lambda b: torch.zeros(b, 3, 16, 16), r"\(200, 3, 32, 32\)"),  # wrong resolution
+        (lambda b: torch.zeros(b + 1, 3, 32, 32), r"\(200, 3, 32, 32\)"),  # wrong batch size
+        (lambda b: torch.full((b, 3, 32, 32), 255.0), r"in \[-1, 1\]"),  # 0..255 range
+        (lambda b: torch.zeros(b, 3, 32, 32, dtype=torch.uint8), "float images"),
+    ],
+)
 def test_bad_generator_output_is_refused_with_the_expected_shape(toy_stats, extractor, bad, match):
     with pytest.raises((ValueError, TypeError), match=match):
-        fid_from_generator(bad, N, "toy", dataset_res=32, feature_extractor=extractor, stats_dir=toy_stats,
-                           batch_size=N)
+        fid_from_generator(
+            bad, N, "toy", dataset_res=32, feature_extractor=extractor, stats_dir=toy_stats, batch_size=N
+        )
 
 
 def test_bad_reference_images_are_refused_before_any_work(tmp_path, extractor):
@@ -168,9 +206,11 @@ def test_missing_reference_says_how_to_make_it(tmp_path, monkeypatch, extractor)
     with pytest.raises(FileNotFoundError, match="make_reference_stats") as err:
         fid_from_generator(generate, 4, "cifar10", dataset_res=32, feature_extractor=extractor, stats_dir=tmp_path)
     assert "not published for this extractor" in str(err.value)
+
     # Inception offline: both downloads fail; the network is never touched here.
     def offline(*args, **kwargs):
         raise urllib.error.URLError("offline")
+
     monkeypatch.setattr(cleanfid.features, "check_download_url", offline)
     monkeypatch.setattr(cleanfid_fid, "build_feature_extractor", offline)
     with pytest.raises(RuntimeError, match="RandomConvFeatures"):
