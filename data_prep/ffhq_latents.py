@@ -36,11 +36,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from lib.autoencoder import DEFAULT_AUTOENCODER, encode_mean
 from lib.checkpoints import load_autoencoder
 from lib.datasets import DatasetFormatError, fit_resolution, uint8_to_unit, write_hdf5_latents
+from lib.progress import progress
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Attributes a finished shard must share with this run to be kept (anything else means another dataset).
@@ -123,7 +123,7 @@ def check_shard(path: Path, settings: dict[str, Any]) -> float:
 
 
 def encode_shard(
-    ae: Any, files: list[Path], resolution: int, batch_size: int, flips: bool, device: str, bar: tqdm
+    ae: Any, files: list[Path], resolution: int, batch_size: int, flips: bool, device: str, bar: Any
 ) -> tuple[Tensor, float]:
     """Encode one shard's images -> (rows (n or 2n, C, h, w): originals then flips, std of the first batch)."""
     originals, flipped = [], []
@@ -163,7 +163,7 @@ def prepare(
     scales = {path: check_shard(path, settings) for path in paths if path.exists()}
     scale = scales.get(paths[0])  # the first batch lies in shard 0
     ae = load_autoencoder(autoencoder).to(device) if len(scales) < len(paths) else None
-    bar = tqdm(
+    bar = progress(
         total=len(files),
         initial=sum(len(part) for path, part in zip(paths, parts) if path in scales),
         unit="img",

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from lib.datasets import DatasetFormatError, HDF5Images, ImageFolderImages, to_uint8, write_hdf5_images
 from lib.fid import make_reference_stats
+from lib.progress import progress
 
 
 def npz_batch_files(source: Path, split: str) -> list[Path]:
@@ -96,7 +96,7 @@ def write_shards(
         shards.append(path)
         images, labels, pending = [x[n:]], [y[n:]], len(x) - n
 
-    for x, y in tqdm(chunks, desc=f"{prefix} shards", unit="file"):
+    for x, y in progress(chunks, desc=f"{prefix} shards", unit="file"):
         images.append(x)
         labels.append(y)
         pending += len(x)

@@ -19,10 +19,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from lib.checkpoints import LoadedModel, load_model
 from lib.datasets import atomic_write_hdf5
+from lib.progress import progress
 from lib.sample import generate, image_seeds
 
 
@@ -56,7 +56,7 @@ def make_pairs(
     """Write the shards of ``num`` pairs that are missing -> every shard path, in order."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for k in tqdm(range(math.ceil(num / shard_size)), desc="reflow shards"):
+    for k in progress(range(math.ceil(num / shard_size)), desc="reflow shards"):
         path = shard_path(out, k)
         paths.append(path)
         if path.exists():

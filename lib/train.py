@@ -32,7 +32,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm.auto import tqdm
 
 from lib import distributed
 from lib.checkpoints import (
@@ -57,6 +56,7 @@ from lib.couplings import (
 from lib.datasets import DATASETS, HDF5Images, IndexedImages, make_dataset, read_pair_seeds
 from lib.flow import cfm_loss, sample_time
 from lib.paper import RELEASED_CONFIGS
+from lib.progress import progress
 
 Data = Tensor | IndexedImages  # (N, *shape) in memory, or a dataset of the kit
 
@@ -394,7 +394,7 @@ def _run(trainer: Trainer, path: Path | None) -> None:
     """Steps loop.step + 1 .. config.steps, logging every ``log_every`` and checkpointing as configured."""
     config, loop = trainer.config, trainer.loop
     latent = latent_source(trainer.data)
-    bar = tqdm(
+    bar = progress(
         range(loop.step + 1, config.steps + 1),
         disable=not config.progress or not distributed.is_main(),
         desc=trainer.coupling.name,

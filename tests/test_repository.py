@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from lib import REPO_ROOT
-from lib.kit import reproduce
+from lib.kit import profiles, reproduce
 
 ROOT = REPO_ROOT
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -64,29 +64,33 @@ def test_notebook_is_committed_clean_and_follows_the_conventions(path: Path) -> 
 
 
 def test_profiles_name_existing_notebooks_and_parameters() -> None:
-    quick, paper = reproduce.load_profile("quick"), reproduce.load_profile("paper")
-    assert list(quick)[-1] == reproduce.TABLES_NOTEBOOK and list(quick)[:-1] == sorted(
-        set(quick) - {reproduce.TABLES_NOTEBOOK}
+    quick, paper = profiles.load_profile("quick"), profiles.load_profile("paper")
+    assert list(quick)[-1] == profiles.TABLES_NOTEBOOK and list(quick)[:-1] == sorted(
+        set(quick) - {profiles.TABLES_NOTEBOOK}
     )
     assert set(paper) >= set(quick)
     for profile in (quick, paper):
         for name, params in profile.items():
-            reproduce.check_parameters(reproduce.notebook_path(name), params)
+            profiles.check_parameters(name, params)
     assert all(params.get("QUICK") is False for params in paper.values())
 
 
 def test_unknown_papermill_parameter_is_refused_with_the_fix() -> None:
     with pytest.raises(ValueError, match=r"has no parameter\(s\) \['STEPZ'\].*Fix the name"):
-        reproduce.check_parameters(reproduce.notebook_path("03_toy_generation"), {"STEPZ": 10})
+        profiles.check_parameters("03_toy_generation", {"STEPZ": 10})
 
 
 def test_unknown_profile_or_notebook_names_the_known_ones() -> None:
-    with pytest.raises(SystemExit, match="unknown profile 'fast'"):
-        reproduce.load_profile("fast")
-    with pytest.raises(FileNotFoundError, match="known notebooks"):
-        reproduce.notebook_path("99_missing")
-    with pytest.raises(SystemExit, match="matches none"):
-        reproduce.select(reproduce.load_profile("quick"), ["42"])
+    with pytest.raises(profiles.ProfileError, match="unknown profile 'fast'"):
+        profiles.load_profile("fast")
+    with pytest.raises(profiles.ProfileError, match="known notebooks"):
+        profiles.notebook_path("99_missing")
+    with pytest.raises(profiles.ProfileError, match="matches none"):
+        reproduce.select(profiles.load_profile("quick"), ["42"])
+    with pytest.raises(profiles.ProfileError, match=r"\['3'\] matches none"):
+        reproduce.select(profiles.load_profile("quick"), ["01", "3"])
+    with pytest.raises(profiles.ProfileError, match="needs notebook names"):
+        reproduce.select(profiles.load_profile("quick"), [])
 
 
 def test_results_on_main_carry_their_provenance() -> None:

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         "RESULTS_DIR": args.results_dir,
         **{k.upper(): v for k, v in asdict(setting).items()},
     }
-    run = results.start_run("benchmarks", params)
+    run = results.start_run("benchmarks", params, profile=args.profile)
     rows = time_couplings(setting)
     run.write_table("coupling_cost", rows)
     run.write_json("coupling_cost", summary(rows, setting))

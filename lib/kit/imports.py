@@ -17,7 +17,7 @@ from pathlib import Path
 
 LIB = Path(__file__).resolve().parent.parent
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("paper", ("lib", "lib.paper")),
+    ("base", ("lib", "lib.paper", "lib.progress")),
     ("algorithm", ("lib.couplings", "lib.flow", "lib.solvers", "lib.metrics")),
     ("networks", ("lib.models", "lib.unet", "lib.autoencoder")),
     ("data", ("lib.datasets", "lib.toy")),

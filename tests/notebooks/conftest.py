@@ -13,8 +13,9 @@ from lib.kit import reproduce
 
 def _run_tiny(name: str, tmp_path: Path, **parameters: object) -> Path:
     """Execute notebook ``name`` with ``parameters`` into tmp_path; return its results folder."""
-    reproduce.run_notebook(name, parameters, results_dir=tmp_path)
-    folder = tmp_path / "quick" / name
+    output = reproduce.run_notebook(name, parameters, results_dir=tmp_path)
+    folder = tmp_path / reproduce.run_profile(name, parameters) / name
+    assert output == folder / f"{name}.ipynb" and output.is_file()
     run = json.loads((folder / "run.json").read_text())
     assert run["parameters"]["RESULTS_DIR"] == str(tmp_path) and run["wall_time_s"] > 0
     assert all(run["parameters"][k] == v for k, v in parameters.items()), "injected parameters not recorded"
