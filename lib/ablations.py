@@ -187,12 +187,12 @@ def evaluate_model(model: nn.Module, z: Tensor, reference: Tensor, specs: Sequen
                    classifier: DigitsClassifier) -> list[dict[str, object]]:
     """One row per solver: samples from noise z (M, *shape) scored against reference (M, 64).
 
-    Row: solver, method, nfe (TRUE network calls), fd, w2.
+    Row: solver, method, nfe (TRUE network calls), solver_steps_accepted, solver_steps_attempted, fd, w2.
     """
     rows: list[dict[str, object]] = []
     for spec in specs:
         result = sample(model, z, spec)
-        rows.append({"solver": result.spec.label, "method": result.spec.method, "nfe": result.nfe,
+        rows.append({"solver": result.spec.label, "method": result.spec.method, **result.cost(),
                      **score_samples(result.x, reference, classifier)})
     return rows
 
