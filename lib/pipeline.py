@@ -18,6 +18,7 @@ from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
 from lib.datasets import CIFAR10_FOLDER, write_fake_cifar10
+from lib.fid import DEFAULT_PROTOCOL, PAPER_PROTOCOL, check_protocol, feature_network
 from lib.results import REPO_ROOT
 
 if TYPE_CHECKING:  # the UNet stack loads only when a notebook evaluates
@@ -166,22 +167,25 @@ def eval_targets(eval_checkpoint: str, repo: Path = REPO_ROOT) -> dict[str, str 
 
 def fid_table(models: Mapping[str, LoadedModel], solvers: Sequence[str], num_samples: int, reference: str,
               paper: list[dict[str, str]], *, seed: int, device: str, features: str = "inception",
-              dataset_res: int | None = 32, dataset_split: str = "train") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """FID of every model at every solver (true NFE checked against the grid) -> (our rows, rows joined
-    with the paper's). ``features="random"`` scores with lib.fid.RandomConvFeatures: offline, not comparable.
-    ``dataset_res`` / ``dataset_split`` pick clean-fid's precomputed statistics of a named dataset (cifar10 32
-    train, ffhq 256 trainval70k); the generated images must have that size (None: any size, for folder or
-    custom references)."""
+              dataset_res: int | None = 32, dataset_split: str = "train",
+              protocol: str = DEFAULT_PROTOCOL) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """FID of every model at every solver under the named ``protocol`` of lib.fid (true NFE checked against the
+    grid) -> (our rows, rows joined with the paper's). ``features="random"`` scores with lib.fid's random
+    stand-in network: offline, not comparable. ``dataset_res`` / ``dataset_split`` pick clean-fid's
+    precomputed statistics of a named dataset (cifar10 32 train, ffhq 256 trainval70k); the generated images
+    must have that size (None: any size). ``paper-torcheval`` references are split images (CIFAR-10 root, HDF5
+    shards, image folder); relative paths are taken from the repository, like the notebooks' parameters."""
     from lib.evaluate import fid_rows
-    from lib.fid import RandomConvFeatures
     from lib.solvers import parse_solver
 
-    extractor = RandomConvFeatures() if features == "random" else None
+    extractor = feature_network(features, check_protocol(protocol))  # both checked before any sampling
+    if protocol == PAPER_PROTOCOL:
+        reference = str(REPO_ROOT / reference)  # an absolute reference stays as it is
     ours: list[dict[str, Any]] = []
     for name, loaded in models.items():
         ours += [{"method": name, **row} for row in fid_rows(
             loaded, solvers, num_samples, reference, seed=seed, device=device, batch_size=min(250, num_samples),
-            dataset_res=dataset_res, dataset_split=dataset_split, feature_extractor=extractor)]
+            dataset_res=dataset_res, dataset_split=dataset_split, feature_extractor=extractor, protocol=protocol)]
     for row in ours:
         expected = parse_solver(row["solver"]).expected_nfe
         if expected is not None and row["nfe"] != expected:  # midpoint-k must cost 2k network calls
@@ -206,15 +210,19 @@ def curvature_rows(models: Mapping[str, LoadedModel], num_paths: int, seed: int,
 
 def fid_vs_nfe_figure(fid: Sequence[Mapping[str, Any]], curvature: Sequence[Mapping[str, Any]],
                       features: str) -> Figure:
-    """Two panels: FID against true NFE per method (paper Fig. 3) and curvature per Euler step (Fig. 4)."""
+    """Two panels: FID against true NFE per method (paper Fig. 3) and curvature per Euler step (Fig. 4).
+    FIDs of different protocols share no scale: rows of more than one protocol are refused."""
     from lib import plots
 
+    protocols = sorted({str(r.get("fid_protocol", "unrecorded")) for r in fid})
+    if len(protocols) > 1:
+        raise ValueError(f"FID rows of several protocols {protocols} cannot share one axis; plot each on its own")
     fig, axes = plots.figure(2, size=3.6)
     for method in dict.fromkeys(r["method"] for r in fid):
         mine = [r for r in fid if r["method"] == method]
         axes[0][0].plot([r["nfe"] for r in mine], [r["fid"] for r in mine], marker="o", label=method)
-    axes[0][0].set(xscale="log", xlabel="NFE (true network calls)", ylabel=f"FID ({features} features)",
-                   title="FID vs NFE")
+    axes[0][0].set(xscale="log", xlabel="NFE (true network calls)",
+                   ylabel=f"FID ({', '.join(protocols)}, {features} features)", title="FID vs NFE")
     axes[0][0].legend(fontsize=6)
     plots.draw_curves(axes[0][1], curvature, "step", "curvature", "method", "curvature per Euler step", logy=True)
     fig.tight_layout()

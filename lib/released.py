@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lib.fid import DEFAULT_PROTOCOL
+
 if TYPE_CHECKING:  # lib.sample pulls in the UNet stack; load it only when a model is loaded
     from lib.sample import LoadedModel
 
@@ -177,12 +179,13 @@ def write_fake_release(cache: str | os.PathLike[str], name: str, preset: str | N
 # ---------------------------------------------------------------------------------------------------------
 def evaluate_releases(models: Mapping[str, LoadedModel], num_samples: int, references: Mapping[str, str],
                       splits: Mapping[str, str], *, seed: int, device: str, features: str = "inception",
-                      fake: bool = False) -> list[dict[str, Any]]:
+                      fake: bool = False, protocol: str = DEFAULT_PROTOCOL) -> list[dict[str, Any]]:
     """FID of each release in ``models`` (name -> loaded) at its paper solvers (PAPER_EVALUATION), through
     lib.pipeline.fid_table as our own runs are, joined with its paper rows.
 
     references / splits: by paper dataset (cifar10, imagenet32, imagenet64, ffhq256_latent), the FID reference
-    (clean-fid dataset name, custom stats name or image folder) and a named dataset's split (default "train").
+    (clean-fid dataset name, custom stats name or image folder; for protocol paper-torcheval the split's images:
+    CIFAR-10 root, HDF5 validation shards or image folder) and a named dataset's split (default "train").
     fake: files of :func:`write_fake_release`: images of any size, every row labelled FAKE_NOTE.
     Returns rows {dataset, release, method, solver, nfe, fid, protocol..., paper_fid, paper_nfe, paper_provenance,
     release_weights}, the method named as the paper's row ("LOOM-CFM", "LOOM-CFM + 1 Reflow").
@@ -199,7 +202,7 @@ def evaluate_releases(models: Mapping[str, LoadedModel], num_samples: int, refer
         _, joined = pipeline.fid_table({spec.method: loaded}, spec.solvers, num_samples, references[spec.dataset],
                                        pipeline.paper_rows(spec.table, spec.dataset), seed=seed, device=device,
                                        features=features, dataset_res=None if fake else spec.resolution,
-                                       dataset_split=splits.get(spec.dataset, "train"))
+                                       dataset_split=splits.get(spec.dataset, "train"), protocol=protocol)
         rows += [{"dataset": spec.dataset, "release": name, **row,
                   "release_weights": FAKE_NOTE if fake else "published weights"} for row in joined]
     return rows

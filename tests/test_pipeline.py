@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from lib import pipeline
 
@@ -44,3 +45,19 @@ def test_a_failed_data_prep_script_reports_the_command_and_its_error(tmp_path: P
         pipeline.run_script("data_prep/imagenet.py", ["--source", tmp_path / "nowhere", "--resolution", 32,
                                                       "--out", tmp_path / "out"])
     assert "usage" in pipeline.run_script("data_prep/imagenet.py", ["--help"])
+
+
+def test_fid_table_checks_the_protocol_before_sampling_and_figures_refuse_mixed_protocols() -> None:
+    from lib.sample import LoadedModel
+
+    class Unsampled(torch.nn.Module):
+        def forward(self, x, t):
+            raise AssertionError("sampled before the protocol was checked")
+
+    models = {"m": LoadedModel(Unsampled(), (3, 32, 32), {})}
+    with pytest.raises(ValueError, match="unknown FID protocol 'torcheval'"):
+        pipeline.fid_table(models, ["euler-1"], 4, "cifar10", [], seed=0, device="cpu", protocol="torcheval")
+    rows = [{"method": "a", "nfe": 4, "fid": 1.0, "fid_protocol": "paper-torcheval"},
+            {"method": "a", "nfe": 8, "fid": 2.0, "fid_protocol": "clean-fid-clean"}]
+    with pytest.raises(ValueError, match="several protocols"):
+        pipeline.fid_vs_nfe_figure(rows, [], "random")
