@@ -16,7 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from torch.hub import get_dir
+
 from lib.datasets import CIFAR10_FOLDER, read_cifar10
+from lib.fid import CLEANFID_MODES, TORCHVISION_WEIGHTS, cleanfid_stats_dir
 
 SPLIT_SIZES = {"train": 50_000, "test": 10_000}
 
@@ -34,8 +37,6 @@ def fetch_fid_stats() -> Path:
     stats folder -> that folder."""
     from cleanfid import fid
 
-    from lib.fid import CLEANFID_MODES, cleanfid_stats_dir
-
     for mode in CLEANFID_MODES.values():
         fid.get_reference_statistics("cifar10", 32, mode=mode, split="train")
     return cleanfid_stats_dir()
@@ -44,10 +45,6 @@ def fetch_fid_stats() -> Path:
 def fetch_torchvision_inception() -> Path:
     """The paper protocol's Inception-v3 weights (torchvision, as torcheval loads them) into the torch hub cache
     -> the file."""
-    from torch.hub import get_dir
-
-    from lib.fid import TORCHVISION_WEIGHTS
-
     TORCHVISION_WEIGHTS.get_state_dict(progress=True)  # downloads once; later calls read the cache
     return Path(get_dir()) / "checkpoints" / Path(TORCHVISION_WEIGHTS.url).name
 

@@ -37,7 +37,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lib.autoencoder import DEFAULT_AUTOENCODER, encode_mean, load_autoencoder
+from lib.autoencoder import DEFAULT_AUTOENCODER, encode_mean
+from lib.checkpoints import load_autoencoder
 from lib.datasets import DatasetFormatError, image_files, read_image, uint8_to_unit, write_hdf5_latents
 
 # Attributes a finished shard must share with this run to be kept (anything else means another dataset).

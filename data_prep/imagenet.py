@@ -25,7 +25,10 @@ from typing import Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from lib.datasets import DatasetFormatError, write_hdf5_images
+import torch
+
+from lib.datasets import DatasetFormatError, HDF5Images, ImageFolderImages, to_uint8, write_hdf5_images
+from lib.fid import make_reference_stats
 
 
 def npz_batch_files(source: Path, split: str) -> list[Path]:
@@ -63,14 +66,10 @@ def npz_chunks(source: Path, split: str, resolution: int) -> Iterator[tuple[np.n
 
 def folder_chunks(source: Path, resolution: int, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(images, labels) of an ImageFolder tree in chunks of ``chunk`` images, resized to ``resolution``."""
-    import torch
-
-    from lib.datasets import ImageFolderImages, to_uint8
-
     dataset = ImageFolderImages(source, resolution, flip=False)
     for start in range(0, len(dataset), chunk):
         index = torch.arange(start, min(start + chunk, len(dataset)))
-        _, x = dataset.__getitems__(index)
+        _, x = dataset.get_batch(index)
         yield to_uint8(x).numpy(), dataset.example_labels(index).numpy()
 
 
@@ -104,14 +103,9 @@ def write_shards(chunks: Iterator[tuple[np.ndarray, np.ndarray]], out: Path, sha
 
 def write_fid_stats(shards: Path, resolution: int, split: str, count: int, seed: int = 0) -> Path:
     """clean-fid reference statistics ``imagenet<res>_<split>`` of ``count`` random images of the shards."""
-    import torch
-
-    from lib.datasets import HDF5Images
-    from lib.fid import make_reference_stats
-
     data = HDF5Images(shards, flip=False)
     pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count].sort().values
-    return make_reference_stats(f"imagenet{resolution}_{split}", data.__getitems__(pick)[1])
+    return make_reference_stats(f"imagenet{resolution}_{split}", data.get_batch(pick)[1])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lib.datasets import atomic_write_hdf5
-from lib.sample import LoadedModel, generate, image_seeds, load_model
+from lib.checkpoints import LoadedModel, load_model
+from lib.sample import generate, image_seeds
 
 
 def shard_path(out: Path, k: int) -> Path:

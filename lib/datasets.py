@@ -6,8 +6,8 @@ Every dataset here is a ``torch.utils.data.Dataset`` of ``N`` unflipped examples
 - with ``flip=True`` the length is ``2N`` and index ``i + N`` is example ``i`` flipped horizontally.
   Flipping is deterministic, not random: as in the paper, each flipped copy is its own training example
   and owns its own noise seeds in LOOM's seed table, so the index must say which copy was drawn.
-- ``__getitems__(indices) -> (index (B,) int64, x (B, C, H, W))`` fetches a batch at once. torch's
-  DataLoader calls it when the dataset has it (automatic batching), so pair it with
+- ``get_batch(indices) -> (index (B,) int64, x (B, C, H, W))`` fetches a batch at once. It is also the
+  dataset's ``__getitems__``, which torch's DataLoader calls (automatic batching), so pair a DataLoader with
   ``collate_fn=collate_indexed``, which passes that tuple through (and also stacks lists of ``(i, x)``).
   The default collate would fail loudly on the tuple, not silently mis-batch.
 
@@ -57,34 +57,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = [
-    "CIFAR10Images",
-    "DATASETS",
-    "DatasetFormatError",
-    "DigitsImages",
-    "HDF5Images",
-    "IMAGE_SUFFIXES",
-    "ImageFiles",
-    "ImageFolderImages",
-    "IndexedImages",
-    "TensorImages",
-    "collate_indexed",
-    "digits_split_indices",
-    "fit_resolution",
-    "hdf5_shard_paths",
-    "image_files",
-    "make_dataset",
-    "read_cifar10",
-    "read_image",
-    "to_uint8",
-    "uint8_to_unit",
-    "unflip_index",
-    "write_fake_cifar10",
-    "write_fake_imagenet",
-    "write_fake_faces",
-    "write_hdf5_images",
-    "write_hdf5_latents",
-]
+from lib.toy import digits_split_indices, digits_vectors
 
 PathLike = str | os.PathLike[str]
 IndexBatch = tuple[Tensor, Tensor]  # (index (B,) int64, x (B, C, H, W) float32)
@@ -177,7 +150,7 @@ class IndexedImages(Dataset, ABC):
         x = self.load_example(k)
         return i, (x.flip(-1) if flipped else x)
 
-    def __getitems__(self, indices: Sequence[int] | Tensor) -> IndexBatch:
+    def get_batch(self, indices: Sequence[int] | Tensor) -> IndexBatch:
         """Dataset indices (B,) -> (index (B,) int64, x (B, C, H, W)); equals stacking ``__getitem__``."""
         index = self._check_indices(indices)
         x = self.load_examples(index % self.num_examples)
@@ -185,6 +158,8 @@ class IndexedImages(Dataset, ABC):
         if bool(flipped.any()):
             x[flipped] = x[flipped].flip(-1)
         return index, x
+
+    __getitems__ = get_batch  # torch's DataLoader fetches a whole batch through this hook
 
     def example_labels(self, index: Tensor) -> Tensor:
         """Labels of dataset indices (B,) (a flipped copy has its example's label) -> (B,) int64."""
@@ -215,7 +190,7 @@ class TensorImages(IndexedImages):
     """Images held in memory: ``images`` uint8 (N, C, H, W) (mapped to [-1, 1] per batch, which keeps
     CIFAR-10 at 150 MB instead of 600 MB) or floating (N, C, H, W) already in the range to return.
 
-    ``__getitems__`` is one vectorised gather.
+    ``get_batch`` is one vectorised gather.
     """
 
     def __init__(self, images: Tensor, flip: bool = False, labels: Tensor | None = None) -> None:
@@ -237,38 +212,15 @@ class TensorImages(IndexedImages):
 # ---------------------------------------------------------------------------------------------------------
 # scikit-learn digits
 # ---------------------------------------------------------------------------------------------------------
-def digits_split_indices(split: Literal["all", "train", "test"], test_fraction: float = 0.2,
-                         seed: int = 0) -> np.ndarray:
-    """Indices into scikit-learn's 1797 digits for a split, sorted ascending -> (n,) int64.
-
-    The split is stratified by label with ``train_test_split(random_state=seed)``: the same sets as
-    ``lib.fid``'s classifier split for the same fraction and seed, so the classifier never saw the test set.
-    """
-    from sklearn.model_selection import train_test_split
-
-    from lib.toy import digits_vectors
-
-    labels = digits_vectors()[1].numpy()
-    every = np.arange(len(labels))
-    if split == "all":
-        return every
-    if split not in ("train", "test"):
-        raise ValueError(f"unknown digits split {split!r}; use 'all', 'train' or 'test'")
-    train, test = train_test_split(every, test_size=test_fraction, random_state=seed, stratify=labels)
-    return np.sort(train if split == "train" else test)
-
-
 class DigitsImages(TensorImages):
     """scikit-learn's 8x8 digits as (1, 8, 8) images: pixel values 0..16 mapped to pixel / 8 - 1 in [-1, 1].
 
-    split: "all" (1797), or the stratified "train" / "test" parts of :func:`digits_split_indices`.
+    split: "all" (1797), or the stratified "train" / "test" parts of :func:`lib.toy.digits_split_indices`.
     ``labels`` (N,) holds the digit of each unflipped example.
     """
 
     def __init__(self, split: Literal["all", "train", "test"] = "all", flip: bool = False,
                  test_fraction: float = 0.2, seed: int = 0) -> None:
-        from lib.toy import digits_vectors
-
         x, labels = digits_vectors()  # (1797, 64) already in [-1, 1]
         keep = torch.from_numpy(digits_split_indices(split, test_fraction, seed))
         super().__init__(x[keep].reshape(-1, 1, 8, 8), flip=flip, labels=labels[keep])
@@ -340,7 +292,7 @@ def _read_cifar10_torchvision(root: Path, train: bool, download: bool) -> tuple[
     except RuntimeError as error:  # torchvision's "not found or corrupted": name the folder and the fix
         raise DatasetFormatError(
             f"{root / CIFAR10_FOLDER} failed torchvision's MD5 check against the official CIFAR-10 files "
-            f"(missing, corrupted, or fabricated by write_fake_cifar10). Fix: run "
+            f"(missing, corrupted, or fabricated by lib.fabricate.write_fake_cifar10). Fix: run "
             f"`python data_prep/cifar10.py --root {root}` or pass download=True; pass verify_checksums=False "
             f"to read a fabricated copy") from error
     images = torch.from_numpy(np.ascontiguousarray(dataset.data.transpose(0, 3, 1, 2)))  # HWC -> CHW
@@ -354,7 +306,7 @@ class CIFAR10Images(TensorImages):
     download: fetch through ``torchvision.datasets.CIFAR10`` (needs internet; verifies the MD5 sums).
     verify_checksums: load through torchvision, which checks every file against the official MD5 sums;
     by default the kit reads the same pickles itself (:func:`read_cifar10`), so the fabricated copies of
-    :func:`write_fake_cifar10` load too. torchvision's loader checks MD5s in ``__init__`` and rejects them.
+    :func:`lib.fabricate.write_fake_cifar10` load too. torchvision's loader checks MD5s in ``__init__`` and rejects them.
     """
 
     def __init__(self, root: PathLike, train: bool = True, flip: bool = True, download: bool = False,
@@ -366,111 +318,6 @@ class CIFAR10Images(TensorImages):
             images, labels, classes = read_cifar10(root, train)
         super().__init__(images, flip=flip, labels=labels)
         self.root, self.train, self.classes = root, train, classes
-
-
-def write_fake_cifar10(root: PathLike, num_train: int = 500, num_test: int = 100, seed: int = 0) -> Path:
-    """Fabricate a tiny CIFAR-10 in the official on-disk format -> the ``root/cifar-10-batches-py`` folder.
-
-    Writes data_batch_1..5 (``num_train`` images split as evenly as possible), test_batch and batches.meta:
-    pickled dicts with the official keys ('batch_label', 'labels', 'data' uint8 (n, 3072) as R, G, B planes,
-    'filenames'; meta: 'num_cases_per_batch', 'label_names', 'num_vis'), so torchvision's reader parses
-    them; only its MD5 check tells them from the real files. Images are smooth random colour blobs (not
-    white noise) so resizing and flips behave as on photographs; labels cycle through the 10 classes.
-    """
-    if num_train < 1 or num_test < 1:
-        raise ValueError(f"need num_train >= 1 and num_test >= 1, got {num_train} and {num_test}")
-    rng = np.random.default_rng(seed)
-    folder = Path(root) / CIFAR10_FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    batches = [(f"training batch {b + 1} of 5", name, part)
-               for b, (name, part) in enumerate(zip(CIFAR10_TRAIN_FILES, np.array_split(np.arange(num_train), 5)))]
-    batches.append(("testing batch 1 of 1", CIFAR10_TEST_FILES[0], np.arange(num_test)))
-    for batch_label, name, ids in batches:
-        entry = {"batch_label": batch_label, "labels": [int(i % 10) for i in ids],
-                 "data": _smooth_images(rng, len(ids)).reshape(len(ids), 3072),
-                 "filenames": [f"fake_{name}_{int(i):05d}.png" for i in ids]}
-        _write_pickle(folder / name, entry)
-    _write_pickle(folder / CIFAR10_META_FILE,
-                  {"num_cases_per_batch": 10000, "label_names": list(CIFAR10_CLASSES), "num_vis": 3072})
-    return folder
-
-
-def _smooth_images(rng: np.random.Generator, n: int, size: int = 32) -> np.ndarray:
-    """n random low-frequency colour images -> uint8 (n, 3, size, size) (a 4x4 grid upsampled bilinearly)."""
-    coarse = torch.from_numpy(rng.uniform(0, 255, size=(n, 3, 4, 4)).astype(np.float32))
-    fine = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=True)
-    return fine.round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def write_fake_imagenet(folder: PathLike, train_sizes: Sequence[int], num_val: int = 0, resolution: int = 32,
-                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Fabricate downsampled ImageNet in the official .npz format under ``folder`` -> (every training image
-    uint8 (N, 3, res, res) in file order, their labels int64 (N,) 0-based).
-
-    The format of image-net.org's "Imagenet32_train_npz" / "Imagenet64_train_part*_npz" releases, which
-    data_prep/imagenet.py reads: ``train_data_batch_<k>.npz`` (k = 1, 2, ...; ``train_sizes[k - 1]`` images each)
-    with ``data`` uint8 (n, 3 * res * res) as R, G, B planes, ``labels`` a list of 1..1000 and ``mean`` the
-    batch's mean row; ``val_data.npz`` (``data``, ``labels``) when ``num_val`` > 0. Images are smooth random
-    colour blobs, so resizing and flips behave as on photographs.
-    """
-    if not train_sizes or min(train_sizes) < 1 or num_val < 0:
-        raise ValueError(f"need at least one training batch of >= 1 image and num_val >= 0, got {list(train_sizes)} "
-                         f"and {num_val}")
-    rng = np.random.default_rng(seed)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    images, labels = [], []
-    for k, n in enumerate(train_sizes, start=1):
-        x, y = _smooth_images(rng, n, resolution), rng.integers(1, 1001, n)
-        data = x.reshape(n, -1)
-        np.savez(folder / f"train_data_batch_{k}.npz", data=data, labels=y.tolist(), mean=data.mean(0))
-        images.append(x)
-        labels.append(y - 1)
-    if num_val:
-        x = _smooth_images(rng, num_val, resolution)
-        np.savez(folder / "val_data.npz", data=x.reshape(num_val, -1), labels=rng.integers(1, 1001, num_val).tolist())
-    return np.concatenate(images), np.concatenate(labels).astype(np.int64)
-
-
-def _write_pickle(path: Path, obj: object) -> None:
-    """Pickle with protocol 2, the protocol of the original Python 2 files."""
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
-
-
-def write_fake_faces(folder: PathLike, num: int, resolution: int = 64, seed: int = 0) -> Path:
-    """Fabricate ``num`` face-like PNGs (resolution x resolution) in ``folder``, named like FFHQ's 00000.png.
-
-    Each is a skin-toned ellipse on a plain background with two eyes and a mouth, all with random size, colour
-    and position, and left/right asymmetric, so a flipped image differs from the original. Stands in for FFHQ
-    on CPU runs of data_prep/ffhq_latents.py; existing files are kept.
-    """
-    from PIL import Image, ImageDraw
-
-    if num < 1 or resolution < 8:
-        raise ValueError(f"need num >= 1 and resolution >= 8, got {num} and {resolution}")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    r = resolution
-    for i in range(num):
-        path = folder / f"{i:05d}.png"
-        background, skin, eyes = (tuple(int(c) for c in rng.integers(lo, hi, 3)) for lo, hi in
-                                  ((0, 256), (150, 250), (0, 90)))
-        cx, cy = r * rng.uniform(0.4, 0.6, 2)
-        w, h = r * rng.uniform(0.25, 0.35), r * rng.uniform(0.33, 0.45)
-        image = Image.new("RGB", (r, r), background)
-        draw = ImageDraw.Draw(image)
-        draw.ellipse([cx - w, cy - h, cx + w, cy + h], fill=skin)
-        for side, size in ((-1, rng.uniform(0.05, 0.09)), (1, rng.uniform(0.03, 0.07))):  # unequal eyes
-            ex, ey, s = cx + side * 0.45 * w, cy - 0.25 * h, size * r
-            draw.ellipse([ex - s, ey - s, ex + s, ey + s], fill=eyes)
-        mouth = cx + rng.uniform(-0.2, 0.2) * w
-        draw.line([mouth - 0.4 * w, cy + 0.5 * h, mouth + 0.4 * w, cy + 0.45 * h], fill=(120, 30, 40),
-                  width=max(1, r // 32))
-        if not path.exists():
-            image.save(path)
-    return folder
 
 
 # ---------------------------------------------------------------------------------------------------------

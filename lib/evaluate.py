@@ -11,17 +11,20 @@ solver's accepted and attempted steps (an adaptive solver's steps are not its ne
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+import argparse
+import json
+from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
+from lib.checkpoints import LoadedModel, load_model
+from lib.fid import DEFAULT_PROTOCOL, PROTOCOLS, feature_network, fid_from_generator
 from lib.flow import VelocityField
 from lib.metrics import curvature_per_step, straightness, w2
-from lib.solvers import parse_solver, sample
-
-if TYPE_CHECKING:  # lib.sample imports the UNet stack; keep this module light for the toy notebooks
-    from lib.sample import LoadedModel
+from lib.sample import noise_for_images, to_images
+from lib.solvers import integrate, parse_solver
 
 
 def w2_table(model: VelocityField, z: Tensor, reference: Tensor, solvers: Sequence[str]) -> list[dict[str, object]]:
@@ -31,7 +34,7 @@ def w2_table(model: VelocityField, z: Tensor, reference: Tensor, solvers: Sequen
     """
     rows: list[dict[str, object]] = []
     for spec in solvers:
-        result = sample(model, z, spec, return_trajectory=parse_solver(spec).steps is not None)
+        result = integrate(model, z, spec, return_trajectory=parse_solver(spec).steps is not None)
         row: dict[str, object] = {"solver": result.spec.label, "method": result.spec.method, **result.cost(),
                                   "w2": w2(result.x, reference)}
         if result.trajectory is not None and result.trajectory.shape[0] > 2:
@@ -42,7 +45,7 @@ def w2_table(model: VelocityField, z: Tensor, reference: Tensor, solvers: Sequen
 
 def path_curvature(model: VelocityField, z: Tensor, steps: int = 20) -> Tensor:
     """Paper Fig. 6: 1 - cos of consecutive velocities along ``steps``-step Euler paths -> (steps - 1,)."""
-    result = sample(model, z, f"euler-{steps}", return_trajectory=True)
+    result = integrate(model, z, f"euler-{steps}", return_trajectory=True)
     return curvature_per_step(result.trajectory, result.times)
 
 
@@ -71,11 +74,9 @@ class SeededSampler:
 
     def __call__(self, batch_size: int) -> Tensor:
         """Next ``batch_size`` images -> (B, C, H, W) in [-1, 1] on the sampler's device."""
-        from lib.sample import noise_for_images, to_images
-
         z = noise_for_images(self.loaded, self.seed, batch_size, self.device, start=self.made)
         with torch.no_grad():
-            result = sample(self.loaded.model, z, self.solver)
+            result = integrate(self.loaded.model, z, self.solver)
         self.made += batch_size
         self.batches += 1
         for name, value in result.cost().items():
@@ -93,8 +94,6 @@ def fid_rows(loaded: LoadedModel, solvers: Sequence[str], num_samples: int, refe
              **fid_kwargs: object) -> list[dict[str, object]]:
     """One row per solver: FID of ``num_samples`` images under ``fid_kwargs["protocol"]`` (lib.fid; default
     clean-fid-clean), the true NFE and solver steps per batch, and the FID protocol beside it."""
-    from lib.fid import fid_from_generator
-
     rows: list[dict[str, object]] = []
     for spec in solvers:
         sampler = SeededSampler(loaded, spec, seed, device)
@@ -107,21 +106,14 @@ def fid_rows(loaded: LoadedModel, solvers: Sequence[str], num_samples: int, refe
 
 def main(argv: list[str] | None = None) -> int:
     """python -m lib.evaluate: FID of a checkpoint for several solvers under a named protocol, as JSON rows."""
-    import argparse
-    import json
-    from pathlib import Path
-
-    from lib.fid import DEFAULT_PROTOCOL, PROTOCOLS, feature_network
-    from lib.sample import load_model
-
     p = argparse.ArgumentParser(prog="python -m lib.evaluate", description=main.__doc__)
     p.add_argument("--checkpoint", required=True, help="a lib.train checkpoint or a released LOOM-CFM .pt")
     p.add_argument("--solvers", nargs="+", default=["midpoint-2", "midpoint-4", "midpoint-6", "dopri5"],
                    help="solver specs; midpoint-K costs 2K network calls")
     p.add_argument("--num-samples", type=int, default=50_000, help="generated images (standard protocol: 50k)")
     p.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOLS,
-                   help="paper-torcheval: the paper's (torcheval, test/validation images drawn with replacement, "
-                        "seed 42); clean-fid-legacy-tf: torchcfm's and EDM's; clean-fid-clean: the kit's default")
+                   help="paper-torcheval: the paper's (torcheval, test/validation images drawn with replacement); "
+                        "clean-fid-legacy-tf: torchcfm's and EDM's; clean-fid-clean: the kit's default")
     p.add_argument("--reference", default="cifar10",
                    help="clean-fid-*: clean-fid dataset name, custom stats name or image folder; paper-torcheval: "
                         "CIFAR-10 root (its test split), HDF5 validation shards or an image folder")
@@ -134,12 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a checkpoint that pickles Python objects (runs code on load: only files you trust)")
     p.add_argument("--out", type=Path, required=True, help="JSON file for the rows")
     args = p.parse_args(argv)  # an unknown --protocol stops here, before the model is loaded or sampled
-    rows = fid_rows(load_model(args.checkpoint), args.solvers, args.num_samples, args.reference, seed=args.seed,
-                    device=args.device, batch_size=args.batch_size, dataset_res=args.dataset_res,
-                    dataset_split=args.dataset_split, protocol=args.protocol, num_reference=args.num_reference,
-                    feature_extractor=feature_network(args.features, args.protocol))
+    rows = fid_rows(load_model(args.checkpoint, trusted=args.trust_checkpoint), args.solvers, args.num_samples,
+                    args.reference, seed=args.seed, device=args.device, batch_size=args.batch_size,
+                    dataset_res=args.dataset_res, dataset_split=args.dataset_split, protocol=args.protocol,
+                    num_reference=args.num_reference, feature_extractor=feature_network(args.features, args.protocol))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2, default=str) + "\n")
     for row in rows:

@@ -5,7 +5,7 @@ The Frechet distance between Gaussians fitted to features of two image sets is
 
     d^2 = ||mu_1 - mu_2||^2 + Tr(Sigma_1 + Sigma_2 - 2 (Sigma_1 Sigma_2)^{1/2}).
 
-Protocols are not interchangeable (paper_setup.md, "Evaluation protocol"), so each has a name:
+Protocols are not interchangeable (lib/reference/paper_setup.md, "Evaluation protocol"), so each has a name:
 
 - ``paper-torcheval``: the paper's released evaluation. torcheval's ``FrechetInceptionDistance`` (torchvision's
   ImageNet Inception-v3, which applies its own input transform after a bilinear resize to 299) fed images in
@@ -54,48 +54,19 @@ from torchvision.models import Inception_V3_Weights
 from tqdm.auto import tqdm
 
 from lib.datasets import CIFAR10_FOLDER, CIFAR10Images, HDF5Images, ImageFiles, IndexedImages, hdf5_shard_paths
-from lib.toy import digits_vectors
+from lib.paper import FID_MAX_REFERENCE, FID_REFERENCE_SEED
+from lib.toy import digits_split_indices, digits_vectors
 
 with warnings.catch_warnings():  # cheap (~0.1 s once torchvision is loaded)
     # torcheval 0.0.7 decorates one of its classification metrics with torch.jit.script, deprecated in torch 2.14.
     warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
     from torcheval.metrics import FrechetInceptionDistance
 
-__all__ = [
-    "DigitsClassifier",
-    "FIDProtocol",
-    "FIDResult",
-    "CLEANFID_MODES",
-    "DEFAULT_PROTOCOL",
-    "FeatureExtractor",
-    "PAPER_PROTOCOL",
-    "PROTOCOLS",
-    "RandomConvFeatures",
-    "TORCHVISION_WEIGHTS",
-    "check_protocol",
-    "cleanfid_stats_dir",
-    "custom_stats_path",
-    "digits_frechet_distance",
-    "digits_images",
-    "feature_network",
-    "fid_from_generator",
-    "gaussian_stats",
-    "make_reference_stats",
-    "reference_draw",
-    "tensor_generator",
-    "to_cleanfid_range",
-    "to_unit_range",
-    "train_digits_classifier",
-]
-
 # The named protocols (module docstring); clean-fid's are a mode of the same library.
 PAPER_PROTOCOL = "paper-torcheval"
 CLEANFID_MODES = {"clean-fid-clean": "clean", "clean-fid-legacy-tf": "legacy_tensorflow"}  # name -> clean-fid mode
 PROTOCOLS = (PAPER_PROTOCOL, *CLEANFID_MODES)
 DEFAULT_PROTOCOL = "clean-fid-clean"
-# The paper's reference draw: seeded sampler with replacement, as many draws as the split has images, at most 50k.
-PAPER_REFERENCE_SEED = 42
-PAPER_MAX_REFERENCE = 50_000
 
 LIBRARY = "clean-fid"
 INCEPTION = "inception_v3"  # clean-fid's name for its TF-Inception (the one in its stats file names)
@@ -168,8 +139,8 @@ def _protocol_note(extractor_name: str, protocol: str) -> str:
                 "same extractor, protocol and reference, never with the paper or any published FID")
     if protocol == PAPER_PROTOCOL:
         return ("the paper's protocol (torcheval, torchvision Inception fed [0, 1] images, test/validation images "
-                "drawn with replacement, seed 42): comparable with the paper's numbers at the same reference split "
-                "and 50,000 samples; never with clean-fid numbers")
+                f"drawn with replacement, seed {FID_REFERENCE_SEED}): comparable with the paper's numbers at the same "
+                "reference split and 50,000 samples; never with clean-fid numbers")
     return (f"clean-fid TF-Inception FID, protocol {protocol!r}: comparable with clean-fid numbers of the same mode "
             "and reference (torchcfm and EDM: clean-fid-legacy-tf, cifar10 train), not with the paper's torcheval "
             "numbers")
@@ -475,7 +446,7 @@ def to_unit_range(images: Tensor) -> Tensor:
     return ((images.detach().float() + 1) / 2).clamp(0, 1)
 
 
-def reference_draw(num_images: int, num_draws: int, seed: int = PAPER_REFERENCE_SEED) -> Tensor:
+def reference_draw(num_images: int, num_draws: int, seed: int = FID_REFERENCE_SEED) -> Tensor:
     """Indices (num_draws,) int64 into ``num_images`` reference images, drawn WITH replacement by torch's
     ``RandomSampler(replacement=True, num_samples=num_draws)`` with a generator seeded with ``seed``.
 
@@ -545,9 +516,9 @@ def _paper_fid(generate: GenerateFn, num_samples: int, reference: str | os.PathL
     model_name = _extractor_name(feature_extractor, TORCHVISION_INCEPTION)
     images, description, split = _split_images(reference, image_size)
     metric = _torcheval_metric(feature_extractor, device)
-    draws = reference_draw(len(images), num_reference or min(len(images), PAPER_MAX_REFERENCE))
+    draws = reference_draw(len(images), num_reference or min(len(images), FID_MAX_REFERENCE))
     for chunk in tqdm(draws.split(batch_size), desc="reference", disable=not verbose):
-        _, x = images.__getitems__(chunk)
+        _, x = images.get_batch(chunk)
         metric.update(to_unit_range(_check_images(x, len(chunk), None, source="reference images")), is_real=True)
     made = 0
     with tqdm(total=num_samples, desc="generated", disable=not verbose) as bar:
@@ -561,7 +532,7 @@ def _paper_fid(generate: GenerateFn, num_samples: int, reference: str | os.PathL
         mode=PAPER_RESIZE if feature_extractor is None else INJECTED_RESIZE, feature_extractor=model_name,
         input_range=PAPER_INPUT, reference=description, reference_split=split, num_reference=len(draws),
         reference_draw=(f"with replacement: RandomSampler(replacement=True, num_samples={len(draws)}) seeded "
-                        f"{PAPER_REFERENCE_SEED}, {len(draws.unique())} distinct of {len(images)} images"),
+                        f"{FID_REFERENCE_SEED}, {len(draws.unique())} distinct of {len(images)} images"),
         num_generated=made, note=_protocol_note(model_name, PAPER_PROTOCOL))
     return FIDResult(float(metric.compute()), protocol)
 
@@ -653,11 +624,9 @@ class DigitsClassifier(nn.Module):
 
 
 def _digits_split(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Stratified 80/20 split of the digits: (x_train, y_train, x_test, y_test)."""
-    from sklearn.model_selection import train_test_split
-
+    """The kit's digits split (lib.toy.digits_split_indices, 80/20): (x_train, y_train, x_test, y_test)."""
     x, y = digits_images()
-    train, test = train_test_split(np.arange(len(y)), test_size=0.2, random_state=seed, stratify=y.numpy())
+    train, test = (torch.from_numpy(digits_split_indices(split, 0.2, seed)) for split in ("train", "test"))
     return x[train], y[train], x[test], y[test]
 
 
@@ -665,8 +634,9 @@ def _digits_split(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 def _one_thread() -> Iterator[None]:
     """Run torch on one CPU thread, then restore the caller's setting.
 
-    Tiny matmuls gain nothing from threads; one thread makes the float reductions, hence the trained
-    weights, the same on every machine, and avoids OpenMP spin-waits on busy shared CPUs (60x slower seen).
+    Tiny matmuls gain nothing from threads; one thread fixes the order of the float reductions, hence the trained
+    weights, from run to run on one machine (CPUs with other vector instructions, e.g. AVX-512 vs AVX2, may still
+    round differently), and avoids OpenMP spin-waits on busy shared CPUs (60x slower seen).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -130,8 +130,8 @@ class AdaptiveCountingField(CountingField):
 
 
 @torch.no_grad()
-def sample(model: VelocityField, z: Tensor, solver: str | SolverSpec = "dopri5",
-           return_trajectory: bool = False) -> SampleResult:
+def integrate(model: VelocityField, z: Tensor, solver: str | SolverSpec = "dopri5",
+              return_trajectory: bool = False) -> SampleResult:
     """Integrate noise z (B, *shape) from t=0 to t=1 under ``model``.
 
     With ``return_trajectory`` the states at every grid time (fixed grid: k + 1 times) come back as

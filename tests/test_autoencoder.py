@@ -22,10 +22,11 @@ from lib.autoencoder import (
     encode_mean,
     ldm_layout,
     ldm_to_diffusers,
-    load_autoencoder,
-    tiny_autoencoder,
 )
-from lib.unet import CheckpointError, build_unet
+from lib.checkpoints import load_autoencoder
+from lib.fabricate import tiny_autoencoder
+from lib.models import CheckpointError
+from lib.unet import build_unet
 
 # The released FFHQ autoencoder (ae.* without ae.scale): number of keys, parameters and sha256 of the sorted
 # "name [shape]" lines, from released_checkpoint_keys.json, so the layout check runs without that file.
@@ -138,7 +139,7 @@ def test_load_from_folder_weights_file_and_offline_hub(tmp_path: Path) -> None:
         load_autoencoder(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_autoencoder(tmp_path / "nowhere" / "vae.safetensors")
-    with pytest.raises(FileNotFoundError, match="huggingface-cli download stabilityai/sd-vae-ft-mse"):
+    with pytest.raises(FileNotFoundError, match="hf download stabilityai/sd-vae-ft-mse"):
         load_autoencoder("stabilityai/sd-vae-ft-mse", offline=True, cache_dir=tmp_path / "hf")
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib import benchmarks
+from lib.experiments import benchmarks
+from lib.kit import benchmark
 
 
 def test_time_couplings_reports_every_contender_against_independent() -> None:
@@ -215,7 +216,7 @@ def test_conclusion_extrapolates_a_crossing_it_did_not_reach() -> None:
 
 
 def test_benchmarks_cli_still_writes_its_tables(tmp_path: Path) -> None:
-    assert benchmarks.main(["--num-examples", "64", "--batch-size", "8", "--steps", "1",
+    assert benchmark.main(["--num-examples", "64", "--batch-size", "8", "--steps", "1",
                             "--results-dir", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "quick" / "benchmarks" / "coupling_cost.json").read_text())
     assert summary["batch_size"] == 8 and summary["ms_loom"] > 0

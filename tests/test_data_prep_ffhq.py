@@ -13,8 +13,10 @@ import torch
 
 from data_prep import ffhq_latents as prep
 from lib import evaluate, sample, train
-from lib.autoencoder import encode_mean, load_autoencoder, tiny_autoencoder
-from lib.datasets import HDF5Images, uint8_to_unit, write_fake_faces
+from lib.autoencoder import encode_mean
+from lib.checkpoints import load_autoencoder
+from lib.datasets import HDF5Images, uint8_to_unit
+from lib.fabricate import tiny_autoencoder, write_fake_faces
 
 NUM, RES = 10, 64  # 10 faces of 64 x 64 -> latents (4, 8, 8), the tiny_latent UNet's size
 

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from data_prep import imagenet as prep
-from lib.datasets import HDF5Images, write_fake_imagenet
+from lib.datasets import HDF5Images
+from lib.fabricate import write_fake_imagenet
 
 
 def test_npz_batches_become_shards_in_order_and_resume(tmp_path: Path) -> None:
@@ -19,7 +20,7 @@ def test_npz_batches_become_shards_in_order_and_resume(tmp_path: Path) -> None:
     shards = sorted((tmp_path / "out" / "train").glob("*.h5"))
     assert [p.name for p in shards] == [f"imagenet32_train_{k:05d}.h5" for k in range(4)]
     data = HDF5Images(tmp_path / "out" / "train", flip=False)
-    index, x = data.__getitems__(torch.arange(len(data)))
+    index, x = data.get_batch(torch.arange(len(data)))
     assert len(data) == 38 and torch.equal(((x + 1) * 127.5).round().to(torch.uint8), torch.from_numpy(images))
     assert torch.equal(data.example_labels(index), torch.from_numpy(labels))
     shards[1].unlink()  # an interrupted run: the missing shard is written again, the others are kept

@@ -11,9 +11,11 @@ import torch
 from data_prep import reflow_pairs as prep
 from lib.couplings import make_coupling, noise_from_seeds
 from lib.datasets import HDF5Images, read_pair_seeds
-from lib.sample import image_seeds, load_model
-from lib.solvers import sample
-from lib.train import TrainConfig, load_checkpoint, main, train_flow
+from lib.checkpoints import load_model
+from lib.checkpoints import read_training_checkpoint
+from lib.sample import image_seeds
+from lib.solvers import integrate
+from lib.train import TrainConfig, main, train_flow
 from lib.unet import build_unet
 
 
@@ -44,7 +46,7 @@ def test_pairs_regenerate_from_their_seeds_and_resume_exactly(tmp_path: Path) ->
     assert np.array_equal(seeds, image_seeds(3, 0, 10).numpy())  # every pair once, in order
     model = load_model(checkpoint).model
     with torch.no_grad():
-        again = sample(model, noise_from_seeds(torch.from_numpy(seeds), (1, 8, 8), "cpu"), "euler-2").x
+        again = integrate(model, noise_from_seeds(torch.from_numpy(seeds), (1, 8, 8), "cpu"), "euler-2").x
     assert torch.allclose(torch.from_numpy(samples), again, atol=1e-6)
     (tmp_path / "pairs" / "pairs_00001.h5").unlink()  # interrupted: one shard missing
     assert prep.main(argv) == 0
@@ -66,6 +68,6 @@ def test_reflow_fine_tunes_the_teacher_on_its_own_pairs(tmp_path: Path) -> None:
     assert main(["--dataset", "hdf5", "--root", str(pairs), "--reflow", "--init", str(checkpoint), "--coupling",
                  "independent", "--steps", "3", "--batch-size", "8", "--device", "cpu", "--no-progress",
                  "--out", str(out)]) == 0
-    state = load_checkpoint(out / "checkpoint.pt")
+    state = read_training_checkpoint(out / "checkpoint.pt")
     assert torch.equal(state["coupling"]["seeds"][:, 0], seeds)  # every sample kept its own noise
     assert state["coupling"]["no_swaps"] and all(r["swaps"] == 0 for r in state["history"])

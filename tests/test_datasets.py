@@ -14,9 +14,10 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from lib.datasets import (
     CIFAR10Images, DatasetFormatError, DigitsImages, HDF5Images, ImageFiles, ImageFolderImages, TensorImages,
-    collate_indexed, digits_split_indices, make_dataset, read_cifar10, to_uint8, uint8_to_unit,
-    write_fake_cifar10, write_hdf5_images, write_hdf5_latents,
+    collate_indexed, make_dataset, read_cifar10, to_uint8, uint8_to_unit, write_hdf5_images, write_hdf5_latents,
 )
+from lib.fabricate import write_fake_cifar10
+from lib.toy import digits_split_indices
 
 
 def random_uint8(n, c=3, h=8, w=8, seed=0):
@@ -85,7 +86,7 @@ def test_getitems_equals_stacked_getitem(datasets, kind):
     ds = datasets[kind]
     n = ds.num_examples
     indices = [n + 1, 0, n - 1, 2 * n - 1, 1, 0, -1]  # flipped, unflipped, repeated, negative
-    index, x = ds.__getitems__(indices)
+    index, x = ds.get_batch(indices)
     expected = [ds[i] for i in indices]
     assert index.dtype == torch.int64 and index.tolist() == [i for i, _ in expected]
     assert torch.equal(x, torch.stack([item for _, item in expected]))
@@ -96,7 +97,7 @@ def test_out_of_range_indices_raise_index_error(datasets):
     with pytest.raises(IndexError, match="out of range"):
         ds[len(ds)]
     with pytest.raises(IndexError, match="out of range"):
-        ds.__getitems__([0, len(ds)])
+        ds.get_batch([0, len(ds)])
 
 
 def test_dataloader_with_batch_sampler_and_collate_indexed_returns_index_and_batch(datasets):
@@ -115,7 +116,7 @@ def test_collate_indexed_stacks_items_and_passes_batches_through(datasets):
     ds = datasets["tensor"]
     index, x = collate_indexed([ds[3], ds[10]])
     assert index.tolist() == [3, 10] and torch.equal(x, torch.stack([ds[3][1], ds[10][1]]))
-    batch = ds.__getitems__([3, 10])
+    batch = ds.get_batch([3, 10])
     assert collate_indexed(batch) is batch
 
 
@@ -259,7 +260,7 @@ def test_hdf5_images_round_trip_with_labels(tmp_path):
     write_hdf5_images(tmp_path / "a.h5", images, labels)
     ds = HDF5Images(tmp_path / "a.h5", flip=False, resolution=8)
     assert ds.key == "images" and len(ds) == 6 and ds.image_shape == (1, 8, 8)
-    index, x = ds.__getitems__(list(range(6)))
+    index, x = ds.get_batch(list(range(6)))
     assert torch.equal(to_uint8(x), images) and torch.equal(x, uint8_to_unit(images))
     assert torch.equal(ds.labels, labels)
     assert [p.name for p in tmp_path.iterdir()] == ["a.h5"]  # the atomic writer left no temporary file
@@ -272,7 +273,7 @@ def test_hdf5_latents_are_stored_unscaled_and_divided_by_scale_on_read(tmp_path)
         assert np.array_equal(f["latents"][()], latents.numpy()) and f["latents"].attrs["scale"] == 3.0
     ds = HDF5Images(tmp_path / "z.h5", flip=False)
     assert ds.key == "latents" and ds.scale == 3.0 and ds.labels is None
-    assert torch.allclose(ds.__getitems__([0, 1, 2, 3, 4])[1], latents / 3.0)
+    assert torch.allclose(ds.get_batch([0, 1, 2, 3, 4])[1], latents / 3.0)
 
 
 def test_hdf5_shard_directory_reads_as_one_dataset_in_sorted_order(tmp_path):
@@ -282,7 +283,7 @@ def test_hdf5_shard_directory_reads_as_one_dataset_in_sorted_order(tmp_path):
     (tmp_path / "notes.txt").write_text("ignored: not *.h5")
     ds = HDF5Images(tmp_path, flip=True)
     assert ds.num_examples == 8 and len(ds) == 16 and len(ds.labels) == 8
-    index, x = ds.__getitems__([7, 3, 0, 4, 11, 3])  # across shards, flipped, repeated
+    index, x = ds.get_batch([7, 3, 0, 4, 11, 3])  # across shards, flipped, repeated
     everything = torch.cat(parts)
     expected = uint8_to_unit(everything[[7, 3, 0, 4, 3, 3]])
     expected[4] = expected[4].flip(-1)

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib import ablations, reproduce
-from lib.ablations import Ablation, AblationBudget
+from lib.experiments import ablations
+from lib.experiments.ablations import Ablation, AblationBudget
+from lib.kit import reproduce
 from lib.fid import train_digits_classifier
-from lib.pipeline import paper_rows
+from lib.paper import paper_rows
 from lib.solvers import parse_solver
 
 

@@ -13,7 +13,8 @@ import torchvision.models._api
 from cleanfid import fid as cleanfid_fid
 from PIL import Image
 
-from lib.datasets import CIFAR10Images, TensorImages, to_uint8, write_fake_cifar10
+from lib.datasets import CIFAR10Images, TensorImages
+from lib.fabricate import write_fake_cifar10
 from lib.fid import (
     PAPER_PROTOCOL,
     PROTOCOLS,

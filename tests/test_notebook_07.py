@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lib import reproduce
+from lib.kit import reproduce
 
 pytestmark = pytest.mark.slow
 

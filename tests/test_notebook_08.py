@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_notebooks import read_csv, run_tiny
 
-from lib.sample import load_model
+from lib.checkpoints import load_model
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from lib import benchmarks, reproduce
+from lib.experiments import benchmarks
+from lib.kit import reproduce
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from test_notebooks import read_csv, run_tiny
 
-from lib.released import FAKE_NOTE
+from lib.fabricate import FAKE_NOTE
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib import reproduce
+from lib.kit import reproduce
 
 pytestmark = pytest.mark.slow
 

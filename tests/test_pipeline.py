@@ -7,25 +7,35 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib import pipeline
+from lib.checkpoints import LoadedModel
+from lib.experiments import pipeline
+from lib.kit.figures import fid_vs_nfe_figure
+from lib.paper import COUPLING_ROWS, paper_rows
+from lib.train import TrainConfig, TrainSettings, parse_args
 
 
-def test_train_argv_spells_lib_train_options() -> None:
-    argv = pipeline.train_argv(Path("out"), {"coupling": "loom", "no_swaps": True, "bf16": False, "batch_size": 32})
-    assert argv == ["--out", "out", "--no-progress", "--coupling", "loom", "--no-swaps", "--batch-size", "32"]
+def test_train_settings_spell_lib_train_options_and_parse_back() -> None:
+    settings = TrainSettings(out="out", coupling="loom", no_swaps=True, flip=True,
+                             train=TrainConfig(batch_size=32, bf16=False, progress=False))
+    argv = settings.to_argv()
+    assert argv == ["--out", "out", "--flip", "--no-swaps", "--batch-size", "32", "--no-progress"]
+    assert TrainSettings.from_args(parse_args(argv)) == settings
 
 
-def test_every_ablation_row_is_a_valid_lib_train_command(tmp_path: Path) -> None:
-    from lib.train import parse_args
-
-    for row, options in pipeline.ABLATIONS.items():
-        args = parse_args(pipeline.train_argv(tmp_path / pipeline.run_name(row), options))
-        assert args.coupling == options["coupling"] and args.no_swaps == options.get("no_swaps", False)
+def test_every_paper_row_is_a_valid_lib_train_command(tmp_path: Path) -> None:
+    for row, spec in COUPLING_ROWS.items():
+        settings = pipeline.row_settings(row, TrainSettings(train=TrainConfig(steps=3)), tmp_path)
+        args = parse_args(settings.to_argv())
+        assert args.coupling == spec.coupling and args.no_swaps == spec.no_swaps
+        assert args.converge_first == spec.converge_first and args.out == str(tmp_path / pipeline.run_name(row))
+        assert TrainSettings.from_args(args) == settings
     assert pipeline.run_name("w/o saving local reassignments") == "wo_saving_local_reassignments"
+    with pytest.raises(ValueError, match="unknown row 'OT-CFM'"):
+        pipeline.row_settings("OT-CFM", TrainSettings(), tmp_path)
 
 
 def test_paper_rows_and_side_by_side_join_on_method_solver_and_nfe() -> None:
-    paper = pipeline.paper_rows("5", "cifar10")
+    paper = paper_rows("5", "cifar10")
     assert {"w/o saving local reassignments", "fixed source w/o reassignments"} <= {r["method"] for r in paper}
     ours = [{"method": "w/o saving local reassignments", "solver": "midpoint-4", "nfe": 8, "fid": 9.0},
             {"method": "w/o saving local reassignments", "solver": "dopri5", "nfe": 77.0, "fid": 5.0},
@@ -37,7 +47,7 @@ def test_paper_rows_and_side_by_side_join_on_method_solver_and_nfe() -> None:
 
 def test_a_failed_training_run_reports_the_command_and_its_error(tmp_path: Path) -> None:
     with pytest.raises(pipeline.TrainingFailed, match="unknown model 'resnet'"):
-        pipeline.launch_training(tmp_path / "run", {"dataset": "digits", "model": "resnet", "steps": 1})
+        pipeline.launch_training(TrainSettings(out=str(tmp_path / "run"), model="resnet", train=TrainConfig(steps=1)))
 
 
 def test_a_failed_data_prep_script_reports_the_command_and_its_error(tmp_path: Path) -> None:
@@ -48,8 +58,6 @@ def test_a_failed_data_prep_script_reports_the_command_and_its_error(tmp_path: P
 
 
 def test_fid_table_checks_the_protocol_before_sampling_and_figures_refuse_mixed_protocols() -> None:
-    from lib.sample import LoadedModel
-
     class Unsampled(torch.nn.Module):
         def forward(self, x, t):
             raise AssertionError("sampled before the protocol was checked")
@@ -60,4 +68,4 @@ def test_fid_table_checks_the_protocol_before_sampling_and_figures_refuse_mixed_
     rows = [{"method": "a", "nfe": 4, "fid": 1.0, "fid_protocol": "paper-torcheval"},
             {"method": "a", "nfe": 8, "fid": 2.0, "fid_protocol": "clean-fid-clean"}]
     with pytest.raises(ValueError, match="several protocols"):
-        pipeline.fid_vs_nfe_figure(rows, [], "random")
+        fid_vs_nfe_figure(rows, [], "random")

@@ -10,7 +10,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lib import readme
+from lib.kit import readme
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = (ROOT / "README.md").read_text()
@@ -52,7 +52,7 @@ def test_every_notebook_is_in_the_index() -> None:
 
 
 def test_generated_sections_match_the_committed_results() -> None:
-    assert readme.render(TEXT, ROOT / "results") == TEXT, "run `python -m lib.readme` and commit README.md"
+    assert readme.render(TEXT, ROOT / "results") == TEXT, "run `python -m lib.kit.readme` and commit README.md"
 
 
 def test_every_command_shown_runs_and_its_flags_exist() -> None:

@@ -13,7 +13,7 @@ import papermill
 import pytest
 import yaml
 
-from lib import reproduce
+from lib.kit import reproduce
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

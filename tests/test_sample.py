@@ -12,11 +12,12 @@ from torchvision.utils import save_image
 
 from lib import evaluate, sample, toy
 from lib.couplings import make_coupling
-from lib.datasets import write_fake_cifar10
+from lib.fabricate import write_fake_cifar10
 from lib.fid import PAPER_PROTOCOL, RandomConvFeatures, feature_network
 from lib.models import MLP
 from lib.train import TrainConfig, train_flow
-from lib.unet import CheckpointError, build_unet
+from lib.models import CheckpointError
+from lib.unet import build_unet
 
 CONFIG = TrainConfig(steps=4, batch_size=8, seed=0, progress=False, ema_decay=0.5)
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lib.flow import cfm_loss, gaussian_independent_field, interpolate, target_velocity
-from lib.solvers import parse_solver, sample, solver_for_nfe
+from lib.solvers import integrate
+from lib.solvers import parse_solver, solver_for_nfe
 
 
 class Counting(torch.nn.Module):
@@ -23,14 +24,14 @@ class Counting(torch.nn.Module):
 @pytest.mark.parametrize("spec, calls", [("euler-7", 7), ("midpoint-6", 12), ("rk4-3", 12), ("euler-1", 1)])
 def test_fixed_grid_nfe_is_the_true_call_count(spec, calls):
     model = Counting()
-    result = sample(model, torch.randn(4, 2), spec)
+    result = integrate(model, torch.randn(4, 2), spec)
     assert result.nfe == model.calls == calls == result.spec.expected_nfe
 
 
 def test_dopri5_reports_what_it_really_called_and_is_accurate():
     model = Counting()
     z = torch.randn(8, 3, dtype=torch.float64)
-    result = sample(model, z, "dopri5")
+    result = integrate(model, z, "dopri5")
     assert result.nfe == model.calls > 6
     assert torch.allclose(result.x, z * torch.exp(torch.tensor(-1.0, dtype=torch.float64)), atol=1e-4)
 
@@ -45,7 +46,7 @@ class Oscillating(Counting):
 
 def test_dopri5_steps_accepted_and_attempted_and_calls_are_six_per_attempt_plus_two():
     model = Oscillating()
-    result = sample(model, torch.randn(8, 3, generator=torch.Generator().manual_seed(0)), "dopri5")
+    result = integrate(model, torch.randn(8, 3, generator=torch.Generator().manual_seed(0)), "dopri5")
     # torchdiffeq's dopri5: f(t0), one call to choose the first step, then six new stages per attempted step
     # (first same as last); rejected steps cost calls too.
     assert result.nfe == model.calls == 6 * result.steps_attempted + 2
@@ -56,12 +57,12 @@ def test_dopri5_steps_accepted_and_attempted_and_calls_are_six_per_attempt_plus_
 
 @pytest.mark.parametrize("spec, steps", [("euler-7", 7), ("midpoint-6", 6), ("rk4-3", 3)])
 def test_a_fixed_grid_accepts_every_step_it_takes(spec, steps):
-    result = sample(Oscillating(), torch.randn(4, 2), spec)
+    result = integrate(Oscillating(), torch.randn(4, 2), spec)
     assert result.steps_attempted == result.steps_accepted == steps
 
 
 def test_trajectory_has_one_state_per_grid_time():
-    result = sample(Counting(), torch.randn(5, 2), "euler-4", return_trajectory=True)
+    result = integrate(Counting(), torch.randn(5, 2), "euler-4", return_trajectory=True)
     assert result.trajectory.shape == (5, 5, 2) and torch.equal(result.trajectory[-1], result.x)
     assert torch.allclose(result.times, torch.linspace(0, 1, 5))
 
@@ -95,8 +96,8 @@ def test_cfm_loss_is_zero_for_the_exact_conditional_velocity():
 
 def test_closed_form_gaussian_field_preserves_the_gaussian():
     z = torch.randn(4000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    x = sample(gaussian_independent_field, z, "rk4-20").x
+    x = integrate(gaussian_independent_field, z, "rk4-20").x
     # Source and target are both N(0, I): the field maps the marginals, shrinking first then back.
     assert x.std().item() == pytest.approx(z.std().item(), rel=1e-3)
-    mid = sample(gaussian_independent_field, z, "rk4-10", return_trajectory=True).trajectory[5]
+    mid = integrate(gaussian_independent_field, z, "rk4-10", return_trajectory=True).trajectory[5]
     assert mid.std().item() == pytest.approx(0.5**0.5, rel=0.03)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from lib import figures, tables
+from lib.kit import figures, tables
 
 
 def write_run(root: Path, profile: str, notebook: str, name: str, rows: list[dict[str, object]]) -> None:

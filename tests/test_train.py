@@ -13,8 +13,10 @@ import torch
 from lib import toy
 from lib.couplings import LoomCoupling, make_coupling
 from lib.models import MLP
-from lib.results import REPO_ROOT
-from lib.train import TrainCheckpointError, TrainConfig, load_checkpoint, save_checkpoint, train_flow
+from lib import REPO_ROOT
+from lib.checkpoints import TrainCheckpointError, save_checkpoint
+from lib.checkpoints import read_training_checkpoint
+from lib.train import TrainConfig, train_flow
 
 CONFIG = TrainConfig(steps=24, batch_size=16, lr=1e-3, warmup_steps=5, seed=3, log_every=4, progress=False)
 
@@ -34,7 +36,7 @@ def test_resume_is_exact(tmp_path: Path, coupling_name: str) -> None:
     straight, straight_coupling = run(24, coupling_name=coupling_name)
     path = tmp_path / "checkpoint.pt"
     run(12, path, coupling_name)  # steps 1..12 (crosses an epoch boundary: 100 // 16 = 6 batches per epoch)
-    assert load_checkpoint(path)["global_step"] == 12
+    assert read_training_checkpoint(path)["global_step"] == 12
     resumed, resumed_coupling = run(24, path, coupling_name)  # a fresh process would do exactly this
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
@@ -43,7 +45,7 @@ def test_resume_is_exact(tmp_path: Path, coupling_name: str) -> None:
     assert straight.history == resumed.history
     if coupling_name == "loom":
         assert torch.equal(straight_coupling.seeds, resumed_coupling.seeds)
-    assert load_checkpoint(path)["global_step"] == 24
+    assert read_training_checkpoint(path)["global_step"] == 24
 
 
 def test_checkpoint_is_written_atomically(tmp_path: Path) -> None:
@@ -64,13 +66,13 @@ def test_bad_checkpoints_name_the_problem_and_the_fix(tmp_path: Path) -> None:
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(TrainCheckpointError, match="truncated"):
-        load_checkpoint(truncated)
+        read_training_checkpoint(truncated)
     released = tmp_path / "released.pt"
     torch.save({"model": {}, "optimizer": {}, "lr_scheduler": {}, "global_step": 1}, released)
     with pytest.raises(TrainCheckpointError, match="load_released_unet"):
-        load_checkpoint(released)
+        read_training_checkpoint(released)
     with pytest.raises(TrainCheckpointError, match="no checkpoint at"):
-        load_checkpoint(tmp_path / "missing.pt")
+        read_training_checkpoint(tmp_path / "missing.pt")
 
 
 def test_a_loom_checkpoint_does_not_resume_another_coupling(tmp_path: Path) -> None:
@@ -103,7 +105,7 @@ def test_torchrun_two_ranks_share_one_assignment(tmp_path: Path) -> None:
     assert torch.equal(rank0.flatten().sort().values, initial.flatten().sort().values)
     assert not torch.equal(rank0, initial)  # the assignment really re-paired
     assert torch.equal(rank0, single)
-    assert load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["world_size"] == 2
+    assert read_training_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["world_size"] == 2
 
 
 def test_cli_trains_on_an_hdf5_file_and_an_image_folder(tmp_path: Path) -> None:
@@ -122,13 +124,14 @@ def test_cli_trains_on_an_hdf5_file_and_an_image_folder(tmp_path: Path) -> None:
             Image.new("RGB", (12, 10), (40 * i, 10, 200)).save(tmp_path / "folder" / label / f"{i}.png")
     assert main(["--dataset", "imagefolder", "--root", str(tmp_path / "folder"), "--resolution", "8", "--steps", "2",
                  "--batch-size", "8", "--out", str(tmp_path / "folderrun"), "--device", "cpu", "--no-progress"]) == 0
-    assert load_checkpoint(tmp_path / "folderrun" / "checkpoint.pt")["global_step"] == 2
+    assert read_training_checkpoint(tmp_path / "folderrun" / "checkpoint.pt")["global_step"] == 2
     with pytest.raises(SystemExit, match="needs --resolution"):
         main(["--dataset", "imagefolder", "--root", str(tmp_path / "folder"), "--out", str(tmp_path / "x")])
 
 
 def test_released_config_fills_defaults_and_flags_override_it(tmp_path: Path) -> None:
-    from lib.train import RELEASED_CONFIGS, parse_args, steps_for_epochs
+    from lib.paper import RELEASED_CONFIGS
+    from lib.train import parse_args, steps_for_epochs
 
     args = parse_args(["--config", "cifar10", "--out", str(tmp_path), "--lr", "1e-3"])
     assert (args.model, args.batch_size, args.caches, args.warmup_steps, args.flip) == ("cifar10", 32, 4, 5000, True)
@@ -145,7 +148,7 @@ def test_train_after_convergence_runs_on_a_dataset_as_on_a_tensor() -> None:
     dataset = TensorImages(images)
     on_tensor, on_dataset = LoomCoupling(40, seed=1), LoomCoupling(40, seed=1)
     history = converge_pairing(on_tensor, images, 8, seed=0)
-    assert history == converge_pairing(on_dataset, dataset, 8, seed=0, fetch=lambda i: dataset.__getitems__(i)[1])
+    assert history == converge_pairing(on_dataset, dataset, 8, seed=0, fetch=lambda i: dataset.get_batch(i)[1])
     assert torch.equal(on_tensor.seeds, on_dataset.seeds) and history[-1]["swaps"] == 0
     coupling = LoomCoupling(40, seed=1)
     train_flow(MLP(16, hidden=8, depth=1), dataset, coupling, replace(CONFIG, steps=2, batch_size=8, converge_first=True))

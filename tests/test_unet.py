@@ -15,21 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib.unet import (
-    PAPER_PRESETS,
-    PRESETS,
-    CheckpointError,
-    UNet,
-    UNetConfig,
-    build_unet,
-    expected_shapes,
-    infer_preset,
-    load_checkpoint_state,
-    load_released_unet,
-    qkv_attention_legacy,
-    timestep_embedding,
-    unet_state_from_checkpoint,
-)
+from lib.checkpoints import infer_preset, load_checkpoint_state, load_released_unet, unet_state_from_checkpoint
+from lib.models import CheckpointError, timestep_embedding
+from lib.unet import PAPER_PRESETS, PRESETS, UNet, UNetConfig, build_unet, expected_shapes, qkv_attention_legacy
 
 # Fingerprint of each released `backbone.*` layout: (number of keys, num_unet_params, sha256 of the sorted
 # "name [shape]" lines), taken from released_checkpoint_keys.json so the check runs without that file.
@@ -260,7 +248,7 @@ def test_objects_beyond_weights_need_trust(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="trusted=True"):
         load_checkpoint_state(tmp_path / "pickled.pt", trusted=False)
     with pytest.warns(UserWarning, match="full unpickling"):
-        assert "model" in load_checkpoint_state(tmp_path / "pickled.pt")
+        assert "model" in load_checkpoint_state(tmp_path / "pickled.pt", trusted=True)
 
 
 def test_loading_from_memory_does_not_share_storage() -> None:

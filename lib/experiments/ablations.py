@@ -27,27 +27,18 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lib.checkpoints import build_model as build_named_model
 from lib.couplings import make_coupling
-from lib.datasets import digits_split_indices
 from lib.fid import DigitsClassifier, digits_frechet_distance
 from lib.metrics import w2
-from lib.solvers import parse_solver, sample, solver_for_nfe
-from lib.toy import digits_vectors
+from lib.paper import COUPLING_ROWS, TABLE5_BATCH, TABLE5_CACHES, paper_rows, sweep_label
+from lib.solvers import integrate, solver_for_nfe
+from lib.toy import digits_split_indices, digits_vectors
 from lib.train import TrainConfig, TrainResult, train_flow
-from lib.train import build_model as train_build_model
 
 ModelKind = Literal["mlp", "unet"]
 MODEL_KINDS: tuple[str, ...] = ("mlp", "unet")
 DIGIT_SHAPE: tuple[int, int, int] = (1, 8, 8)
-
-# Our row label -> the paper's row label (lib/reference/paper_results.csv, table 5; LOOM-CFM there is
-# "LOOM-CFM 4 caches bs128", the same run as Table 1's LOOM-CFM). Rows absent here have no paper numbers.
-PAPER_LABELS: dict[str, str] = {
-    "w/o saving local reassignments": "w/o saving local reassignments",
-    "fixed source w/o reassignments": "fixed source w/o reassignments",
-    "train after convergence": "train after convergence",
-}
-
 
 @dataclass(frozen=True)
 class Ablation:
@@ -62,12 +53,11 @@ class Ablation:
 
     @property
     def paper_label(self) -> str | None:
-        """The matching row label of the paper's Table 5, or None (I-CFM is not in Table 5)."""
-        if self.label in PAPER_LABELS:
-            return PAPER_LABELS[self.label]
+        """The matching row label of the paper's Table 5 (a plain LOOM-CFM run is named by its caches and batch
+        there), or None (I-CFM is not in Table 5)."""
         if self.coupling == "loom" and not (self.no_swaps or self.converge_first):
-            return f"LOOM-CFM {self.num_caches} caches bs{self.batch_size}"
-        return None
+            return sweep_label(self.num_caches, self.batch_size)
+        return self.label if self.label in {r["method"] for r in paper_rows("5", "cifar10")} else None
 
 
 @dataclass(frozen=True)
@@ -99,25 +89,20 @@ def table5_ablations(caches: Sequence[int], batch_sizes: Sequence[int], main_cac
 
     The ablation rows use LOOM-CFM's caches and batch size, so they differ from it in one switch only.
     """
-    rows = [
-        Ablation("I-CFM", "independent", batch_size=main_batch),
-        Ablation("w/o saving local reassignments", "minibatch_ot", batch_size=main_batch),
-        Ablation("fixed source w/o reassignments", "loom", main_caches, main_batch, no_swaps=True),
-        Ablation("train after convergence", "loom", main_caches, main_batch, converge_first=True),
-        Ablation("LOOM-CFM", "loom", main_caches, main_batch),
-    ]
+    rows = [Ablation(r.label, r.coupling, main_caches if r.coupling == "loom" else 1, main_batch, r.no_swaps,
+                     r.converge_first) for r in COUPLING_ROWS.values()]
     sweep = [(c, main_batch) for c in caches] + [(main_caches, b) for b in batch_sizes]
     for c, b in dict.fromkeys(sweep):
         if (c, b) != (main_caches, main_batch):
-            rows.append(Ablation(f"LOOM-CFM {c} caches bs{b}", "loom", c, b))
+            rows.append(Ablation(sweep_label(c, b), "loom", c, b))
     return rows
 
 
 def digits_split(seed: int = 0, test_fraction: float = 0.2) -> tuple[Tensor, Tensor]:
     """The digits as flat vectors in [-1, 1]: (train (N, 64), held-out test (M, 64)), N + M = 1797.
 
-    The same stratified split as lib.fid's classifier for the same seed and fraction, so neither the
-    flow nor the classifier saw the held-out digits.
+    The kit's one digits split (lib.toy.digits_split_indices), which lib.fid's classifier also uses, so neither
+    the flow nor the classifier saw the held-out digits.
     """
     x, _ = digits_vectors()
     train = torch.from_numpy(digits_split_indices("train", test_fraction, seed))
@@ -140,8 +125,7 @@ def check_model_kind(kind: str) -> None:
 def build_model(kind: str, hidden: int = 256, seed: int = 0) -> nn.Module:
     """A fresh velocity field for digits with weights fixed by ``seed``: MLP(64) or the UNet digits preset."""
     check_model_kind(kind)
-    torch.manual_seed(seed)
-    return train_build_model("digits", DIGIT_SHAPE) if kind == "unet" else train_build_model("mlp", (64,), hidden)
+    return build_named_model("digits" if kind == "unet" else "mlp", DIGIT_SHAPE, hidden, seed)
 
 
 def train_ablation(ablation: Ablation, train: Tensor, budget: AblationBudget) -> TrainedAblation:
@@ -191,7 +175,7 @@ def evaluate_model(model: nn.Module, z: Tensor, reference: Tensor, specs: Sequen
     """
     rows: list[dict[str, object]] = []
     for spec in specs:
-        result = sample(model, z, spec)
+        result = integrate(model, z, spec)
         rows.append({"solver": result.spec.label, "method": result.spec.method, **result.cost(),
                      **score_samples(result.x, reference, classifier)})
     return rows
@@ -207,12 +191,12 @@ def paper_table5(table5: Sequence[Mapping[str, str]],
                  table1: Sequence[Mapping[str, str]] = ()) -> dict[tuple[str, str, int | None], float]:
     """Paper Table 5 FIDs keyed by (paper row label, solver family, NFE); dopri5 keys carry NFE None.
 
-    table5 / table1: rows of lib/reference/paper_results.csv (lib.pipeline.paper_rows("5", "cifar10") and
+    table5 / table1: rows of lib/reference/paper_results.csv (lib.paper.paper_rows("5", "cifar10") and
     ("1", "cifar10")). Table 1's LOOM-CFM is the same run as Table 5's "LOOM-CFM 4 caches bs128" and fills
     the NFEs Table 5 leaves out (midpoint 8); Table 5's own numbers win where both exist.
     """
     out: dict[tuple[str, str, int | None], float] = {}
-    alias = {"LOOM-CFM": "LOOM-CFM 4 caches bs128"}
+    alias = {"LOOM-CFM": sweep_label(TABLE5_CACHES, TABLE5_BATCH)}
     for rows, labels in ((table1, alias), (table5, None)):
         for r in rows:
             label = r["method"] if labels is None else labels.get(r["method"])

@@ -3,8 +3,8 @@
 Both are written between marker comments and come only from results/ (run.json wall times, tables.csv from
 notebook 10), so no number in the README is typed by hand:
 
-    python -m lib.readme            # rewrite the sections of README.md from results/
-    python -m lib.readme --check    # exit 1 if README.md is not what results/ says (tests run this)
+    python -m lib.kit.readme            # rewrite the sections of README.md from results/
+    python -m lib.kit.readme --check    # exit 1 if README.md is not what results/ says (tests run this)
 """
 
 from __future__ import annotations
@@ -13,50 +13,15 @@ import argparse
 import json
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from lib.results import REPO_ROOT
-from lib.tables import SECTIONS, read_csv
+from lib import REPO_ROOT
+from lib.kit.notebooks import NOTEBOOKS
+from lib.kit.results import read_table
+from lib.paper import TABLES
 
 README = REPO_ROOT / "README.md"
 RESULTS = REPO_ROOT / "results"
-
-
-@dataclass(frozen=True)
-class NotebookInfo:
-    """What the index says about a notebook besides its measured runtimes."""
-
-    paper: str  # the paper's tables / figures it regenerates
-    shows: str  # one line
-    device: str  # where the paper profile runs
-    paper_runtime: str  # an estimate until results/paper/<notebook>/run.json exists
-
-
-NOTEBOOKS: dict[str, NotebookInfo] = {
-    "01_toy_couplings": NotebookInfo("Fig. 1, 2, 5", "curved vs straight 2-D paths, one local re-pairing, the polygon "
-                                     "counterexample", "CPU", "est. minutes, CPU"),
-    "02_assignment_convergence": NotebookInfo("Theorem 1, Fig. 6", "pairing cost never rises, swaps die out, gap to "
-                                              "the exact optimum; coupling-step cost", "CPU", "est. ~10 min, CPU"),
-    "03_toy_generation": NotebookInfo("-", "I-CFM vs minibatch OT vs LOOM on 2-D toys: W2 by NFE", "CPU",
-                                      "est. ~20 min, CPU"),
-    "04_digits": NotebookInfo("Table 5, Fig. 4 (digits scale)", "the ablation rows on scikit-learn digits", "CPU",
-                              "est. ~35 min, 2 CPU cores"),
-    "05_cifar10": NotebookInfo("Table 1, 5; Fig. 3, 4, 7", "ablation rows via torchrun, FID vs NFE beside the paper",
-                               "GPUs", "est. ~17 h per row on 4 GPUs (paper: 17.3 h)"),
-    "06_imagenet": NotebookInfo("Table 2; Fig. 7", "ImageNet-32/64 from the official npz batches, FID vs NFE", "GPUs",
-                                "est. days on 4 GPUs"),
-    "07_ffhq_latent": NotebookInfo("Table 3; Fig. 7", "FFHQ-256 in SD kl-f8 latents, decoded FID", "GPUs",
-                                   "est. days on 4 GPUs"),
-    "08_reflow": NotebookInfo("Table 1 (reflow rows)", "10^6 teacher pairs, reflow fine-tuning, FID at 1-2 NFE",
-                              "GPUs", "est. ~1 day on 4 GPUs"),
-    "09_performance": NotebookInfo("- (reviewers' cost question)", "coupling step parts, O(m^3) assignment fit, "
-                                   "throughput, share of the step", "CPU or GPU", "est. ~15 min, one GPU"),
-    "10_paper_tables": NotebookInfo("Tables 1, 2, 3, 5; Figs. 1-7", "every table and figure rebuilt from results/",
-                                    "CPU", "seconds"),
-    "11_released_checkpoints": NotebookInfo("Tables 1, 2, 3", "the five released checkpoints at the paper's NFE",
-                                            "GPU", "est. hours on one GPU (50k samples x 4 solvers x 5)"),
-}
 
 
 def notebooks_on_disk() -> list[str]:
@@ -80,7 +45,7 @@ def notebook_index(results: Path) -> str:
              "|---|---|---|---|---|---|"]
     for name in notebooks_on_disk():
         if name not in NOTEBOOKS:
-            raise KeyError(f"notebook {name} has no entry in lib.readme.NOTEBOOKS; add one")
+            raise KeyError(f"notebook {name} has no entry in lib.kit.notebooks.NOTEBOOKS; add one")
         info = NOTEBOOKS[name]
         quick = _wall_time(results, "quick", name) or "not run yet"
         paper = _wall_time(results, "paper", name) or info.paper_runtime
@@ -93,10 +58,10 @@ def results_section(results: Path) -> str:
     path = results / "tables.csv"
     if not path.is_file():
         return "No results yet: run `make reproduce` (notebook 10 writes results/tables.md)."
-    rows = read_csv(path)
+    rows = read_table(path)
     parts = ["Generated from [results/tables.md](results/tables.md) (full tables, protocols and provenance). "
              "Quick-profile values test the pipeline on fabricated data and are never compared with the paper."]
-    for (table, dataset), title in SECTIONS.items():
+    for (table, dataset), title in TABLES.items():
         mine = [r for r in rows if r["table"] == table and r["dataset"] == dataset]
         measured = [r for r in mine if r["status"] != "not run yet"]
         key = lambda r: (r["method"], r["solver"], r["paper_nfe"])  # noqa: E731 - one paper number
@@ -166,7 +131,7 @@ def render(text: str, results: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lib.readme", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m lib.kit.readme", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true", help="only check that README.md is current (exit 1 if not)")
     p.add_argument("--results", type=Path, default=RESULTS, help="results root (default: <repo>/results)")
@@ -175,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = render(current, args.results)
     if args.check:
         if current != wanted:
-            print("README.md is out of date with results/: run `python -m lib.readme`", file=sys.stderr)
+            print("README.md is out of date with results/: run `python -m lib.kit.readme`", file=sys.stderr)
             return 1
         return 0
     README.write_text(wanted)

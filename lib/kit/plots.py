@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless by default; Jupyter's inline backend still displays figures
-import matplotlib.pyplot as plt  # noqa: E402
-from torch import Tensor  # noqa: E402
+import matplotlib.pyplot as plt
+from torch import Tensor
 
 
 def figure(ncols: int = 1, nrows: int = 1, size: float = 3.2, **kwargs: object) -> tuple[plt.Figure, object]:
@@ -43,13 +40,6 @@ def draw_pairing(ax: plt.Axes, x: Tensor, z: Tensor, pairing: Tensor, highlight:
                 lw=1.4 if i in marked else 0.7, zorder=2 if i in marked else 1)
     ax.scatter(z[:, 0], z[:, 1], s=8, color="tab:blue", zorder=3, label="noise")
     ax.scatter(x[:, 0], x[:, 1], s=8, color="tab:red", zorder=3, label="data")
-    _square(ax, title)
-
-
-def draw_points(ax: plt.Axes, points: Tensor, title: str = "", color: str = "tab:red") -> None:
-    """A 2-D point cloud (N, 2)."""
-    p = points.detach().cpu()
-    ax.scatter(p[:, 0], p[:, 1], s=2, color=color, alpha=0.5)
     _square(ax, title)
 
 

@@ -21,39 +21,16 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from lib import REPO_ROOT
 from lib.fid import PAPER_PROTOCOL
-from lib.pipeline import PAPER_RESULTS
-from lib.results import REPO_ROOT
+from lib.kit.notebooks import fid_sources
+from lib.kit.results import read_table
+from lib.paper import TABLES, paper_dataset, paper_results, same_setting
 
 PROFILES = ("paper", "quick")  # a paper-profile run is preferred wherever both exist
-# (table, dataset) -> section title of tables.md, in the paper's order.
-SECTIONS = {("1", "cifar10"): "Table 1: CIFAR-10", ("2", "imagenet32"): "Table 2: ImageNet-32",
-            ("2", "imagenet64"): "Table 2: ImageNet-64", ("3", "ffhq256_latent"): "Table 3: FFHQ-256 (latent)",
-            ("5", "cifar10"): "Table 5: CIFAR-10 ablations"}
-
-
-@dataclass(frozen=True)
-class Source:
-    """A notebook's FID table and the dataset its rows are about (unless a row names its own)."""
-
-    notebook: str
-    table: str  # CSV file name in the notebook's results folder
-    dataset: str  # paper_results.csv dataset name; "" = read each row's "dataset" column
-
-
-SOURCES = (
-    Source("05_cifar10", "fid_vs_paper.csv", "cifar10"),
-    Source("06_imagenet", "fid_vs_paper.csv", ""),
-    Source("07_ffhq_latent", "fid_vs_paper.csv", "ffhq256_latent"),
-    Source("08_reflow", "fid_vs_paper.csv", "cifar10"),
-    Source("11_released_checkpoints", "released_vs_paper.csv", ""),
-)
-# Release names and data-prep names -> the dataset names of paper_results.csv.
-DATASET_ALIASES = {"ffhq256": "ffhq256_latent", "ffhq": "ffhq256_latent", "cifar10_reflow": "cifar10"}
 
 
 def run_folder(root: Path, notebook: str) -> tuple[str, Path] | None:
@@ -63,16 +40,6 @@ def run_folder(root: Path, notebook: str) -> tuple[str, Path] | None:
         if (folder / "run.json").is_file():
             return profile, folder
     return None
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def paper_results() -> list[dict[str, str]]:
-    """All rows of the paper's tables (lib/reference/paper_results.csv)."""
-    return read_csv(PAPER_RESULTS)
 
 
 def fid_protocol(row: Mapping[str, Any]) -> str:
@@ -101,28 +68,22 @@ def kit_rows(root: Path) -> list[dict[str, Any]]:
     """Every FID row under ``root``/<profile>/<notebook>/, with its profile, notebook, dataset and commit."""
     rows: list[dict[str, Any]] = []
     for profile in PROFILES:
-        for source in SOURCES:
-            folder = root / profile / source.notebook
-            if not (folder / source.table).is_file() or not (folder / "run.json").is_file():
+        for notebook, source in fid_sources().items():
+            folder = root / profile / notebook
+            if not (folder / source.fid_table).is_file() or not (folder / "run.json").is_file():
                 continue  # a table without its run.json has no provenance: not shown
             run = json.loads((folder / "run.json").read_text())
-            for row in read_csv(folder / source.table):
-                dataset = row.get("dataset") or source.dataset
-                rows.append({**row, "dataset": DATASET_ALIASES.get(dataset, dataset), "profile": profile,
-                             "notebook": source.notebook, "git_commit": run.get("git_commit", "unknown")})
+            for row in read_table(folder / source.fid_table):
+                dataset = row.get("dataset") or source.fid_dataset
+                rows.append({**row, "dataset": paper_dataset(dataset), "profile": profile,
+                             "notebook": notebook, "git_commit": run.get("git_commit", "unknown")})
     return rows
 
 
 def matches(paper: Mapping[str, str], kit: Mapping[str, Any]) -> bool:
-    """Same dataset and method, and the same solver family at the same true NFE (dopri5: any NFE; a paper
-    solver "unknown" matches on NFE alone)."""
-    if paper["dataset"] != kit["dataset"] or paper["method"] != kit["method"]:
-        return False
-    family = str(kit["solver"]).split("-")[0]
-    if family == "dopri5":
-        return paper["solver"] == "dopri5"
-    return paper["solver"] in (family, "unknown") and paper["nfe"] != "" and \
-        float(paper["nfe"]) == round(float(kit["nfe"]))
+    """Same dataset and method, and the same setting (lib.paper.same_setting: solver family at the same NFE)."""
+    return paper["dataset"] == kit["dataset"] and paper["method"] == kit["method"] \
+        and same_setting(paper, kit["solver"], kit["nfe"])
 
 
 def protocol(kit: Mapping[str, Any]) -> str:
@@ -250,7 +211,7 @@ def markdown(rows: list[Mapping[str, Any]]) -> str:
              "that the pipeline runs and are never compared with the paper. `kit NFE` counts true network calls; "
              "the solver steps are per batch (the paper's adaptive NFE may count steps; lib.solvers gives "
              "the relation)."]
-    for (table, dataset), title in SECTIONS.items():
+    for (table, dataset), title in TABLES.items():
         mine = [r for r in rows if r["table"] == table and r["dataset"] == dataset]
         parts += ["", f"## {title}", "", summary_line(mine), "", markdown_table(mine)]
     return "\n".join(parts) + "\n"

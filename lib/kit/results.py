@@ -21,7 +21,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from lib import REPO_ROOT
+
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "torchdiffeq", "clean-fid", "scikit-learn", "h5py",
             "matplotlib", "papermill", "diffusers")
 PARAMETER_TYPES = (bool, int, float, str, type(None), list, tuple, dict)
@@ -141,20 +142,11 @@ def start_run(notebook: str, parameters: Mapping[str, Any], quiet: bool = False)
     directory = results_root(params.get("RESULTS_DIR", "")) / profile / notebook
     directory.mkdir(parents=True, exist_ok=True)
     run = Run(notebook=notebook, profile=profile, parameters=params, seed=seed, directory=directory)
-    torch.manual_seed(seed)
     if not quiet:
         print(json.dumps({"notebook": notebook, "profile": profile, "results": str(directory),
                           "parameters": params, "versions": package_versions(),
                           "device": device_description()}, indent=1, default=str))
     return run
-
-
-def read_run(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read back a run folder's run.json."""
-    path = Path(directory) / "run.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no run.json in {directory}: run the notebook first (python -m lib.reproduce)")
-    return json.loads(path.read_text())
 
 
 def read_table(path: str | os.PathLike[str]) -> list[dict[str, str]]:

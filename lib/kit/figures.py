@@ -1,11 +1,11 @@
 """The paper's figures drawn from tables, so notebook 10 can redraw every one of them from results/ alone.
 
 Each figure has two halves: ``*_rows`` turns what a notebook computed (tensors) into plain table rows that
-:mod:`lib.results` writes as CSV, and ``fig*`` draws a figure from such rows (as read back from the CSV: every
+:mod:`lib.kit.results` writes as CSV, and ``fig*`` draws a figure from such rows (as read back from the CSV: every
 value may arrive as a string). Notebook 01 draws Figs. 1, 2 and 5 through the same functions it feeds,
 so the figure in its folder and the one notebook 10 redraws are the same drawing of the same numbers.
 
-Figures (reference/paper_setup.md, "Figures to regenerate"): 1 Gaussian paths, 2 a local reassignment,
+Figures (lib/reference/paper_setup.md, "Figures to regenerate"): 1 Gaussian paths, 2 a local reassignment,
 3 FID vs NFE, 4 curvature per step, 5 the polygon counterexample, 6 convergence of the assignment, 7 sample grids.
 """
 
@@ -19,8 +19,13 @@ from matplotlib.ticker import NullFormatter
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
+from torchvision.utils import make_grid
 
-from lib import plots
+from lib.kit import plots
+from lib.kit.notebooks import grid_notebooks
+from lib.kit.results import read_table
+from lib.kit.tables import is_comparable, run_folder
+from lib.paper import paper_results
 
 Rows = Sequence[Mapping[str, Any]]
 
@@ -116,8 +121,9 @@ def _fid_lines(ax: Any, rows: Rows, style: dict[str, Any], suffix: str, colors: 
 
 
 def fig3_fid_vs_nfe(ours: Rows, paper: Rows, comparable: bool, title: str = "") -> Figure:
-    """Fig. 3: FID against true NFE per method. ``comparable`` (paper profile, Inception features): ours solid
-    and the paper's dashed on one axis; otherwise two panels, since the values share no scale."""
+    """Fig. 3: FID against true NFE per method. ``comparable`` (paper profile, the paper's FID protocol, Inception
+    features): ours solid and the paper's dashed on one axis; otherwise two panels, since the values share no
+    scale."""
     fig, axes = plots.figure(1 if comparable else 2, size=4.2)
     colors: dict[str, str] = {}
     _fid_lines(axes[0][0], ours, {"marker": "o"}, " (kit)", colors)
@@ -187,19 +193,45 @@ def fig7_sample_grids(grids: Mapping[str, Path]) -> Figure:
     return fig
 
 
+def fid_vs_nfe_figure(fid: Rows, curvature: Rows, features: str) -> Figure:
+    """Two panels: FID against true NFE per method (paper Fig. 3) and curvature per Euler step (Fig. 4).
+    FIDs of different protocols share no scale: rows of more than one protocol are refused."""
+    protocols = sorted({str(r.get("fid_protocol", "unrecorded")) for r in fid})
+    if len(protocols) > 1:
+        raise ValueError(f"FID rows of several protocols {protocols} cannot share one axis; plot each on its own")
+    fig, axes = plots.figure(2, size=3.6)
+    for method in dict.fromkeys(r["method"] for r in fid):
+        mine = [r for r in fid if r["method"] == method]
+        axes[0][0].plot([r["nfe"] for r in mine], [r["fid"] for r in mine], marker="o", label=method)
+    axes[0][0].set(xscale="log", xlabel="NFE (true network calls)",
+                   ylabel=f"FID ({', '.join(protocols)}, {features} features)", title="FID vs NFE")
+    axes[0][0].legend(fontsize=6)
+    plots.draw_curves(axes[0][1], curvature, "step", "curvature", "method", "curvature per Euler step", logy=True)
+    fig.tight_layout()
+    return fig
+
+
+def sample_grids_figure(samples: Mapping[str, Tensor], solver: str) -> Figure:
+    """One panel per model of its samples (N, C, H, W) in [-1, 1] (lib.experiments.pipeline.grid_samples)."""
+    fig, axes = plots.figure(len(samples), size=3.0)
+    for ax, (name, images) in zip(axes[0], samples.items()):
+        grid = make_grid(images, nrow=max(1, int(len(images) ** 0.5)), normalize=True, value_range=(-1, 1))
+        ax.imshow(grid.permute(1, 2, 0).numpy())
+        ax.set_title(f"{name}\n{solver}", fontsize=7)
+        ax.axis("off")
+    return fig
+
+
 # ---------------------------------------------------------------------------------------------------------
 # All of them from a results folder (notebook 10)
 # ---------------------------------------------------------------------------------------------------------
-GRID_NOTEBOOKS = ("05_cifar10", "06_imagenet", "07_ffhq_latent", "08_reflow", "11_released_checkpoints")
 GRID_FILES = ("sample_grids.png", "samples_*.png")  # one grid of all rows (05-08), or one per release (11)
 
 
 def sample_grid_files(root: Path) -> dict[str, Path]:
     """{panel title: PNG} of every sample grid the image notebooks saved, from each notebook's preferred run."""
-    from lib.tables import run_folder
-
     grids: dict[str, Path] = {}
-    for notebook in GRID_NOTEBOOKS:
+    for notebook in grid_notebooks():
         found = run_folder(root, notebook)
         if found is None:
             continue
@@ -211,19 +243,15 @@ def sample_grid_files(root: Path) -> dict[str, Path]:
 
 def _csv(root: Path, notebook: str, *names: str) -> tuple[str, list[list[dict[str, str]]]] | None:
     """(profile, rows of each CSV) from the notebook's preferred run, or None when a file is missing."""
-    from lib.tables import read_csv, run_folder
-
     found = run_folder(root, notebook)
     if found is None or not all((found[1] / name).is_file() for name in names):
         return None
-    return found[0], [read_csv(found[1] / name) for name in names]
+    return found[0], [read_table(found[1] / name) for name in names]
 
 
 def redraw_paper_figures(root: Path) -> tuple[dict[str, tuple[Figure, str]], dict[str, str]]:
     """Every figure of paper_setup.md that results/ has the numbers for -> ({name: (figure, source)},
     {name: what is missing}). The source names the notebook and profile the numbers came from."""
-    from lib.tables import is_comparable, paper_results
-
     drawn: dict[str, tuple[Figure, str]] = {}
     missing: dict[str, str] = {}
 
@@ -251,5 +279,5 @@ def redraw_paper_figures(root: Path) -> tuple[dict[str, tuple[Figure, str]], dic
     if grids:
         drawn["fig7_sample_grids"] = (fig7_sample_grids(grids), ", ".join(grids))
     else:
-        missing["fig7_sample_grids"] = f"run one of {', '.join(GRID_NOTEBOOKS)} first"
+        missing["fig7_sample_grids"] = f"run one of {', '.join(grid_notebooks())} first"
     return drawn, missing

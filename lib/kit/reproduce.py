@@ -1,10 +1,10 @@
 """Run the notebooks with papermill for a profile and save the executed copies beside their results.
 
-    python -m lib.reproduce --profile quick            # every CPU-feasible notebook, minutes
-    python -m lib.reproduce --profile paper --only 05  # the paper settings (GPUs), one notebook
-    python -m lib.reproduce --list                     # notebooks and profiles
+    python -m lib.kit.reproduce --profile quick            # every CPU-feasible notebook, minutes
+    python -m lib.kit.reproduce --profile paper --only 05  # the paper settings (GPUs), one notebook
+    python -m lib.kit.reproduce --list                     # notebooks and profiles
 
-Parameters come from ``lib/profiles/<profile>.json`` (per notebook); the committed notebook defaults
+Parameters come from ``lib/kit/profiles/<profile>.json`` (per notebook); the committed notebook defaults
 are the quick profile. Unknown parameters are refused before anything runs.
 """
 
@@ -19,7 +19,8 @@ from typing import Any
 
 import papermill
 
-from lib.results import REPO_ROOT, results_root
+from lib import REPO_ROOT
+from lib.kit.results import results_root
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
@@ -31,7 +32,7 @@ class NotebookFailed(RuntimeError):
 
 
 def profile_names() -> list[str]:
-    """Profiles with a parameters file in lib/profiles/."""
+    """Profiles with a parameters file in lib/kit/profiles/."""
     return sorted(p.stem for p in PROFILES_DIR.glob("*.json"))
 
 
@@ -99,7 +100,7 @@ def select(notebooks: dict[str, dict[str, Any]], only: list[str] | None) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lib.reproduce", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m lib.kit.reproduce", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="quick", help=f"one of {profile_names()} (default quick)")
     parser.add_argument("--only", nargs="*", help="notebook names or number prefixes, e.g. 01 03")

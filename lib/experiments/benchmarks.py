@@ -15,12 +15,11 @@ Speed is reported by writing results/, never asserted in tests.
 - :func:`seed_table_memory`, :func:`peak_memory`   what the seed table and a run occupy.
 - :func:`conclusion_facts`, :func:`conclusion_text`   where LOOM stops being cheap, written from the measurements.
 
-    python -m lib.benchmarks            # writes results/quick/benchmarks/coupling_cost.{csv,json}
+    python -m lib.kit.benchmark         # writes results/quick/benchmarks/coupling_cost.{csv,json}
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import resource
@@ -37,12 +36,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lib import results
 from lib.couplings import (COUPLINGS, SEED_HIGH, LoomCoupling, cost_matrix, epoch_batches, exact_assignment,
                            make_coupling, noise_from_seeds)
-from lib.solvers import parse_solver, sample
-from lib.train import RELEASED_CONFIGS, Loop, TrainConfig, cfm_step
-from lib.unet import PRESETS, build_unet
+from lib.checkpoints import build_model
+from lib.paper import RELEASED_CONFIGS
+from lib.solvers import integrate, parse_solver
+from lib.train import TrainConfig, build_trainer, train_step
+from lib.unet import PRESETS
 
 MAX_DISTINCT_BATCHES = 8  # data tensors materialised per benchmark; later steps reuse them with new indices
 LOOM_PARTS: tuple[str, ...] = ("noise from seeds", "cost matrix", "assignment", "write-back")
@@ -218,29 +218,20 @@ def summary(rows: list[dict[str, object]], setting: CouplingBenchmark) -> dict[s
 
 
 def timed_loom_step(coupling: LoomCoupling, x: Tensor, index: Tensor, timer: PartTimer) -> Tensor:
-    """One LOOM step (Algorithm 1) with a lap after each of LOOM_PARTS; returns the re-paired noise (B, *shape).
+    """One real LOOM step, ``coupling(x, index)``, with a lap of ``timer`` after each of LOOM_PARTS (through the
+    coupling's timing hook) -> the re-paired noise (B, *shape). x: (B, *shape) data, index: (B,) its example indices.
 
-    x: (B, *shape) data, index: (B,) its example indices. The same building blocks as
-    LoomCoupling.pair in the same order with the same generator draws, so the seed table ends where
-    ``coupling(x, index)`` would leave it (tested); only the step statistics (swaps, mean costs) are skipped.
+    "write-back" includes the step's statistics (swaps, mean costs), which every training step computes too.
     """
     if coupling.seed_init != "upfront" or coupling.no_swaps:
         raise ValueError("timed_loom_step times the plain LOOM step: build the LoomCoupling with "
                          "seed_init='upfront' and no_swaps=False")
-    timer.start()
-    index = index.cpu().long()
-    caches = coupling.choose_caches(len(index))  # 1. one cache per example, its noise regenerated
-    seeds = coupling.seeds[index, caches]
-    z = noise_from_seeds(seeds, tuple(x.shape[1:]), x.device)
-    timer.lap("noise from seeds")
-    costs = cost_matrix(x, z, coupling.cost)  # 2. the B x B assignment between noises and data
-    timer.lap("cost matrix")
-    perm = torch.as_tensor(exact_assignment(costs))
-    timer.lap("assignment")
-    coupling.seeds[index, caches] = seeds[perm]  # 3. permute the chosen seeds and write them back
-    z = z[perm.to(z.device)]  # 4. the re-paired batch for the flow-matching step
-    timer.lap("write-back")
-    return z
+    previous, coupling.lap = coupling.lap, timer.lap
+    try:
+        timer.start()
+        return coupling(x, index).z
+    finally:
+        coupling.lap = previous
 
 
 def loom_breakdown(setting: CouplingBenchmark) -> dict[str, object]:
@@ -392,7 +383,7 @@ def time_sampling(model: nn.Module, shape: Sequence[int], solvers: Sequence[str]
 
     def run(spec: str) -> None:
         with autocast(device, bf16):
-            nfe[spec] = sample(model, z, spec).nfe
+            nfe[spec] = integrate(model, z, spec).nfe
 
     ms = interleaved_median_ms({spec: (lambda step, spec=spec: run(spec)) for spec in solvers}, steps, warmup)
     return [{"solver": spec, "nfe": nfe[spec], "batch_size": batch_size, "bf16": bf16, "ms_per_batch": ms[spec],
@@ -403,37 +394,29 @@ def time_sampling(model: nn.Module, shape: Sequence[int], solvers: Sequence[str]
 def time_training_steps(model: torch.nn.Module, data: torch.Tensor, batch_size: int, steps: int, warmup: int = 3,
                         seed: int = 0, bf16: bool = False,
                         couplings: Sequence[str] = COUPLINGS) -> list[dict[str, object]]:
-    """Median ms of one full training step (coupling + CFM loss + backward + Adam) per coupling, and of the
-    coupling alone, taking turns every step. data: (N, *shape) on the model's device.
+    """Median ms of one full training step (lib.train.train_step: coupling, CFM loss, backward, clipping, Adam,
+    warm-up schedule, EMA) per coupling, and of the coupling alone, taking turns every step.
+    data: (N, *shape) on the model's device.
 
     Rows: part ("<coupling>: training step" or "<coupling>: coupling alone"), ms_per_step, and
     ratio_to_independent (training steps) or share_of_step (coupling alone). ``couplings`` must
-    include "independent" (the base of the ratios).
+    include "independent" (the base of the ratios). The caller's global RNG is left as it was.
     """
     if "independent" not in couplings or not set(couplings) <= set(COUPLINGS):
         raise ValueError(f"couplings must be a subset of {COUPLINGS} that includes 'independent', got {couplings}")
     device = next(model.parameters()).device
     check_bf16(device, bf16)
-    config = TrainConfig(batch_size=batch_size, seed=seed, bf16=bf16)
+    config = TrainConfig(batch_size=batch_size, lr=1e-4, seed=seed, bf16=bf16, progress=False)
     generator = torch.Generator().manual_seed(seed)
     batches = [epoch_batches(len(data), batch_size, generator)[0] for _ in range(steps + warmup)]
     fns: dict[str, Callable[[int], object]] = {}
     for name in couplings:
-        net = copy.deepcopy(model)
-        optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
-        loop = Loop(step=0, epoch=0, batches=[], generator=torch.Generator().manual_seed(seed))
-        coupling = make_coupling(name, len(data), seed=seed)
+        trainer = build_trainer(copy.deepcopy(model), data, make_coupling(name, len(data), seed=seed), config)
         shadow = make_coupling(name, len(data), seed=seed)  # its own state, so timing it leaves training intact
-
-        def train_step(step: int, net=net, optimizer=optimizer, loop=loop, coupling=coupling) -> None:
-            loss, _ = cfm_step(net, data, coupling, batches[step], loop, config, device)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        fns[f"{name}: training step"] = train_step
+        fns[f"{name}: training step"] = lambda step, trainer=trainer: train_step(trainer, batches[step])
         fns[f"{name}: coupling alone"] = lambda step, c=shadow: c(data[batches[step]], batches[step])
-    medians = interleaved_median_ms(fns, steps, warmup)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        medians = interleaved_median_ms(fns, steps, warmup)
     base = medians["independent: training step"]
     rows: list[dict[str, object]] = []
     for name in couplings:
@@ -467,7 +450,7 @@ def preset_data(preset: str, num: int, device: str, seed: int = 0) -> Tensor:
 
 
 def preset_batch(preset: str, batch_size: int) -> int:
-    """``batch_size`` if positive, else the preset's released per-GPU batch (lib.train.RELEASED_CONFIGS)."""
+    """``batch_size`` if positive, else the preset's released per-GPU batch (lib.paper.RELEASED_CONFIGS)."""
     if batch_size > 0:
         return batch_size
     if preset not in RELEASED_CONFIGS:
@@ -499,8 +482,7 @@ def time_presets(presets: Sequence[str], batch_size: int, steps: int, warmup: in
         for half in bf16:
             if torch.device(device).type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            torch.manual_seed(seed)
-            model = build_unet(preset).to(device)
+            model = build_model(preset, (), seed=seed).to(device)
             timed = time_training_steps(model, preset_data(preset, 2 * b, device, seed), b, steps, warmup,
                                         seed=seed, bf16=half)
             memory = peak_memory(device)
@@ -521,8 +503,7 @@ def coupling_share_sweep(preset: str, batch_sizes: Sequence[int], steps: int, wa
     """
     rows = []
     for b in batch_sizes:
-        torch.manual_seed(seed)
-        model = build_unet(preset).to(device)
+        model = build_model(preset, (), seed=seed).to(device)
         timed = per_coupling(time_training_steps(model, preset_data(preset, 2 * b, device, seed), b, steps, warmup,
                                                  seed=seed, bf16=bf16, couplings=("independent", "loom")))
         independent, loom = timed
@@ -551,7 +532,7 @@ def seed_table_memory(name: str, num_examples: int, num_caches: int, shape: Sequ
 
 def released_seed_tables(examples: Mapping[str, int]) -> list[dict[str, object]]:
     """:func:`seed_table_memory` for each released config named in ``examples`` (name -> examples, flipped
-    copies included), with its caches (lib.train.RELEASED_CONFIGS) and its preset's input shape (lib.unet)."""
+    copies included), with its caches (lib.paper.RELEASED_CONFIGS) and its preset's input shape (lib.unet)."""
     rows = []
     for name, num in examples.items():
         if name not in RELEASED_CONFIGS:
@@ -716,36 +697,3 @@ def fix_order(facts: Mapping[str, object]) -> list[str]:
         counts[str(d["part"])] = counts.get(str(d["part"]), 0) + 1
     ordered = sorted(FIXES, key=lambda part: -counts.get(part, 0))
     return [FIXES[part] for part in ordered if counts.get(part) or part == "assignment"] + [PER_RANK_FIX]
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lib.benchmarks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num-examples", type=int, default=CouplingBenchmark.num_examples)
-    parser.add_argument("--batch-size", type=int, default=CouplingBenchmark.batch_size)
-    parser.add_argument("--steps", type=int, default=CouplingBenchmark.steps)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--profile", default="quick", choices=["quick", "paper"], help="results subfolder")
-    parser.add_argument("--results-dir", default="", help="results root (default: <repo>/results)")
-    args = parser.parse_args(argv)
-    setting = CouplingBenchmark(num_examples=args.num_examples, batch_size=args.batch_size, steps=args.steps,
-                                device=args.device)
-    params = {"QUICK": args.profile == "quick", "SEED": setting.seed, "RESULTS_DIR": args.results_dir,
-              **{k.upper(): v for k, v in asdict(setting).items()}}
-    run = results.start_run("benchmarks", params)
-    rows = time_couplings(setting)
-    run.write_table("coupling_cost", rows)
-    run.write_json("coupling_cost", summary(rows, setting))
-    run.finish()
-    for row in rows:
-        print(f"{row['part']:38s} {row['ms_per_step']:8.2f} ms  x{row['ratio_to_independent']:.2f}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
