@@ -55,11 +55,15 @@ def verify(root: Path, expect_full: bool = True) -> dict[str, int]:
     for split in SPLIT_SIZES:
         images, labels, classes = read_cifar10(root, train=split == "train")
         if images.shape[1:] != (3, 32, 32) or len(labels) != len(images) or len(classes) != 10:
-            raise ValueError(f"{root / CIFAR10_FOLDER}: {split} split has images {tuple(images.shape)}, "
-                             f"{len(labels)} labels, {len(classes)} classes; expected (N, 3, 32, 32), N, 10")
+            raise ValueError(
+                f"{root / CIFAR10_FOLDER}: {split} split has images {tuple(images.shape)}, "
+                f"{len(labels)} labels, {len(classes)} classes; expected (N, 3, 32, 32), N, 10"
+            )
         if expect_full and len(images) != SPLIT_SIZES[split]:
-            raise ValueError(f"{root / CIFAR10_FOLDER}: {split} split has {len(images)} images, expected "
-                             f"{SPLIT_SIZES[split]}; delete the folder and run this script online")
+            raise ValueError(
+                f"{root / CIFAR10_FOLDER}: {split} split has {len(images)} images, expected "
+                f"{SPLIT_SIZES[split]}; delete the folder and run this script online"
+            )
         counts[split] = len(images)
     return counts
 
@@ -68,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("data"), help="folder to hold cifar-10-batches-py")
     parser.add_argument("--offline", action="store_true", help="do not download; only verify")
-    parser.add_argument("--allow-subset", action="store_true",
-                        help="accept fewer images than the official splits (fabricated test copies)")
+    parser.add_argument(
+        "--allow-subset",
+        action="store_true",
+        help="accept fewer images than the official splits (fabricated test copies)",
+    )
     args = parser.parse_args(argv)
     if not args.offline:
         download(args.root)

@@ -65,7 +65,7 @@ class LDMLayout:
 
 def _indices(state: Mapping[str, Tensor], prefix: str) -> list[int]:
     """Sorted integers i of the keys ``prefix<i>.*`` (levels, blocks)."""
-    found = {int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)}
+    found = {int(k[len(prefix) :].split(".")[0]) for k in state if k.startswith(prefix)}
     return sorted(found)
 
 
@@ -76,9 +76,11 @@ def ldm_layout(state: Mapping[str, Tensor]) -> LDMLayout:
     anchors = ("encoder.conv_in.weight", "encoder.conv_out.weight", "decoder.conv_in.weight", "decoder.conv_out.weight")
     absent = [k for k in (*anchors, *first_convs) if k not in state]
     if absent or not levels:
-        raise CheckpointError(f"not an LDM (CompVis) autoencoder state dict, or an incomplete one: it lacks "
-                              f"{absent or ['encoder.down.0.*']} (first keys: {sorted(state)[:5]}). Pass weights named "
-                              "encoder.down.<i>.block.<j>..., decoder.up.<i>..., quant_conv...")
+        raise CheckpointError(
+            f"not an LDM (CompVis) autoencoder state dict, or an incomplete one: it lacks "
+            f"{absent or ['encoder.down.0.*']} (first keys: {sorted(state)[:5]}). Pass weights named "
+            "encoder.down.<i>.block.<j>..., decoder.up.<i>..., quant_conv..."
+        )
     return LDMLayout(
         in_channels=state["encoder.conv_in.weight"].shape[1],
         out_channels=state["decoder.conv_out.weight"].shape[0],
@@ -100,11 +102,18 @@ def diffusers_config(layout: LDMLayout) -> dict[str, Any]:
     """
     down = ["AttnDownEncoderBlock2D" if a else "DownEncoderBlock2D" for a in layout.encoder_attention]
     up = ["AttnUpDecoderBlock2D" if a else "UpDecoderBlock2D" for a in reversed(layout.decoder_attention)]
-    return {"in_channels": layout.in_channels, "out_channels": layout.out_channels,
-            "latent_channels": layout.latent_channels, "block_out_channels": list(layout.block_out_channels),
-            "layers_per_block": layout.layers_per_block, "down_block_types": down, "up_block_types": up,
-            "mid_block_add_attention": layout.mid_attention, "use_quant_conv": layout.quant_conv,
-            "use_post_quant_conv": layout.post_quant_conv}
+    return {
+        "in_channels": layout.in_channels,
+        "out_channels": layout.out_channels,
+        "latent_channels": layout.latent_channels,
+        "block_out_channels": list(layout.block_out_channels),
+        "layers_per_block": layout.layers_per_block,
+        "down_block_types": down,
+        "up_block_types": up,
+        "mid_block_add_attention": layout.mid_attention,
+        "use_quant_conv": layout.quant_conv,
+        "use_post_quant_conv": layout.post_quant_conv,
+    }
 
 
 def build_autoencoder(config: Mapping[str, Any], meta: bool = False) -> Any:
@@ -122,15 +131,22 @@ def build_autoencoder(config: Mapping[str, Any], meta: bool = False) -> Any:
 # ---------------------------------------------------------------------------------------------------------
 # Names: diffusers <-> LDM
 # ---------------------------------------------------------------------------------------------------------
-_LEAF = {"conv_shortcut": "nin_shortcut", "group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v",
-         "to_out.0": "proj_out", "conv_norm_out": "norm_out"}
+_LEAF = {
+    "conv_shortcut": "nin_shortcut",
+    "group_norm": "norm",
+    "to_q": "q",
+    "to_k": "k",
+    "to_v": "v",
+    "to_out.0": "proj_out",
+    "conv_norm_out": "norm_out",
+}
 
 
 def _leaf(rest: str) -> str:
     """The tail of a name (``conv_shortcut.weight``, ``to_out.0.bias``) in LDM words."""
     for diffusers_word, ldm_word in _LEAF.items():
         if rest == diffusers_word or rest.startswith(diffusers_word + "."):
-            return ldm_word + rest[len(diffusers_word):]
+            return ldm_word + rest[len(diffusers_word) :]
     return rest
 
 
@@ -179,14 +195,17 @@ def ldm_to_diffusers(state: Mapping[str, Tensor]) -> tuple[dict[str, Any], dict[
     """
     layout = ldm_layout(state)
     if state["encoder.conv_out.weight"].shape[0] != 2 * layout.latent_channels:  # mean and log-variance
-        raise CheckpointError(f"encoder.conv_out makes {state['encoder.conv_out.weight'].shape[0]} channels but the "
-                              f"decoder takes {layout.latent_channels} latent channels: diffusers' AutoencoderKL needs "
-                              "encoder output = 2 x latent channels (LDM's z_channels != embed_dim is not supported)")
+        raise CheckpointError(
+            f"encoder.conv_out makes {state['encoder.conv_out.weight'].shape[0]} channels but the "
+            f"decoder takes {layout.latent_channels} latent channels: diffusers' AutoencoderKL needs "
+            "encoder output = 2 x latent channels (LDM's z_channels != embed_dim is not supported)"
+        )
     config = diffusers_config(layout)
     want = {name: tuple(p.shape) for name, p in build_autoencoder(config, meta=True).state_dict().items()}
     to_diffusers = {ldm_name(name, len(layout.block_out_channels)): name for name in want}
-    diff = StateDiff(missing=[k for k in to_diffusers if k not in state],
-                     unexpected=[k for k in state if k not in to_diffusers])
+    diff = StateDiff(
+        missing=[k for k in to_diffusers if k not in state], unexpected=[k for k in state if k not in to_diffusers]
+    )
     out: dict[str, Tensor] = {}
     for key, value in state.items():
         if key not in to_diffusers:
@@ -197,16 +216,20 @@ def ldm_to_diffusers(state: Mapping[str, Tensor]) -> tuple[dict[str, Any], dict[
             diff.mismatched.append((key, tuple(value.shape), want[name]))
         out[name] = value
     if not diff.ok:
-        raise CheckpointError(f"the autoencoder weights do not fit the kl-f8 architecture read off them "
-                              f"({_describe_layout(layout)}):\n{diff.describe()}")
+        raise CheckpointError(
+            f"the autoencoder weights do not fit the kl-f8 architecture read off them "
+            f"({_describe_layout(layout)}):\n{diff.describe()}"
+        )
     return config, out
 
 
 def _describe_layout(layout: LDMLayout) -> str:
-    return (f"widths {list(layout.block_out_channels)}, {layout.layers_per_block} blocks per level, attention at "
-            f"encoder levels {[i for i, a in enumerate(layout.encoder_attention) if a]} and decoder levels "
-            f"{[i for i, a in enumerate(layout.decoder_attention) if a]}, {layout.latent_channels} latent channels, "
-            f"quant_conv {layout.quant_conv}, post_quant_conv {layout.post_quant_conv}")
+    return (
+        f"widths {list(layout.block_out_channels)}, {layout.layers_per_block} blocks per level, attention at "
+        f"encoder levels {[i for i, a in enumerate(layout.encoder_attention) if a]} and decoder levels "
+        f"{[i for i, a in enumerate(layout.decoder_attention) if a]}, {layout.latent_channels} latent channels, "
+        f"quant_conv {layout.quant_conv}, post_quant_conv {layout.post_quant_conv}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -35,7 +35,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lib.autoencoder import AE_PREFIX, DEFAULT_AUTOENCODER, SCALE_KEY, LatentDecoder, autoencoder_from_ldm, diffusers_to_ldm
+from lib.autoencoder import (
+    AE_PREFIX,
+    DEFAULT_AUTOENCODER,
+    SCALE_KEY,
+    LatentDecoder,
+    autoencoder_from_ldm,
+    diffusers_to_ldm,
+)
 from lib.models import MLP, CheckpointError
 from lib.paper import RELEASED_PRESETS, RELEASED_REPOS
 from lib.unet import PRESETS, UNet, UNetConfig, build_unet, diff_state, resolve_config
@@ -45,8 +52,10 @@ RELEASED_PREFIX = "released:"  # --checkpoint released:<name>
 CHECKPOINT_PATTERNS = ("*.pt", "*.pth", "*.ckpt")  # the checkpoint file inside a release's snapshot
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 BACKBONE_PREFIX = "backbone."
-REDOWNLOAD_HINT = ("Re-download it (e.g. huggingface_hub.hf_hub_download from the cvg-unibe/loom-cfm_* "
-                   "repositories) and check its size against the one listed there.")
+REDOWNLOAD_HINT = (
+    "Re-download it (e.g. huggingface_hub.hf_hub_download from the cvg-unibe/loom-cfm_* "
+    "repositories) and check its size against the one listed there."
+)
 
 
 class TrainCheckpointError(CheckpointError):
@@ -75,7 +84,8 @@ def read_checkpoint(path: str | os.PathLike[str], trusted: bool = False) -> Any:
             raise CheckpointError(
                 f"{path} pickles Python objects beyond tensors ({_last_line(err)}), so loading it could run code. "
                 "Load it with trusted=True (command lines: --trust-checkpoint) only if you wrote it or trust its "
-                "source.") from err
+                "source."
+            ) from err
         warnings.warn(f"{path} needs full unpickling (weights_only=False); loading it as trusted.", stacklevel=2)
         return torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, ValueError, OSError) as err:
@@ -103,14 +113,18 @@ def _refuse_lfs_pointer(path: Path) -> None:
     with path.open("rb") as f:
         head = f.read(64)
     if head.startswith(b"version https://git-lfs"):
-        raise CheckpointError(f"{path} is a Git LFS pointer, not the weights: run `git lfs pull` in its "
-                              f"repository or download the file itself. {REDOWNLOAD_HINT}")
+        raise CheckpointError(
+            f"{path} is a Git LFS pointer, not the weights: run `git lfs pull` in its "
+            f"repository or download the file itself. {REDOWNLOAD_HINT}"
+        )
 
 
 def _corrupt(path: Path, err: BaseException) -> CheckpointError:
     size = path.stat().st_size
-    return CheckpointError(f"{path} ({size:,} bytes) is truncated or not a torch checkpoint: "
-                           f"{type(err).__name__}: {_last_line(err)}. {REDOWNLOAD_HINT}")
+    return CheckpointError(
+        f"{path} ({size:,} bytes) is truncated or not a torch checkpoint: "
+        f"{type(err).__name__}: {_last_line(err)}. {REDOWNLOAD_HINT}"
+    )
 
 
 def _last_line(err: BaseException) -> str:
@@ -131,14 +145,16 @@ def read_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         state = read_checkpoint(path)
     except CheckpointError as err:
-        raise TrainCheckpointError(f"{err} If it is a training checkpoint it may be truncated: delete it and resume "
-                                   "from an earlier one") from err
+        raise TrainCheckpointError(
+            f"{err} If it is a training checkpoint it may be truncated: delete it and resume from an earlier one"
+        ) from err
     if not isinstance(state, dict) or state.get("format") != KIT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else None
         raise TrainCheckpointError(
             f"{path} is not a training checkpoint of this kit (format {found!r}); a released model checkpoint "
             "loads with lib.checkpoints.load_released_unet (or lib.checkpoints.load_model) for evaluation, not for "
-            "resuming")
+            "resuming"
+        )
     return state
 
 
@@ -187,7 +203,7 @@ def unet_state_from_checkpoint(model_state: Mapping[str, Tensor]) -> tuple[dict[
     unet, extra = {}, []
     for k, v in clean.items():
         if k.startswith(BACKBONE_PREFIX):
-            unet[strip_wrappers(k[len(BACKBONE_PREFIX):])] = v
+            unet[strip_wrappers(k[len(BACKBONE_PREFIX) :])] = v
         else:
             extra.append(k)
     return unet, extra
@@ -210,8 +226,9 @@ def infer_preset(unet_state: Mapping[str, Tensor]) -> str:
     )
 
 
-def load_released_unet(path_or_state: str | Path | Mapping[str, Any], preset: str | UNetConfig | None = None,
-                       trusted: bool = False) -> tuple[UNet, dict[str, Any]]:
+def load_released_unet(
+    path_or_state: str | Path | Mapping[str, Any], preset: str | UNetConfig | None = None, trusted: bool = False
+) -> tuple[UNet, dict[str, Any]]:
     """A released (or kit-trained) checkpoint -> (UNet in eval mode, info).
 
     path_or_state: a checkpoint file, a loaded checkpoint dict with `model`, or a model state dict.
@@ -268,7 +285,7 @@ def _ldm_state_from_mapping(state: Mapping[str, Any]) -> dict[str, Tensor]:
             state = state[wrapper]
     clean = {strip_wrappers(k): v for k, v in state.items() if isinstance(v, Tensor)}
     if any(k.startswith(AE_PREFIX) for k in clean):
-        clean = {k[len(AE_PREFIX):]: v for k, v in clean.items() if k.startswith(AE_PREFIX) and k != SCALE_KEY}
+        clean = {k[len(AE_PREFIX) :]: v for k, v in clean.items() if k.startswith(AE_PREFIX) and k != SCALE_KEY}
     # An LDM training checkpoint also holds its loss (LPIPS, discriminator); it is not part of the autoencoder.
     clean = {k: v for k, v in clean.items() if not k.startswith("loss.")}
     if any(".down_blocks." in k or ".up_blocks." in k for k in clean):
@@ -290,8 +307,9 @@ def _from_hub(repo_id: str, offline: bool, cache_dir: str | os.PathLike[str] | N
     from diffusers import AutoencoderKL  # diffusers takes seconds to import: only when an autoencoder is loaded
 
     try:
-        return AutoencoderKL.from_pretrained(repo_id, local_files_only=offline, cache_dir=cache_dir,
-                                             low_cpu_mem_usage=False)  # no accelerate needed
+        return AutoencoderKL.from_pretrained(
+            repo_id, local_files_only=offline, cache_dir=cache_dir, low_cpu_mem_usage=False
+        )  # no accelerate needed
     except (OSError, ValueError) as err:  # diffusers reports a missing repo / offline cache miss as OSError
         raise FileNotFoundError(
             f"autoencoder {repo_id!r} is neither a local folder nor in the Hugging Face cache, and could not be "
@@ -299,17 +317,18 @@ def _from_hub(repo_id: str, offline: bool, cache_dir: str | os.PathLike[str] | N
             f"internet run `hf download {repo_id} --local-dir <folder>` (or "
             f"AutoencoderKL.from_pretrained('{repo_id}').save_pretrained('<folder>')) and pass <folder> instead, "
             f"or copy its cache folder models--{repo_id.replace('/', '--')} into "
-            f"{os.environ.get('HF_HUB_CACHE', '~/.cache/huggingface/hub')}") from err
+            f"{os.environ.get('HF_HUB_CACHE', '~/.cache/huggingface/hub')}"
+        ) from err
 
 
 def _looks_like_hub_id(text: str) -> bool:
     """``name`` or ``owner/name`` (letters, digits, - _ .), not a path or a weights file name."""
-    return re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", text) is not None \
-        and not text.endswith((".pt", ".pth", ".ckpt", ".safetensors", ".bin"))
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", text) is not None and not text.endswith(
+        (".pt", ".pth", ".ckpt", ".safetensors", ".bin")
+    )
 
 
-def load_autoencoder(source: Source, offline: bool = False,
-                     cache_dir: str | os.PathLike[str] | None = None) -> Any:
+def load_autoencoder(source: Source, offline: bool = False, cache_dir: str | os.PathLike[str] | None = None) -> Any:
     """A diffusers AutoencoderKL in eval mode, frozen, on the CPU, from one of:
 
     - a folder written by ``AutoencoderKL.save_pretrained`` (config.json + weights);
@@ -323,16 +342,20 @@ def load_autoencoder(source: Source, offline: bool = False,
         ae = autoencoder_from_ldm(_ldm_state_from_mapping(source))
     elif Path(source).is_dir():
         if not (Path(source) / "config.json").is_file():
-            raise FileNotFoundError(f"{source} is a folder without config.json: not written by "
-                                    "AutoencoderKL.save_pretrained (pass that folder, a weights file or a hub id)")
+            raise FileNotFoundError(
+                f"{source} is a folder without config.json: not written by "
+                "AutoencoderKL.save_pretrained (pass that folder, a weights file or a hub id)"
+            )
         from diffusers import AutoencoderKL
 
         ae = AutoencoderKL.from_pretrained(str(source), local_files_only=True, low_cpu_mem_usage=False)
     elif Path(source).is_file():
         return load_autoencoder(_read_weights_file(Path(source)))
     elif not _looks_like_hub_id(str(source)):
-        raise FileNotFoundError(f"autoencoder {source} does not exist: pass a save_pretrained folder, a weights "
-                                f"file or a hub id such as {DEFAULT_AUTOENCODER}")
+        raise FileNotFoundError(
+            f"autoencoder {source} does not exist: pass a save_pretrained folder, a weights "
+            f"file or a hub id such as {DEFAULT_AUTOENCODER}"
+        )
     else:
         ae = _from_hub(str(source), offline, cache_dir)
     return ae.float().eval().requires_grad_(False)
@@ -346,9 +369,11 @@ def decoder_from_checkpoint(model_state: Mapping[str, Tensor]) -> LatentDecoder 
     if not ae_keys:
         return None
     if SCALE_KEY not in clean or len(ae_keys) == 1:
-        raise CheckpointError(f"the checkpoint's autoencoder is incomplete: it has {len(ae_keys)} ae.* keys "
-                              f"{'with' if SCALE_KEY in clean else 'but no'} {SCALE_KEY}; a latent checkpoint "
-                              "needs the ae.encoder/decoder weights and ae.scale (the latent std divisor)")
+        raise CheckpointError(
+            f"the checkpoint's autoencoder is incomplete: it has {len(ae_keys)} ae.* keys "
+            f"{'with' if SCALE_KEY in clean else 'but no'} {SCALE_KEY}; a latent checkpoint "
+            "needs the ae.encoder/decoder weights and ae.scale (the latent std divisor)"
+        )
     return LatentDecoder(load_autoencoder({k: clean[k] for k in ae_keys}), clean[SCALE_KEY])
 
 
@@ -411,13 +436,17 @@ def load_model(path: str | os.PathLike[str], use_ema: bool = True, trusted: bool
     HDF5 latents from the autoencoder source and scale it recorded.
     """
     if str(path).startswith(RELEASED_PREFIX):
-        path = fetch_released(str(path)[len(RELEASED_PREFIX):])
+        path = fetch_released(str(path)[len(RELEASED_PREFIX) :])
     path = Path(path)
     state = load_checkpoint_state(path, trusted)
     if state.get("format") == KIT_FORMAT:
         weights = ema_weights(state) if use_ema else state["model"]
-        info: dict[str, Any] = {"checkpoint": str(path), "kind": "kit", "weights": "ema" if use_ema else "raw",
-                                "global_step": state["global_step"]}
+        info: dict[str, Any] = {
+            "checkpoint": str(path),
+            "kind": "kit",
+            "weights": "ema" if use_ema else "raw",
+            "global_step": state["global_step"],
+        }
         if any(k.startswith("net.") for k in weights):
             model = mlp_from_state(weights)
             return LoadedModel(model, (model.dim,), {**info, "preset": "mlp"})
@@ -426,18 +455,31 @@ def load_model(path: str | os.PathLike[str], use_ema: bool = True, trusted: bool
         decoder = kit_decoder(latent)
     else:
         unet, unet_info = load_released_unet(state)
-        info = {"checkpoint": str(path), "kind": "released", "weights": "model",
-                "global_step": unet_info["global_step"]}
+        info = {
+            "checkpoint": str(path),
+            "kind": "released",
+            "weights": "model",
+            "global_step": unet_info["global_step"],
+        }
         decoder = decoder_from_checkpoint(state["model"])
         latent = None if decoder is None else {"autoencoder": f"{path}:ae.*", "scale": float(decoder.scale)}
     config = unet_info["config"]
     if decoder is not None and decoder.latent_channels != config.in_channels:
-        raise CheckpointError(f"{path}: the autoencoder makes {decoder.latent_channels}-channel latents but the UNet "
-                              f"({unet_info['preset']}) takes {config.in_channels} channels")
-    return LoadedModel(unet, (config.in_channels, config.image_size, config.image_size),
-                       {**info, "preset": unet_info["preset"], "num_params": unet_info["num_params"],
-                        **({"autoencoder": latent["autoencoder"], "latent_scale": latent["scale"]} if latent else {})},
-                       decoder)
+        raise CheckpointError(
+            f"{path}: the autoencoder makes {decoder.latent_channels}-channel latents but the UNet "
+            f"({unet_info['preset']}) takes {config.in_channels} channels"
+        )
+    return LoadedModel(
+        unet,
+        (config.in_channels, config.image_size, config.image_size),
+        {
+            **info,
+            "preset": unet_info["preset"],
+            "num_params": unet_info["num_params"],
+            **({"autoencoder": latent["autoencoder"], "latent_scale": latent["scale"]} if latent else {}),
+        },
+        decoder,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -452,11 +494,13 @@ def check_release_name(name: str) -> str:
 
 def _placement_hint(name: str, cause: object) -> str:
     repo = RELEASED_REPOS[name]
-    return (f"released checkpoint {name!r} ({repo}) is not in the Hugging Face cache and could not be downloaded "
-            f"({cause}). On a machine with internet run `hf download {repo} --local-dir <folder>` "
-            f"(or huggingface_hub.snapshot_download) and pass the .pt file inside as the checkpoint path, or copy "
-            f"the cache folder models--{repo.replace('/', '--')} into "
-            f"{os.environ.get('HF_HUB_CACHE', '~/.cache/huggingface/hub')}")
+    return (
+        f"released checkpoint {name!r} ({repo}) is not in the Hugging Face cache and could not be downloaded "
+        f"({cause}). On a machine with internet run `hf download {repo} --local-dir <folder>` "
+        f"(or huggingface_hub.snapshot_download) and pass the .pt file inside as the checkpoint path, or copy "
+        f"the cache folder models--{repo.replace('/', '--')} into "
+        f"{os.environ.get('HF_HUB_CACHE', '~/.cache/huggingface/hub')}"
+    )
 
 
 def fetch_released(name: str, cache_dir: str | os.PathLike[str] | None = None, offline: bool = False) -> Path:
@@ -470,19 +514,23 @@ def fetch_released(name: str, cache_dir: str | os.PathLike[str] | None = None, o
 
     repo = check_release_name(name)
     try:
-        folder = snapshot_download(repo, cache_dir=cache_dir, local_files_only=offline,
-                                   allow_patterns=list(CHECKPOINT_PATTERNS))
+        folder = snapshot_download(
+            repo, cache_dir=cache_dir, local_files_only=offline, allow_patterns=list(CHECKPOINT_PATTERNS)
+        )
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
         raise FileNotFoundError(_placement_hint(name, err)) from err
     files = sorted(p for pattern in CHECKPOINT_PATTERNS for p in Path(folder).rglob(pattern))
     if len(files) != 1:
-        raise FileNotFoundError(f"{repo} snapshot {folder} holds {len(files)} checkpoint files "
-                                f"({[f.name for f in files]}); pass the one you want as a path")
+        raise FileNotFoundError(
+            f"{repo} snapshot {folder} holds {len(files)} checkpoint files "
+            f"({[f.name for f in files]}); pass the one you want as a path"
+        )
     return files[0]
 
 
-def load_released(name: str, cache_dir: str | os.PathLike[str] | None = None, offline: bool = False,
-                  preset: str | None = None) -> LoadedModel:
+def load_released(
+    name: str, cache_dir: str | os.PathLike[str] | None = None, offline: bool = False, preset: str | None = None
+) -> LoadedModel:
     """Fetch and load release ``name`` -> LoadedModel, checked against its expected preset.
 
     preset: the lib.unet preset the file must load as. None (the default; what every real use wants) is the
@@ -492,6 +540,8 @@ def load_released(name: str, cache_dir: str | os.PathLike[str] | None = None, of
     expected = preset or RELEASED_PRESETS[name]
     loaded = load_model(fetch_released(name, cache_dir, offline))
     if loaded.info["preset"] != expected:
-        raise CheckpointError(f"the file fetched for {name!r} loads as preset {loaded.info['preset']!r}, expected "
-                              f"{expected!r}; the download is not the {name} release")
+        raise CheckpointError(
+            f"the file fetched for {name!r} loads as preset {loaded.info['preset']!r}, expected "
+            f"{expected!r}; the download is not the {name} release"
+        )
     return loaded

@@ -18,8 +18,9 @@ what makes resume exact and lets every DDP rank run the same assignment on the a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -71,8 +72,11 @@ def cost_matrix(x: Tensor, z: Tensor, cost: CostName = "l2", exact: bool = False
     stay accurate for near-identical points.
     """
     check_cost(cost)
-    dtype, mode = (torch.float64, "donot_use_mm_for_euclid_dist") if exact else \
-        (torch.float32, "use_mm_for_euclid_dist_if_necessary")
+    dtype, mode = (
+        (torch.float64, "donot_use_mm_for_euclid_dist")
+        if exact
+        else (torch.float32, "use_mm_for_euclid_dist_if_necessary")
+    )
     d = torch.cdist(x.flatten(1).to(dtype), z.flatten(1).to(dtype), compute_mode=mode)
     return d if cost == "l2" else d.square()
 
@@ -307,14 +311,19 @@ class LoomCoupling(Coupling):
             fresh = torch.randint(SEED_HIGH, (int(unseen.sum()),), generator=self.generator)
             self.seeds[index[unseen], caches[unseen]] = fresh
 
-    def noise(self, index: Tensor, cache: int = 0, device: torch.device | str = "cpu",
-              shape: tuple[int, ...] = ()) -> Tensor:
+    def noise(
+        self, index: Tensor, cache: int = 0, device: torch.device | str = "cpu", shape: tuple[int, ...] = ()
+    ) -> Tensor:
         """The noise currently paired with examples ``index`` (B,) in ``cache`` -> (B, *shape)."""
         return noise_from_seeds(self.seeds[index.cpu(), cache], shape, device)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "seeds": self.seeds.clone(), "no_swaps": self.no_swaps,
-                "seed_init": self.seed_init}
+        return {
+            **super().state_dict(),
+            "seeds": self.seeds.clone(),
+            "no_swaps": self.no_swaps,
+            "seed_init": self.seed_init,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -342,17 +351,23 @@ def fixed_pairs_coupling(seeds: Tensor) -> LoomCoupling:
 COUPLINGS: tuple[str, ...] = ("independent", "minibatch_ot", "loom")
 
 
-def make_coupling(name: str, num_examples: int, *, num_caches: int = 1, seed: int = 0,
-                  cost: CostName = "l2", no_swaps: bool = False,
-                  seed_init: Literal["upfront", "first_visit"] = "upfront") -> Coupling:
+def make_coupling(
+    name: str,
+    num_examples: int,
+    *,
+    num_caches: int = 1,
+    seed: int = 0,
+    cost: CostName = "l2",
+    no_swaps: bool = False,
+    seed_init: Literal["upfront", "first_visit"] = "upfront",
+) -> Coupling:
     """Build a coupling by name ("independent", "minibatch_ot", "loom")."""
     if name == "independent":
         return IndependentCoupling(seed=seed, cost=cost)
     if name == "minibatch_ot":
         return MinibatchOTCoupling(seed=seed, cost=cost)
     if name == "loom":
-        return LoomCoupling(num_examples, num_caches, seed=seed, cost=cost, no_swaps=no_swaps,
-                            seed_init=seed_init)
+        return LoomCoupling(num_examples, num_caches, seed=seed, cost=cost, no_swaps=no_swaps, seed_init=seed_init)
     raise ValueError(f"unknown coupling {name!r}; use one of {COUPLINGS}")
 
 
@@ -384,11 +399,17 @@ def cost_matrix_diagonal(x: Tensor, z: Tensor, cost: CostName) -> Tensor:
 def epoch_batches(num_examples: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
     """One shuffled epoch of disjoint index batches (B,), the last partial batch dropped."""
     order = torch.randperm(num_examples, generator=generator)
-    return [order[i:i + batch_size] for i in range(0, num_examples - batch_size + 1, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, num_examples - batch_size + 1, batch_size)]
 
 
-def converge_pairing(coupling: LoomCoupling, data: Tensor, batch_size: int, max_epochs: int = 100,
-                     seed: int = 0, fetch: Callable[[Tensor], Tensor] | None = None) -> list[dict[str, float]]:
+def converge_pairing(
+    coupling: LoomCoupling,
+    data: Tensor,
+    batch_size: int,
+    max_epochs: int = 100,
+    seed: int = 0,
+    fetch: Callable[[Tensor], Tensor] | None = None,
+) -> list[dict[str, float]]:
     """Run LOOM's re-pairing alone (no training) until an epoch makes no swap.
 
     data: (N, *shape), or any sized dataset together with ``fetch(index (B,)) -> (B, *shape)``.

@@ -13,9 +13,8 @@ Every dataset here is a ``torch.utils.data.Dataset`` of ``N`` unflipped examples
 
 Classes: :class:`TensorImages` (an in-memory tensor), :class:`DigitsImages` (scikit-learn's 8x8 digits),
 :class:`CIFAR10Images`, :class:`ImageFolderImages`, :class:`ImageFiles` (any folder of image files),
-:class:`HDF5Images`; :func:`make_dataset` builds one
-by name. All share :class:`IndexedImages`, which implements the flip-as-index logic once; a dataset only
-says how to load unflipped examples.
+:class:`HDF5Images`; :func:`make_dataset` builds one by name. All share :class:`IndexedImages`, which
+implements the flip-as-index logic once; a dataset only says how to load unflipped examples.
 
 Canonical HDF5 layout (written by :func:`write_hdf5_images` / :func:`write_hdf5_latents`, read by
 :class:`HDF5Images`); one file, or a directory of ``*.h5`` shards read in sorted name order as one dataset::
@@ -102,9 +101,15 @@ def collate_indexed(batch: IndexBatch | Sequence[tuple[int, Tensor]]) -> IndexBa
 
 def _is_index_batch(batch: object) -> bool:
     """True for an (index (B,), x (B, ...)) tuple of tensors, as returned by ``__getitems__``."""
-    return (isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[0], Tensor)
-            and isinstance(batch[1], Tensor) and batch[0].ndim == 1 and batch[1].ndim >= 2
-            and len(batch[0]) == len(batch[1]))
+    return (
+        isinstance(batch, tuple)
+        and len(batch) == 2
+        and isinstance(batch[0], Tensor)
+        and isinstance(batch[1], Tensor)
+        and batch[0].ndim == 1
+        and batch[1].ndim >= 2
+        and len(batch[0]) == len(batch[1])
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -119,8 +124,9 @@ class IndexedImages(Dataset, ABC):
     for dataset indices.
     """
 
-    def __init__(self, num_examples: int, image_shape: tuple[int, int, int], flip: bool,
-                 labels: Tensor | None = None) -> None:
+    def __init__(
+        self, num_examples: int, image_shape: tuple[int, int, int], flip: bool, labels: Tensor | None = None
+    ) -> None:
         if num_examples < 1:
             raise ValueError(f"a dataset needs at least one example, got {num_examples}")
         if labels is not None and labels.shape != (num_examples,):
@@ -181,8 +187,7 @@ class IndexedImages(Dataset, ABC):
         n = len(self)
         bad = (index < -n) | (index >= n)
         if bool(bad.any()):
-            raise IndexError(f"indices {index[bad][:5].tolist()} out of range for {type(self).__name__} "
-                             f"of length {n}")
+            raise IndexError(f"indices {index[bad][:5].tolist()} out of range for {type(self).__name__} of length {n}")
         return index % n
 
 
@@ -219,8 +224,13 @@ class DigitsImages(TensorImages):
     ``labels`` (N,) holds the digit of each unflipped example.
     """
 
-    def __init__(self, split: Literal["all", "train", "test"] = "all", flip: bool = False,
-                 test_fraction: float = 0.2, seed: int = 0) -> None:
+    def __init__(
+        self,
+        split: Literal["all", "train", "test"] = "all",
+        flip: bool = False,
+        test_fraction: float = 0.2,
+        seed: int = 0,
+    ) -> None:
         x, labels = digits_vectors()  # (1797, 64) already in [-1, 1]
         keep = torch.from_numpy(digits_split_indices(split, test_fraction, seed))
         super().__init__(x[keep].reshape(-1, 1, 8, 8), flip=flip, labels=labels[keep])
@@ -239,9 +249,11 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 def _cifar10_missing_message(root: Path, missing: list[str]) -> str:
     """The FileNotFoundError text: what is missing, where, and the two ways to get it."""
-    return (f"CIFAR-10 not found: expected {root / CIFAR10_FOLDER}/ with {', '.join(CIFAR10_TRAIN_FILES)}, "
-            f"{CIFAR10_TEST_FILES[0]} and {CIFAR10_META_FILE} (missing: {', '.join(missing)}). Fix: run "
-            f"`python data_prep/cifar10.py --root {root}`, or pass download=True on a machine with internet.")
+    return (
+        f"CIFAR-10 not found: expected {root / CIFAR10_FOLDER}/ with {', '.join(CIFAR10_TRAIN_FILES)}, "
+        f"{CIFAR10_TEST_FILES[0]} and {CIFAR10_META_FILE} (missing: {', '.join(missing)}). Fix: run "
+        f"`python data_prep/cifar10.py --root {root}`, or pass download=True on a machine with internet."
+    )
 
 
 def _load_pickle(path: Path) -> dict[str, Any]:
@@ -294,7 +306,8 @@ def _read_cifar10_torchvision(root: Path, train: bool, download: bool) -> tuple[
             f"{root / CIFAR10_FOLDER} failed torchvision's MD5 check against the official CIFAR-10 files "
             f"(missing, corrupted, or fabricated by lib.fabricate.write_fake_cifar10). Fix: run "
             f"`python data_prep/cifar10.py --root {root}` or pass download=True; pass verify_checksums=False "
-            f"to read a fabricated copy") from error
+            f"to read a fabricated copy"
+        ) from error
     images = torch.from_numpy(np.ascontiguousarray(dataset.data.transpose(0, 3, 1, 2)))  # HWC -> CHW
     return images, torch.tensor(dataset.targets, dtype=torch.int64), list(dataset.classes)
 
@@ -306,11 +319,18 @@ class CIFAR10Images(TensorImages):
     download: fetch through ``torchvision.datasets.CIFAR10`` (needs internet; verifies the MD5 sums).
     verify_checksums: load through torchvision, which checks every file against the official MD5 sums;
     by default the kit reads the same pickles itself (:func:`read_cifar10`), so the fabricated copies of
-    :func:`lib.fabricate.write_fake_cifar10` load too. torchvision's loader checks MD5s in ``__init__`` and rejects them.
+    :func:`lib.fabricate.write_fake_cifar10` load too. torchvision's loader checks MD5s in ``__init__`` and rejects
+    them.
     """
 
-    def __init__(self, root: PathLike, train: bool = True, flip: bool = True, download: bool = False,
-                 verify_checksums: bool = False) -> None:
+    def __init__(
+        self,
+        root: PathLike,
+        train: bool = True,
+        flip: bool = True,
+        download: bool = False,
+        verify_checksums: bool = False,
+    ) -> None:
         root = Path(root)
         if download or verify_checksums:
             images, labels, classes = _read_cifar10_torchvision(root, train, download)
@@ -359,11 +379,13 @@ class ImageFolderImages(IndexedImages):
         except FileNotFoundError as error:  # torchvision: no class folder / no valid image file
             raise FileNotFoundError(
                 f"image folder {root} holds no images in class subfolders: expected "
-                f"{root}/<class>/<image>.png|jpg|... ({error})") from error
+                f"{root}/<class>/<image>.png|jpg|... ({error})"
+            ) from error
         self.folder, self.root, self.resolution = folder, root, int(resolution)
         self.classes = list(folder.classes)
-        super().__init__(len(folder), (3, resolution, resolution), flip,
-                         torch.tensor(folder.targets, dtype=torch.int64))
+        super().__init__(
+            len(folder), (3, resolution, resolution), flip, torch.tensor(folder.targets, dtype=torch.int64)
+        )
 
     def load_example(self, k: int) -> Tensor:
         path, _ = self.folder.samples[k]
@@ -382,8 +404,10 @@ def image_files(root: PathLike, what: str = "images") -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder of {what}")
-    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-                   key=lambda p: p.relative_to(root).as_posix())
+    files = sorted(
+        (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
     if not files:
         raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} files under {root}: expected a folder of {what}")
     return files
@@ -477,8 +501,10 @@ def _pick_key(f: Any, path: Path, key: str | None) -> str:
         return key
     present = [k for k in HDF5_KEYS if k in f]
     if not present:
-        raise DatasetFormatError(f"{path} has neither an 'images' nor a 'latents' dataset "
-                                 f"(found: {sorted(f.keys())}); see lib.datasets for the layout")
+        raise DatasetFormatError(
+            f"{path} has neither an 'images' nor a 'latents' dataset "
+            f"(found: {sorted(f.keys())}); see lib.datasets for the layout"
+        )
     if len(present) > 1:
         raise DatasetFormatError(f"{path} has both 'images' and 'latents'; pass key='images' or key='latents'")
     return present[0]
@@ -505,8 +531,16 @@ def _inspect_hdf5(path: Path, key: str | None, resolution: int | None) -> _Shard
         if key == "images":
             return _Shard(path, key, n, (c, h, w), 1.0, _read_labels(f, path, n))
         autoencoder = data.attrs.get("autoencoder")
-        return _Shard(path, key, n, (c, h, w), _read_scale(data, path), _read_labels(f, path, n),
-                      None if autoencoder is None else str(autoencoder), bool(data.attrs.get("flipped_copies", False)))
+        return _Shard(
+            path,
+            key,
+            n,
+            (c, h, w),
+            _read_scale(data, path),
+            _read_labels(f, path, n),
+            None if autoencoder is None else str(autoencoder),
+            bool(data.attrs.get("flipped_copies", False)),
+        )
 
 
 def _read_scale(data: Any, path: Path) -> float:
@@ -525,8 +559,7 @@ def _read_labels(f: Any, path: Path, n: int) -> np.ndarray | None:
         return None
     labels = f["labels"]
     if labels.shape != (n,) or labels.dtype != np.int64:
-        raise DatasetFormatError(f"{path}: 'labels' must be int64 of shape ({n},), "
-                                 f"got {labels.dtype} {labels.shape}")
+        raise DatasetFormatError(f"{path}: 'labels' must be int64 of shape ({n},), got {labels.dtype} {labels.shape}")
     return labels[()]
 
 
@@ -534,15 +567,16 @@ def _check_shards_agree(shards: list[_Shard]) -> None:
     """Shards read as one dataset must share key, (C, H, W), scale and whether they carry labels."""
     first = shards[0]
     for shard in shards[1:]:
-        for what, a, b in (("dataset key", first.key, shard.key),
-                           ("example shape (C, H, W)", first.shape, shard.shape),
-                           ("latents scale", first.scale, shard.scale),
-                           ("autoencoder", first.autoencoder, shard.autoencoder),
-                           ("flipped_copies", first.flipped_copies, shard.flipped_copies),
-                           ("presence of labels", first.labels is not None, shard.labels is not None)):
+        for what, a, b in (
+            ("dataset key", first.key, shard.key),
+            ("example shape (C, H, W)", first.shape, shard.shape),
+            ("latents scale", first.scale, shard.scale),
+            ("autoencoder", first.autoencoder, shard.autoencoder),
+            ("flipped_copies", first.flipped_copies, shard.flipped_copies),
+            ("presence of labels", first.labels is not None, shard.labels is not None),
+        ):
             if a != b:
-                raise DatasetFormatError(f"inconsistent shards: {shard.path} has {what} {b}, "
-                                         f"but {first.path} has {a}")
+                raise DatasetFormatError(f"inconsistent shards: {shard.path} has {what} {b}, but {first.path} has {a}")
 
 
 class HDF5Images(IndexedImages):
@@ -559,8 +593,13 @@ class HDF5Images(IndexedImages):
     access: h5py handles must not cross a fork, so DataLoader workers open their own.
     """
 
-    def __init__(self, path: PathLike, key: Literal["images", "latents"] | None = None, flip: bool = True,
-                 resolution: int | None = None) -> None:
+    def __init__(
+        self,
+        path: PathLike,
+        key: Literal["images", "latents"] | None = None,
+        flip: bool = True,
+        resolution: int | None = None,
+    ) -> None:
         shards = [_inspect_hdf5(p, key, resolution) for p in hdf5_shard_paths(path)]
         _check_shards_agree(shards)
         self.path, self.shards = Path(path), shards
@@ -569,8 +608,10 @@ class HDF5Images(IndexedImages):
         if flip and self.flipped_copies:
             # Flipping a latent is not encoding the flipped image, and the encoded flips are already examples:
             # flip=True would add N approximate copies on top of the exact ones.
-            raise ValueError(f"{path} already holds the encoded horizontal flips as extra examples "
-                             "(attrs flipped_copies); load it with flip=False (lib.train: --no-flip)")
+            raise ValueError(
+                f"{path} already holds the encoded horizontal flips as extra examples "
+                "(attrs flipped_copies); load it with flip=False (lib.train: --no-flip)"
+            )
         # ends[s] is one past the last global example of shard s; a sorted search finds an example's shard.
         self._ends = torch.tensor(np.cumsum([s.length for s in shards]), dtype=torch.int64)
         labels = None if shards[0].labels is None else torch.from_numpy(np.concatenate([s.labels for s in shards]))
@@ -649,8 +690,7 @@ def _labels_array(labels: Tensor | np.ndarray | None, n: int) -> np.ndarray | No
     return labels.astype(np.int64)
 
 
-def write_hdf5_images(path: PathLike, images: Tensor | np.ndarray,
-                      labels: Tensor | np.ndarray | None = None) -> Path:
+def write_hdf5_images(path: PathLike, images: Tensor | np.ndarray, labels: Tensor | np.ndarray | None = None) -> Path:
     """Write images uint8 (N, C, H, W) (and optional labels (N,)) in the canonical layout, atomically -> path."""
     images = _as_numpy(images)
     if images.ndim != 4 or images.dtype != np.uint8:
@@ -665,8 +705,13 @@ def write_hdf5_images(path: PathLike, images: Tensor | np.ndarray,
     return atomic_write_hdf5(path, fill)
 
 
-def write_hdf5_latents(path: PathLike, latents: Tensor | np.ndarray, scale: float,
-                       labels: Tensor | np.ndarray | None = None, attrs: Mapping[str, Any] | None = None) -> Path:
+def write_hdf5_latents(
+    path: PathLike,
+    latents: Tensor | np.ndarray,
+    scale: float,
+    labels: Tensor | np.ndarray | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
     """Write UNSCALED latents (N, C, h, w) as float32 with attrs["scale"] = scale -> path (atomically).
 
     Readers divide by ``scale`` (the latent std measured by the data-prep script); labels (N,) are optional;
@@ -716,8 +761,9 @@ def read_pair_seeds(path: PathLike) -> tuple[Tensor, str]:
     for shard in hdf5_shard_paths(path):
         with h5py.File(shard, "r") as f:
             if "seeds" not in f:
-                raise DatasetFormatError(f"{shard} has no 'seeds': it is not a reflow pair shard "
-                                         "(make them with data_prep/reflow_pairs.py)")
+                raise DatasetFormatError(
+                    f"{shard} has no 'seeds': it is not a reflow pair shard (make them with data_prep/reflow_pairs.py)"
+                )
             seeds.append(torch.from_numpy(f["seeds"][:].astype(np.int64)))
             devices.add(str(f.attrs.get("noise_device_type", "cpu")))
     if len(devices) != 1:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -35,8 +35,12 @@ def w2_table(model: VelocityField, z: Tensor, reference: Tensor, solvers: Sequen
     rows: list[dict[str, object]] = []
     for spec in solvers:
         result = integrate(model, z, spec, return_trajectory=parse_solver(spec).steps is not None)
-        row: dict[str, object] = {"solver": result.spec.label, "method": result.spec.method, **result.cost(),
-                                  "w2": w2(result.x, reference)}
+        row: dict[str, object] = {
+            "solver": result.spec.label,
+            "method": result.spec.method,
+            **result.cost(),
+            "w2": w2(result.x, reference),
+        }
         if result.trajectory is not None and result.trajectory.shape[0] > 2:
             row["straightness"] = straightness(result.trajectory, result.times)
         rows.append(row)
@@ -89,18 +93,26 @@ class SeededSampler:
         return {name: total / max(self.batches, 1) for name, total in self.cost_total.items()}
 
 
-def fid_rows(loaded: LoadedModel, solvers: Sequence[str], num_samples: int, reference: str, *,
-             seed: int = 0, device: torch.device | str = "cpu", batch_size: int = 250,
-             **fid_kwargs: object) -> list[dict[str, object]]:
+def fid_rows(
+    loaded: LoadedModel,
+    solvers: Sequence[str],
+    num_samples: int,
+    reference: str,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    batch_size: int = 250,
+    **fid_kwargs: object,
+) -> list[dict[str, object]]:
     """One row per solver: FID of ``num_samples`` images under ``fid_kwargs["protocol"]`` (lib.fid; default
     clean-fid-clean), the true NFE and solver steps per batch, and the FID protocol beside it."""
     rows: list[dict[str, object]] = []
     for spec in solvers:
         sampler = SeededSampler(loaded, spec, seed, device)
-        result = fid_from_generator(sampler, num_samples, reference, batch_size=batch_size, device=device,
-                                    **fid_kwargs)
-        rows.append({"solver": parse_solver(spec).label, **sampler.mean_cost, "seed": seed,
-                     **loaded.info, **result.as_dict()})
+        result = fid_from_generator(sampler, num_samples, reference, batch_size=batch_size, device=device, **fid_kwargs)
+        rows.append(
+            {"solver": parse_solver(spec).label, **sampler.mean_cost, "seed": seed, **loaded.info, **result.as_dict()}
+        )
     return rows
 
 
@@ -108,38 +120,72 @@ def main(argv: list[str] | None = None) -> int:
     """python -m lib.evaluate: FID of a checkpoint for several solvers under a named protocol, as JSON rows."""
     p = argparse.ArgumentParser(prog="python -m lib.evaluate", description=main.__doc__)
     p.add_argument("--checkpoint", required=True, help="a lib.train checkpoint or a released LOOM-CFM .pt")
-    p.add_argument("--solvers", nargs="+", default=["midpoint-2", "midpoint-4", "midpoint-6", "dopri5"],
-                   help="solver specs; midpoint-K costs 2K network calls")
+    p.add_argument(
+        "--solvers",
+        nargs="+",
+        default=["midpoint-2", "midpoint-4", "midpoint-6", "dopri5"],
+        help="solver specs; midpoint-K costs 2K network calls",
+    )
     p.add_argument("--num-samples", type=int, default=50_000, help="generated images (standard protocol: 50k)")
-    p.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOLS,
-                   help="paper-torcheval: the paper's (torcheval, test/validation images drawn with replacement); "
-                        "clean-fid-legacy-tf: torchcfm's and EDM's; clean-fid-clean: the kit's default")
-    p.add_argument("--reference", default="cifar10",
-                   help="clean-fid-*: clean-fid dataset name, custom stats name or image folder; paper-torcheval: "
-                        "CIFAR-10 root (its test split), HDF5 validation shards or an image folder")
-    p.add_argument("--num-reference", type=int, default=None,
-                   help="paper-torcheval: reference draws (default: the split's size, at most 50000)")
+    p.add_argument(
+        "--protocol",
+        default=DEFAULT_PROTOCOL,
+        choices=PROTOCOLS,
+        help="paper-torcheval: the paper's (torcheval, test/validation images drawn with replacement); "
+        "clean-fid-legacy-tf: torchcfm's and EDM's; clean-fid-clean: the kit's default",
+    )
+    p.add_argument(
+        "--reference",
+        default="cifar10",
+        help="clean-fid-*: clean-fid dataset name, custom stats name or image folder; paper-torcheval: "
+        "CIFAR-10 root (its test split), HDF5 validation shards or an image folder",
+    )
+    p.add_argument(
+        "--num-reference",
+        type=int,
+        default=None,
+        help="paper-torcheval: reference draws (default: the split's size, at most 50000)",
+    )
     p.add_argument("--dataset-res", type=int, default=32, help="resolution of the images (and of a clean-fid dataset)")
     p.add_argument("--dataset-split", default="train", help="split of a clean-fid dataset name")
-    p.add_argument("--features", default="inception", choices=["inception", "random"],
-                   help="random: lib.fid.RandomConvFeatures (offline checks only; not comparable with any FID)")
+    p.add_argument(
+        "--features",
+        default="inception",
+        choices=["inception", "random"],
+        help="random: lib.fid.RandomConvFeatures (offline checks only; not comparable with any FID)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow a checkpoint that pickles Python objects (runs code on load: only files you trust)")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow a checkpoint that pickles Python objects (runs code on load: only files you trust)",
+    )
     p.add_argument("--out", type=Path, required=True, help="JSON file for the rows")
     args = p.parse_args(argv)  # an unknown --protocol stops here, before the model is loaded or sampled
-    rows = fid_rows(load_model(args.checkpoint, trusted=args.trust_checkpoint), args.solvers, args.num_samples,
-                    args.reference, seed=args.seed, device=args.device, batch_size=args.batch_size,
-                    dataset_res=args.dataset_res, dataset_split=args.dataset_split, protocol=args.protocol,
-                    num_reference=args.num_reference, feature_extractor=feature_network(args.features, args.protocol))
+    rows = fid_rows(
+        load_model(args.checkpoint, trusted=args.trust_checkpoint),
+        args.solvers,
+        args.num_samples,
+        args.reference,
+        seed=args.seed,
+        device=args.device,
+        batch_size=args.batch_size,
+        dataset_res=args.dataset_res,
+        dataset_split=args.dataset_split,
+        protocol=args.protocol,
+        num_reference=args.num_reference,
+        feature_extractor=feature_network(args.features, args.protocol),
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2, default=str) + "\n")
     for row in rows:
-        print(f"{row['solver']:12s} NFE {row['nfe']:7.1f}  steps {row['solver_steps_accepted']:.1f} accepted / "
-              f"{row['solver_steps_attempted']:.1f} attempted  FID {row['fid']:.3f}  ({row['fid_protocol']}, "
-              f"{row['feature_extractor']})")
+        print(
+            f"{row['solver']:12s} NFE {row['nfe']:7.1f}  steps {row['solver_steps_accepted']:.1f} accepted / "
+            f"{row['solver_steps_attempted']:.1f} attempted  FID {row['fid']:.3f}  ({row['fid_protocol']}, "
+            f"{row['feature_extractor']})"
+        )
     return 0
 
 

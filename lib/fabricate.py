@@ -20,8 +20,8 @@ from torch import Tensor
 from torchvision.utils import save_image
 
 from lib.autoencoder import LDMLayout, build_autoencoder, diffusers_config, diffusers_to_ldm
-from lib.datasets import CIFAR10_CLASSES, CIFAR10_FOLDER, CIFAR10_META_FILE, CIFAR10_TEST_FILES, CIFAR10_TRAIN_FILES
 from lib.checkpoints import check_release_name
+from lib.datasets import CIFAR10_CLASSES, CIFAR10_FOLDER, CIFAR10_META_FILE, CIFAR10_TEST_FILES, CIFAR10_TRAIN_FILES
 from lib.paper import RELEASED_PRESETS
 from lib.unet import PRESETS, build_unet
 
@@ -60,16 +60,23 @@ def write_fake_cifar10(root: PathLike, num_train: int = 500, num_test: int = 100
     rng = np.random.default_rng(seed)
     folder = Path(root) / CIFAR10_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    batches = [(f"training batch {b + 1} of 5", name, part)
-               for b, (name, part) in enumerate(zip(CIFAR10_TRAIN_FILES, np.array_split(np.arange(num_train), 5)))]
+    batches = [
+        (f"training batch {b + 1} of 5", name, part)
+        for b, (name, part) in enumerate(zip(CIFAR10_TRAIN_FILES, np.array_split(np.arange(num_train), 5)))
+    ]
     batches.append(("testing batch 1 of 1", CIFAR10_TEST_FILES[0], np.arange(num_test)))
     for batch_label, name, ids in batches:
-        entry = {"batch_label": batch_label, "labels": [int(i % 10) for i in ids],
-                 "data": _smooth_images(rng, len(ids)).reshape(len(ids), 3072),
-                 "filenames": [f"fake_{name}_{int(i):05d}.png" for i in ids]}
+        entry = {
+            "batch_label": batch_label,
+            "labels": [int(i % 10) for i in ids],
+            "data": _smooth_images(rng, len(ids)).reshape(len(ids), 3072),
+            "filenames": [f"fake_{name}_{int(i):05d}.png" for i in ids],
+        }
         _write_pickle(folder / name, entry)
-    _write_pickle(folder / CIFAR10_META_FILE,
-                  {"num_cases_per_batch": 10000, "label_names": list(CIFAR10_CLASSES), "num_vis": 3072})
+    _write_pickle(
+        folder / CIFAR10_META_FILE,
+        {"num_cases_per_batch": 10000, "label_names": list(CIFAR10_CLASSES), "num_vis": 3072},
+    )
     return folder
 
 
@@ -80,8 +87,9 @@ def _smooth_images(rng: np.random.Generator, n: int, size: int = 32) -> np.ndarr
     return fine.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def write_fake_imagenet(folder: PathLike, train_sizes: Sequence[int], num_val: int = 0, resolution: int = 32,
-                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def write_fake_imagenet(
+    folder: PathLike, train_sizes: Sequence[int], num_val: int = 0, resolution: int = 32, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Fabricate downsampled ImageNet in the official .npz format under ``folder`` -> (every training image
     uint8 (N, 3, res, res) in file order, their labels int64 (N,) 0-based).
 
@@ -92,8 +100,9 @@ def write_fake_imagenet(folder: PathLike, train_sizes: Sequence[int], num_val: i
     colour blobs, so resizing and flips behave as on photographs.
     """
     if not train_sizes or min(train_sizes) < 1 or num_val < 0:
-        raise ValueError(f"need at least one training batch of >= 1 image and num_val >= 0, got {list(train_sizes)} "
-                         f"and {num_val}")
+        raise ValueError(
+            f"need at least one training batch of >= 1 image and num_val >= 0, got {list(train_sizes)} and {num_val}"
+        )
     rng = np.random.default_rng(seed)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -133,8 +142,9 @@ def write_fake_faces(folder: PathLike, num: int, resolution: int = 64, seed: int
     r = resolution
     for i in range(num):
         path = folder / f"{i:05d}.png"
-        background, skin, eyes = (tuple(int(c) for c in rng.integers(lo, hi, 3)) for lo, hi in
-                                  ((0, 256), (150, 250), (0, 90)))
+        background, skin, eyes = (
+            tuple(int(c) for c in rng.integers(lo, hi, 3)) for lo, hi in ((0, 256), (150, 250), (0, 90))
+        )
         cx, cy = r * rng.uniform(0.4, 0.6, 2)
         w, h = r * rng.uniform(0.25, 0.35), r * rng.uniform(0.33, 0.45)
         image = Image.new("RGB", (r, r), background)
@@ -144,8 +154,9 @@ def write_fake_faces(folder: PathLike, num: int, resolution: int = 64, seed: int
             ex, ey, s = cx + side * 0.45 * w, cy - 0.25 * h, size * r
             draw.ellipse([ex - s, ey - s, ex + s, ey + s], fill=eyes)
         mouth = cx + rng.uniform(-0.2, 0.2) * w
-        draw.line([mouth - 0.4 * w, cy + 0.5 * h, mouth + 0.4 * w, cy + 0.45 * h], fill=(120, 30, 40),
-                  width=max(1, r // 32))
+        draw.line(
+            [mouth - 0.4 * w, cy + 0.5 * h, mouth + 0.4 * w, cy + 0.45 * h], fill=(120, 30, 40), width=max(1, r // 32)
+        )
         if not path.exists():
             image.save(path)
     return folder
@@ -161,18 +172,27 @@ def tiny_autoencoder(seed: int = 0, levels: int = 4, width: int = 32, post_quant
     one ResBlock per level, attention in the lowest-resolution level of encoder and decoder and in the middle,
     4 latent channels, quant_conv, and post_quant_conv as asked. The global RNG is left untouched.
     """
-    layout = LDMLayout(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(width,) * levels,
-                       layers_per_block=1, encoder_attention=(False,) * (levels - 1) + (True,),
-                       decoder_attention=(False,) * (levels - 1) + (True,), mid_attention=True, quant_conv=True,
-                       post_quant_conv=post_quant_conv)
+    layout = LDMLayout(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(width,) * levels,
+        layers_per_block=1,
+        encoder_attention=(False,) * (levels - 1) + (True,),
+        decoder_attention=(False,) * (levels - 1) + (True,),
+        mid_attention=True,
+        quant_conv=True,
+        post_quant_conv=post_quant_conv,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_autoencoder(diffusers_config(layout)).eval()
 
 
 # Fakes: tiny presets in the released layout (lib.unet), latent for the latent release.
-FAKE_PRESETS: dict[str, str] = {name: "tiny_latent" if preset.endswith("_latent") else "tiny"
-                                for name, preset in RELEASED_PRESETS.items()}
+FAKE_PRESETS: dict[str, str] = {
+    name: "tiny_latent" if preset.endswith("_latent") else "tiny" for name, preset in RELEASED_PRESETS.items()
+}
 FAKE_NOTE = "fake releases: random tiny weights, tests the fetch/load/evaluate path only"
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

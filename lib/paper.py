@@ -19,9 +19,10 @@ Where a fact comes from: ``lib/reference/paper_setup.md`` (settings, epoch accou
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 PAPER_RESULTS = REFERENCE_DIR / "paper_results.csv"
@@ -99,15 +100,43 @@ def sweep_label(caches: int, batch_size: int) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # guided-diffusion UNet hyper-parameters (lib.unet.UNetConfig fields); attention_resolutions are downsample rates.
 UNET_ARCHITECTURES: dict[str, dict[str, Any]] = {
-    "cifar10": dict(image_size=32, in_channels=3, out_channels=3, model_channels=128, channel_mult=(1, 2, 2, 2),
-                    num_res_blocks=2, attention_resolutions=(2,)),
-    "imagenet32": dict(image_size=32, in_channels=3, out_channels=3, model_channels=128, channel_mult=(1, 2, 2, 2),
-                       num_res_blocks=3, attention_resolutions=(2, 4)),
-    "imagenet64": dict(image_size=64, in_channels=3, out_channels=3, model_channels=192, channel_mult=(1, 2, 3, 4),
-                       num_res_blocks=2, attention_resolutions=(4,)),
+    "cifar10": dict(
+        image_size=32,
+        in_channels=3,
+        out_channels=3,
+        model_channels=128,
+        channel_mult=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attention_resolutions=(2,),
+    ),
+    "imagenet32": dict(
+        image_size=32,
+        in_channels=3,
+        out_channels=3,
+        model_channels=128,
+        channel_mult=(1, 2, 2, 2),
+        num_res_blocks=3,
+        attention_resolutions=(2, 4),
+    ),
+    "imagenet64": dict(
+        image_size=64,
+        in_channels=3,
+        out_channels=3,
+        model_channels=192,
+        channel_mult=(1, 2, 3, 4),
+        num_res_blocks=2,
+        attention_resolutions=(4,),
+    ),
     # SD kl-f8 latents (4, 32, 32) of 256 x 256 images
-    "ffhq256_latent": dict(image_size=32, in_channels=4, out_channels=4, model_channels=256, channel_mult=(1, 2, 3, 4),
-                           num_res_blocks=2, attention_resolutions=(2, 4, 8)),
+    "ffhq256_latent": dict(
+        image_size=32,
+        in_channels=4,
+        out_channels=4,
+        model_channels=256,
+        channel_mult=(1, 2, 3, 4),
+        num_res_blocks=2,
+        attention_resolutions=(2, 4, 8),
+    ),
 }
 
 # The released training configs (per-GPU batch; 4 GPUs in the paper). Caches follow the paper (CIFAR-10: 4, the
@@ -115,14 +144,54 @@ UNET_ARCHITECTURES: dict[str, dict[str, Any]] = {
 # (data_prep/ffhq_latents.py encodes every flipped image as an extra example, because flipping a latent is not
 # encoding the flipped image), so no flips are added at training time.
 RELEASED_CONFIGS: dict[str, dict[str, Any]] = {
-    "cifar10": {"dataset": "cifar10", "model": "cifar10", "flip": True, "batch_size": 32, "lr": 2e-4,
-                "warmup_steps": 5000, "epochs": 1000, "caches": 4, "ema_decay": 0.9999, "sigma": 1e-7},
-    "imagenet32": {"dataset": "hdf5", "model": "imagenet32", "flip": True, "batch_size": 128, "lr": 1e-4,
-                   "warmup_steps": 20000, "epochs": 200, "caches": 1, "ema_decay": 0.9999, "sigma": 1e-7},
-    "imagenet64": {"dataset": "hdf5", "model": "imagenet64", "flip": True, "batch_size": 24, "lr": 1e-4,
-                   "warmup_steps": 20000, "epochs": 575, "caches": 1, "ema_decay": 0.9999, "sigma": 1e-7},
-    "ffhq256_latent": {"dataset": "hdf5", "model": "ffhq256_latent", "flip": False, "batch_size": 32, "lr": 2e-5,
-                       "warmup_steps": 3500, "epochs": 500, "caches": 4, "ema_decay": 0.9999, "sigma": 1e-7},
+    "cifar10": {
+        "dataset": "cifar10",
+        "model": "cifar10",
+        "flip": True,
+        "batch_size": 32,
+        "lr": 2e-4,
+        "warmup_steps": 5000,
+        "epochs": 1000,
+        "caches": 4,
+        "ema_decay": 0.9999,
+        "sigma": 1e-7,
+    },
+    "imagenet32": {
+        "dataset": "hdf5",
+        "model": "imagenet32",
+        "flip": True,
+        "batch_size": 128,
+        "lr": 1e-4,
+        "warmup_steps": 20000,
+        "epochs": 200,
+        "caches": 1,
+        "ema_decay": 0.9999,
+        "sigma": 1e-7,
+    },
+    "imagenet64": {
+        "dataset": "hdf5",
+        "model": "imagenet64",
+        "flip": True,
+        "batch_size": 24,
+        "lr": 1e-4,
+        "warmup_steps": 20000,
+        "epochs": 575,
+        "caches": 1,
+        "ema_decay": 0.9999,
+        "sigma": 1e-7,
+    },
+    "ffhq256_latent": {
+        "dataset": "hdf5",
+        "model": "ffhq256_latent",
+        "flip": False,
+        "batch_size": 32,
+        "lr": 2e-5,
+        "warmup_steps": 3500,
+        "epochs": 500,
+        "caches": 4,
+        "ema_decay": 0.9999,
+        "sigma": 1e-7,
+    },
 }
 PAPER_GPUS = 4  # every released config ran on 4 GPUs: the OT batch is 4 x the per-GPU batch
 
@@ -138,8 +207,13 @@ RELEASED_REPOS: dict[str, str] = {
     "ffhq256": "cvg-unibe/loom-cfm_ffhq256",
 }
 # The architecture (UNET_ARCHITECTURES key) each release must load into; the reflow model keeps CIFAR-10's.
-RELEASED_PRESETS: dict[str, str] = {"cifar10": "cifar10", "cifar10_reflow": "cifar10", "imagenet32": "imagenet32",
-                                    "imagenet64": "imagenet64", "ffhq256": "ffhq256_latent"}
+RELEASED_PRESETS: dict[str, str] = {
+    "cifar10": "cifar10",
+    "cifar10_reflow": "cifar10",
+    "imagenet32": "imagenet32",
+    "imagenet64": "imagenet64",
+    "ffhq256": "ffhq256_latent",
+}
 
 
 @dataclass(frozen=True)
@@ -167,8 +241,9 @@ PAPER_EVALUATION: dict[str, PaperEvaluation] = {
     "cifar10_reflow": PaperEvaluation("1", "cifar10", "LOOM-CFM + 1 Reflow", ("euler-1", "euler-2", "midpoint-1"), 32),
     "imagenet32": PaperEvaluation("2", "imagenet32", "LOOM-CFM", NFE_4_8_12, 32),
     "imagenet64": PaperEvaluation("2", "imagenet64", "LOOM-CFM", NFE_4_8_12, 64),
-    "ffhq256": PaperEvaluation("3", "ffhq256_latent", "LOOM-CFM", ("midpoint-1", "midpoint-2", "midpoint-4", "dopri5"),
-                               256),
+    "ffhq256": PaperEvaluation(
+        "3", "ffhq256_latent", "LOOM-CFM", ("midpoint-1", "midpoint-2", "midpoint-4", "dopri5"), 256
+    ),
 }
 # The paper's FID (released evaluation code): torcheval, reference images of the test/validation split drawn with
 # replacement by a RandomSampler seeded with 42, 10,000 draws from CIFAR-10's 10,000 test images, 50,000 from the
@@ -176,8 +251,10 @@ PAPER_EVALUATION: dict[str, PaperEvaluation] = {
 FID_REFERENCE_SEED = 42
 FID_MAX_REFERENCE = 50_000
 # Names the kit uses for a dataset besides paper_results.csv's (release names, data-prep names).
-DATASET_ALIASES: dict[str, str] = {**{name: spec.dataset for name, spec in PAPER_EVALUATION.items()},
-                                   "ffhq": "ffhq256_latent"}
+DATASET_ALIASES: dict[str, str] = {
+    **{name: spec.dataset for name, spec in PAPER_EVALUATION.items()},
+    "ffhq": "ffhq256_latent",
+}
 
 
 def paper_dataset(name: str) -> str:

@@ -13,8 +13,8 @@ import argparse
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -42,14 +42,22 @@ def image_seeds(seed: int, start: int, count: int) -> Tensor:
     return (seed * RUN_STRIDE + torch.arange(start, start + count, dtype=torch.int64)) % SEED_HIGH
 
 
-def noise_for_images(loaded: LoadedModel, seed: int, count: int, device: torch.device | str = "cpu",
-                     start: int = 0) -> Tensor:
+def noise_for_images(
+    loaded: LoadedModel, seed: int, count: int, device: torch.device | str = "cpu", start: int = 0
+) -> Tensor:
     """The starting noise of images start .. start + count - 1 of run ``seed`` -> (count, *loaded.shape)."""
     return noise_from_seeds(image_seeds(seed, start, count), loaded.shape, device)
 
 
-def generate(loaded: LoadedModel, num: int, solver: str, seed: int = 0, batch_size: int = 256,
-             device: torch.device | str = "cpu", start: int = 0) -> Iterator[tuple[Tensor, int]]:
+def generate(
+    loaded: LoadedModel,
+    num: int,
+    solver: str,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    start: int = 0,
+) -> Iterator[tuple[Tensor, int]]:
     """Yield (samples (b, *shape) on the CPU, true NFE of that batch) for images start .. start + num - 1."""
     model = loaded.model.to(device).eval()
     for first in range(start, start + num, batch_size):
@@ -69,8 +77,9 @@ def save_grid(images: Tensor, path: str | os.PathLike[str]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lib.sample", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m lib.sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint", required=True, help="a lib.train checkpoint, a released .pt, or released:<name>")
     p.add_argument("--solver", default="midpoint-4", help="euler-K, midpoint-K, rk4-K or dopri5")
     p.add_argument("--num", type=int, default=64, help="number of images")
@@ -78,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--raw-weights", action="store_true", help="kit checkpoints: the raw weights, not the EMA")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow a checkpoint that pickles Python objects (runs code on load: only files you trust)")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow a checkpoint that pickles Python objects (runs code on load: only files you trust)",
+    )
     p.add_argument("--out", type=Path, required=True, help="PNG grid (images) or .pt tensor file")
     args = p.parse_args(argv)
     loaded = load_model(args.checkpoint, use_ema=not args.raw_weights, trusted=args.trust_checkpoint)
@@ -90,8 +102,18 @@ def main(argv: list[str] | None = None) -> int:
         torch.save(images, args.out)
     else:
         save_grid(images if images.ndim == 4 else images[:, None, None, :], args.out)
-    print(json.dumps({**loaded.info, "solver": args.solver, "nfe_per_batch": [n for _, n in batches],
-                      "num": args.num, "seed": args.seed, "out": str(args.out)}))
+    print(
+        json.dumps(
+            {
+                **loaded.info,
+                "solver": args.solver,
+                "nfe_per_batch": [n for _, n in batches],
+                "num": args.num,
+                "seed": args.seed,
+                "out": str(args.out),
+            }
+        )
+    )
     return 0
 
 

@@ -60,8 +60,11 @@ class SampleResult:
 
     def cost(self) -> dict[str, int]:
         """What the sampling spent, as the columns of every result row: true network calls and solver steps."""
-        return {"nfe": self.nfe, "solver_steps_accepted": self.steps_accepted,
-                "solver_steps_attempted": self.steps_attempted}
+        return {
+            "nfe": self.nfe,
+            "solver_steps_accepted": self.steps_accepted,
+            "solver_steps_attempted": self.steps_attempted,
+        }
 
 
 def parse_solver(spec: str | SolverSpec) -> SolverSpec:
@@ -77,8 +80,7 @@ def parse_solver(spec: str | SolverSpec) -> SolverSpec:
     if method in ADAPTIVE and steps is None:
         return SolverSpec(method)
     raise ValueError(
-        f"unknown solver {spec!r}; use one of {[f'{m}-K' for m in FIXED_GRID] + list(ADAPTIVE)} "
-        "(K = number of steps)"
+        f"unknown solver {spec!r}; use one of {[f'{m}-K' for m in FIXED_GRID] + list(ADAPTIVE)} (K = number of steps)"
     )
 
 
@@ -130,8 +132,9 @@ class AdaptiveCountingField(CountingField):
 
 
 @torch.no_grad()
-def integrate(model: VelocityField, z: Tensor, solver: str | SolverSpec = "dopri5",
-              return_trajectory: bool = False) -> SampleResult:
+def integrate(
+    model: VelocityField, z: Tensor, solver: str | SolverSpec = "dopri5", return_trajectory: bool = False
+) -> SampleResult:
     """Integrate noise z (B, *shape) from t=0 to t=1 under ``model``.
 
     With ``return_trajectory`` the states at every grid time (fixed grid: k + 1 times) come back as
@@ -144,8 +147,11 @@ def integrate(model: VelocityField, z: Tensor, solver: str | SolverSpec = "dopri
     options = {"atol": spec.atol, "rtol": spec.rtol} if spec.method in ADAPTIVE else {}
     trajectory = odeint(field, z, times, method=spec.method, **options)
     return SampleResult(
-        x=trajectory[-1], nfe=field.calls, spec=spec,
-        steps_attempted=field.steps_attempted, steps_accepted=field.steps_accepted,
+        x=trajectory[-1],
+        nfe=field.calls,
+        spec=spec,
+        steps_attempted=field.steps_attempted,
+        steps_accepted=field.steps_accepted,
         times=times if return_trajectory else None,
         trajectory=trajectory if return_trajectory else None,
     )

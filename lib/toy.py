@@ -7,10 +7,10 @@ example indices, the identity LOOM stores seeds against.
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
-
 import torch
 from torch import Tensor
 
@@ -85,8 +85,9 @@ def digits_vectors() -> tuple[Tensor, Tensor]:
     return x, torch.tensor(digits.target, dtype=torch.int64)
 
 
-def digits_split_indices(split: Literal["all", "train", "test"], test_fraction: float = 0.2,
-                         seed: int = 0) -> np.ndarray:
+def digits_split_indices(
+    split: Literal["all", "train", "test"], test_fraction: float = 0.2, seed: int = 0
+) -> np.ndarray:
     """Indices into scikit-learn's 1797 digits for a split, sorted ascending -> (n,) int64.
 
     The split is stratified by label with ``train_test_split(random_state=seed)``: the one split of the

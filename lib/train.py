@@ -26,7 +26,7 @@ import json
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -35,15 +35,30 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from lib import distributed
-from lib.checkpoints import (KIT_FORMAT, TrainCheckpointError, build_model, load_model, read_training_checkpoint,
-                             save_checkpoint)
-from lib.couplings import (COST_NAMES, COUPLINGS, Coupling, CouplingStats, LoomCoupling, converge_pairing,
-                           epoch_batches, fixed_pairs_coupling, make_coupling)
+from lib.checkpoints import (
+    KIT_FORMAT,
+    TrainCheckpointError,
+    build_model,
+    load_model,
+    read_training_checkpoint,
+    save_checkpoint,
+)
+from lib.couplings import (
+    COST_NAMES,
+    COUPLINGS,
+    Coupling,
+    CouplingStats,
+    LoomCoupling,
+    converge_pairing,
+    epoch_batches,
+    fixed_pairs_coupling,
+    make_coupling,
+)
 from lib.datasets import DATASETS, HDF5Images, IndexedImages, make_dataset, read_pair_seeds
 from lib.flow import cfm_loss, sample_time
 from lib.paper import RELEASED_CONFIGS
 
-Data = Union[Tensor, IndexedImages]  # (N, *shape) in memory, or a dataset of the kit
+Data = Tensor | IndexedImages  # (N, *shape) in memory, or a dataset of the kit
 
 
 def _setting(default: Any, help: str) -> Any:  # noqa: A002 - the argparse word
@@ -88,8 +103,9 @@ class TrainSettings:
     root: str = _setting("", "dataset folder or file (cifar10: the folder holding cifar-10-batches-py)")
     resolution: int = _setting(0, "imagefolder: output size; hdf5: expected size (checked); 0: as stored")
     flip: bool = _setting(False, "horizontal flips as extra examples i + N (the paper's images; not for digits)")
-    model: str = _setting("mlp", "mlp or a lib.unet preset (cifar10, imagenet32, imagenet64, ffhq256_latent, "
-                                 "digits, tiny, tiny_latent)")
+    model: str = _setting(
+        "mlp", "mlp or a lib.unet preset (cifar10, imagenet32, imagenet64, ffhq256_latent, digits, tiny, tiny_latent)"
+    )
     coupling: str = _setting("loom", f"coupling: {', '.join(COUPLINGS)}")
     caches: int = _setting(1, "LOOM noise caches per example")
     cost: str = _setting("l2", f"pairing cost: {' or '.join(COST_NAMES)} (l2: the released code's)")
@@ -193,8 +209,10 @@ def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> N
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
-        raise TrainCheckpointError(f"{path} was written with other settings ({detail}); resume with the "
-                                   "checkpoint's settings or start a new run in another folder")
+        raise TrainCheckpointError(
+            f"{path} was written with other settings ({detail}); resume with the "
+            "checkpoint's settings or start a new run in another folder"
+        )
 
 
 def checkpoint_state(trainer: Trainer) -> dict[str, Any]:
@@ -202,21 +220,31 @@ def checkpoint_state(trainer: Trainer) -> dict[str, Any]:
     released checkpoints' names, so lib.checkpoints reads the model of these files as of released ones."""
     loop = trainer.loop
     return {
-        "format": KIT_FORMAT, "config": asdict(trainer.config), "world_size": distributed.world_size(),
-        "global_step": loop.step, "epoch": loop.epoch, "batches": [b.clone() for b in loop.batches],
-        "generator": loop.generator.get_state(), "torch_rng": torch.get_rng_state(),
+        "format": KIT_FORMAT,
+        "config": asdict(trainer.config),
+        "world_size": distributed.world_size(),
+        "global_step": loop.step,
+        "epoch": loop.epoch,
+        "batches": [b.clone() for b in loop.batches],
+        "generator": loop.generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "model": trainer.model.state_dict(), "ema": trainer.ema.state_dict(),
-        "optimizer": trainer.optimizer.state_dict(), "lr_scheduler": trainer.scheduler.state_dict(),
-        "coupling": trainer.coupling.state_dict(), "history": list(trainer.history),
+        "model": trainer.model.state_dict(),
+        "ema": trainer.ema.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "lr_scheduler": trainer.scheduler.state_dict(),
+        "coupling": trainer.coupling.state_dict(),
+        "history": list(trainer.history),
     }
 
 
 def restore(state: dict[str, Any], trainer: Trainer) -> None:
     """Load a :func:`checkpoint_state` dict back into a trainer (in place)."""
     if state["world_size"] != distributed.world_size():
-        raise TrainCheckpointError(f"checkpoint was written by {state['world_size']} rank(s), this run has "
-                                   f"{distributed.world_size()}; resume with the same number of processes")
+        raise TrainCheckpointError(
+            f"checkpoint was written by {state['world_size']} rank(s), this run has "
+            f"{distributed.world_size()}; resume with the same number of processes"
+        )
     trainer.model.load_state_dict(state["model"])
     trainer.ema.load_state_dict(state["ema"])
     trainer.optimizer.load_state_dict(state["optimizer"])
@@ -250,11 +278,18 @@ def latent_source(data: Data) -> dict[str, Any] | None:
 def build_trainer(model: nn.Module, data: Data, coupling: Coupling, config: TrainConfig) -> Trainer:
     """Optimizer, warm-up schedule, EMA and loop position for training ``model`` (DDP-wrapped under torchrun)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    return Trainer(model=model, net=DistributedDataParallel(model) if distributed.world_size() > 1 else model,
-                   ema=make_ema(model, config.ema_decay), optimizer=optimizer,
-                   scheduler=warmup_schedule(optimizer, config.warmup_steps), coupling=coupling, data=data,
-                   loop=Loop(step=0, epoch=0, batches=[], generator=torch.Generator().manual_seed(config.seed)),
-                   config=config, device=next(model.parameters()).device)
+    return Trainer(
+        model=model,
+        net=DistributedDataParallel(model) if distributed.world_size() > 1 else model,
+        ema=make_ema(model, config.ema_decay),
+        optimizer=optimizer,
+        scheduler=warmup_schedule(optimizer, config.warmup_steps),
+        coupling=coupling,
+        data=data,
+        loop=Loop(step=0, epoch=0, batches=[], generator=torch.Generator().manual_seed(config.seed)),
+        config=config,
+        device=next(model.parameters()).device,
+    )
 
 
 def next_batch(trainer: Trainer) -> Tensor:
@@ -262,8 +297,12 @@ def next_batch(trainer: Trainer) -> Tensor:
     loop, config, coupling = trainer.loop, trainer.config, trainer.coupling
     if not loop.batches:
         loop.epoch += 1
-        if config.redraw_every_epochs and isinstance(coupling, LoomCoupling) and loop.epoch > 1 \
-                and (loop.epoch - 1) % config.redraw_every_epochs == 0:
+        if (
+            config.redraw_every_epochs
+            and isinstance(coupling, LoomCoupling)
+            and loop.epoch > 1
+            and (loop.epoch - 1) % config.redraw_every_epochs == 0
+        ):
             coupling.redraw()
         loop.batches = epoch_batches(len(trainer.data), config.batch_size * distributed.world_size(), loop.generator)
     return loop.batches.pop(0)
@@ -298,8 +337,13 @@ def train_step(trainer: Trainer, index: Tensor) -> tuple[Tensor, CouplingStats]:
     return loss, stats
 
 
-def train_flow(model: nn.Module, data: Data, coupling: Coupling, config: TrainConfig,
-               checkpoint: str | os.PathLike[str] | None = None) -> TrainResult:
+def train_flow(
+    model: nn.Module,
+    data: Data,
+    coupling: Coupling,
+    config: TrainConfig,
+    checkpoint: str | os.PathLike[str] | None = None,
+) -> TrainResult:
     """Train ``model`` on ``data`` (example i = data[i]), pairing noise through ``coupling``.
 
     checkpoint: a file path; if it exists the run resumes from it exactly, and it is (re)written every
@@ -316,8 +360,9 @@ def train_flow(model: nn.Module, data: Data, coupling: Coupling, config: TrainCo
         trainer = build_trainer(model, data, coupling, config)
         _resume_or_converge(trainer, Path(checkpoint) if checkpoint is not None else None, global_batch)
         _run(trainer, Path(checkpoint) if checkpoint is not None else None)
-    return TrainResult(model=model, ema=copy.deepcopy(trainer.ema.module).eval(), history=trainer.history,
-                       config=asdict(config))
+    return TrainResult(
+        model=model, ema=copy.deepcopy(trainer.ema.module).eval(), history=trainer.history, config=asdict(config)
+    )
 
 
 def _resume_or_converge(trainer: Trainer, path: Path | None, global_batch: int) -> None:
@@ -327,30 +372,52 @@ def _resume_or_converge(trainer: Trainer, path: Path | None, global_batch: int) 
         state = read_training_checkpoint(path)
         check_resumable(state["config"], trainer.config, path)
         if state.get("latent") != latent:
-            raise TrainCheckpointError(f"{path} was trained on latents {state.get('latent')}, this data is {latent}; "
-                                       "resume on the same latents or start a new run in another folder")
+            raise TrainCheckpointError(
+                f"{path} was trained on latents {state.get('latent')}, this data is {latent}; "
+                "resume on the same latents or start a new run in another folder"
+            )
         restore(state, trainer)
     elif trainer.config.converge_first:
         if not isinstance(trainer.coupling, LoomCoupling):
             raise ValueError("converge_first needs the loom coupling")
         # Every rank re-pairs the same global batches with the same seeds: the tables stay identical.
-        converge_pairing(trainer.coupling, trainer.data, global_batch, seed=trainer.config.seed,
-                         fetch=lambda index: fetch_batch(trainer.data, index, trainer.device))
+        converge_pairing(
+            trainer.coupling,
+            trainer.data,
+            global_batch,
+            seed=trainer.config.seed,
+            fetch=lambda index: fetch_batch(trainer.data, index, trainer.device),
+        )
 
 
 def _run(trainer: Trainer, path: Path | None) -> None:
     """Steps loop.step + 1 .. config.steps, logging every ``log_every`` and checkpointing as configured."""
     config, loop = trainer.config, trainer.loop
     latent = latent_source(trainer.data)
-    bar = tqdm(range(loop.step + 1, config.steps + 1), disable=not config.progress or not distributed.is_main(),
-               desc=trainer.coupling.name, initial=loop.step, total=config.steps)
+    bar = tqdm(
+        range(loop.step + 1, config.steps + 1),
+        disable=not config.progress or not distributed.is_main(),
+        desc=trainer.coupling.name,
+        initial=loop.step,
+        total=config.steps,
+    )
     for step in bar:
         loss, stats = train_step(trainer, next_batch(trainer))
         loop.step = step
         if step % config.log_every == 0 or step == config.steps:
-            trainer.history.append({"step": step, "epoch": loop.epoch, "loss": loss.item(), "swaps": stats.swaps,
-                                    "cost_before": stats.cost_before, "cost_after": stats.cost_after})
-        if path is not None and (step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0)):
+            trainer.history.append(
+                {
+                    "step": step,
+                    "epoch": loop.epoch,
+                    "loss": loss.item(),
+                    "swaps": stats.swaps,
+                    "cost_before": stats.cost_before,
+                    "cost_after": stats.cost_after,
+                }
+            )
+        if path is not None and (
+            step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0)
+        ):
             if distributed.is_main():
                 save_checkpoint(path, {**checkpoint_state(trainer), "latent": latent})
             distributed.barrier()
@@ -378,8 +445,9 @@ def _add_flags(p: argparse.ArgumentParser, cls: type) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line; ``--config NAME`` first fills in a released config, explicit flags override it."""
-    p = argparse.ArgumentParser(prog="python -m lib.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m lib.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     _add_flags(p, TrainSettings)
     _add_flags(p, TrainConfig)
     chosen, _ = p.parse_known_args(argv)
@@ -412,8 +480,10 @@ def reflow_coupling(root: str, device: torch.device) -> Coupling:
     """The fixed pairs of a reflow folder, checked to regenerate their noise on this device type."""
     seeds, made_on = read_pair_seeds(root)
     if made_on != device.type:
-        raise ValueError(f"the pairs in {root} were generated on {made_on}; noise regenerates identically only on "
-                         f"the same device type, so train on {made_on} (this run uses {device.type})")
+        raise ValueError(
+            f"the pairs in {root} were generated on {made_on}; noise regenerates identically only on "
+            f"the same device type, so train on {made_on} (this run uses {device.type})"
+        )
     return fixed_pairs_coupling(seeds)
 
 
@@ -443,19 +513,33 @@ def main(argv: list[str] | None = None) -> int:
     data = make_dataset(settings.dataset, **dataset_kwargs(settings))
     config = settings.train
     if settings.epochs:
-        config = replace(config, steps=steps_for_epochs(settings.epochs, len(data),
-                                                        config.batch_size * distributed.world_size()))
+        config = replace(
+            config, steps=steps_for_epochs(settings.epochs, len(data), config.batch_size * distributed.world_size())
+        )
     torch.manual_seed(config.seed)  # this process's RNG: the same initial weights on every rank
     model = initial_model(settings, tuple(data[0][1].shape)).to(device)
-    coupling = reflow_coupling(settings.root, device) if settings.reflow else \
-        make_coupling(settings.coupling, len(data), num_caches=settings.caches, seed=config.seed, cost=settings.cost,
-                      no_swaps=settings.no_swaps)
+    coupling = (
+        reflow_coupling(settings.root, device)
+        if settings.reflow
+        else make_coupling(
+            settings.coupling,
+            len(data),
+            num_caches=settings.caches,
+            seed=config.seed,
+            cost=settings.cost,
+            no_swaps=settings.no_swaps,
+        )
+    )
     out = Path(settings.out)
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
-        run_config = {**{name: value for name, value, _ in _flat_items(replace(settings, train=config))},
-                      "world_size": distributed.world_size(), "num_examples": len(data), "device": str(device),
-                      "latent": latent_source(data)}
+        run_config = {
+            **{name: value for name, value, _ in _flat_items(replace(settings, train=config))},
+            "world_size": distributed.world_size(),
+            "num_examples": len(data),
+            "device": str(device),
+            "latent": latent_source(data),
+        }
         (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
         print(json.dumps(run_config), flush=True)
     result = train_flow(model, data, coupling, config, checkpoint=out / "checkpoint.pt")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -162,9 +162,7 @@ class ResBlock(nn.Module):
             nn.Dropout(dropout),
             zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
         )
-        self.skip_connection = (
-            nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
-        )
+        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.in_layers(x)
@@ -257,9 +255,7 @@ class UNet(nn.Module):
         ch, emb_dim = config.model_channels, config.time_embed_dim
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
-        self.input_blocks = nn.ModuleList(
-            [TimestepSequential(nn.Conv2d(config.in_channels, ch, 3, padding=1))]
-        )
+        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(config.in_channels, ch, 3, padding=1))])
         skip_widths = [ch]  # width of every input block's output, consumed in reverse by output_blocks
         width = ch
         for level, (ds, level_width) in enumerate(zip(config.downsample_rates, config.widths)):
@@ -322,14 +318,13 @@ class UNet(nn.Module):
         """Fail early with a readable message instead of a concat shape error deep in the decoder."""
         factor = self.config.downsample_rates[-1]
         if x.ndim != 4 or x.shape[-1] % factor or x.shape[-2] % factor:
-            raise ValueError(f"expected x of shape (B, C, H, W) with H, W divisible by {factor}, got "
-                             f"{tuple(x.shape)}")
+            raise ValueError(f"expected x of shape (B, C, H, W) with H, W divisible by {factor}, got {tuple(x.shape)}")
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Checking a state dict against an architecture
 # ---------------------------------------------------------------------------------------------------------
-@lru_cache(maxsize=None)
+@cache
 def _expected_shapes_cached(config: UNetConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
     # Built on the meta device: names and shapes without allocating or initialising any weights.
     with torch.device("meta"):
@@ -362,8 +357,11 @@ class StateDiff:
         """Counts and the first `limit` names of each kind of difference, one line each."""
         shapes = [f"{n}: checkpoint {list(got)} vs model {list(want)}" for n, got, want in self.mismatched]
         lines = []
-        for label, items in (("missing keys", self.missing), ("unexpected keys", self.unexpected),
-                             ("shape mismatches", shapes)):
+        for label, items in (
+            ("missing keys", self.missing),
+            ("unexpected keys", self.unexpected),
+            ("shape mismatches", shapes),
+        ):
             lines.append(f"  {len(items)} {label}" + (":" if items else ""))
             lines.extend(f"    {item}" for item in items[:limit])
             if len(items) > limit:

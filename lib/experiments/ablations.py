@@ -40,6 +40,7 @@ ModelKind = Literal["mlp", "unet"]
 MODEL_KINDS: tuple[str, ...] = ("mlp", "unet")
 DIGIT_SHAPE: tuple[int, int, int] = (1, 8, 8)
 
+
 @dataclass(frozen=True)
 class Ablation:
     """One row of Table 5: how noise is paired with data while training."""
@@ -82,15 +83,20 @@ class TrainedAblation:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def table5_ablations(caches: Sequence[int], batch_sizes: Sequence[int], main_caches: int = 4,
-                     main_batch: int = 128) -> list[Ablation]:
+def table5_ablations(
+    caches: Sequence[int], batch_sizes: Sequence[int], main_caches: int = 4, main_batch: int = 128
+) -> list[Ablation]:
     """The Table 5 rows: I-CFM, the three ablations, LOOM-CFM, then LOOM with each cache count (at
     ``main_batch``) and each batch size (at ``main_caches``); no configuration appears twice.
 
     The ablation rows use LOOM-CFM's caches and batch size, so they differ from it in one switch only.
     """
-    rows = [Ablation(r.label, r.coupling, main_caches if r.coupling == "loom" else 1, main_batch, r.no_swaps,
-                     r.converge_first) for r in COUPLING_ROWS.values()]
+    rows = [
+        Ablation(
+            r.label, r.coupling, main_caches if r.coupling == "loom" else 1, main_batch, r.no_swaps, r.converge_first
+        )
+        for r in COUPLING_ROWS.values()
+    ]
     sweep = [(c, main_batch) for c in caches] + [(main_caches, b) for b in batch_sizes]
     for c, b in dict.fromkeys(sweep):
         if (c, b) != (main_caches, main_batch):
@@ -136,11 +142,19 @@ def train_ablation(ablation: Ablation, train: Tensor, budget: AblationBudget) ->
     """
     data = as_model_input(train, budget.model)
     model = build_model(budget.model, budget.hidden, budget.seed)
-    coupling = make_coupling(ablation.coupling, len(data), num_caches=ablation.num_caches, seed=budget.seed,
-                             no_swaps=ablation.no_swaps)
-    config = TrainConfig(steps=budget.steps, batch_size=ablation.batch_size, lr=budget.lr,
-                         ema_decay=budget.ema_decay, seed=budget.seed, converge_first=ablation.converge_first,
-                         progress=False, log_every=max(1, budget.steps // 50))
+    coupling = make_coupling(
+        ablation.coupling, len(data), num_caches=ablation.num_caches, seed=budget.seed, no_swaps=ablation.no_swaps
+    )
+    config = TrainConfig(
+        steps=budget.steps,
+        batch_size=ablation.batch_size,
+        lr=budget.lr,
+        ema_decay=budget.ema_decay,
+        seed=budget.seed,
+        converge_first=ablation.converge_first,
+        progress=False,
+        log_every=max(1, budget.steps // 50),
+    )
     start = time.perf_counter()
     result: TrainResult = train_flow(model, data, coupling, config)
     seconds = (time.perf_counter() - start) / budget.steps
@@ -162,13 +176,15 @@ def score_samples(samples: Tensor, reference: Tensor, classifier: DigitsClassifi
     Samples are clipped to [-1, 1] first, as images are when saved. W2 needs N == M.
     """
     flat = samples.detach().float().reshape(len(samples), -1).clamp(-1, 1)
-    return {"fd": digits_frechet_distance(flat.reshape(-1, *DIGIT_SHAPE), reference.reshape(-1, *DIGIT_SHAPE),
-                                          classifier),
-            "w2": w2(flat, reference)}
+    return {
+        "fd": digits_frechet_distance(flat.reshape(-1, *DIGIT_SHAPE), reference.reshape(-1, *DIGIT_SHAPE), classifier),
+        "w2": w2(flat, reference),
+    }
 
 
-def evaluate_model(model: nn.Module, z: Tensor, reference: Tensor, specs: Sequence[str],
-                   classifier: DigitsClassifier) -> list[dict[str, object]]:
+def evaluate_model(
+    model: nn.Module, z: Tensor, reference: Tensor, specs: Sequence[str], classifier: DigitsClassifier
+) -> list[dict[str, object]]:
     """One row per solver: samples from noise z (M, *shape) scored against reference (M, 64).
 
     Row: solver, method, nfe (TRUE network calls), solver_steps_accepted, solver_steps_attempted, fd, w2.
@@ -176,19 +192,26 @@ def evaluate_model(model: nn.Module, z: Tensor, reference: Tensor, specs: Sequen
     rows: list[dict[str, object]] = []
     for spec in specs:
         result = integrate(model, z, spec)
-        rows.append({"solver": result.spec.label, "method": result.spec.method, **result.cost(),
-                     **score_samples(result.x, reference, classifier)})
+        rows.append(
+            {
+                "solver": result.spec.label,
+                "method": result.spec.method,
+                **result.cost(),
+                **score_samples(result.x, reference, classifier),
+            }
+        )
     return rows
 
 
 def reference_scores(train: Tensor, test: Tensor, classifier: DigitsClassifier, seed: int = 0) -> dict[str, float]:
     """The floor of each metric: training digits (as many as held-out ones) scored like samples -> {fd, w2}."""
-    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:len(test)]
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: len(test)]
     return score_samples(train[pick], test, classifier)
 
 
-def paper_table5(table5: Sequence[Mapping[str, str]],
-                 table1: Sequence[Mapping[str, str]] = ()) -> dict[tuple[str, str, int | None], float]:
+def paper_table5(
+    table5: Sequence[Mapping[str, str]], table1: Sequence[Mapping[str, str]] = ()
+) -> dict[tuple[str, str, int | None], float]:
     """Paper Table 5 FIDs keyed by (paper row label, solver family, NFE); dopri5 keys carry NFE None.
 
     table5 / table1: rows of lib/reference/paper_results.csv (lib.paper.paper_rows("5", "cifar10") and
@@ -223,9 +246,14 @@ def concordance(ours: Mapping[str, float], paper: Mapping[str, float]) -> tuple[
     return (agree / total if total else float("nan")), disagree
 
 
-def ordering_agreement(metrics: Sequence[Mapping[str, object]], ablations: Sequence[Ablation],
-                       paper: Mapping[tuple[str, str, int | None], float], metric: str = "fd",
-                       method: str = "midpoint", our_method: str | None = None) -> list[dict[str, object]]:
+def ordering_agreement(
+    metrics: Sequence[Mapping[str, object]],
+    ablations: Sequence[Ablation],
+    paper: Mapping[tuple[str, str, int | None], float],
+    metric: str = "fd",
+    method: str = "midpoint",
+    our_method: str | None = None,
+) -> list[dict[str, object]]:
     """Per NFE the paper reports (and dopri5): how our ``metric`` orders the rows against the paper's FID.
 
     metrics: rows with label, method, nfe and ``metric``. ``our_method`` (default: ``method``) picks our
@@ -235,22 +263,34 @@ def ordering_agreement(metrics: Sequence[Mapping[str, object]], ablations: Seque
     """
     our_method = our_method or method
     labels = {a.label: a.paper_label for a in ablations if a.paper_label}
-    keys = sorted({(m, n) for (_, m, n) in paper if m == method or (m == "dopri5" and our_method == method)},
-                  key=lambda k: (k[0] == "dopri5", k[1] or 0))
+    keys = sorted(
+        {(m, n) for (_, m, n) in paper if m == method or (m == "dopri5" and our_method == method)},
+        key=lambda k: (k[0] == "dopri5", k[1] or 0),
+    )
     out: list[dict[str, object]] = []
     for family, nfe in keys:
         theirs = {label: paper[p, family, nfe] for label, p in labels.items() if (p, family, nfe) in paper}
         ours = family if family == "dopri5" else our_method
-        mine = {str(r["label"]): float(r[metric]) for r in metrics if r["method"] == ours
-                and (family == "dopri5" or int(r["nfe"]) == nfe) and str(r["label"]) in theirs}
+        mine = {
+            str(r["label"]): float(r[metric])
+            for r in metrics
+            if r["method"] == ours and (family == "dopri5" or int(r["nfe"]) == nfe) and str(r["label"]) in theirs
+        }
         if len(mine) < 2:
             continue
         score, wrong = concordance(mine, theirs)
-        out.append({"solver": ours, "paper_solver": family, "nfe": nfe if nfe is not None else "adaptive",
-                    "rows_compared": len(mine), "concordance": score,
-                    "paper_order": " < ".join(sorted(mine, key=theirs.__getitem__)),
-                    "our_order": " < ".join(sorted(mine, key=mine.__getitem__)),
-                    "disagreements": "; ".join(f"paper {a} < {b}" for a, b in wrong)})
+        out.append(
+            {
+                "solver": ours,
+                "paper_solver": family,
+                "nfe": nfe if nfe is not None else "adaptive",
+                "rows_compared": len(mine),
+                "concordance": score,
+                "paper_order": " < ".join(sorted(mine, key=theirs.__getitem__)),
+                "our_order": " < ".join(sorted(mine, key=mine.__getitem__)),
+                "disagreements": "; ".join(f"paper {a} < {b}" for a, b in wrong),
+            }
+        )
     return out
 
 
@@ -259,15 +299,26 @@ def describe_agreement(rows: Sequence[Mapping[str, object]], metric: str = "fd")
     lines = []
     for r in rows:
         versus = f" (vs the paper's {r['paper_solver']})" if r.get("paper_solver", r["solver"]) != r["solver"] else ""
-        head = (f"{r['solver']} NFE {r['nfe']}{versus}: {r['rows_compared']} rows, "
-                f"{float(r['concordance']):.0%} of pairs ordered as in the paper")
-        lines.append(head + (f"; differs where {r['disagreements']} ({metric} here reverses it)."
-                             if r["disagreements"] else "; the same order."))
+        head = (
+            f"{r['solver']} NFE {r['nfe']}{versus}: {r['rows_compared']} rows, "
+            f"{float(r['concordance']):.0%} of pairs ordered as in the paper"
+        )
+        lines.append(
+            head
+            + (
+                f"; differs where {r['disagreements']} ({metric} here reverses it)."
+                if r["disagreements"]
+                else "; the same order."
+            )
+        )
     return "\n".join(lines)
 
 
 def ablation_record(trained: TrainedAblation) -> dict[str, object]:
     """A flat dict of a trained row's settings and timing, for a results table."""
-    return {**asdict(trained.ablation), "paper_label": trained.ablation.paper_label or "",
-            "ms_per_step": 1e3 * trained.seconds_per_step,
-            "final_cost": trained.history[-1]["cost_after"] if trained.history else float("nan")}
+    return {
+        **asdict(trained.ablation),
+        "paper_label": trained.ablation.paper_label or "",
+        "ms_per_step": 1e3 * trained.seconds_per_step,
+        "final_cost": trained.history[-1]["cost_after"] if trained.history else float("nan"),
+    }

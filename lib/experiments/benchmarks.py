@@ -27,18 +27,26 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lib.couplings import (COUPLINGS, SEED_HIGH, LoomCoupling, cost_matrix, epoch_batches, exact_assignment,
-                           make_coupling, noise_from_seeds)
 from lib.checkpoints import build_model
+from lib.couplings import (
+    COUPLINGS,
+    SEED_HIGH,
+    LoomCoupling,
+    cost_matrix,
+    epoch_batches,
+    exact_assignment,
+    make_coupling,
+    noise_from_seeds,
+)
 from lib.paper import RELEASED_CONFIGS
 from lib.solvers import integrate, parse_solver
 from lib.train import TrainConfig, build_trainer, train_step
@@ -141,13 +149,17 @@ def _batches(setting: CouplingBenchmark) -> list[tuple[torch.Tensor, torch.Tenso
     The seed table still has num_examples rows.
     """
     if setting.batch_size > setting.num_examples:
-        raise ValueError(f"batch_size {setting.batch_size} exceeds num_examples {setting.num_examples}; "
-                         "raise num_examples (the seed-table rows) to at least the batch size")
+        raise ValueError(
+            f"batch_size {setting.batch_size} exceeds num_examples {setting.num_examples}; "
+            "raise num_examples (the seed-table rows) to at least the batch size"
+        )
     generator = torch.Generator().manual_seed(setting.seed)
     indices = epoch_batches(setting.num_examples, setting.batch_size, generator)
     count = setting.steps + setting.warmup
-    data = [torch.rand(setting.batch_size, *setting.shape, generator=generator).to(setting.device) * 2 - 1
-            for _ in range(min(count, MAX_DISTINCT_BATCHES))]
+    data = [
+        torch.rand(setting.batch_size, *setting.shape, generator=generator).to(setting.device) * 2 - 1
+        for _ in range(min(count, MAX_DISTINCT_BATCHES))
+    ]
     return [(data[i % len(data)], indices[i % len(indices)]) for i in range(count)]
 
 
@@ -202,8 +214,11 @@ def summary(rows: list[dict[str, object]], setting: CouplingBenchmark) -> dict[s
     """The headline ratios and whether the issue's target (LOOM <= 2x independent) is met."""
     ms = {r["part"]: r["ms_per_step"] for r in rows}
     return {
-        **asdict(setting), "torch_threads": torch.get_num_threads(),
-        "ms_independent": ms["independent"], "ms_minibatch_ot": ms["minibatch_ot"], "ms_loom": ms["loom"],
+        **asdict(setting),
+        "torch_threads": torch.get_num_threads(),
+        "ms_independent": ms["independent"],
+        "ms_minibatch_ot": ms["minibatch_ot"],
+        "ms_loom": ms["loom"],
         "loom_over_independent": ms["loom"] / ms["independent"],
         "minibatch_ot_over_independent": ms["minibatch_ot"] / ms["independent"],
         "loom_over_minibatch_ot": ms["loom"] / ms["minibatch_ot"],
@@ -224,8 +239,10 @@ def timed_loom_step(coupling: LoomCoupling, x: Tensor, index: Tensor, timer: Par
     "write-back" includes the step's statistics (swaps, mean costs), which every training step computes too.
     """
     if coupling.seed_init != "upfront" or coupling.no_swaps:
-        raise ValueError("timed_loom_step times the plain LOOM step: build the LoomCoupling with "
-                         "seed_init='upfront' and no_swaps=False")
+        raise ValueError(
+            "timed_loom_step times the plain LOOM step: build the LoomCoupling with "
+            "seed_init='upfront' and no_swaps=False"
+        )
     previous, coupling.lap = coupling.lap, timer.lap
     try:
         timer.start()
@@ -252,8 +269,11 @@ def loom_breakdown(setting: CouplingBenchmark) -> dict[str, object]:
     ms = interleaved_median_ms(fns, setting.steps, setting.warmup)
     parts = timer.median_ms(setting.warmup)
     return {
-        "shape": shape_label(setting.shape), "dim": math.prod(setting.shape), "batch_size": setting.batch_size,
-        "num_examples": setting.num_examples, "device": setting.device,
+        "shape": shape_label(setting.shape),
+        "dim": math.prod(setting.shape),
+        "batch_size": setting.batch_size,
+        "num_examples": setting.num_examples,
+        "device": setting.device,
         **{f"{name}_ms": ms[name] for name in COUPLINGS},
         **{column(part): parts[part] for part in LOOM_PARTS},
         "parts_total_ms": ms["parts_total"],
@@ -262,12 +282,31 @@ def loom_breakdown(setting: CouplingBenchmark) -> dict[str, object]:
     }
 
 
-def coupling_sweep(shapes: Sequence[Sequence[int]], batch_sizes: Sequence[int], num_examples: int = 50_000,
-                   steps: int = 20, warmup: int = 3, device: str = "cpu", seed: int = 0) -> list[dict[str, object]]:
+def coupling_sweep(
+    shapes: Sequence[Sequence[int]],
+    batch_sizes: Sequence[int],
+    num_examples: int = 50_000,
+    steps: int = 20,
+    warmup: int = 3,
+    device: str = "cpu",
+    seed: int = 0,
+) -> list[dict[str, object]]:
     """:func:`loom_breakdown` for every example shape x batch size (the seed table grows to the batch if needed)."""
-    return [loom_breakdown(CouplingBenchmark(num_examples=max(num_examples, b), shape=tuple(int(s) for s in shape),
-                                             batch_size=b, steps=steps, warmup=warmup, device=device, seed=seed))
-            for shape in shapes for b in batch_sizes]
+    return [
+        loom_breakdown(
+            CouplingBenchmark(
+                num_examples=max(num_examples, b),
+                shape=tuple(int(s) for s in shape),
+                batch_size=b,
+                steps=steps,
+                warmup=warmup,
+                device=device,
+                seed=seed,
+            )
+        )
+        for shape in shapes
+        for b in batch_sizes
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,8 +314,14 @@ def coupling_sweep(shapes: Sequence[Sequence[int]], batch_sizes: Sequence[int], 
 # ---------------------------------------------------------------------------------------------
 
 
-def assignment_scaling(sizes: Sequence[int], shape: Sequence[int] = (3, 32, 32), steps: int = 5, warmup: int = 1,
-                       device: str = "cpu", seed: int = 0) -> list[dict[str, object]]:
+def assignment_scaling(
+    sizes: Sequence[int],
+    shape: Sequence[int] = (3, 32, 32),
+    steps: int = 5,
+    warmup: int = 1,
+    device: str = "cpu",
+    seed: int = 0,
+) -> list[dict[str, object]]:
     """Per m: median ms of the m x m cost matrix on ``device``, its transfer to the host in float64, and
     scipy's exact assignment (lib.couplings.exact_assignment); the sizes take turns at every step.
 
@@ -284,8 +329,13 @@ def assignment_scaling(sizes: Sequence[int], shape: Sequence[int] = (3, 32, 32),
     Rows: m, dim, device, cost_matrix_ms, transfer_ms, assignment_ms, total_ms.
     """
     generator = torch.Generator().manual_seed(seed)
-    points = {m: (torch.rand(m, *shape, generator=generator).to(device) * 2 - 1,
-                  torch.randn(m, *shape, generator=generator).to(device)) for m in sizes}
+    points = {
+        m: (
+            torch.rand(m, *shape, generator=generator).to(device) * 2 - 1,
+            torch.randn(m, *shape, generator=generator).to(device),
+        )
+        for m in sizes
+    }
     timers = {m: PartTimer() for m in sizes}
 
     def solve(m: int) -> np.ndarray:
@@ -303,8 +353,15 @@ def assignment_scaling(sizes: Sequence[int], shape: Sequence[int] = (3, 32, 32),
     rows = []
     for m in sizes:
         parts = timers[m].median_ms(warmup)
-        rows.append({"m": m, "dim": math.prod(shape), "device": device,
-                     **{column(p): parts[p] for p in ASSIGNMENT_PARTS}, "total_ms": ms[str(m)]})
+        rows.append(
+            {
+                "m": m,
+                "dim": math.prod(shape),
+                "device": device,
+                **{column(p): parts[p] for p in ASSIGNMENT_PARTS},
+                "total_ms": ms[str(m)],
+            }
+        )
     return rows
 
 
@@ -338,14 +395,21 @@ def fit_power_law(sizes: Sequence[float], times_ms: Sequence[float], min_size: f
         raise ValueError(f"{len(sizes)} sizes but {len(times_ms)} times; pass one time per size")
     kept = [(float(m), float(t)) for m, t in zip(sizes, times_ms) if m >= min_size]
     if len({m for m, _ in kept}) < 2:
-        raise ValueError(f"a power-law fit needs at least two distinct sizes >= min_size={min_size}, got "
-                         f"{sorted({m for m, _ in kept})}; add sizes or lower min_size")
+        raise ValueError(
+            f"a power-law fit needs at least two distinct sizes >= min_size={min_size}, got "
+            f"{sorted({m for m, _ in kept})}; add sizes or lower min_size"
+        )
     if any(m <= 0 or t <= 0 for m, t in kept):
         raise ValueError("sizes and times must be positive for a log-log fit")
     log_m, log_t = np.log([m for m, _ in kept]), np.log([t for _, t in kept])
     k, a = np.polyfit(log_m, log_t, 1)
-    return PowerLawFit(exponent=float(k), log_constant=float(a), min_size=int(min(m for m, _ in kept)),
-                       max_size=int(max(m for m, _ in kept)), points=len(kept))
+    return PowerLawFit(
+        exponent=float(k),
+        log_constant=float(a),
+        min_size=int(min(m for m, _ in kept)),
+        max_size=int(max(m for m, _ in kept)),
+        points=len(kept),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,8 +420,10 @@ def fit_power_law(sizes: Sequence[float], times_ms: Sequence[float], min_size: f
 def check_bf16(device: torch.device | str, bf16: bool) -> None:
     """Refuse bf16 off CUDA: lib.train autocasts on CUDA only, so a CPU row labelled bf16 would be fp32."""
     if bf16 and torch.device(device).type != "cuda":
-        raise ValueError(f"bf16 autocast runs on CUDA only, but the device is {device}; time bf16 on a GPU "
-                         "or pass bf16=False (BF16 = [False] in the notebook)")
+        raise ValueError(
+            f"bf16 autocast runs on CUDA only, but the device is {device}; time bf16 on a GPU "
+            "or pass bf16=False (BF16 = [False] in the notebook)"
+        )
 
 
 def autocast(device: torch.device | str, bf16: bool) -> torch.autocast | nullcontext:
@@ -366,8 +432,16 @@ def autocast(device: torch.device | str, bf16: bool) -> torch.autocast | nullcon
     return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
-def time_sampling(model: nn.Module, shape: Sequence[int], solvers: Sequence[str], batch_size: int, steps: int = 3,
-                  warmup: int = 1, seed: int = 0, bf16: bool = False) -> list[dict[str, object]]:
+def time_sampling(
+    model: nn.Module,
+    shape: Sequence[int],
+    solvers: Sequence[str],
+    batch_size: int,
+    steps: int = 3,
+    warmup: int = 1,
+    seed: int = 0,
+    bf16: bool = False,
+) -> list[dict[str, object]]:
     """Sampling throughput per solver spec: ``batch_size`` images from the same noise (B, *shape), solvers
     taking turns. Rows: solver, nfe (true network calls), ms_per_batch, images_per_s, ms_per_network_call.
 
@@ -386,14 +460,30 @@ def time_sampling(model: nn.Module, shape: Sequence[int], solvers: Sequence[str]
             nfe[spec] = integrate(model, z, spec).nfe
 
     ms = interleaved_median_ms({spec: (lambda step, spec=spec: run(spec)) for spec in solvers}, steps, warmup)
-    return [{"solver": spec, "nfe": nfe[spec], "batch_size": batch_size, "bf16": bf16, "ms_per_batch": ms[spec],
-             "images_per_s": 1e3 * batch_size / ms[spec], "ms_per_network_call": ms[spec] / nfe[spec]}
-            for spec in solvers]
+    return [
+        {
+            "solver": spec,
+            "nfe": nfe[spec],
+            "batch_size": batch_size,
+            "bf16": bf16,
+            "ms_per_batch": ms[spec],
+            "images_per_s": 1e3 * batch_size / ms[spec],
+            "ms_per_network_call": ms[spec] / nfe[spec],
+        }
+        for spec in solvers
+    ]
 
 
-def time_training_steps(model: torch.nn.Module, data: torch.Tensor, batch_size: int, steps: int, warmup: int = 3,
-                        seed: int = 0, bf16: bool = False,
-                        couplings: Sequence[str] = COUPLINGS) -> list[dict[str, object]]:
+def time_training_steps(
+    model: torch.nn.Module,
+    data: torch.Tensor,
+    batch_size: int,
+    steps: int,
+    warmup: int = 3,
+    seed: int = 0,
+    bf16: bool = False,
+    couplings: Sequence[str] = COUPLINGS,
+) -> list[dict[str, object]]:
     """Median ms of one full training step (lib.train.train_step: coupling, CFM loss, backward, clipping, Adam,
     warm-up schedule, EMA) per coupling, and of the coupling alone, taking turns every step.
     data: (N, *shape) on the model's device.
@@ -421,10 +511,18 @@ def time_training_steps(model: torch.nn.Module, data: torch.Tensor, batch_size: 
     rows: list[dict[str, object]] = []
     for name in couplings:
         step_ms, coupling_ms = medians[f"{name}: training step"], medians[f"{name}: coupling alone"]
-        rows.append({"part": f"{name}: training step", "ms_per_step": step_ms, "ratio_to_independent": step_ms / base,
-                     "images_per_s": 1e3 * batch_size / step_ms, "bf16": bf16})
-        rows.append({"part": f"{name}: coupling alone", "ms_per_step": coupling_ms,
-                     "share_of_step": coupling_ms / step_ms})
+        rows.append(
+            {
+                "part": f"{name}: training step",
+                "ms_per_step": step_ms,
+                "ratio_to_independent": step_ms / base,
+                "images_per_s": 1e3 * batch_size / step_ms,
+                "bf16": bf16,
+            }
+        )
+        rows.append(
+            {"part": f"{name}: coupling alone", "ms_per_step": coupling_ms, "share_of_step": coupling_ms / step_ms}
+        )
     return rows
 
 
@@ -436,9 +534,16 @@ def per_coupling(rows: Sequence[Mapping[str, object]]) -> list[dict[str, object]
     out = []
     for name in names:
         step, alone = by_part[f"{name}: training step"], by_part[f"{name}: coupling alone"]
-        out.append({"coupling": name, "step_ms": step["ms_per_step"], "images_per_s": step["images_per_s"],
-                    "ratio_to_independent": step["ratio_to_independent"], "coupling_ms": alone["ms_per_step"],
-                    "share_of_step": alone["share_of_step"]})
+        out.append(
+            {
+                "coupling": name,
+                "step_ms": step["ms_per_step"],
+                "images_per_s": step["images_per_s"],
+                "ratio_to_independent": step["ratio_to_independent"],
+                "coupling_ms": alone["ms_per_step"],
+                "share_of_step": alone["share_of_step"],
+            }
+        )
     return out
 
 
@@ -454,8 +559,10 @@ def preset_batch(preset: str, batch_size: int) -> int:
     if batch_size > 0:
         return batch_size
     if preset not in RELEASED_CONFIGS:
-        raise ValueError(f"preset {preset!r} has no released config; give a positive batch size "
-                         f"(released: {sorted(RELEASED_CONFIGS)})")
+        raise ValueError(
+            f"preset {preset!r} has no released config; give a positive batch size "
+            f"(released: {sorted(RELEASED_CONFIGS)})"
+        )
     return int(RELEASED_CONFIGS[preset]["batch_size"])
 
 
@@ -468,8 +575,15 @@ def peak_memory(device: str) -> dict[str, float | None]:
     return {"peak_rss_mib": rss_mib, "cuda_peak_mib": cuda}
 
 
-def time_presets(presets: Sequence[str], batch_size: int, steps: int, warmup: int = 2, device: str = "cpu",
-                 bf16: Sequence[bool] = (False,), seed: int = 0) -> list[dict[str, object]]:
+def time_presets(
+    presets: Sequence[str],
+    batch_size: int,
+    steps: int,
+    warmup: int = 2,
+    device: str = "cpu",
+    bf16: Sequence[bool] = (False,),
+    seed: int = 0,
+) -> list[dict[str, object]]:
     """Training-step time of each UNet preset (x bf16 setting) with every coupling: one row per
     (preset, bf16, coupling) from :func:`per_coupling`, plus params_m, batch_size and :func:`peak_memory`.
 
@@ -483,18 +597,28 @@ def time_presets(presets: Sequence[str], batch_size: int, steps: int, warmup: in
             if torch.device(device).type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             model = build_model(preset, (), seed=seed).to(device)
-            timed = time_training_steps(model, preset_data(preset, 2 * b, device, seed), b, steps, warmup,
-                                        seed=seed, bf16=half)
+            timed = time_training_steps(
+                model, preset_data(preset, 2 * b, device, seed), b, steps, warmup, seed=seed, bf16=half
+            )
             memory = peak_memory(device)
             params_m = sum(p.numel() for p in model.parameters()) / 1e6
-            rows += [{"preset": preset, "device": device, "bf16": half, "batch_size": b, "params_m": params_m,
-                      **r, **memory} for r in per_coupling(timed)]
+            rows += [
+                {"preset": preset, "device": device, "bf16": half, "batch_size": b, "params_m": params_m, **r, **memory}
+                for r in per_coupling(timed)
+            ]
             del model, timed  # free the GPU memory before the next preset is built
     return rows
 
 
-def coupling_share_sweep(preset: str, batch_sizes: Sequence[int], steps: int, warmup: int = 1,
-                         device: str = "cpu", bf16: bool = False, seed: int = 0) -> list[dict[str, object]]:
+def coupling_share_sweep(
+    preset: str,
+    batch_sizes: Sequence[int],
+    steps: int,
+    warmup: int = 1,
+    device: str = "cpu",
+    bf16: bool = False,
+    seed: int = 0,
+) -> list[dict[str, object]]:
     """The LOOM coupling's share of a training step of the same UNet as the batch grows.
 
     Per batch size: independent and LOOM training steps and LOOM's coupling alone, taking turns.
@@ -504,13 +628,32 @@ def coupling_share_sweep(preset: str, batch_sizes: Sequence[int], steps: int, wa
     rows = []
     for b in batch_sizes:
         model = build_model(preset, (), seed=seed).to(device)
-        timed = per_coupling(time_training_steps(model, preset_data(preset, 2 * b, device, seed), b, steps, warmup,
-                                                 seed=seed, bf16=bf16, couplings=("independent", "loom")))
+        timed = per_coupling(
+            time_training_steps(
+                model,
+                preset_data(preset, 2 * b, device, seed),
+                b,
+                steps,
+                warmup,
+                seed=seed,
+                bf16=bf16,
+                couplings=("independent", "loom"),
+            )
+        )
         independent, loom = timed
-        rows.append({"preset": preset, "device": device, "bf16": bf16, "batch_size": b,
-                     "independent_step_ms": independent["step_ms"], "loom_step_ms": loom["step_ms"],
-                     "coupling_ms": loom["coupling_ms"], "coupling_share": loom["share_of_step"],
-                     "loom_over_independent": loom["ratio_to_independent"]})
+        rows.append(
+            {
+                "preset": preset,
+                "device": device,
+                "bf16": bf16,
+                "batch_size": b,
+                "independent_step_ms": independent["step_ms"],
+                "loom_step_ms": loom["step_ms"],
+                "coupling_ms": loom["coupling_ms"],
+                "coupling_share": loom["share_of_step"],
+                "loom_over_independent": loom["ratio_to_independent"],
+            }
+        )
     return rows
 
 
@@ -525,9 +668,16 @@ def seed_table_memory(name: str, num_examples: int, num_caches: int, shape: Sequ
     table = LoomCoupling(num_examples, num_caches).seeds
     table_bytes = table.element_size() * table.nelement()
     noise_bytes = torch.empty((), dtype=torch.float32).element_size() * num_examples * num_caches * math.prod(shape)
-    return {"dataset": name, "num_examples": num_examples, "num_caches": num_caches, "shape": shape_label(shape),
-            "seed_bytes_per_example": table_bytes / num_examples, "seed_table_mib": table_bytes / 2**20,
-            "stored_noise_mib": noise_bytes / 2**20, "noise_over_seeds": noise_bytes / table_bytes}
+    return {
+        "dataset": name,
+        "num_examples": num_examples,
+        "num_caches": num_caches,
+        "shape": shape_label(shape),
+        "seed_bytes_per_example": table_bytes / num_examples,
+        "seed_table_mib": table_bytes / 2**20,
+        "stored_noise_mib": noise_bytes / 2**20,
+        "noise_over_seeds": noise_bytes / table_bytes,
+    }
 
 
 def released_seed_tables(examples: Mapping[str, int]) -> list[dict[str, object]]:
@@ -538,8 +688,11 @@ def released_seed_tables(examples: Mapping[str, int]) -> list[dict[str, object]]
         if name not in RELEASED_CONFIGS:
             raise ValueError(f"no released config {name!r}; use one of {sorted(RELEASED_CONFIGS)}")
         cfg = PRESETS[RELEASED_CONFIGS[name]["model"]]
-        rows.append(seed_table_memory(name, num, int(RELEASED_CONFIGS[name]["caches"]),
-                                      (cfg.in_channels, cfg.image_size, cfg.image_size)))
+        rows.append(
+            seed_table_memory(
+                name, num, int(RELEASED_CONFIGS[name]["caches"]), (cfg.in_channels, cfg.image_size, cfg.image_size)
+            )
+        )
     return rows
 
 
@@ -549,16 +702,18 @@ def released_seed_tables(examples: Mapping[str, int]) -> list[dict[str, object]]
 
 FIXES: dict[str, str] = {
     "assignment": "a GPU assignment solver (an auction algorithm, or entropic Sinkhorn iterations rounded to a "
-                  "permutation) in place of scipy's exact CPU solver, or overlapping the CPU assignment of the next "
-                  "batch with the GPU step of the current one (the pairing needs only data and seeds, not the weights)",
+    "permutation) in place of scipy's exact CPU solver, or overlapping the CPU assignment of the next "
+    "batch with the GPU step of the current one (the pairing needs only data and seeds, not the weights)",
     "noise from seeds": "regenerating the batch's noise in one batched kernel (a counter-based generator keyed by "
-                        "the seeds) instead of re-seeding one generator per row",
+    "the seeds) instead of re-seeding one generator per row",
     "cost matrix": "building the cost matrix on the GPU (one matrix product; bf16/tf32) and sending only it to the "
-                   "host",
+    "host",
     "write-back": "keeping the seed table on the device the permutation is applied on",
 }
-PER_RANK_FIX = ("smaller per-rank OT batches (each rank pairing its own slice instead of one assignment on the "
-                "gathered global batch; cheaper by the fitted exponent, at the price of a more local pairing)")
+PER_RANK_FIX = (
+    "smaller per-rank OT batches (each rank pairing its own slice instead of one assignment on the "
+    "gathered global batch; cheaper by the fitted exponent, at the price of a more local pairing)"
+)
 
 
 def crossing(rows: Sequence[Mapping[str, object]], threshold: float) -> dict[str, object]:
@@ -609,32 +764,48 @@ def dominant_parts(breakdown: Sequence[Mapping[str, object]]) -> list[dict[str, 
         row = max((r for r in breakdown if r["shape"] == shape), key=lambda r: int(r["batch_size"]))
         parts = {part: float(row[column(part)]) for part in LOOM_PARTS}
         top = max(parts, key=parts.get)
-        out.append({"shape": shape, "batch_size": int(row["batch_size"]), "part": top,
-                    "part_share": parts[top] / sum(parts.values()), "loom_ms": float(row["loom_ms"]),
-                    "loom_over_independent": float(row["loom_over_independent"]),
-                    "loom_over_minibatch_ot": float(row["loom_over_minibatch_ot"])})
+        out.append(
+            {
+                "shape": shape,
+                "batch_size": int(row["batch_size"]),
+                "part": top,
+                "part_share": parts[top] / sum(parts.values()),
+                "loom_ms": float(row["loom_ms"]),
+                "loom_over_independent": float(row["loom_over_independent"]),
+                "loom_over_minibatch_ot": float(row["loom_over_minibatch_ot"]),
+            }
+        )
     return out
 
 
-def conclusion_facts(share_rows: Sequence[Mapping[str, object]], fit: PowerLawFit,
-                     assignment_rows: Sequence[Mapping[str, object]],
-                     breakdown: Sequence[Mapping[str, object]]) -> dict[str, object]:
+def conclusion_facts(
+    share_rows: Sequence[Mapping[str, object]],
+    fit: PowerLawFit,
+    assignment_rows: Sequence[Mapping[str, object]],
+    breakdown: Sequence[Mapping[str, object]],
+) -> dict[str, object]:
     """The numbers the conclusion states, all taken from measured rows (JSON-ready)."""
     ordered = sorted(share_rows, key=lambda r: int(r["batch_size"]))
     largest = max(assignment_rows, key=lambda r: int(r["m"]))
     fits = share_fits(ordered)
     return {
-        "device": ordered[0]["device"], "torch_threads": torch.get_num_threads(), "preset": ordered[0]["preset"],
+        "device": ordered[0]["device"],
+        "torch_threads": torch.get_num_threads(),
+        "preset": ordered[0]["preset"],
         "bf16": ordered[0]["bf16"],
         "share_first": {"batch_size": int(ordered[0]["batch_size"]), "share": float(ordered[0]["coupling_share"])},
         "share_last": {"batch_size": int(ordered[-1]["batch_size"]), "share": float(ordered[-1]["coupling_share"])},
-        "crossings": [{**crossing(ordered, t), "extrapolated": extrapolated_crossing(ordered, t)}
-                      for t in SHARE_THRESHOLDS],
+        "crossings": [
+            {**crossing(ordered, t), "extrapolated": extrapolated_crossing(ordered, t)} for t in SHARE_THRESHOLDS
+        ],
         "coupling_batch_exponent": fits[0].exponent if fits else None,
         "rest_of_step_batch_exponent": fits[1].exponent if fits else None,
-        "assignment_exponent": fit.exponent, "assignment_constant_ms": fit.constant,
-        "fit_sizes": [fit.min_size, fit.max_size], "assignment_device": largest["device"],
-        "largest_m": int(largest["m"]), "largest_m_assignment_ms": float(largest["assignment_ms"]),
+        "assignment_exponent": fit.exponent,
+        "assignment_constant_ms": fit.constant,
+        "fit_sizes": [fit.min_size, fit.max_size],
+        "assignment_device": largest["device"],
+        "largest_m": int(largest["m"]),
+        "largest_m_assignment_ms": float(largest["assignment_ms"]),
         "largest_m_cost_matrix_ms": float(largest["cost_matrix_ms"]),
         "dominant_parts": dominant_parts(breakdown),
     }
@@ -644,18 +815,25 @@ def _crossing_sentence(c: Mapping[str, object], last_batch: int) -> str:
     """One sentence about where the share passes c['threshold'] (measured, or extrapolated when not reached)."""
     pct = f"{100 * float(c['threshold']):.0f} %"
     if c["at"] is not None:
-        where = f"between batch {c['below']} and batch {c['at']}" if c["below"] is not None else \
-            f"already at the smallest batch measured, {c['at']}"
+        where = (
+            f"between batch {c['below']} and batch {c['at']}"
+            if c["below"] is not None
+            else f"already at the smallest batch measured, {c['at']}"
+        )
         return f"It passes {pct} of the step {where}."
     guess, limit = c["extrapolated"], EXTRAPOLATION_LIMIT * last_batch
     if guess is None:
         tail = "; on these measurements the coupling does not grow faster than the rest of the step"
     elif guess > limit:
-        tail = (f"; power laws fitted to the measured coupling and rest-of-step times put the crossing beyond batch "
-                f"{limit:,} ({EXTRAPOLATION_LIMIT}x the largest measured), too far out to quote")
+        tail = (
+            f"; power laws fitted to the measured coupling and rest-of-step times put the crossing beyond batch "
+            f"{limit:,} ({EXTRAPOLATION_LIMIT}x the largest measured), too far out to quote"
+        )
     else:
-        tail = (f"; power laws fitted to the measured coupling and rest-of-step times put the crossing near batch "
-                f"{guess:,.0f} (extrapolated, not measured)")
+        tail = (
+            f"; power laws fitted to the measured coupling and rest-of-step times put the crossing near batch "
+            f"{guess:,.0f} (extrapolated, not measured)"
+        )
     return f"It stays below {pct} up to the largest batch measured, {last_batch}{tail}."
 
 
@@ -664,9 +842,15 @@ def conclusion_text(facts: Mapping[str, object]) -> str:
     first, last = facts["share_first"], facts["share_last"]
     precision = "bf16 autocast" if facts["bf16"] else "fp32"
     k = float(facts["assignment_exponent"])
-    growth = "" if facts["coupling_batch_exponent"] is None else (
-        f"Over the measured batches the rest of the training step grows as "
-        f"B^{facts['rest_of_step_batch_exponent']:.2f} and the coupling as B^{facts['coupling_batch_exponent']:.2f}. ")
+    growth = (
+        ""
+        if facts["coupling_batch_exponent"] is None
+        else (
+            f"Over the measured batches the rest of the training step grows as "
+            f"B^{facts['rest_of_step_batch_exponent']:.2f} and the coupling as "
+            f"B^{facts['coupling_batch_exponent']:.2f}. "
+        )
+    )
     lines = [
         f"**Where LOOM stops being cheap ({facts['device']}, {facts['torch_threads']} torch threads, "
         f"`{facts['preset']}` UNet, {precision}).** "
@@ -680,10 +864,13 @@ def conclusion_text(facts: Mapping[str, object]) -> str:
         f"{facts['largest_m_assignment_ms']:.1f} ms, beside "
         f"{facts['largest_m_cost_matrix_ms']:.1f} ms for the cost matrix on {facts['assignment_device']}.",
         "",
-        "**What dominates a LOOM step** (largest batch measured per example shape): " + "; ".join(
+        "**What dominates a LOOM step** (largest batch measured per example shape): "
+        + "; ".join(
             f"{d['shape']} at batch {d['batch_size']}: {d['part']} {100 * d['part_share']:.0f} % of the step's parts, "
             f"LOOM {d['loom_over_independent']:.1f}x independent and {d['loom_over_minibatch_ot']:.2f}x minibatch OT"
-            for d in facts["dominant_parts"]) + ".",
+            for d in facts["dominant_parts"]
+        )
+        + ".",
         "",
         "**What would fix it** (named here, not measured): " + "; ".join(fix_order(facts)) + ".",
     ]

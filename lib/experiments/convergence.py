@@ -14,7 +14,12 @@ import torch
 from torch import Tensor
 
 from lib.couplings import (
-    CostName, LoomCoupling, MinibatchOTCoupling, cost_matrix, epoch_batches, exact_assignment,
+    CostName,
+    LoomCoupling,
+    MinibatchOTCoupling,
+    cost_matrix,
+    epoch_batches,
+    exact_assignment,
     total_pairing_cost,
 )
 from lib.metrics import exact_ot_cost
@@ -54,8 +59,9 @@ def run_loom_convergence(data: Tensor, setting: ConvergenceSetting) -> list[dict
     generator = torch.Generator().manual_seed(setting.seed + 1)
     records = [_record(0, 0, total_pairing_cost(loom, data), optimum)]
     for epoch in range(1, setting.epochs + 1):
-        swaps = sum(loom(data[index], index).stats.swaps
-                    for index in epoch_batches(len(data), setting.batch_size, generator))
+        swaps = sum(
+            loom(data[index], index).stats.swaps for index in epoch_batches(len(data), setting.batch_size, generator)
+        )
         records.append(_record(epoch, swaps, total_pairing_cost(loom, data), optimum))
     return records
 
@@ -64,13 +70,17 @@ def _record(epoch: int, swaps: int, cost: float, optimum: float) -> dict[str, fl
     return {"epoch": epoch, "swaps": swaps, "cost": cost, "optimum": optimum, "gap": (cost - optimum) / optimum}
 
 
-def minibatch_ot_expected_cost(data: Tensor, batch_size: int, cost: CostName = "l2", epochs: int = 5,
-                               seed: int = 0) -> float:
+def minibatch_ot_expected_cost(
+    data: Tensor, batch_size: int, cost: CostName = "l2", epochs: int = 5, seed: int = 0
+) -> float:
     """Mean pairing cost minibatch OT-CFM trains on: fresh noise, exact in-batch assignment, averaged."""
     coupling = MinibatchOTCoupling(seed=seed, cost=cost)
     generator = torch.Generator().manual_seed(seed + 1)
-    costs = [coupling(data[index], index).stats.cost_after
-             for _ in range(epochs) for index in epoch_batches(len(data), batch_size, generator)]
+    costs = [
+        coupling(data[index], index).stats.cost_after
+        for _ in range(epochs)
+        for index in epoch_batches(len(data), batch_size, generator)
+    ]
     return float(np.mean(costs))
 
 
@@ -115,8 +125,9 @@ def polygon_counterexample(n: int, eps: float = 0.05) -> tuple[Tensor, Tensor, T
     return to_xy(data_angle), to_xy(noise_angle), torch.arange(n)
 
 
-def minibatch_sweeps(x: Tensor, z: Tensor, pairing: Tensor, batch_size: int, epochs: int,
-                     cost: CostName = "l2", seed: int = 0) -> tuple[Tensor, list[float]]:
+def minibatch_sweeps(
+    x: Tensor, z: Tensor, pairing: Tensor, batch_size: int, epochs: int, cost: CostName = "l2", seed: int = 0
+) -> tuple[Tensor, list[float]]:
     """Repeated local reassignments over shuffled epochs; returns the final pairing and the mean cost per epoch."""
     generator = torch.Generator().manual_seed(seed)
     history = []

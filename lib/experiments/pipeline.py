@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -63,9 +64,14 @@ def side_by_side(ours: list[Mapping[str, Any]], paper: list[Mapping[str, str]]) 
     rows = []
     for row in ours:
         match = [p for p in paper if p["method"] == row["method"] and same_setting(p, row["solver"], row["nfe"])]
-        rows.append({**row, "paper_fid": float(match[0]["fid"]) if match else None,
-                     "paper_nfe": match[0]["nfe"] if match else None,
-                     "paper_provenance": match[0]["provenance"] if match else None})
+        rows.append(
+            {
+                **row,
+                "paper_fid": float(match[0]["fid"]) if match else None,
+                "paper_nfe": match[0]["nfe"] if match else None,
+                "paper_provenance": match[0]["provenance"] if match else None,
+            }
+        )
     return rows
 
 
@@ -88,12 +94,18 @@ def row_settings(row: str, settings: TrainSettings, runs: Path) -> TrainSettings
     if row not in COUPLING_ROWS:
         raise ValueError(f"unknown row {row!r}; rows are {sorted(COUPLING_ROWS)}")
     spec = COUPLING_ROWS[row]
-    return replace(settings, out=str(runs / run_name(row)), coupling=spec.coupling, no_swaps=spec.no_swaps,
-                   train=replace(settings.train, converge_first=spec.converge_first))
+    return replace(
+        settings,
+        out=str(runs / run_name(row)),
+        coupling=spec.coupling,
+        no_swaps=spec.no_swaps,
+        train=replace(settings.train, converge_first=spec.converge_first),
+    )
 
 
-def train_rows(rows: Sequence[str], settings: TrainSettings, runs: Path,
-               nproc: int = 1) -> tuple[dict[str, Path], list[dict[str, Any]]]:
+def train_rows(
+    rows: Sequence[str], settings: TrainSettings, runs: Path, nproc: int = 1
+) -> tuple[dict[str, Path], list[dict[str, Any]]]:
     """Train one model per paper row (:func:`row_settings`; a rerun resumes) -> (checkpoint by row, training history
     rows with "method")."""
     checkpoints: dict[str, Path] = {}
@@ -108,14 +120,24 @@ def eval_targets(eval_checkpoint: str, repo: Path = REPO_ROOT) -> dict[str, str 
     """``EVAL_CHECKPOINT`` -> {row name: what lib.checkpoints.load_model takes}: ``released:<name>`` is passed on
     (fetched through huggingface_hub), a path is taken relative to the repository."""
     if eval_checkpoint.startswith(RELEASED_PREFIX):
-        return {eval_checkpoint[len(RELEASED_PREFIX):]: eval_checkpoint}
+        return {eval_checkpoint[len(RELEASED_PREFIX) :]: eval_checkpoint}
     return {Path(eval_checkpoint).stem: repo / eval_checkpoint}
 
 
-def fid_table(models: Mapping[str, LoadedModel], solvers: Sequence[str], num_samples: int, reference: str,
-              paper: list[dict[str, str]], *, seed: int, device: str, features: str = "inception",
-              dataset_res: int | None = 32, dataset_split: str = "train",
-              protocol: str = DEFAULT_PROTOCOL) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def fid_table(
+    models: Mapping[str, LoadedModel],
+    solvers: Sequence[str],
+    num_samples: int,
+    reference: str,
+    paper: list[dict[str, str]],
+    *,
+    seed: int,
+    device: str,
+    features: str = "inception",
+    dataset_res: int | None = 32,
+    dataset_split: str = "train",
+    protocol: str = DEFAULT_PROTOCOL,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """FID of every model at every solver under the named ``protocol`` of lib.fid (true NFE checked against the
     grid) -> (our rows, rows joined with the paper's). ``features="random"`` scores with lib.fid's random
     stand-in network: offline, not comparable. ``dataset_res`` / ``dataset_split`` pick clean-fid's
@@ -127,18 +149,34 @@ def fid_table(models: Mapping[str, LoadedModel], solvers: Sequence[str], num_sam
         reference = str(REPO_ROOT / reference)  # an absolute reference stays as it is
     ours: list[dict[str, Any]] = []
     for name, loaded in models.items():
-        ours += [{"method": name, **row} for row in fid_rows(
-            loaded, solvers, num_samples, reference, seed=seed, device=device, batch_size=min(250, num_samples),
-            dataset_res=dataset_res, dataset_split=dataset_split, feature_extractor=extractor, protocol=protocol)]
+        ours += [
+            {"method": name, **row}
+            for row in fid_rows(
+                loaded,
+                solvers,
+                num_samples,
+                reference,
+                seed=seed,
+                device=device,
+                batch_size=min(250, num_samples),
+                dataset_res=dataset_res,
+                dataset_split=dataset_split,
+                feature_extractor=extractor,
+                protocol=protocol,
+            )
+        ]
     for row in ours:
         expected = parse_solver(row["solver"]).expected_nfe
         if expected is not None and row["nfe"] != expected:  # midpoint-k must cost 2k network calls
-            raise RuntimeError(f"{row['method']} {row['solver']}: counted {row['nfe']} network calls, expected {expected}")
+            raise RuntimeError(
+                f"{row['method']} {row['solver']}: counted {row['nfe']} network calls, expected {expected}"
+            )
     return ours, side_by_side(ours, paper)
 
 
-def curvature_rows(models: Mapping[str, LoadedModel], num_paths: int, seed: int, device: str,
-                   steps: int = 20) -> list[dict[str, Any]]:
+def curvature_rows(
+    models: Mapping[str, LoadedModel], num_paths: int, seed: int, device: str, steps: int = 20
+) -> list[dict[str, Any]]:
     """Paper Fig. 4: 1 - cos of consecutive velocities along ``steps``-step Euler paths from the same noise
     for every model -> rows {method, step, curvature}."""
     rows: list[dict[str, Any]] = []
@@ -149,9 +187,18 @@ def curvature_rows(models: Mapping[str, LoadedModel], num_paths: int, seed: int,
     return rows
 
 
-def evaluate_releases(models: Mapping[str, LoadedModel], num_samples: int, references: Mapping[str, str],
-                      splits: Mapping[str, str], *, seed: int, device: str, features: str = "inception",
-                      fake: bool = False, protocol: str = DEFAULT_PROTOCOL) -> list[dict[str, Any]]:
+def evaluate_releases(
+    models: Mapping[str, LoadedModel],
+    num_samples: int,
+    references: Mapping[str, str],
+    splits: Mapping[str, str],
+    *,
+    seed: int,
+    device: str,
+    features: str = "inception",
+    fake: bool = False,
+    protocol: str = DEFAULT_PROTOCOL,
+) -> list[dict[str, Any]]:
     """FID of each release in ``models`` (name -> loaded) at its paper solvers (lib.paper.PAPER_EVALUATION),
     through :func:`fid_table` as our own runs are, joined with its paper rows.
 
@@ -164,24 +211,46 @@ def evaluate_releases(models: Mapping[str, LoadedModel], num_samples: int, refer
     """
     missing = sorted({PAPER_EVALUATION[name].dataset for name in models} - set(references))
     if missing:
-        raise ValueError(f"no FID reference for dataset(s) {missing}: add them to the references (a clean-fid "
-                         "dataset name such as cifar10, custom stats such as imagenet32_train, or an image folder)")
+        raise ValueError(
+            f"no FID reference for dataset(s) {missing}: add them to the references (a clean-fid "
+            "dataset name such as cifar10, custom stats such as imagenet32_train, or an image folder)"
+        )
     rows: list[dict[str, Any]] = []
     for name, loaded in models.items():
         spec = PAPER_EVALUATION[name]
-        _, joined = fid_table({spec.method: loaded}, spec.solvers, num_samples, references[spec.dataset],
-                              paper_rows(spec.table, spec.dataset), seed=seed, device=device,
-                              features=features, dataset_res=None if fake else spec.resolution,
-                              dataset_split=splits.get(spec.dataset, "train"), protocol=protocol)
-        rows += [{"dataset": spec.dataset, "release": name, **row,
-                  "release_weights": FAKE_NOTE if fake else "published weights"} for row in joined]
+        _, joined = fid_table(
+            {spec.method: loaded},
+            spec.solvers,
+            num_samples,
+            references[spec.dataset],
+            paper_rows(spec.table, spec.dataset),
+            seed=seed,
+            device=device,
+            features=features,
+            dataset_res=None if fake else spec.resolution,
+            dataset_split=splits.get(spec.dataset, "train"),
+            protocol=protocol,
+        )
+        rows += [
+            {
+                "dataset": spec.dataset,
+                "release": name,
+                **row,
+                "release_weights": FAKE_NOTE if fake else "published weights",
+            }
+            for row in joined
+        ]
     return rows
 
 
-def grid_samples(models: Mapping[str, LoadedModel], num_images: int, solver: str, seed: int,
-                 device: str) -> dict[str, Tensor]:
+def grid_samples(
+    models: Mapping[str, LoadedModel], num_images: int, solver: str, seed: int, device: str
+) -> dict[str, Tensor]:
     """``num_images`` samples of every model from the same noise -> {name: images (N, C, H, W) in [-1, 1] on the
     CPU} (latent models decoded to pixels), for the sample-grid figure (paper Fig. 7)."""
-    return {name: torch.cat([to_images(loaded, x) for x, _ in generate(loaded, num_images, solver, seed,
-                                                                       device=device)]).cpu().clamp(-1, 1)
-            for name, loaded in models.items()}
+    return {
+        name: torch.cat([to_images(loaded, x) for x, _ in generate(loaded, num_images, solver, seed, device=device)])
+        .cpu()
+        .clamp(-1, 1)
+        for name, loaded in models.items()
+    }

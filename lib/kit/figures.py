@@ -11,13 +11,14 @@ Figures (lib/reference/paper_setup.md, "Figures to regenerate"): 1 Gaussian path
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import matplotlib.image as mpimg
-from matplotlib.ticker import NullFormatter
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 from torch import Tensor
 from torchvision.utils import make_grid
 
@@ -36,8 +37,18 @@ Rows = Sequence[Mapping[str, Any]]
 def trajectory_rows(label: str, trajectory: Tensor, times: Tensor, max_paths: int = 64) -> list[dict[str, Any]]:
     """2-D paths trajectory (T, B, 2) at times (T,) -> rows {paths, path, step, t, x, y} for the first paths."""
     traj = trajectory[:, :max_paths].detach().cpu()
-    return [{"paths": label, "path": b, "step": k, "t": float(times[k]), "x": float(traj[k, b, 0]),
-             "y": float(traj[k, b, 1])} for b in range(traj.shape[1]) for k in range(traj.shape[0])]
+    return [
+        {
+            "paths": label,
+            "path": b,
+            "step": k,
+            "t": float(times[k]),
+            "x": float(traj[k, b, 0]),
+            "y": float(traj[k, b, 1]),
+        }
+        for b in range(traj.shape[1])
+        for k in range(traj.shape[0])
+    ]
 
 
 def rows_to_trajectory(rows: Rows) -> tuple[Tensor, Tensor]:
@@ -52,14 +63,24 @@ def rows_to_trajectory(rows: Rows) -> tuple[Tensor, Tensor]:
     return trajectory, times
 
 
-def pairing_rows(panel: str, x: Tensor, z: Tensor, pairing: Tensor,
-                 highlight: Tensor | None = None) -> list[dict[str, Any]]:
+def pairing_rows(
+    panel: str, x: Tensor, z: Tensor, pairing: Tensor, highlight: Tensor | None = None
+) -> list[dict[str, Any]]:
     """Example i of x (N, 2) paired with noise z[pairing[i]] (z (M, 2)) -> rows {panel, example, x, y,
     noise_x, noise_y, highlight}: one straight conditional path each."""
     marked = set(highlight.tolist()) if highlight is not None else set()
-    return [{"panel": panel, "example": i, "x": float(x[i, 0]), "y": float(x[i, 1]),
-             "noise_x": float(z[pairing[i], 0]), "noise_y": float(z[pairing[i], 1]), "highlight": i in marked}
-            for i in range(len(x))]
+    return [
+        {
+            "panel": panel,
+            "example": i,
+            "x": float(x[i, 0]),
+            "y": float(x[i, 1]),
+            "noise_x": float(z[pairing[i], 0]),
+            "noise_y": float(z[pairing[i], 1]),
+            "highlight": i in marked,
+        }
+        for i in range(len(x))
+    ]
 
 
 def _truthy(value: object) -> bool:
@@ -112,11 +133,17 @@ def fig2_local_reassignment(rows: Rows) -> Figure:
 def _fid_lines(ax: Any, rows: Rows, style: dict[str, Any], suffix: str, colors: dict[str, str]) -> None:
     """FID against NFE, one line per method, the colour fixed per method across panels."""
     for method in dict.fromkeys(r["method"] for r in rows):
-        mine = sorted(_floats([r for r in _select(rows, "method", method) if r["nfe"]], "nfe", "fid"),
-                      key=lambda r: r["nfe"])
+        mine = sorted(
+            _floats([r for r in _select(rows, "method", method) if r["nfe"]], "nfe", "fid"), key=lambda r: r["nfe"]
+        )
         if mine:
-            line, = ax.plot([r["nfe"] for r in mine], [r["fid"] for r in mine], label=f"{method}{suffix}",
-                            color=colors.get(method), **style)
+            (line,) = ax.plot(
+                [r["nfe"] for r in mine],
+                [r["fid"] for r in mine],
+                label=f"{method}{suffix}",
+                color=colors.get(method),
+                **style,
+            )
             colors.setdefault(method, line.get_color())
 
 
@@ -127,7 +154,9 @@ def fig3_fid_vs_nfe(ours: Rows, paper: Rows, comparable: bool, title: str = "") 
     fig, axes = plots.figure(1 if comparable else 2, size=4.2)
     colors: dict[str, str] = {}
     _fid_lines(axes[0][0], ours, {"marker": "o"}, " (kit)", colors)
-    _fid_lines(axes[0][-1], [r for r in paper if r["method"] in colors], {"ls": "--", "marker": "x"}, " (paper)", colors)
+    _fid_lines(
+        axes[0][-1], [r for r in paper if r["method"] in colors], {"ls": "--", "marker": "x"}, " (paper)", colors
+    )
     for ax, label in zip(axes[0], ["kit and paper" if comparable else "kit (not comparable with the paper)", "paper"]):
         ax.set(xscale="log", xlabel="NFE (true network calls)", ylabel="FID", title=f"{title}: {label}")
         ax.xaxis.set_minor_formatter(NullFormatter())  # log axes over a short range crowd their minor labels
@@ -140,8 +169,15 @@ def fig3_fid_vs_nfe(ours: Rows, paper: Rows, comparable: bool, title: str = "") 
 def fig4_curvature(rows: Rows, group: str = "method", title: str = "") -> Figure:
     """Fig. 4: 1 - cos of consecutive velocities per Euler step, one line per ``group`` value."""
     fig, axes = plots.figure(1, size=4.2)
-    plots.draw_curves(axes[0][0], _floats(rows, "step", "curvature"), "step", "curvature", group,
-                      title or "curvature per Euler step", logy=True)
+    plots.draw_curves(
+        axes[0][0],
+        _floats(rows, "step", "curvature"),
+        "step",
+        "curvature",
+        group,
+        title or "curvature per Euler step",
+        logy=True,
+    )
     return fig
 
 
@@ -156,7 +192,9 @@ def fig5_polygon(pairings: Rows, sweep: Rows) -> Figure:
         plots.draw_pairing(ax, x, z, torch.arange(len(x)), title=panel)
     sweep = _floats(sweep, "batch_size", "final_cost", "global_optimum")
     ax = axes[0][-1]
-    ax.plot([r["batch_size"] for r in sweep], [r["final_cost"] for r in sweep], marker="o", label="minibatch re-pairing")
+    ax.plot(
+        [r["batch_size"] for r in sweep], [r["final_cost"] for r in sweep], marker="o", label="minibatch re-pairing"
+    )
     ax.axhline(sweep[0]["global_optimum"], ls="--", color="k", label="global optimum")
     ax.set(xlabel="minibatch size m", ylabel="mean pairing cost", title=f"n = {n} examples")
     ax.legend(fontsize=7)
@@ -170,11 +208,19 @@ def fig6_convergence(batch_sweep: Rows, size_sweep: Rows) -> Figure:
     fig, axes = plots.figure(2, 2, size=3.4)
     batch = _floats(batch_sweep, "epoch", "swaps", "gap")
     size = _floats(size_sweep, "epoch", "swaps_per_example", "gap")
-    plots.draw_curves(axes[0][0], [r for r in batch if r["epoch"] > 0], "epoch", "swaps", "batch_size",
-                      "swaps per epoch", logy=True)
+    plots.draw_curves(
+        axes[0][0], [r for r in batch if r["epoch"] > 0], "epoch", "swaps", "batch_size", "swaps per epoch", logy=True
+    )
     plots.draw_curves(axes[0][1], batch, "epoch", "gap", "batch_size", "gap to global optimum", logy=True)
-    plots.draw_curves(axes[1][0], [r for r in size if r["epoch"] > 0], "epoch", "swaps_per_example",
-                      "dataset_size", "swaps per example", logy=True)
+    plots.draw_curves(
+        axes[1][0],
+        [r for r in size if r["epoch"] > 0],
+        "epoch",
+        "swaps_per_example",
+        "dataset_size",
+        "swaps per example",
+        logy=True,
+    )
     plots.draw_curves(axes[1][1], size, "epoch", "gap", "dataset_size", "gap to global optimum", logy=True)
     fig.tight_layout()
     return fig
@@ -203,8 +249,12 @@ def fid_vs_nfe_figure(fid: Rows, curvature: Rows, features: str) -> Figure:
     for method in dict.fromkeys(r["method"] for r in fid):
         mine = [r for r in fid if r["method"] == method]
         axes[0][0].plot([r["nfe"] for r in mine], [r["fid"] for r in mine], marker="o", label=method)
-    axes[0][0].set(xscale="log", xlabel="NFE (true network calls)",
-                   ylabel=f"FID ({', '.join(protocols)}, {features} features)", title="FID vs NFE")
+    axes[0][0].set(
+        xscale="log",
+        xlabel="NFE (true network calls)",
+        ylabel=f"FID ({', '.join(protocols)}, {features} features)",
+        title="FID vs NFE",
+    )
     axes[0][0].legend(fontsize=6)
     plots.draw_curves(axes[0][1], curvature, "step", "curvature", "method", "curvature per Euler step", logy=True)
     fig.tight_layout()
@@ -236,8 +286,11 @@ def sample_grid_files(root: Path) -> dict[str, Path]:
         if found is None:
             continue
         for path in sorted(p for pattern in GRID_FILES for p in found[1].glob(pattern)):
-            grids[f"{notebook} {path.stem.removeprefix('samples_').removeprefix('sample_grids')} ({found[0]})"
-                  .replace("  ", " ")] = path
+            grids[
+                f"{notebook} {path.stem.removeprefix('samples_').removeprefix('sample_grids')} ({found[0]})".replace(
+                    "  ", " "
+                )
+            ] = path
     return grids
 
 
@@ -262,19 +315,32 @@ def redraw_paper_figures(root: Path) -> tuple[dict[str, tuple[Figure, str]], dic
             profile, tables = found  # type: ignore[misc]
             drawn[name] = (draw(*tables), f"{notebook}, {profile} profile")
 
-    add("fig1_gaussian_paths", "01_toy_couplings", _csv(root, "01_toy_couplings", "fig1_paths.csv"),
-        fig1_gaussian_paths)
-    add("fig2_local_reassignment", "01_toy_couplings", _csv(root, "01_toy_couplings", "fig2_pairing.csv"),
-        fig2_local_reassignment)
+    add(
+        "fig1_gaussian_paths", "01_toy_couplings", _csv(root, "01_toy_couplings", "fig1_paths.csv"), fig1_gaussian_paths
+    )
+    add(
+        "fig2_local_reassignment",
+        "01_toy_couplings",
+        _csv(root, "01_toy_couplings", "fig2_pairing.csv"),
+        fig2_local_reassignment,
+    )
     cifar_paper = [r for r in paper_results() if r["dataset"] == "cifar10" and r["table"] in ("1", "5")]
     fid = _csv(root, "05_cifar10", "fid_vs_paper.csv")
     comparable = fid is not None and all(is_comparable({**r, "profile": fid[0]}) for r in fid[1][0])
     add("fig3_fid_vs_nfe", "05_cifar10", fid, lambda ours: fig3_fid_vs_nfe(ours, cifar_paper, comparable, "CIFAR-10"))
     add("fig4_curvature", "05_cifar10", _csv(root, "05_cifar10", "curvature_per_step.csv"), fig4_curvature)
-    add("fig5_polygon_counterexample", "01_toy_couplings",
-        _csv(root, "01_toy_couplings", "fig5_polygon_pairings.csv", "fig5_polygon.csv"), fig5_polygon)
-    add("fig6_assignment_convergence", "02_assignment_convergence",
-        _csv(root, "02_assignment_convergence", "batch_size_sweep.csv", "dataset_size_sweep.csv"), fig6_convergence)
+    add(
+        "fig5_polygon_counterexample",
+        "01_toy_couplings",
+        _csv(root, "01_toy_couplings", "fig5_polygon_pairings.csv", "fig5_polygon.csv"),
+        fig5_polygon,
+    )
+    add(
+        "fig6_assignment_convergence",
+        "02_assignment_convergence",
+        _csv(root, "02_assignment_convergence", "batch_size_sweep.csv", "dataset_size_sweep.csv"),
+        fig6_convergence,
+    )
     grids = sample_grid_files(root)
     if grids:
         drawn["fig7_sample_grids"] = (fig7_sample_grids(grids), ", ".join(grids))

@@ -61,8 +61,14 @@ def lib_imports(path: Path) -> tuple[set[str], set[str]]:
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names if a.name == "lib" or a.name.startswith("lib.")]
-        elif isinstance(node, ast.ImportFrom) and node.module and (node.module == "lib" or node.module.startswith("lib.")):
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module for a in node.names]
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and (node.module == "lib" or node.module.startswith("lib."))
+        ):
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module for a in node.names
+            ]
         if names:
             (top if node in tree.body else nested).update(names)
     return top, nested
@@ -88,7 +94,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
         path.append(module)
         for target in sorted(edges.get(module, ())):
             if state.get(target) == 1:
-                found.append(path[path.index(target):] + [target])
+                found.append(path[path.index(target) :] + [target])
             elif target not in state:
                 visit(target)
         path.pop()
@@ -113,23 +119,27 @@ def violations() -> list[str]:
             continue
         for target in sorted((top | nested) - {name, "lib"}):
             if layer_of(target) > mine:
-                problems.append(f"{name} ({LAYERS[mine][0]}) imports {target} ({LAYERS[layer_of(target)][0]}), "
-                                "a higher layer")
+                problems.append(
+                    f"{name} ({LAYERS[mine][0]}) imports {target} ({LAYERS[layer_of(target)][0]}), a higher layer"
+                )
     problems += ["import cycle: " + " -> ".join(c) for c in cycles(graph())]
     return problems
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lib.kit.imports", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m lib.kit.imports", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--check", action="store_true", help="only check the rules; exit 1 naming what is broken")
     args = p.parse_args(argv)
     problems = violations()
     if not args.check:
         for name, targets in sorted(graph().items(), key=lambda item: (layer_of(item[0]), item[0])):
             print(f"{LAYERS[layer_of(name)][0]:11s} {name:32s} -> {', '.join(sorted(targets)) or '-'}")
-    print("\n".join(problems) if problems else "layers respected, no import inside a function, no cycle",
-          file=sys.stderr if problems else sys.stdout)
+    print(
+        "\n".join(problems) if problems else "layers respected, no import inside a function, no cycle",
+        file=sys.stderr if problems else sys.stdout,
+    )
     return 1 if problems else 0
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 from torch import Tensor
@@ -30,21 +30,35 @@ def draw_spacetime(ax: plt.Axes, trajectory: Tensor, times: Tensor, title: str =
     ax.set_title(title, fontsize=9)
 
 
-def draw_pairing(ax: plt.Axes, x: Tensor, z: Tensor, pairing: Tensor, highlight: Tensor | None = None,
-                 title: str = "") -> None:
+def draw_pairing(
+    ax: plt.Axes, x: Tensor, z: Tensor, pairing: Tensor, highlight: Tensor | None = None, title: str = ""
+) -> None:
     """Straight conditional paths z[pairing[i]] -> x[i]; x (N, 2), z (M, 2); ``highlight`` examples in orange."""
     marked = set(highlight.tolist()) if highlight is not None else set()
     for i in range(len(x)):
         zi = z[pairing[i]]
-        ax.plot([zi[0], x[i, 0]], [zi[1], x[i, 1]], color="tab:orange" if i in marked else "0.7",
-                lw=1.4 if i in marked else 0.7, zorder=2 if i in marked else 1)
+        ax.plot(
+            [zi[0], x[i, 0]],
+            [zi[1], x[i, 1]],
+            color="tab:orange" if i in marked else "0.7",
+            lw=1.4 if i in marked else 0.7,
+            zorder=2 if i in marked else 1,
+        )
     ax.scatter(z[:, 0], z[:, 1], s=8, color="tab:blue", zorder=3, label="noise")
     ax.scatter(x[:, 0], x[:, 1], s=8, color="tab:red", zorder=3, label="data")
     _square(ax, title)
 
 
-def draw_curves(ax: plt.Axes, rows: Sequence[Mapping[str, object]], x: str, y: str, group: str,
-                title: str = "", logy: bool = False, groups: Iterable[object] | None = None) -> None:
+def draw_curves(
+    ax: plt.Axes,
+    rows: Sequence[Mapping[str, object]],
+    x: str,
+    y: str,
+    group: str,
+    title: str = "",
+    logy: bool = False,
+    groups: Iterable[object] | None = None,
+) -> None:
     """Line plot of rows[y] against rows[x], one line per value of rows[group]."""
     for value in groups if groups is not None else dict.fromkeys(r[group] for r in rows):
         sel = [r for r in rows if r[group] == value]

@@ -41,8 +41,10 @@ def _wall_time(results: Path, profile: str, notebook: str) -> str:
 
 def notebook_index(results: Path) -> str:
     """The index table: notebook, paper items, what it shows, device, quick and paper runtimes."""
-    lines = ["| notebook | paper | what it shows | paper-profile device | quick run (measured) | paper run |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| notebook | paper | what it shows | paper-profile device | quick run (measured) | paper run |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in notebooks_on_disk():
         if name not in NOTEBOOKS:
             raise KeyError(f"notebook {name} has no entry in lib.kit.notebooks.NOTEBOOKS; add one")
@@ -59,8 +61,10 @@ def results_section(results: Path) -> str:
     if not path.is_file():
         return "No results yet: run `make reproduce` (notebook 10 writes results/tables.md)."
     rows = read_table(path)
-    parts = ["Generated from [results/tables.md](results/tables.md) (full tables, protocols and provenance). "
-             "Quick-profile values test the pipeline on fabricated data and are never compared with the paper."]
+    parts = [
+        "Generated from [results/tables.md](results/tables.md) (full tables, protocols and provenance). "
+        "Quick-profile values test the pipeline on fabricated data and are never compared with the paper."
+    ]
     for (table, dataset), title in TABLES.items():
         mine = [r for r in rows if r["table"] == table and r["dataset"] == dataset]
         measured = [r for r in mine if r["status"] != "not run yet"]
@@ -68,9 +72,11 @@ def results_section(results: Path) -> str:
         paper_numbers = {key(r) for r in mine if r["paper_fid"]}
         compared = {key(r) for r in mine if r["paper_fid"] and r["status"] == "paper profile"}
         quick_only = {key(r) for r in mine if r["paper_fid"] and r["profile"] == "quick"} - compared
-        parts.append(f"- **{title}**: {len(paper_numbers)} paper numbers: {len(compared)} matched by a paper-profile "
-                     f"run, {len(quick_only)} by a quick-profile run only; {len(measured)} kit rows in all "
-                     f"({', '.join(sorted({r['profile'] for r in measured})) or 'none'}).")
+        parts.append(
+            f"- **{title}**: {len(paper_numbers)} paper numbers: {len(compared)} matched by a paper-profile "
+            f"run, {len(quick_only)} by a quick-profile run only; {len(measured)} kit rows in all "
+            f"({', '.join(sorted({r['profile'] for r in measured})) or 'none'})."
+        )
     return "\n".join(parts)
 
 
@@ -81,28 +87,46 @@ def quick_total(results: Path) -> str:
         return "No quick run is recorded yet."
     minutes = sum(float(r["wall_time_s"]) for r in runs) / 60
     cores = sorted({str(r["device"].get("cpu_count", "?")) for r in runs})
-    return (f"The last `make reproduce` (results/quick/*/run.json) spent {minutes:.0f} minutes in its {len(runs)} "
-            f"notebooks on {'/'.join(cores)} CPU cores.")
+    return (
+        f"The last `make reproduce` (results/quick/*/run.json) spent {minutes:.0f} minutes in its {len(runs)} "
+        f"notebooks on {'/'.join(cores)} CPU cores."
+    )
 
 
 # What the quick run should print: (notebook, JSON file it writes, sentence filled from that file as ``r``).
 HEADLINES: tuple[tuple[str, str, str], ...] = (
-    ("02_assignment_convergence", "headline_digits.json",
-     "digits ({r[examples]} examples, batch {r[batch_size]}, {r[epochs]} epochs): LOOM's pairing cost is "
-     "**{r[loom_gap]:.2%}** above the exact global optimum; the pairs minibatch OT trains on are {r[minibatch_ot_gap]:.2%} "
-     "above it, independent pairs {r[independent_gap]:.2%}."),
-    ("02_assignment_convergence", "coupling_cost.json",
-     "one coupling step at batch {r[batch_size]} with 3x32x32 examples and a {r[num_examples]}-row seed table costs "
-     "{r[loom_over_independent]:.2f}x an independent step and {r[loom_over_minibatch_ot]:.2f}x a minibatch OT step on "
-     "the CPU; one noise file per example would cost {r[file_per_example_over_loom]:.0f}x LOOM."),
-    ("03_toy_generation", "one_step_w2.json",
-     "one Euler step (NFE 1) on 8 Gaussians gives W2 {r[8gaussians][independent]:.2f} (I-CFM), "
-     "{r[8gaussians][minibatch_ot]:.2f} (minibatch OT), {r[8gaussians][loom]:.2f} (LOOM)."),
-    ("04_digits", "claims.json",
-     "at {r[solver]} the digits Frechet distance is {r[fd_independent]:.1f} (I-CFM), {r[fd_minibatch_ot]:.1f} "
-     "(w/o saving local reassignments), {r[fd_loom]:.1f} (LOOM-CFM); the notebook prints where the paper's order holds."),
-    ("04_digits", "step_time_ratio.json",
-     "an MLP training step with LOOM costs {r[loom_over_independent]:.2f}x an independent one."),
+    (
+        "02_assignment_convergence",
+        "headline_digits.json",
+        "digits ({r[examples]} examples, batch {r[batch_size]}, {r[epochs]} epochs): LOOM's pairing cost is "
+        "**{r[loom_gap]:.2%}** above the exact global optimum; the pairs minibatch OT trains on are "
+        "{r[minibatch_ot_gap]:.2%} above it, independent pairs {r[independent_gap]:.2%}.",
+    ),
+    (
+        "02_assignment_convergence",
+        "coupling_cost.json",
+        "one coupling step at batch {r[batch_size]} with 3x32x32 examples and a {r[num_examples]}-row seed table costs "
+        "{r[loom_over_independent]:.2f}x an independent step and {r[loom_over_minibatch_ot]:.2f}x a minibatch OT step "
+        "on the CPU; one noise file per example would cost {r[file_per_example_over_loom]:.0f}x LOOM.",
+    ),
+    (
+        "03_toy_generation",
+        "one_step_w2.json",
+        "one Euler step (NFE 1) on 8 Gaussians gives W2 {r[8gaussians][independent]:.2f} (I-CFM), "
+        "{r[8gaussians][minibatch_ot]:.2f} (minibatch OT), {r[8gaussians][loom]:.2f} (LOOM).",
+    ),
+    (
+        "04_digits",
+        "claims.json",
+        "at {r[solver]} the digits Frechet distance is {r[fd_independent]:.1f} (I-CFM), {r[fd_minibatch_ot]:.1f} "
+        "(w/o saving local reassignments), {r[fd_loom]:.1f} (LOOM-CFM); the notebook prints where the paper's order "
+        "holds.",
+    ),
+    (
+        "04_digits",
+        "step_time_ratio.json",
+        "an MLP training step with LOOM costs {r[loom_over_independent]:.2f}x an independent one.",
+    ),
     ("09_performance", "conclusion.json", "{r[text]}"),
 )
 
@@ -117,7 +141,12 @@ def headlines(results: Path) -> str:
     return "\n".join(lines)
 
 
-SECTION_BUILDERS = {"quick-total": quick_total, "headlines": headlines, "notebook-index": notebook_index, "results": results_section}
+SECTION_BUILDERS = {
+    "quick-total": quick_total,
+    "headlines": headlines,
+    "notebook-index": notebook_index,
+    "results": results_section,
+}
 
 
 def render(text: str, results: Path) -> str:
@@ -126,13 +155,15 @@ def render(text: str, results: Path) -> str:
         pattern = re.compile(rf"(<!-- {name}:start -->\n)(?:.*?\n)?(<!-- {name}:end -->)", re.S)
         if not pattern.search(text):
             raise ValueError(f"README has no '<!-- {name}:start -->' ... '<!-- {name}:end -->' markers")
-        text = pattern.sub(lambda m: m.group(1) + build(results) + "\n" + m.group(2), text)
+        section = build(results)
+        text = pattern.sub(lambda m, section=section: m.group(1) + section + "\n" + m.group(2), text)
     return text
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lib.kit.readme", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m lib.kit.readme", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--check", action="store_true", help="only check that README.md is current (exit 1 if not)")
     p.add_argument("--results", type=Path, default=RESULTS, help="results root (default: <repo>/results)")
     args = p.parse_args(argv)

@@ -65,8 +65,7 @@ def check_parameters(path: Path, parameters: dict[str, Any]) -> None:
         )
 
 
-def run_notebook(name: str, parameters: dict[str, Any], results_dir: str | Path = "",
-                 progress: bool = False) -> Path:
+def run_notebook(name: str, parameters: dict[str, Any], results_dir: str | Path = "", progress: bool = False) -> Path:
     """Execute one notebook with ``parameters``; return the executed copy's path.
 
     The copy is saved in the notebook's results folder, results/<profile>/<name>/<name>.ipynb.
@@ -79,8 +78,14 @@ def run_notebook(name: str, parameters: dict[str, Any], results_dir: str | Path 
     output = root / profile / name / f"{name}.ipynb"
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
-        papermill.execute_notebook(str(path), str(output), parameters=parameters, cwd=str(NOTEBOOKS_DIR),
-                                   progress_bar=progress, kernel_name="python3")
+        papermill.execute_notebook(
+            str(path),
+            str(output),
+            parameters=parameters,
+            cwd=str(NOTEBOOKS_DIR),
+            progress_bar=progress,
+            kernel_name="python3",
+        )
     except papermill.PapermillExecutionError as err:
         raise NotebookFailed(
             f"notebook {name} failed in cell {err.cell_index} (execution count {err.exec_count}): "
@@ -100,8 +105,9 @@ def select(notebooks: dict[str, dict[str, Any]], only: list[str] | None) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lib.kit.reproduce", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m lib.kit.reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--profile", default="quick", help=f"one of {profile_names()} (default quick)")
     parser.add_argument("--only", nargs="*", help="notebook names or number prefixes, e.g. 01 03")
     parser.add_argument("--results-dir", default="", help="results root (default: <repo>/results)")

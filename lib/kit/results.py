@@ -14,17 +14,29 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from lib import REPO_ROOT
 
-PACKAGES = ("torch", "torchvision", "numpy", "scipy", "torchdiffeq", "clean-fid", "scikit-learn", "h5py",
-            "matplotlib", "papermill", "diffusers")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "scipy",
+    "torchdiffeq",
+    "clean-fid",
+    "scikit-learn",
+    "h5py",
+    "matplotlib",
+    "papermill",
+    "diffusers",
+)
 PARAMETER_TYPES = (bool, int, float, str, type(None), list, tuple, dict)
 
 
@@ -35,15 +47,17 @@ def results_root(root: str | os.PathLike[str] = "") -> Path:
 
 def collect_parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
     """The UPPER_CASE literals of a notebook's namespace (its parameters cell, after injection)."""
-    return {k: v for k, v in namespace.items()
-            if k.isupper() and not k.startswith("_") and isinstance(v, PARAMETER_TYPES)}
+    return {
+        k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_") and isinstance(v, PARAMETER_TYPES)
+    }
 
 
 def git_commit() -> str:
     """The checkout's commit, with '+dirty' when tracked files differ from it; 'unknown' outside git."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+
     try:
         commit = git("rev-parse", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no", "--", "lib", "notebooks")
@@ -65,8 +79,13 @@ def package_versions() -> dict[str, str]:
 
 def device_description() -> dict[str, Any]:
     """Where the run computed ("cpu" or "cuda"), CPU model and thread count, and the GPU name if there is one."""
-    info: dict[str, Any] = {"device": "cuda" if torch.cuda.is_available() else "cpu", "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    info: dict[str, Any] = {
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(0)
         info["cuda_device_count"] = torch.cuda.device_count()
@@ -112,16 +131,25 @@ class Run:
         """Save a matplotlib figure as ``<name>.png`` and ``<name>.pdf``."""
         paths = [self.path(f"{name}.{ext}") for ext in ("png", "pdf")]
         for p in paths:
-            fig.savefig(p, bbox_inches="tight", dpi=150, metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
+            fig.savefig(
+                p, bbox_inches="tight", dpi=150, metadata={"CreationDate": None} if p.suffix == ".pdf" else None
+            )
         return paths
 
     def provenance(self) -> dict[str, Any]:
         """Everything needed to say where this folder's numbers came from."""
-        return {"notebook": self.notebook, "profile": self.profile, "parameters": self.parameters,
-                "seed": self.seed, "git_commit": git_commit(), "versions": package_versions(),
-                "device": device_description(),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
-                "wall_time_s": round(time.time() - self.started, 2), "files": sorted(set(self.files))}
+        return {
+            "notebook": self.notebook,
+            "profile": self.profile,
+            "parameters": self.parameters,
+            "seed": self.seed,
+            "git_commit": git_commit(),
+            "versions": package_versions(),
+            "device": device_description(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
+            "wall_time_s": round(time.time() - self.started, 2),
+            "files": sorted(set(self.files)),
+        }
 
     def finish(self) -> Path:
         """Write ``run.json``; returns its path."""
@@ -143,9 +171,20 @@ def start_run(notebook: str, parameters: Mapping[str, Any], quiet: bool = False)
     directory.mkdir(parents=True, exist_ok=True)
     run = Run(notebook=notebook, profile=profile, parameters=params, seed=seed, directory=directory)
     if not quiet:
-        print(json.dumps({"notebook": notebook, "profile": profile, "results": str(directory),
-                          "parameters": params, "versions": package_versions(),
-                          "device": device_description()}, indent=1, default=str))
+        print(
+            json.dumps(
+                {
+                    "notebook": notebook,
+                    "profile": profile,
+                    "results": str(directory),
+                    "parameters": params,
+                    "versions": package_versions(),
+                    "device": device_description(),
+                },
+                indent=1,
+                default=str,
+            )
+        )
     return run
 
 

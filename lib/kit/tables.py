@@ -19,10 +19,10 @@ matched to the paper's rows (lib/reference/paper_results.csv) on dataset, method
 
 from __future__ import annotations
 
-import csv
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from lib import REPO_ROOT
 from lib.fid import PAPER_PROTOCOL
@@ -49,9 +49,12 @@ def fid_protocol(row: Mapping[str, Any]) -> str:
 
 def is_comparable(row: Mapping[str, Any]) -> bool:
     """A kit FID may be set against the paper's: paper profile, the paper's protocol and Inception features."""
-    return row["profile"] == "paper" and fid_protocol(row) == PAPER_PROTOCOL \
-        and "inception" in str(row.get("feature_extractor", "")).lower() \
+    return (
+        row["profile"] == "paper"
+        and fid_protocol(row) == PAPER_PROTOCOL
+        and "inception" in str(row.get("feature_extractor", "")).lower()
         and "not_inception" not in str(row.get("feature_extractor", ""))
+    )
 
 
 def _status(kit: Mapping[str, Any]) -> str:
@@ -75,41 +78,66 @@ def kit_rows(root: Path) -> list[dict[str, Any]]:
             run = json.loads((folder / "run.json").read_text())
             for row in read_table(folder / source.fid_table):
                 dataset = row.get("dataset") or source.fid_dataset
-                rows.append({**row, "dataset": paper_dataset(dataset), "profile": profile,
-                             "notebook": notebook, "git_commit": run.get("git_commit", "unknown")})
+                rows.append(
+                    {
+                        **row,
+                        "dataset": paper_dataset(dataset),
+                        "profile": profile,
+                        "notebook": notebook,
+                        "git_commit": run.get("git_commit", "unknown"),
+                    }
+                )
     return rows
 
 
 def matches(paper: Mapping[str, str], kit: Mapping[str, Any]) -> bool:
     """Same dataset and method, and the same setting (lib.paper.same_setting: solver family at the same NFE)."""
-    return paper["dataset"] == kit["dataset"] and paper["method"] == kit["method"] \
+    return (
+        paper["dataset"] == kit["dataset"]
+        and paper["method"] == kit["method"]
         and same_setting(paper, kit["solver"], kit["nfe"])
+    )
 
 
 def protocol(kit: Mapping[str, Any]) -> str:
     """The FID protocol of a kit row in a few words (paths relative to the repository)."""
     reference = str(kit.get("reference", "?")).replace(f"{REPO_ROOT}/", "")
-    return (f"{fid_protocol(kit)}: {kit.get('library', '?')} {kit.get('mode', '')}, "
-            f"{kit.get('feature_extractor', '?')}, {kit.get('num_generated', '?')} vs {reference}")
+    return (
+        f"{fid_protocol(kit)}: {kit.get('library', '?')} {kit.get('mode', '')}, "
+        f"{kit.get('feature_extractor', '?')}, {kit.get('num_generated', '?')} vs {reference}"
+    )
 
 
 def joined_row(table: str, paper: Mapping[str, str] | None, kit: Mapping[str, Any] | None) -> dict[str, Any]:
     """One output row: the paper's number, the kit's, their difference where comparable, and provenance."""
     source = paper or {}
     row: dict[str, Any] = {
-        "table": table, "dataset": (paper or kit or {})["dataset"], "method": (paper or kit or {})["method"],
-        "solver": source.get("solver", ""), "paper_nfe": source.get("nfe", ""), "paper_fid": source.get("fid", ""),
+        "table": table,
+        "dataset": (paper or kit or {})["dataset"],
+        "method": (paper or kit or {})["method"],
+        "solver": source.get("solver", ""),
+        "paper_nfe": source.get("nfe", ""),
+        "paper_fid": source.get("fid", ""),
         "paper_provenance": source.get("provenance", ""),
     }
     if kit is None:
         return {**row, "status": "not run yet"}
     difference = float(kit["fid"]) - float(paper["fid"]) if is_comparable(kit) and paper else ""
-    return {**row, "status": _status(kit), "kit_solver": kit["solver"], "kit_nfe": float(kit["nfe"]),
-            "kit_steps_accepted": _steps(kit, "solver_steps_accepted"),
-            "kit_steps_attempted": _steps(kit, "solver_steps_attempted"),
-            "kit_fid": float(kit["fid"]), "difference": difference, "profile": kit["profile"],
-            "notebook": kit["notebook"], "checkpoint_kind": kit.get("kind", ""), "protocol": protocol(kit),
-            "git_commit": kit["git_commit"]}
+    return {
+        **row,
+        "status": _status(kit),
+        "kit_solver": kit["solver"],
+        "kit_nfe": float(kit["nfe"]),
+        "kit_steps_accepted": _steps(kit, "solver_steps_accepted"),
+        "kit_steps_attempted": _steps(kit, "solver_steps_attempted"),
+        "kit_fid": float(kit["fid"]),
+        "difference": difference,
+        "profile": kit["profile"],
+        "notebook": kit["notebook"],
+        "checkpoint_kind": kit.get("kind", ""),
+        "protocol": protocol(kit),
+        "git_commit": kit["git_commit"],
+    }
 
 
 def _steps(kit: Mapping[str, Any], column: str) -> float | str:
@@ -138,8 +166,12 @@ def comparison(root: Path) -> list[dict[str, Any]]:
         rows += [joined_row(p["table"], p, kit[i]) for i in hits] or [joined_row(p["table"], p, None)]
     for i, k in enumerate(kit):
         if i not in used:
-            rows.append({**joined_row(table_of(k["dataset"], k["method"], paper), None, k),
-                         "solver": str(k["solver"]).split("-")[0]})
+            rows.append(
+                {
+                    **joined_row(table_of(k["dataset"], k["method"], paper), None, k),
+                    "solver": str(k["solver"]).split("-")[0],
+                }
+            )
     return sorted(rows, key=lambda r: (r["table"], r["dataset"]))  # stable: paper order within a table
 
 
@@ -159,8 +191,15 @@ def _number(value: Any, digits: int = 2) -> str:
 def _kit_cell(row: Mapping[str, Any]) -> str:
     if row["status"] == "not run yet":
         return "not run yet"
-    label = ("" if row["status"] == "paper profile" else " (quick)" if row["profile"] == "quick"
-             else " (other protocol)" if "not the paper's protocol" in row["status"] else " (not Inception)")
+    label = (
+        ""
+        if row["status"] == "paper profile"
+        else " (quick)"
+        if row["profile"] == "quick"
+        else " (other protocol)"
+        if "not the paper's protocol" in row["status"]
+        else " (not Inception)"
+    )
     return f"{row['kit_fid']:.3g}{label}"
 
 
@@ -173,44 +212,69 @@ def _steps_cell(row: Mapping[str, Any]) -> str:
 def markdown_table(rows: Iterable[Mapping[str, Any]]) -> str:
     """One paper table as markdown: paper value and provenance, kit value, profile, source, true NFE, solver
     steps, difference."""
-    lines = ["| method | solver | paper NFE | paper FID | provenance | kit FID | kit NFE (true) | "
-             "kit solver steps (accepted / attempted) | kit - paper | profile | source | FID protocol |",
-             "|" + "---|" * 12]
+    lines = [
+        "| method | solver | paper NFE | paper FID | provenance | kit FID | kit NFE (true) | "
+        "kit solver steps (accepted / attempted) | kit - paper | profile | source | FID protocol |",
+        "|" + "---|" * 12,
+    ]
     for r in rows:
-        lines.append(" | ".join([
-            f"| {r['method']}", str(r["solver"]), str(r["paper_nfe"]) or "-", str(r["paper_fid"]) or "-",
-            str(r["paper_provenance"]) or "kit only", _kit_cell(r), _number(r.get("kit_nfe", "-"), 0),
-            _steps_cell(r), _number(r.get("difference", "")) or "-", str(r.get("profile", "-")),
-            f"{r['notebook']} ({r['checkpoint_kind']})" if r.get("notebook") else "-",
-            str(r.get("protocol", "-"))]) + " |")
+        lines.append(
+            " | ".join(
+                [
+                    f"| {r['method']}",
+                    str(r["solver"]),
+                    str(r["paper_nfe"]) or "-",
+                    str(r["paper_fid"]) or "-",
+                    str(r["paper_provenance"]) or "kit only",
+                    _kit_cell(r),
+                    _number(r.get("kit_nfe", "-"), 0),
+                    _steps_cell(r),
+                    _number(r.get("difference", "")) or "-",
+                    str(r.get("profile", "-")),
+                    f"{r['notebook']} ({r['checkpoint_kind']})" if r.get("notebook") else "-",
+                    str(r.get("protocol", "-")),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def summary_line(rows: list[Mapping[str, Any]]) -> str:
     """How many paper numbers have a comparable kit number, a quick-profile one, or none yet (a paper number
     may have several kit rows: an own run and a release)."""
+
     def numbers(status: str | None = None, profile: str | None = None) -> set[tuple[str, str, str]]:
-        return {(r["method"], r["solver"], r["paper_nfe"]) for r in rows if r["paper_fid"] != ""
-                and (status is None or r["status"] == status) and (profile is None or r.get("profile") == profile)}
+        return {
+            (r["method"], r["solver"], r["paper_nfe"])
+            for r in rows
+            if r["paper_fid"] != ""
+            and (status is None or r["status"] == status)
+            and (profile is None or r.get("profile") == profile)
+        }
 
     compared = numbers(status="paper profile")
     quick = numbers(profile="quick") - compared
     missing = numbers(status="not run yet")
-    return (f"{len(numbers())} paper numbers: {len(compared)} matched by a paper-profile kit run, {len(quick)} by a "
-            f"quick-profile run only (not comparable), {len(missing)} not run yet.")
+    return (
+        f"{len(numbers())} paper numbers: {len(compared)} matched by a paper-profile kit run, {len(quick)} by a "
+        f"quick-profile run only (not comparable), {len(missing)} not run yet."
+    )
 
 
 def markdown(rows: list[Mapping[str, Any]]) -> str:
     """results/tables.md: every table with its summary line. Generated; never edit by hand."""
-    parts = ["# The paper's tables beside the kit's numbers",
-             "",
-             "Generated by notebooks/10_paper_tables.ipynb from results/ (never edit by hand). The paper's FIDs use "
-             f"torcheval's Inception against test/validation images ({PAPER_PROTOCOL}); a kit number is compared "
-             "with them only under that protocol, and the protocol column names each kit number's. "
-             "Quick-profile numbers come from fabricated data, tiny models and usually random features: they show "
-             "that the pipeline runs and are never compared with the paper. `kit NFE` counts true network calls; "
-             "the solver steps are per batch (the paper's adaptive NFE may count steps; lib.solvers gives "
-             "the relation)."]
+    parts = [
+        "# The paper's tables beside the kit's numbers",
+        "",
+        "Generated by notebooks/10_paper_tables.ipynb from results/ (never edit by hand). The paper's FIDs use "
+        f"torcheval's Inception against test/validation images ({PAPER_PROTOCOL}); a kit number is compared "
+        "with them only under that protocol, and the protocol column names each kit number's. "
+        "Quick-profile numbers come from fabricated data, tiny models and usually random features: they show "
+        "that the pipeline runs and are never compared with the paper. `kit NFE` counts true network calls; "
+        "the solver steps are per batch (the paper's adaptive NFE may count steps; lib.solvers gives "
+        "the relation).",
+    ]
     for (table, dataset), title in TABLES.items():
         mine = [r for r in rows if r["table"] == table and r["dataset"] == dataset]
         parts += ["", f"## {title}", "", summary_line(mine), "", markdown_table(mine)]

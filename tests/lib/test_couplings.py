@@ -1,12 +1,20 @@
 """Invariants of the couplings: permutations, monotone LOOM cost, seed multiset, exactness."""
 
-import numpy as np
 import pytest
 import torch
 
 from lib.couplings import (
-    SEED_HIGH, IndependentCoupling, LoomCoupling, MinibatchOTCoupling, _fresh_noise, cost_matrix, epoch_batches,
-    exact_assignment, make_coupling, noise_from_seeds, total_pairing_cost,
+    SEED_HIGH,
+    IndependentCoupling,
+    LoomCoupling,
+    MinibatchOTCoupling,
+    _fresh_noise,
+    cost_matrix,
+    epoch_batches,
+    exact_assignment,
+    make_coupling,
+    noise_from_seeds,
+    total_pairing_cost,
 )
 from lib.metrics import exact_ot_cost
 
@@ -20,6 +28,7 @@ def test_exact_assignment_is_a_permutation_and_optimal_on_small_case():
     perm = exact_assignment(costs)
     assert sorted(perm.tolist()) == list(range(7))
     import itertools
+
     best = min(sum(costs[i, p[i]].item() for i in range(7)) for p in itertools.permutations(range(7)))
     assert sum(costs[i, perm[i]].item() for i in range(7)) == pytest.approx(best, rel=1e-6)
 
@@ -137,15 +146,18 @@ def test_cost_option_changes_the_matrix():
     assert torch.allclose(cost_matrix(x, z, "sqeuclidean"), cost_matrix(x, z, "l2") ** 2, rtol=1e-5)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (lambda: make_coupling("sinkhorn", 4), "unknown coupling 'sinkhorn'"),
-    (lambda: make_coupling("loom", 4, cost="l1"), "unknown cost 'l1'"),
-    (lambda: LoomCoupling(8)(data(4), torch.arange(3)), "index must have shape"),
-    (lambda: LoomCoupling(8)(data(4), torch.tensor([0, 1, 1, 2])), "repeats an example index"),
-    (lambda: LoomCoupling(8)(data(4), torch.arange(6, 10)), "out of range"),
-    (lambda: LoomCoupling(8).load_state_dict(LoomCoupling(9).state_dict()), "seed table in the state"),
-    (lambda: LoomCoupling(8).load_state_dict(IndependentCoupling().state_dict()), "coupling state is for"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (lambda: make_coupling("sinkhorn", 4), "unknown coupling 'sinkhorn'"),
+        (lambda: make_coupling("loom", 4, cost="l1"), "unknown cost 'l1'"),
+        (lambda: LoomCoupling(8)(data(4), torch.arange(3)), "index must have shape"),
+        (lambda: LoomCoupling(8)(data(4), torch.tensor([0, 1, 1, 2])), "repeats an example index"),
+        (lambda: LoomCoupling(8)(data(4), torch.arange(6, 10)), "out of range"),
+        (lambda: LoomCoupling(8).load_state_dict(LoomCoupling(9).state_dict()), "seed table in the state"),
+        (lambda: LoomCoupling(8).load_state_dict(IndependentCoupling().state_dict()), "coupling state is for"),
+    ],
+)
 def test_bad_input_names_the_problem(bad, message):
     with pytest.raises(ValueError, match=message):
         bad()

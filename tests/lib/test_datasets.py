@@ -13,8 +13,20 @@ from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from lib.datasets import (
-    CIFAR10Images, DatasetFormatError, DigitsImages, HDF5Images, ImageFiles, ImageFolderImages, TensorImages,
-    collate_indexed, make_dataset, read_cifar10, to_uint8, uint8_to_unit, write_hdf5_images, write_hdf5_latents,
+    CIFAR10Images,
+    DatasetFormatError,
+    DigitsImages,
+    HDF5Images,
+    ImageFiles,
+    ImageFolderImages,
+    TensorImages,
+    collate_indexed,
+    make_dataset,
+    read_cifar10,
+    to_uint8,
+    uint8_to_unit,
+    write_hdf5_images,
+    write_hdf5_latents,
 )
 from lib.fabricate import write_fake_cifar10
 from lib.toy import digits_split_indices
@@ -321,14 +333,18 @@ BAD_HDF5 = {
     "not_hdf5": (lambda p: (p.write_text("just text\n"), p)[1], "not a readable HDF5 file"),
     "truncated": (_truncated, "not a readable HDF5 file"),
     "no_images": (lambda p: _write_raw(p, pixels=np.zeros((2, 3, 8, 8), np.uint8)), "neither an 'images' nor"),
-    "both_keys": (lambda p: _write_raw(p, images=np.zeros((2, 3, 8, 8), np.uint8),
-                                       latents=np.zeros((2, 4, 2, 2), np.float32)), "both 'images' and 'latents'"),
+    "both_keys": (
+        lambda p: _write_raw(p, images=np.zeros((2, 3, 8, 8), np.uint8), latents=np.zeros((2, 4, 2, 2), np.float32)),
+        "both 'images' and 'latents'",
+    ),
     "wrong_ndim": (lambda p: _write_raw(p, images=np.zeros((2, 8, 8), np.uint8)), "must be 4-D"),
     "wrong_dtype": (lambda p: _write_raw(p, images=np.zeros((2, 3, 8, 8), np.float32)), "must be uint8"),
     "wrong_latent_dtype": (lambda p: _write_raw(p, latents=np.zeros((2, 4, 8, 8), np.float64)), "must be float32"),
     "no_scale": (lambda p: _write_raw(p, latents=np.zeros((2, 4, 8, 8), np.float32)), "lacks the 'scale'"),
-    "bad_labels": (lambda p: _write_raw(p, images=np.zeros((2, 3, 8, 8), np.uint8), labels=np.zeros(3, np.int64)),
-                   "'labels' must be int64"),
+    "bad_labels": (
+        lambda p: _write_raw(p, images=np.zeros((2, 3, 8, 8), np.uint8), labels=np.zeros(3, np.int64)),
+        "'labels' must be int64",
+    ),
     "wrong_resolution": (lambda p: write_hdf5_images(p, random_uint8(2, h=4, w=4)), "expected resolution 8x8"),
 }
 
@@ -363,16 +379,3 @@ def test_writers_reject_wrong_inputs_and_leave_no_file(tmp_path):
     with pytest.raises(ValueError, match="scale"):
         write_hdf5_latents(tmp_path / "z.h5", torch.zeros(2, 4, 2, 2), scale=0.0)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_data_prep_cifar10_verifies_the_on_disk_format(tmp_path, capsys):
-    """data_prep/cifar10.py --offline accepts a copy in the official format and refuses a missing one."""
-    from data_prep import cifar10 as prep
-
-    assert prep.main(["--root", str(tmp_path / "missing"), "--offline"]) == 1
-    assert "Fix: run" in capsys.readouterr().err
-    write_fake_cifar10(tmp_path, num_train=50, num_test=10)
-    assert prep.main(["--root", str(tmp_path), "--offline"]) == 1  # not the official sizes
-    assert "expected 50000" in capsys.readouterr().err
-    assert prep.main(["--root", str(tmp_path), "--offline", "--allow-subset"]) == 0
-    assert "{'train': 50, 'test': 10}" in capsys.readouterr().out

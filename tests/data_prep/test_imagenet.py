@@ -15,7 +15,16 @@ from lib.fabricate import write_fake_imagenet
 
 def test_npz_batches_become_shards_in_order_and_resume(tmp_path: Path) -> None:
     images, labels = write_fake_imagenet(tmp_path / "src", [7, 5, 9, 3, 2, 2, 2, 2, 2, 4])  # batch_10 sorts last
-    argv = ["--source", str(tmp_path / "src"), "--resolution", "32", "--out", str(tmp_path / "out"), "--shard-size", "10"]
+    argv = [
+        "--source",
+        str(tmp_path / "src"),
+        "--resolution",
+        "32",
+        "--out",
+        str(tmp_path / "out"),
+        "--shard-size",
+        "10",
+    ]
     assert prep.main(argv) == 0
     shards = sorted((tmp_path / "out" / "train").glob("*.h5"))
     assert [p.name for p in shards] == [f"imagenet32_train_{k:05d}.h5" for k in range(4)]

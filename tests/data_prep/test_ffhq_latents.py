@@ -32,8 +32,25 @@ def faces(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def run(faces: tuple[Path, Path], out: Path, *extra: str) -> int:
     images, ae = faces
-    return prep.main(["--source", str(images), "--out", str(out), "--autoencoder", str(ae), "--resolution", str(RES),
-                      "--batch-size", "3", "--shard-size", "4", "--device", "cpu", *extra])
+    return prep.main(
+        [
+            "--source",
+            str(images),
+            "--out",
+            str(out),
+            "--autoencoder",
+            str(ae),
+            "--resolution",
+            str(RES),
+            "--batch-size",
+            "3",
+            "--shard-size",
+            "4",
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    )
 
 
 def read_shards(out: Path) -> dict[str, tuple[np.ndarray, dict]]:
@@ -69,8 +86,9 @@ def test_layout_scale_and_encoded_flips(faces: tuple[Path, Path], tmp_path: Path
         HDF5Images(tmp_path / "out", flip=True)
 
 
-def test_resume_after_interruption_gives_identical_shards(faces: tuple[Path, Path], tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_after_interruption_gives_identical_shards(
+    faces: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert run(faces, tmp_path / "straight") == 0
     read, calls = prep.read_image, []
 
@@ -110,8 +128,24 @@ def test_bad_inputs_name_the_problem(faces: tuple[Path, Path], tmp_path: Path, c
 
 def test_train_sample_and_evaluate_decode_the_latents(faces: tuple[Path, Path], tmp_path: Path) -> None:
     assert run(faces, tmp_path / "latents") == 0
-    argv = ["--dataset", "hdf5", "--root", str(tmp_path / "latents"), "--model", "tiny_latent", "--steps", "3",
-            "--batch-size", "8", "--ema-decay", "0.5", "--no-progress", "--device", "cpu", "--out"]
+    argv = [
+        "--dataset",
+        "hdf5",
+        "--root",
+        str(tmp_path / "latents"),
+        "--model",
+        "tiny_latent",
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--ema-decay",
+        "0.5",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--out",
+    ]
     with pytest.raises(ValueError, match="--no-flip"):
         train.main([*argv, str(tmp_path / "flipped"), "--flip"])
     assert train.main([*argv, str(tmp_path / "run")]) == 0
@@ -125,13 +159,49 @@ def test_train_sample_and_evaluate_decode_the_latents(faces: tuple[Path, Path], 
     with torch.no_grad():  # decoding = decoder(sample * scale), the inverse of training on latents / scale
         want = load_autoencoder(faces[1]).decode(x * scale).sample.clamp(-1, 1)
     assert torch.allclose(sample.to_images(loaded, x), want, atol=1e-5)
-    assert sample.main(["--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--num", "4", "--solver", "euler-2",
-                        "--device", "cpu", "--out", str(tmp_path / "samples.pt")]) == 0
+    assert (
+        sample.main(
+            [
+                "--checkpoint",
+                str(tmp_path / "run" / "checkpoint.pt"),
+                "--num",
+                "4",
+                "--solver",
+                "euler-2",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "samples.pt"),
+            ]
+        )
+        == 0
+    )
     images = torch.load(tmp_path / "samples.pt")
     assert images.shape == (4, 3, RES, RES) and images.min() >= -1 and images.max() <= 1
-    assert evaluate.main(["--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--solvers", "midpoint-1",
-                          "--num-samples", "8", "--batch-size", "4", "--reference", str(faces[0] / "00000"),
-                          "--features", "random", "--dataset-res", str(RES), "--device", "cpu",
-                          "--out", str(tmp_path / "fid.json")]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--checkpoint",
+                str(tmp_path / "run" / "checkpoint.pt"),
+                "--solvers",
+                "midpoint-1",
+                "--num-samples",
+                "8",
+                "--batch-size",
+                "4",
+                "--reference",
+                str(faces[0] / "00000"),
+                "--features",
+                "random",
+                "--dataset-res",
+                str(RES),
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "fid.json"),
+            ]
+        )
+        == 0
+    )
     rows = json.loads((tmp_path / "fid.json").read_text())
     assert rows[0]["nfe"] == 2 and rows[0]["fid"] >= 0 and rows[0]["autoencoder"] == latent["autoencoder"]

@@ -10,13 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib import toy
+from lib import REPO_ROOT, toy
+from lib.checkpoints import TrainCheckpointError, read_training_checkpoint, save_checkpoint
 from lib.couplings import LoomCoupling, make_coupling
 from lib.models import MLP
-from lib import REPO_ROOT
-from lib.checkpoints import TrainCheckpointError, save_checkpoint
-from lib.checkpoints import read_training_checkpoint
-from lib.train import TrainConfig, train_flow
+from lib.train import TrainConfig, TrainSettings, parse_args, train_flow
 
 CONFIG = TrainConfig(steps=24, batch_size=16, lr=1e-3, warmup_steps=5, seed=3, log_every=4, progress=False)
 
@@ -61,8 +59,13 @@ def test_bad_checkpoints_name_the_problem_and_the_fix(tmp_path: Path) -> None:
     run(4, path)
     with pytest.raises(TrainCheckpointError, match="other settings.*lr: 0.001 -> 0.01"):
         data = toy.sample_toy("moons", 100, seed=1)
-        train_flow(MLP(2, hidden=32, depth=2), data, make_coupling("loom", 100, num_caches=2),
-                   replace(CONFIG, lr=1e-2), checkpoint=path)
+        train_flow(
+            MLP(2, hidden=32, depth=2),
+            data,
+            make_coupling("loom", 100, num_caches=2),
+            replace(CONFIG, lr=1e-2),
+            checkpoint=path,
+        )
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(TrainCheckpointError, match="truncated"):
@@ -83,12 +86,37 @@ def test_a_loom_checkpoint_does_not_resume_another_coupling(tmp_path: Path) -> N
 
 
 def _train_cli(out: Path, nproc: int, batch_size: int) -> None:
-    cli = ["-m", "lib.train", "--dataset", "digits", "--model", "mlp", "--coupling", "loom", "--steps", "8",
-           "--batch-size", str(batch_size), "--seed", "2", "--out", str(out), "--dump-seeds", "--device", "cpu",
-           "--no-progress"]
+    cli = [
+        "-m",
+        "lib.train",
+        "--dataset",
+        "digits",
+        "--model",
+        "mlp",
+        "--coupling",
+        "loom",
+        "--steps",
+        "8",
+        "--batch-size",
+        str(batch_size),
+        "--seed",
+        "2",
+        "--out",
+        str(out),
+        "--dump-seeds",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
-    done = subprocess.run([sys.executable, *launcher, *cli], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, *launcher, *cli],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -116,14 +144,53 @@ def test_cli_trains_on_an_hdf5_file_and_an_image_folder(tmp_path: Path) -> None:
     from lib.train import main
 
     write_hdf5_images(tmp_path / "images.h5", torch.randint(0, 256, (24, 3, 8, 8), dtype=torch.uint8))
-    assert main(["--dataset", "hdf5", "--root", str(tmp_path / "images.h5"), "--flip", "--steps", "2",
-                 "--batch-size", "8", "--out", str(tmp_path / "h5run"), "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--dataset",
+                "hdf5",
+                "--root",
+                str(tmp_path / "images.h5"),
+                "--flip",
+                "--steps",
+                "2",
+                "--batch-size",
+                "8",
+                "--out",
+                str(tmp_path / "h5run"),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     for label in ("a", "b"):
         (tmp_path / "folder" / label).mkdir(parents=True)
         for i in range(6):
             Image.new("RGB", (12, 10), (40 * i, 10, 200)).save(tmp_path / "folder" / label / f"{i}.png")
-    assert main(["--dataset", "imagefolder", "--root", str(tmp_path / "folder"), "--resolution", "8", "--steps", "2",
-                 "--batch-size", "8", "--out", str(tmp_path / "folderrun"), "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--dataset",
+                "imagefolder",
+                "--root",
+                str(tmp_path / "folder"),
+                "--resolution",
+                "8",
+                "--steps",
+                "2",
+                "--batch-size",
+                "8",
+                "--out",
+                str(tmp_path / "folderrun"),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert read_training_checkpoint(tmp_path / "folderrun" / "checkpoint.pt")["global_step"] == 2
     with pytest.raises(SystemExit, match="needs --resolution"):
         main(["--dataset", "imagefolder", "--root", str(tmp_path / "folder"), "--out", str(tmp_path / "x")])
@@ -151,5 +218,20 @@ def test_train_after_convergence_runs_on_a_dataset_as_on_a_tensor() -> None:
     assert history == converge_pairing(on_dataset, dataset, 8, seed=0, fetch=lambda i: dataset.get_batch(i)[1])
     assert torch.equal(on_tensor.seeds, on_dataset.seeds) and history[-1]["swaps"] == 0
     coupling = LoomCoupling(40, seed=1)
-    train_flow(MLP(16, hidden=8, depth=1), dataset, coupling, replace(CONFIG, steps=2, batch_size=8, converge_first=True))
+    train_flow(
+        MLP(16, hidden=8, depth=1), dataset, coupling, replace(CONFIG, steps=2, batch_size=8, converge_first=True)
+    )
     assert torch.equal(coupling.seeds.flatten().sort().values, on_tensor.seeds.flatten().sort().values)
+
+
+def test_train_settings_spell_lib_train_options_and_parse_back() -> None:
+    settings = TrainSettings(
+        out="out",
+        coupling="loom",
+        no_swaps=True,
+        flip=True,
+        train=TrainConfig(batch_size=32, bf16=False, progress=False),
+    )
+    argv = settings.to_argv()
+    assert argv == ["--out", "out", "--flip", "--no-swaps", "--batch-size", "32", "--no-progress"]
+    assert TrainSettings.from_args(parse_args(argv)) == settings

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from lib.experiments import ablations
 from lib.experiments.ablations import Ablation, AblationBudget
-from lib.kit import reproduce
 from lib.fid import train_digits_classifier
 from lib.paper import paper_rows
 from lib.solvers import parse_solver
@@ -21,16 +17,26 @@ from lib.solvers import parse_solver
 def test_table5_rows_differ_from_loom_in_one_switch_and_never_repeat() -> None:
     rows = ablations.table5_ablations(caches=[1, 2, 4], batch_sizes=[32, 64, 128], main_caches=4, main_batch=128)
     labels = [r.label for r in rows]
-    assert labels[:5] == ["I-CFM", "w/o saving local reassignments", "fixed source w/o reassignments",
-                          "train after convergence", "LOOM-CFM"]
-    assert labels[5:] == ["LOOM-CFM 1 caches bs128", "LOOM-CFM 2 caches bs128", "LOOM-CFM 4 caches bs32",
-                          "LOOM-CFM 4 caches bs64"]
+    assert labels[:5] == [
+        "I-CFM",
+        "w/o saving local reassignments",
+        "fixed source w/o reassignments",
+        "train after convergence",
+        "LOOM-CFM",
+    ]
+    assert labels[5:] == [
+        "LOOM-CFM 1 caches bs128",
+        "LOOM-CFM 2 caches bs128",
+        "LOOM-CFM 4 caches bs32",
+        "LOOM-CFM 4 caches bs64",
+    ]
     configs = [(r.coupling, r.num_caches, r.batch_size, r.no_swaps, r.converge_first) for r in rows]
     assert len(set(configs)) == len(configs), "a configuration is trained twice"
     by = {r.label: r for r in rows}
     loom = by["LOOM-CFM"]
-    assert by["fixed source w/o reassignments"] == Ablation("fixed source w/o reassignments", "loom", 4, 128,
-                                                            no_swaps=True)
+    assert by["fixed source w/o reassignments"] == Ablation(
+        "fixed source w/o reassignments", "loom", 4, 128, no_swaps=True
+    )
     assert by["train after convergence"] == Ablation("train after convergence", "loom", 4, 128, converge_first=True)
     assert by["w/o saving local reassignments"].coupling == "minibatch_ot" and by["I-CFM"].coupling == "independent"
     assert all(r.batch_size == loom.batch_size for r in rows[:5])
@@ -40,8 +46,17 @@ def test_table5_rows_differ_from_loom_in_one_switch_and_never_repeat() -> None:
 
 def test_solver_specs_spend_exactly_the_asked_nfe() -> None:
     specs = ablations.solver_specs([2, 4, 8, 12], ["midpoint", "euler"])
-    assert specs == ["midpoint-1", "midpoint-2", "midpoint-4", "midpoint-6", "euler-2", "euler-4", "euler-8",
-                     "euler-12", "dopri5"]
+    assert specs == [
+        "midpoint-1",
+        "midpoint-2",
+        "midpoint-4",
+        "midpoint-6",
+        "euler-2",
+        "euler-4",
+        "euler-8",
+        "euler-12",
+        "dopri5",
+    ]
     assert [parse_solver(s).expected_nfe for s in specs[:-1]] == [2, 4, 8, 12] * 2
     assert ablations.solver_specs([4], ["euler"], adaptive=False) == ["euler-4"]
     with pytest.raises(ValueError, match="cannot spend exactly 3"):
@@ -88,8 +103,13 @@ def test_ordering_agreement_compares_rows_at_the_papers_nfe() -> None:
     rows = ablations.table5_ablations([], [], main_caches=4, main_batch=128)
     paper = ablations.paper_table5(paper_rows("5", "cifar10"), paper_rows("1", "cifar10"))
     # Scores that reproduce the paper's midpoint-4 order exactly, and reverse it for dopri5.
-    mine = {"LOOM-CFM": 1.0, "train after convergence": 2.0, "w/o saving local reassignments": 3.0,
-            "fixed source w/o reassignments": 4.0, "I-CFM": 0.5}
+    mine = {
+        "LOOM-CFM": 1.0,
+        "train after convergence": 2.0,
+        "w/o saving local reassignments": 3.0,
+        "fixed source w/o reassignments": 4.0,
+        "I-CFM": 0.5,
+    }
     metrics = [{"label": k, "method": "midpoint", "nfe": 4, "fd": v} for k, v in mine.items()]
     metrics += [{"label": k, "method": "dopri5", "nfe": 99, "fd": -v} for k, v in mine.items()]
     out = {(r["solver"], r["nfe"]): r for r in ablations.ordering_agreement(metrics, rows, paper)}
@@ -123,41 +143,3 @@ def test_unet_model_trains_and_samples_on_images() -> None:
     z = torch.randn(80, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     rows = ablations.evaluate_model(trained.ema, z, test[:80], ["euler-1"], train_digits_classifier(0))
     assert rows[0]["nfe"] == 1 and rows[0]["w2"] > 0
-
-
-# ---------------------------------------------------------------------------------------------------------
-# papermill smoke run of the notebook with tiny parameters
-# ---------------------------------------------------------------------------------------------------------
-TINY_04 = {"STEPS": 40, "HIDDEN": 32, "EMA_DECAY": 0.9, "MAIN_CACHES": 2, "MAIN_BATCH": 128, "CACHES": [1],
-           "BATCH_SIZES": [64], "NFES": [2, 4], "METHODS": ["midpoint", "euler"], "CURVATURE_STEPS": 5,
-           "STEP_BENCH_STEPS": 2, "CHECK_CLAIMS": False}
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-@pytest.mark.slow
-def test_04_digits_notebook_writes_every_row_with_true_nfe(tmp_path: Path) -> None:
-    reproduce.run_notebook("04_digits", TINY_04, results_dir=tmp_path)
-    folder = tmp_path / "quick" / "04_digits"
-    run = json.loads((folder / "run.json").read_text())
-    assert all(run["parameters"][k] == v for k, v in TINY_04.items())
-    metrics = _read_csv(folder / "table5_digits.csv")
-    expected_rows = {"I-CFM", "w/o saving local reassignments", "fixed source w/o reassignments",
-                     "train after convergence", "LOOM-CFM", "LOOM-CFM 1 caches bs128", "LOOM-CFM 2 caches bs64"}
-    assert {r["label"] for r in metrics} == expected_rows
-    for label in expected_rows:
-        nfe = {r["solver"]: int(r["nfe"]) for r in metrics if r["label"] == label}
-        assert {k: v for k, v in nfe.items() if k != "dopri5"} == {
-            "midpoint-1": 2, "midpoint-2": 4, "euler-2": 2, "euler-4": 4}
-        assert nfe["dopri5"] >= 6
-    assert all(math.isfinite(float(r[m])) and float(r[m]) > 0 for r in metrics for m in ("fd", "w2"))
-    ratio = json.loads((folder / "step_time_ratio.json").read_text())
-    assert ratio["ms_loom"] > 0
-    assert ratio["loom_over_independent"] == pytest.approx(ratio["ms_loom"] / ratio["ms_independent"])
-    curvature = _read_csv(folder / "curvature_per_step.csv")
-    assert len(curvature) == 3 * (TINY_04["CURVATURE_STEPS"] - 1)
-    assert _read_csv(folder / "ordering_vs_paper.csv")
-    assert {"quality_vs_nfe.png", "curvature_per_step.png", "claims.json"} <= {p.name for p in folder.iterdir()}

@@ -8,11 +8,13 @@ import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
+from lib import REPO_ROOT
 from lib.kit import readme
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
+
+
 TEXT = (ROOT / "README.md").read_text()
 
 
@@ -31,7 +33,7 @@ def python_entry(words: list[str]) -> tuple[tuple[str, ...], list[str]] | None:
     """(how to start it with this Python, its arguments) for a `python -m M`, `python script.py` or torchrun line."""
     if words[0] == "torchrun":
         at = words.index("-m")
-        return ("-m", words[at + 1]), words[at + 2:]
+        return ("-m", words[at + 1]), words[at + 2 :]
     if words[0].endswith("python"):
         if words[1] == "-m":
             return ("-m", words[2]), words[3:]
@@ -70,7 +72,8 @@ def test_every_command_shown_runs_and_its_flags_exist() -> None:
         entries.setdefault(entry, []).extend(a.split("=")[0] for a in args if a.startswith("--"))
         if words[0] == "torchrun":
             entries.setdefault(("-m", "torch.distributed.run"), []).extend(
-                a.split("=")[0] for a in words[1:words.index("-m")] if a.startswith("--"))
+                a.split("=")[0] for a in words[1 : words.index("-m")] if a.startswith("--")
+            )
     with ThreadPoolExecutor(max_workers=4) as pool:
         helps = dict(zip(entries, pool.map(help_text, entries)))
     for entry, flags in entries.items():

@@ -4,9 +4,7 @@ and released-format FFHQ checkpoints (backbone.* + ae.* + ae.scale) through lib.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -29,18 +27,8 @@ from lib.models import CheckpointError
 from lib.unet import build_unet
 
 # The released FFHQ autoencoder (ae.* without ae.scale): number of keys, parameters and sha256 of the sorted
-# "name [shape]" lines, from released_checkpoint_keys.json, so the layout check runs without that file.
+# "name [shape]" lines of lib/reference/released_checkpoint_keys.json.
 RELEASED_AE = (298, 88912103, "fe7cd16ea73acc9fbabbcb0b5169cb372c73efb6d4f3f5dbd9b681ee5f5f60a0")
-
-
-def _reference_json() -> Path | None:
-    """released_checkpoint_keys.json if reachable (LOOM_REFERENCE_DIR, the repo, the team's shared folder)."""
-    root = Path(__file__).resolve().parents[1]
-    for folder in (Path(os.environ.get("LOOM_REFERENCE_DIR", "/nonexistent")), root / "reference",
-                   root.parent / "shared" / "reference"):
-        if (folder / "released_checkpoint_keys.json").is_file():
-            return folder / "released_checkpoint_keys.json"
-    return None
 
 
 def _images(n: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -108,20 +96,20 @@ def _released_shapes_from_facts() -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in diffusers_to_ldm(build_autoencoder(config, meta=True).state_dict()).items()}
 
 
-def test_released_autoencoder_layout_matches_the_keys() -> None:
+def test_released_autoencoder_layout_matches_the_keys(released_keys) -> None:
     layout = _released_ae_layout()
     text = "\n".join(f"{k} {list(s)}" for k, s in sorted(layout.items()))
     assert (len(layout), sum(math.prod(s) for s in layout.values())) == RELEASED_AE[:2]
     assert hashlib.sha256(text.encode()).hexdigest() == RELEASED_AE[2]
-    path = _reference_json()
-    if path is None:
-        pytest.skip("released_checkpoint_keys.json not found (set LOOM_REFERENCE_DIR)")
-    keys = json.loads(path.read_text())["configs"]["ffhq256_latent"]["keys"]
+    keys = released_keys["configs"]["ffhq256_latent"]["keys"]
     want = {k: tuple(v) for k, v in keys.items() if k.startswith("ae.") and k != "ae.scale"}
     assert layout == want and keys["ae.scale"] == [1]
     # Read off the released names themselves: attention at the lowest-resolution level, post_quant_conv present.
     config, _ = ldm_to_diffusers({k[3:]: torch.empty(s, device="meta") for k, s in want.items()})
-    assert config["down_block_types"][-1] == "AttnDownEncoderBlock2D" and config["up_block_types"][0] == "AttnUpDecoderBlock2D"
+    assert (
+        config["down_block_types"][-1] == "AttnDownEncoderBlock2D"
+        and config["up_block_types"][0] == "AttnUpDecoderBlock2D"
+    )
     assert config["use_post_quant_conv"] and config["block_out_channels"] == [128, 256, 512, 512]
 
 
@@ -151,8 +139,11 @@ def test_weights_of_another_architecture_are_refused_with_what_does_not_fit() ->
     with pytest.raises(CheckpointError, match=r"(?s)1 unexpected keys:.*encoder\.down\.0\.extra\.weight"):
         load_autoencoder({**ldm, "encoder.down.0.extra.weight": torch.zeros(1)})
     wrong = {**ldm, "decoder.mid.block_1.conv1.weight": torch.zeros(32, 16, 3, 3)}
-    with pytest.raises(CheckpointError, match=r"(?s)1 shape mismatches:.*decoder\.mid\.block_1\.conv1\.weight: "
-                                              r"checkpoint \[32, 16, 3, 3\] vs model \[32, 32, 3, 3\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"(?s)1 shape mismatches:.*decoder\.mid\.block_1\.conv1\.weight: "
+        r"checkpoint \[32, 16, 3, 3\] vs model \[32, 32, 3, 3\]",
+    ):
         load_autoencoder(wrong)
     with pytest.raises(CheckpointError, match="not an LDM"):
         load_autoencoder(build_unet("tiny").state_dict())
@@ -192,7 +183,11 @@ def test_released_ffhq_format_loads_with_its_decoder(tmp_path: Path) -> None:
     ae = tiny_autoencoder(seed=6)
     path = _released_ffhq(tmp_path, diffusers_to_ldm(ae.state_dict()), torch.tensor([0.7]))
     loaded = sample.load_model(path)
-    assert loaded.info["preset"] == "tiny_latent" and loaded.shape == (4, 8, 8) and loaded.info["latent_scale"] == pytest.approx(0.7)
+    assert (
+        loaded.info["preset"] == "tiny_latent"
+        and loaded.shape == (4, 8, 8)
+        and loaded.info["latent_scale"] == pytest.approx(0.7)
+    )
     x, nfe = next(sample.generate(loaded, 3, "midpoint-2", seed=1))
     images = sample.to_images(loaded, x)
     assert nfe == 4 and images.shape == (3, 3, 64, 64) and images.min() >= -1 and images.max() <= 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -10,7 +9,6 @@ import pytest
 import torch
 
 from lib.experiments import benchmarks
-from lib.kit import benchmark
 
 
 def test_time_couplings_reports_every_contender_against_independent() -> None:
@@ -43,18 +41,14 @@ def test_file_per_example_step_permutes_the_stored_noise() -> None:
 def test_time_training_steps_times_every_coupling_and_its_share() -> None:
     from lib.models import MLP
 
-    rows = benchmarks.time_training_steps(MLP(6, hidden=16, depth=2), torch.randn(64, 6), batch_size=16, steps=2,
-                                          warmup=1)
+    rows = benchmarks.time_training_steps(
+        MLP(6, hidden=16, depth=2), torch.randn(64, 6), batch_size=16, steps=2, warmup=1
+    )
     steps = [r for r in rows if r["part"].endswith("training step")]
     shares = [r for r in rows if r["part"].endswith("coupling alone")]
     assert [r["part"].split(":")[0] for r in steps] == ["independent", "minibatch_ot", "loom"]
     assert steps[0]["ratio_to_independent"] == 1.0 and all(r["images_per_s"] > 0 for r in steps)
     assert all(0 < r["share_of_step"] for r in shares)
-
-
-# ---------------------------------------------------------------------------------------------
-# Notebook 09's benchmarks: what they report, not how fast anything is
-# ---------------------------------------------------------------------------------------------
 
 
 def test_timed_loom_step_is_the_coupling_step_and_keeps_the_seed_multiset() -> None:
@@ -78,8 +72,9 @@ def test_timed_loom_step_refuses_other_loom_variants() -> None:
     from lib.couplings import LoomCoupling
 
     with pytest.raises(ValueError, match="seed_init='upfront' and no_swaps=False"):
-        benchmarks.timed_loom_step(LoomCoupling(8, no_swaps=True), torch.randn(4, 2), torch.arange(4),
-                                   benchmarks.PartTimer())
+        benchmarks.timed_loom_step(
+            LoomCoupling(8, no_swaps=True), torch.randn(4, 2), torch.arange(4), benchmarks.PartTimer()
+        )
 
 
 def test_coupling_sweep_reports_every_part_for_every_shape_and_batch() -> None:
@@ -129,8 +124,9 @@ def test_fit_power_law_refuses_what_it_cannot_fit() -> None:
 def test_time_sampling_reports_true_nfe_and_per_call_time() -> None:
     from lib.models import MLP
 
-    rows = benchmarks.time_sampling(MLP(3, hidden=8, depth=1), (3,), ["euler-2", "midpoint-3", "rk4-1"],
-                                    batch_size=5, steps=2, warmup=1)
+    rows = benchmarks.time_sampling(
+        MLP(3, hidden=8, depth=1), (3,), ["euler-2", "midpoint-3", "rk4-1"], batch_size=5, steps=2, warmup=1
+    )
     assert [(r["solver"], r["nfe"]) for r in rows] == [("euler-2", 2), ("midpoint-3", 6), ("rk4-1", 4)]
     for r in rows:
         assert abs(r["ms_per_network_call"] * r["nfe"] - r["ms_per_batch"]) < 1e-9
@@ -142,8 +138,14 @@ def test_time_sampling_reports_true_nfe_and_per_call_time() -> None:
 def test_time_training_steps_takes_a_subset_of_couplings() -> None:
     from lib.models import MLP
 
-    rows = benchmarks.time_training_steps(MLP(4, hidden=8, depth=1), torch.randn(32, 4), batch_size=8, steps=1,
-                                          warmup=0, couplings=("independent", "loom"))
+    rows = benchmarks.time_training_steps(
+        MLP(4, hidden=8, depth=1),
+        torch.randn(32, 4),
+        batch_size=8,
+        steps=1,
+        warmup=0,
+        couplings=("independent", "loom"),
+    )
     per = benchmarks.per_coupling(rows)
     assert [r["coupling"] for r in per] == ["independent", "loom"]
     assert per[0]["ratio_to_independent"] == 1.0 and all(0 < r["share_of_step"] for r in per)
@@ -175,19 +177,42 @@ def share_rows(shares: list[float], sizes: list[int]) -> list[dict[str, object]]
     rows = []
     for b, s in zip(sizes, shares):
         step = 100.0 * b / 64 / (1 - s)
-        rows.append({"preset": "digits", "device": "cpu", "bf16": False, "batch_size": b, "independent_step_ms": step,
-                     "loom_step_ms": step, "coupling_ms": s * step, "coupling_share": s})
+        rows.append(
+            {
+                "preset": "digits",
+                "device": "cpu",
+                "bf16": False,
+                "batch_size": b,
+                "independent_step_ms": step,
+                "loom_step_ms": step,
+                "coupling_ms": s * step,
+                "coupling_share": s,
+            }
+        )
     return rows
 
 
 def synthetic_facts(shares: list[float], sizes: list[int]) -> dict[str, object]:
-    assignment = [{"m": m, "device": "cpu", "assignment_ms": 1e-5 * m**2.5, "cost_matrix_ms": 1e-3 * m}
-                  for m in (128, 256, 512)]
+    assignment = [
+        {"m": m, "device": "cpu", "assignment_ms": 1e-5 * m**2.5, "cost_matrix_ms": 1e-3 * m} for m in (128, 256, 512)
+    ]
     fit = benchmarks.fit_power_law([r["m"] for r in assignment], [r["assignment_ms"] for r in assignment])
-    breakdown = [{"shape": "3x32x32", "batch_size": b, "independent_ms": 1.0, "loom_ms": 9.0, "minibatch_ot_ms": 8.0,
-                  "loom_over_independent": 9.0, "loom_over_minibatch_ot": 1.125, "noise_from_seeds_ms": 1.0,
-                  "cost_matrix_ms": 2.0, "assignment_ms": a, "write_back_ms": 0.5}
-                 for b, a in ((32, 0.5), (512, 6.0))]
+    breakdown = [
+        {
+            "shape": "3x32x32",
+            "batch_size": b,
+            "independent_ms": 1.0,
+            "loom_ms": 9.0,
+            "minibatch_ot_ms": 8.0,
+            "loom_over_independent": 9.0,
+            "loom_over_minibatch_ot": 1.125,
+            "noise_from_seeds_ms": 1.0,
+            "cost_matrix_ms": 2.0,
+            "assignment_ms": a,
+            "write_back_ms": 0.5,
+        }
+        for b, a in ((32, 0.5), (512, 6.0))
+    ]
     return benchmarks.conclusion_facts(share_rows(shares, sizes), fit, assignment, breakdown)
 
 
@@ -195,9 +220,17 @@ def test_conclusion_names_the_measured_crossing_batch_sizes() -> None:
     facts = synthetic_facts([0.02, 0.05, 0.12, 0.3, 0.6], [32, 64, 128, 256, 512])
     assert [(c["below"], c["at"]) for c in facts["crossings"]] == [(64, 128), (256, 512)]
     assert abs(facts["assignment_exponent"] - 2.5) < 1e-9
-    assert facts["dominant_parts"] == [{"shape": "3x32x32", "batch_size": 512, "part": "assignment",
-                                        "part_share": 6.0 / 9.5, "loom_ms": 9.0, "loom_over_independent": 9.0,
-                                        "loom_over_minibatch_ot": 1.125}]
+    assert facts["dominant_parts"] == [
+        {
+            "shape": "3x32x32",
+            "batch_size": 512,
+            "part": "assignment",
+            "part_share": 6.0 / 9.5,
+            "loom_ms": 9.0,
+            "loom_over_independent": 9.0,
+            "loom_over_minibatch_ot": 1.125,
+        }
+    ]
     text = benchmarks.conclusion_text(facts)
     assert "passes 10 % of the step between batch 64 and batch 128" in text
     assert "passes 50 % of the step between batch 256 and batch 512" in text
@@ -215,13 +248,6 @@ def test_conclusion_extrapolates_a_crossing_it_did_not_reach() -> None:
     assert "stays below 10 % up to the largest batch measured, 256" in text
 
 
-def test_benchmarks_cli_still_writes_its_tables(tmp_path: Path) -> None:
-    assert benchmark.main(["--num-examples", "64", "--batch-size", "8", "--steps", "1",
-                            "--results-dir", str(tmp_path)]) == 0
-    summary = json.loads((tmp_path / "quick" / "benchmarks" / "coupling_cost.json").read_text())
-    assert summary["batch_size"] == 8 and summary["ms_loom"] > 0
-
-
 def test_bf16_is_refused_off_cuda() -> None:
     from lib.models import MLP
 
@@ -233,8 +259,10 @@ def test_bf16_is_refused_off_cuda() -> None:
 
 def test_released_seed_tables_use_each_configs_caches_and_shape() -> None:
     rows = benchmarks.released_seed_tables({"cifar10": 100, "ffhq256_latent": 50})
-    assert [(r["dataset"], r["num_caches"], r["shape"]) for r in rows] == [("cifar10", 4, "3x32x32"),
-                                                                           ("ffhq256_latent", 4, "4x32x32")]
+    assert [(r["dataset"], r["num_caches"], r["shape"]) for r in rows] == [
+        ("cifar10", 4, "3x32x32"),
+        ("ffhq256_latent", 4, "4x32x32"),
+    ]
     with pytest.raises(ValueError, match="no released config 'digits'"):
         benchmarks.released_seed_tables({"digits": 10})
 
@@ -243,5 +271,7 @@ def test_conclusion_does_not_quote_a_far_extrapolation() -> None:
     """Coupling and network growing almost alike put the crossing absurdly far: say so instead of a number."""
     facts = synthetic_facts([0.020, 0.0201, 0.0202], [64, 128, 256])
     assert facts["crossings"][0]["extrapolated"] > benchmarks.EXTRAPOLATION_LIMIT * 256
-    assert "put the crossing beyond batch 4,096 (16x the largest measured), too far out to quote" in \
-        benchmarks.conclusion_text(facts)
+    assert (
+        "put the crossing beyond batch 4,096 (16x the largest measured), too far out to quote"
+        in benchmarks.conclusion_text(facts)
+    )

@@ -65,8 +65,15 @@ def toy_stats(tmp_path_factory, extractor):
 
 
 def toy_fid(images, extractor, stats_dir):
-    return fid_from_generator(tensor_generator(images), len(images), "toy", dataset_res=32,
-                              feature_extractor=extractor, stats_dir=stats_dir, batch_size=N)
+    return fid_from_generator(
+        tensor_generator(images),
+        len(images),
+        "toy",
+        dataset_res=32,
+        feature_extractor=extractor,
+        stats_dir=stats_dir,
+        batch_size=N,
+    )
 
 
 def write_pngs(images: torch.Tensor, folder) -> None:
@@ -83,6 +90,7 @@ def cleanfid_gen(images: torch.Tensor):
 
 def cleanfid_version() -> str:
     from importlib import metadata
+
     return metadata.version("clean-fid")
 
 
@@ -123,16 +131,32 @@ def test_fid_grows_with_shift_and_noise(toy_stats, extractor):
 def test_folder_reference_matches_cleanfid_compute_fid(tmp_path, extractor):
     reference, samples = smooth_images(100, 0), smooth_images(100, 2)
     write_pngs(reference, tmp_path / "reference")
-    ours = fid_from_generator(tensor_generator(samples), 100, tmp_path / "reference", dataset_res=32,
-                              feature_extractor=extractor, batch_size=50)
-    theirs = cleanfid_fid.compute_fid(gen=cleanfid_gen(samples), fdir2=str(tmp_path / "reference"), mode="clean",
-                                      custom_feat_extractor=extractor, num_gen=100, z_dim=1, batch_size=50,
-                                      device=torch.device("cpu"), num_workers=0, verbose=False)
+    ours = fid_from_generator(
+        tensor_generator(samples),
+        100,
+        tmp_path / "reference",
+        dataset_res=32,
+        feature_extractor=extractor,
+        batch_size=50,
+    )
+    theirs = cleanfid_fid.compute_fid(
+        gen=cleanfid_gen(samples),
+        fdir2=str(tmp_path / "reference"),
+        mode="clean",
+        custom_feat_extractor=extractor,
+        num_gen=100,
+        z_dim=1,
+        batch_size=50,
+        device=torch.device("cpu"),
+        num_workers=0,
+        verbose=False,
+    )
     assert ours.fid == pytest.approx(theirs, rel=1e-6)
     assert ours.protocol.num_reference == 100 and "folder" in ours.protocol.reference
     # PNGs hold exactly what to_cleanfid_range makes of the images: same images give FID 0.
-    same = fid_from_generator(tensor_generator(reference), 100, tmp_path / "reference",
-                              feature_extractor=extractor, batch_size=50)
+    same = fid_from_generator(
+        tensor_generator(reference), 100, tmp_path / "reference", feature_extractor=extractor, batch_size=50
+    )
     assert same.fid == pytest.approx(0.0, abs=1e-8)
 
 
@@ -145,28 +169,42 @@ def test_default_stats_folder_is_cleanfids_own(tmp_path, monkeypatch, extractor)
     assert path.parent == tmp_path / "cleanfid" / "stats"
     assert cleanfid_fid.test_stats_exists("toy_default", "clean", model_name=extractor.name)
     samples = smooth_images(100, 3)
-    ours = fid_from_generator(tensor_generator(samples), 100, "toy_default", feature_extractor=extractor,
-                              batch_size=100)
-    theirs = cleanfid_fid.compute_fid(gen=cleanfid_gen(samples), dataset_name="toy_default",
-                                      dataset_split="custom", model_name=extractor.name, mode="clean",
-                                      custom_feat_extractor=extractor, num_gen=100, z_dim=1, batch_size=100,
-                                      device=torch.device("cpu"), verbose=False)
+    ours = fid_from_generator(
+        tensor_generator(samples), 100, "toy_default", feature_extractor=extractor, batch_size=100
+    )
+    theirs = cleanfid_fid.compute_fid(
+        gen=cleanfid_gen(samples),
+        dataset_name="toy_default",
+        dataset_split="custom",
+        model_name=extractor.name,
+        mode="clean",
+        custom_feat_extractor=extractor,
+        num_gen=100,
+        z_dim=1,
+        batch_size=100,
+        device=torch.device("cpu"),
+        verbose=False,
+    )
     assert ours.fid == pytest.approx(theirs, rel=1e-6)
     with pytest.raises(FileExistsError, match="overwrite=True"):
         make_reference_stats("toy_default", images, feature_extractor=extractor)
 
 
-@pytest.mark.parametrize("bad,match", [
-    (lambda b: torch.zeros(b, 1, 32, 32), r"\(B, 3, H, W\) = \(200, 3, 32, 32\)"),  # grey images
-    (lambda b: torch.zeros(b, 3, 16, 16), r"\(200, 3, 32, 32\)"),  # wrong resolution
-    (lambda b: torch.zeros(b + 1, 3, 32, 32), r"\(200, 3, 32, 32\)"),  # wrong batch size
-    (lambda b: torch.full((b, 3, 32, 32), 255.0), r"in \[-1, 1\]"),  # 0..255 range
-    (lambda b: torch.zeros(b, 3, 32, 32, dtype=torch.uint8), "float images"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (lambda b: torch.zeros(b, 1, 32, 32), r"\(B, 3, H, W\) = \(200, 3, 32, 32\)"),  # grey images
+        (lambda b: torch.zeros(b, 3, 16, 16), r"\(200, 3, 32, 32\)"),  # wrong resolution
+        (lambda b: torch.zeros(b + 1, 3, 32, 32), r"\(200, 3, 32, 32\)"),  # wrong batch size
+        (lambda b: torch.full((b, 3, 32, 32), 255.0), r"in \[-1, 1\]"),  # 0..255 range
+        (lambda b: torch.zeros(b, 3, 32, 32, dtype=torch.uint8), "float images"),
+    ],
+)
 def test_bad_generator_output_is_refused_with_the_expected_shape(toy_stats, extractor, bad, match):
     with pytest.raises((ValueError, TypeError), match=match):
-        fid_from_generator(bad, N, "toy", dataset_res=32, feature_extractor=extractor, stats_dir=toy_stats,
-                           batch_size=N)
+        fid_from_generator(
+            bad, N, "toy", dataset_res=32, feature_extractor=extractor, stats_dir=toy_stats, batch_size=N
+        )
 
 
 def test_bad_reference_images_are_refused_before_any_work(tmp_path, extractor):
@@ -181,9 +219,11 @@ def test_missing_reference_says_how_to_make_it(tmp_path, monkeypatch, extractor)
     with pytest.raises(FileNotFoundError, match="make_reference_stats") as err:
         fid_from_generator(generate, 4, "cifar10", dataset_res=32, feature_extractor=extractor, stats_dir=tmp_path)
     assert "not published for this extractor" in str(err.value)
+
     # Inception offline: both downloads fail; the network is never touched here.
     def offline(*args, **kwargs):
         raise urllib.error.URLError("offline")
+
     monkeypatch.setattr(cleanfid.features, "check_download_url", offline)
     monkeypatch.setattr(cleanfid_fid, "build_feature_extractor", offline)
     with pytest.raises(RuntimeError, match="RandomConvFeatures"):
@@ -239,8 +279,16 @@ def cifar_root(tmp_path_factory):
 
 
 def paper_fid(images, reference, network, **kwargs):
-    return fid_from_generator(tensor_generator(images), len(images), reference, protocol=PAPER_PROTOCOL,
-                              dataset_res=32, feature_extractor=network, batch_size=128, **kwargs)
+    return fid_from_generator(
+        tensor_generator(images),
+        len(images),
+        reference,
+        protocol=PAPER_PROTOCOL,
+        dataset_res=32,
+        feature_extractor=network,
+        batch_size=128,
+        **kwargs,
+    )
 
 
 @pytest.mark.filterwarnings(CLEANFID_SCIPY_WARNING)
@@ -265,8 +313,10 @@ def test_paper_protocol_is_torchevals_fid_of_the_drawn_test_split_and_records_ev
     assert row["reference_split"] == "test" and "CIFAR-10 test split" in row["reference"]
     assert row["num_reference"] == 300 and row["num_generated"] == 250
     distinct = len(reference_draw(300, 300).unique())
-    assert row["reference_draw"] == (f"with replacement: RandomSampler(replacement=True, num_samples=300) seeded 42, "
-                                     f"{distinct} distinct of 300 images")
+    assert row["reference_draw"] == (
+        f"with replacement: RandomSampler(replacement=True, num_samples=300) seeded 42, "
+        f"{distinct} distinct of 300 images"
+    )
     # The same test split given as a dataset, or drawn more often, changes only what it should.
     assert paper_fid(samples, test, network).fid == pytest.approx(result.fid, rel=1e-6)
     more = paper_fid(samples, test, network, num_reference=600)
@@ -275,6 +325,7 @@ def test_paper_protocol_is_torchevals_fid_of_the_drawn_test_split_and_records_ev
 
 def metadata_version(name: str) -> str:
     from importlib import metadata
+
     return metadata.version(name)
 
 
@@ -283,14 +334,26 @@ def test_paper_protocol_feeds_both_sets_in_unit_range_converted_exactly_once():
     reference[::2] = 255  # black and white images: the reference spans 0..255 exactly
     samples = torch.linspace(-1, 1, 40 * 3 * 8 * 8).reshape(40, 3, 8, 8)  # spans [-1, 1] exactly
     network = RecordingFeatures()
-    fid_from_generator(tensor_generator(samples), 40, TensorImages(reference), protocol=PAPER_PROTOCOL,
-                       feature_extractor=network, batch_size=40)
+    fid_from_generator(
+        tensor_generator(samples),
+        40,
+        TensorImages(reference),
+        protocol=PAPER_PROTOCOL,
+        feature_extractor=network,
+        batch_size=40,
+    )
     (real_min, real_max), (fake_min, fake_max) = network.ranges  # one batch each, the reference first
     assert (real_min, real_max) == (0.0, 1.0) and (fake_min, fake_max) == (0.0, 1.0)  # twice would give [0.5, 1]
     assert to_unit_range(torch.tensor([-1.1, -1.0, 0.0, 1.0, 1.05])).tolist() == [0.0, 0.0, 0.5, 1.0, 1.0]
     with pytest.raises(ValueError, match=r"in \[-1, 1\]"):  # 0..255 images are refused, not rescaled
-        fid_from_generator(tensor_generator(samples * 127.5 + 127.5), 40, TensorImages(reference),
-                           protocol=PAPER_PROTOCOL, feature_extractor=RecordingFeatures(), batch_size=40)
+        fid_from_generator(
+            tensor_generator(samples * 127.5 + 127.5),
+            40,
+            TensorImages(reference),
+            protocol=PAPER_PROTOCOL,
+            feature_extractor=RecordingFeatures(),
+            batch_size=40,
+        )
 
 
 def test_reference_draw_is_seeded_with_replacement_and_leaves_the_global_rng_alone():
@@ -310,10 +373,18 @@ def test_the_protocols_disagree_on_the_same_samples_and_say_which_they_are(tmp_p
     noise = torch.randn(reference.shape, generator=torch.Generator().manual_seed(3))
     samples = (smooth_images(200, 7) + 0.2 * noise).clamp(-1, 1)
     write_pngs(reference, tmp_path / "reference")  # one folder every protocol reads
-    results = {protocol: fid_from_generator(tensor_generator(samples), 200, tmp_path / "reference",
-                                            protocol=protocol, dataset_res=32, batch_size=100,
-                                            feature_extractor=feature_network("random", protocol))
-               for protocol in PROTOCOLS}
+    results = {
+        protocol: fid_from_generator(
+            tensor_generator(samples),
+            200,
+            tmp_path / "reference",
+            protocol=protocol,
+            dataset_res=32,
+            batch_size=100,
+            feature_extractor=feature_network("random", protocol),
+        )
+        for protocol in PROTOCOLS
+    }
     assert [r.protocol.name for r in results.values()] == list(PROTOCOLS)
     paper, clean, legacy = (results[p].fid for p in ("paper-torcheval", "clean-fid-clean", "clean-fid-legacy-tf"))
     assert min(paper, clean, legacy) > 0
@@ -335,8 +406,9 @@ def test_paper_protocol_refuses_what_is_not_a_split_before_sampling(tmp_path, ci
     with pytest.raises(FileNotFoundError, match="test/validation split.*CIFAR-10 root"):
         fid_from_generator(never, 10, "cifar10", protocol=PAPER_PROTOCOL, feature_extractor=network)
     with pytest.raises(ValueError, match="flip=False"):
-        fid_from_generator(never, 10, CIFAR10Images(cifar_root, train=False), protocol=PAPER_PROTOCOL,
-                           feature_extractor=network)
+        fid_from_generator(
+            never, 10, CIFAR10Images(cifar_root, train=False), protocol=PAPER_PROTOCOL, feature_extractor=network
+        )
     with pytest.raises(ValueError, match="unknown FID protocol 'paper'.*paper-torcheval"):
         fid_from_generator(never, 10, str(cifar_root), protocol="paper")
     with pytest.raises(ValueError, match="num_reference"):
@@ -352,8 +424,11 @@ def test_paper_protocol_offline_says_what_inception_download_is_missing(monkeypa
         raise urllib.error.URLError("offline")
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
-    with pytest.raises(RuntimeError, match=r"(?s)104 MB.*inception_v3_google-0cc3c7bd\.pth.*hub.*checkpoints"
-                                           r".*TORCH_HOME") as err:
+    with pytest.raises(
+        RuntimeError,
+        match=r"(?s)104 MB.*inception_v3_google-0cc3c7bd\.pth.*hub.*checkpoints"
+        r".*TORCH_HOME",
+    ) as err:
         fid_from_generator(tensor_generator(smooth_images(4, 0)), 4, str(cifar_root), protocol=PAPER_PROTOCOL)
     assert "feature_network('random', 'paper-torcheval')" in str(err.value)
 
