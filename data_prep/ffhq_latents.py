@@ -34,47 +34,15 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from lib.autoencoder import DEFAULT_AUTOENCODER, encode_mean
 from lib.checkpoints import load_autoencoder
-from lib.datasets import DatasetFormatError, fit_resolution, uint8_to_unit, write_hdf5_latents
+from lib.datasets import DatasetFormatError, image_files, read_image, uint8_to_unit, write_hdf5_latents
 from lib.progress import progress
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Attributes a finished shard must share with this run to be kept (anything else means another dataset).
 SETTINGS = ("autoencoder", "resolution", "flipped_copies", "num_source_images", "shard_size")
-
-
-def image_files(source: Path) -> list[Path]:
-    """Every image file under ``source`` (any depth), sorted by relative path. None -> FileNotFoundError."""
-    if not source.is_dir():
-        raise FileNotFoundError(f"--source {source} is not a folder of FFHQ images")
-    files = sorted(
-        (p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-        key=lambda p: p.relative_to(source).as_posix(),
-    )
-    if not files:
-        raise FileNotFoundError(
-            f"no {'/'.join(IMAGE_SUFFIXES)} files under {source}; point --source at the FFHQ "
-            "images (e.g. images1024x1024/ of the official release)"
-        )
-    return files
-
-
-def read_image(path: Path, resolution: int) -> Tensor:
-    """One image file -> uint8 (3, resolution, resolution) RGB, centre-cropped and resized."""
-    from torchvision.transforms.functional import pil_to_tensor
-
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")  # decodes the whole file: a truncated one fails here
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DatasetFormatError(
-            f"{path} is not a readable image ({err}); re-download it or remove it from --source"
-        ) from err
-    return pil_to_tensor(fit_resolution(image, resolution))
 
 
 def autoencoder_source(autoencoder: str) -> str:
@@ -150,7 +118,7 @@ def prepare(
     """Write the missing shards of ``source``'s latents under ``out`` -> every shard path, in order."""
     if batch_size < 1 or shard_size < 1 or resolution < 1:
         raise ValueError("--batch-size, --shard-size and --resolution must be positive")
-    files = image_files(source)
+    files = image_files(source, "FFHQ images")
     settings = {
         "autoencoder": autoencoder_source(autoencoder),
         "resolution": resolution,

@@ -12,9 +12,9 @@ Every dataset here is a ``torch.utils.data.Dataset`` of ``N`` unflipped examples
   The default collate would fail loudly on the tuple, not silently mis-batch.
 
 Classes: :class:`TensorImages` (an in-memory tensor), :class:`DigitsImages` (scikit-learn's 8x8 digits),
-:class:`CIFAR10Images`, :class:`ImageFolderImages`, :class:`HDF5Images`; :func:`make_dataset` builds one
-by name. All share :class:`IndexedImages`, which implements the flip-as-index logic once; a dataset only
-says how to load unflipped examples.
+:class:`CIFAR10Images`, :class:`ImageFolderImages`, :class:`ImageFiles` (any folder of image files),
+:class:`HDF5Images`; :func:`make_dataset` builds one by name. All share :class:`IndexedImages`, which
+implements the flip-as-index logic once; a dataset only says how to load unflipped examples.
 
 Canonical HDF5 layout (written by :func:`write_hdf5_images` / :func:`write_hdf5_latents`, read by
 :class:`HDF5Images`); one file, or a directory of ``*.h5`` shards read in sorted name order as one dataset::
@@ -52,6 +52,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -387,11 +388,63 @@ class ImageFolderImages(IndexedImages):
         )
 
     def load_example(self, k: int) -> Tensor:
-        from torchvision.transforms.functional import pil_to_tensor
-
         path, _ = self.folder.samples[k]
-        image = fit_resolution(self.folder.loader(path), self.resolution)  # loader converts to RGB
-        return uint8_to_unit(pil_to_tensor(image))
+        return uint8_to_unit(read_image(Path(path), self.resolution))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Image files in any folder layout
+# ---------------------------------------------------------------------------------------------------------
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def image_files(root: PathLike, what: str = "images") -> list[Path]:
+    """Every image file under ``root`` (any depth), sorted by relative path. None -> FileNotFoundError that
+    calls the expected content ``what`` ("FFHQ images")."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder of {what}")
+    files = sorted(
+        (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
+    if not files:
+        raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} files under {root}: expected a folder of {what}")
+    return files
+
+
+def read_image(path: Path, resolution: int) -> Tensor:
+    """One image file -> uint8 (3, resolution, resolution) RGB, centre-cropped and resized."""
+    from torchvision.transforms.functional import pil_to_tensor
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")  # decodes the whole file: a truncated one fails here
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DatasetFormatError(f"{path} is not a readable image ({err}); re-download it or remove it") from err
+    return pil_to_tensor(fit_resolution(image, resolution))
+
+
+class ImageFiles(IndexedImages):
+    """Every image file under ``root`` at any depth (a flat folder of PNGs, FFHQ's 00000/ .. 69000/), in
+    sorted path order, as RGB (3, resolution, resolution) in [-1, 1], centre-cropped and resized; no labels.
+    ``resolution`` None: the shorter side of the first image.
+
+    Unlike :class:`ImageFolderImages` it needs no class subfolders: an FID reference or an unlabelled
+    dataset. Images are decoded per item.
+    """
+
+    def __init__(self, root: PathLike, resolution: int | None = None, flip: bool = False) -> None:
+        self.root, self.files = Path(root), image_files(root)
+        if resolution is None:
+            with Image.open(self.files[0]) as first:
+                resolution = min(first.size)
+        if resolution < 1:
+            raise ValueError(f"resolution must be a positive int, got {resolution}")
+        super().__init__(len(self.files), (3, resolution, resolution), flip)
+
+    def load_example(self, k: int) -> Tensor:
+        return uint8_to_unit(read_image(self.files[k], self.image_shape[1]))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ Where a fact comes from: ``lib/reference/paper_setup.md`` (settings, epoch accou
 - :data:`RELEASED_CONFIGS`: the released training configs (lib.train ``--config``).
 - :data:`RELEASED_REPOS`, :data:`RELEASED_PRESETS`, :data:`PAPER_EVALUATION`: the five released checkpoints,
   the architecture each loads into and how the paper evaluates it.
+- :data:`FID_REFERENCE_SEED`, :data:`FID_MAX_REFERENCE`: the reference draw of the paper's FID protocol
+  (lib.fid's ``paper-torcheval``).
 """
 
 from __future__ import annotations
@@ -243,6 +245,11 @@ PAPER_EVALUATION: dict[str, PaperEvaluation] = {
         "3", "ffhq256_latent", "LOOM-CFM", ("midpoint-1", "midpoint-2", "midpoint-4", "dopri5"), 256
     ),
 }
+# The paper's FID (released evaluation code): torcheval, reference images of the test/validation split drawn with
+# replacement by a RandomSampler seeded with 42, 10,000 draws from CIFAR-10's 10,000 test images, 50,000 from the
+# validation split elsewhere: as many draws as the split has images, at most 50,000.
+FID_REFERENCE_SEED = 42
+FID_MAX_REFERENCE = 50_000
 # Names the kit uses for a dataset besides paper_results.csv's (release names, data-prep names).
 DATASET_ALIASES: dict[str, str] = {
     **{name: spec.dataset for name, spec in PAPER_EVALUATION.items()},

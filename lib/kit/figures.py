@@ -148,8 +148,9 @@ def _fid_lines(ax: Any, rows: Rows, style: dict[str, Any], suffix: str, colors: 
 
 
 def fig3_fid_vs_nfe(ours: Rows, paper: Rows, comparable: bool, title: str = "") -> Figure:
-    """Fig. 3: FID against true NFE per method. ``comparable`` (paper profile, Inception features): ours solid
-    and the paper's dashed on one axis; otherwise two panels, since the values share no scale."""
+    """Fig. 3: FID against true NFE per method. ``comparable`` (paper profile, the paper's FID protocol, Inception
+    features): ours solid and the paper's dashed on one axis; otherwise two panels, since the values share no
+    scale."""
     fig, axes = plots.figure(1 if comparable else 2, size=4.2)
     colors: dict[str, str] = {}
     _fid_lines(axes[0][0], ours, {"marker": "o"}, " (kit)", colors)
@@ -239,13 +240,20 @@ def fig7_sample_grids(grids: Mapping[str, Path]) -> Figure:
 
 
 def fid_vs_nfe_figure(fid: Rows, curvature: Rows, features: str) -> Figure:
-    """Two panels: FID against true NFE per method (paper Fig. 3) and curvature per Euler step (Fig. 4)."""
+    """Two panels: FID against true NFE per method (paper Fig. 3) and curvature per Euler step (Fig. 4).
+    FIDs of different protocols share no scale: rows of more than one protocol are refused."""
+    protocols = sorted({str(r.get("fid_protocol", "unrecorded")) for r in fid})
+    if len(protocols) > 1:
+        raise ValueError(f"FID rows of several protocols {protocols} cannot share one axis; plot each on its own")
     fig, axes = plots.figure(2, size=3.6)
     for method in dict.fromkeys(r["method"] for r in fid):
         mine = [r for r in fid if r["method"] == method]
         axes[0][0].plot([r["nfe"] for r in mine], [r["fid"] for r in mine], marker="o", label=method)
     axes[0][0].set(
-        xscale="log", xlabel="NFE (true network calls)", ylabel=f"FID ({features} features)", title="FID vs NFE"
+        xscale="log",
+        xlabel="NFE (true network calls)",
+        ylabel=f"FID ({', '.join(protocols)}, {features} features)",
+        title="FID vs NFE",
     )
     axes[0][0].legend(fontsize=6)
     plots.draw_curves(axes[0][1], curvature, "step", "curvature", "method", "curvature per Euler step", logy=True)

@@ -7,8 +7,11 @@ matched to the paper's rows (lib/reference/paper_results.csv) on dataset, method
 - a paper row nobody has run yet says ``not run yet``;
 - a kit row of the quick profile is labelled ``quick`` and gets no difference: it tests the pipeline
   (fabricated data, tiny models, often random-feature FID) and is never comparable with the paper;
-- a paper-profile row gets ``kit - paper`` only when its FID used Inception features; its protocol column says
-  which (the paper used torcheval's Inception against test-split references, the kit clean-fid).
+- a paper-profile row gets ``kit - paper`` only when its FID used the paper's protocol (``paper-torcheval``: torcheval's
+  Inception against test/validation images) with Inception features; rows of another protocol (clean-fid) are
+  labelled with it and get no difference, since the protocols disagree on the same samples;
+- every kit row shows its true network calls and the solver's accepted / attempted steps (the paper's adaptive
+  "NFE" may count steps).
 
     rows = comparison(results_root())          # dicts, written as results/tables.csv
     text = markdown(rows)                      # results/tables.md, also the README's results section
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lib import REPO_ROOT
+from lib.fid import PAPER_PROTOCOL
 from lib.kit.notebooks import fid_sources
 from lib.kit.results import read_table
 from lib.paper import TABLES, paper_dataset, paper_results, same_setting
@@ -38,13 +42,29 @@ def run_folder(root: Path, notebook: str) -> tuple[str, Path] | None:
     return None
 
 
+def fid_protocol(row: Mapping[str, Any]) -> str:
+    """The named FID protocol of a kit row (lib.fid.PROTOCOLS); rows written before protocols had names say so."""
+    return str(row.get("fid_protocol") or "unrecorded")
+
+
 def is_comparable(row: Mapping[str, Any]) -> bool:
-    """A kit FID may be set against the paper's: paper profile and Inception features."""
+    """A kit FID may be set against the paper's: paper profile, the paper's protocol and Inception features."""
     return (
         row["profile"] == "paper"
+        and fid_protocol(row) == PAPER_PROTOCOL
         and "inception" in str(row.get("feature_extractor", "")).lower()
         and "not_inception" not in str(row.get("feature_extractor", ""))
     )
+
+
+def _status(kit: Mapping[str, Any]) -> str:
+    if is_comparable(kit):
+        return "paper profile"
+    if kit["profile"] == "quick":
+        return "quick profile: pipeline check, not comparable"
+    if fid_protocol(kit) != PAPER_PROTOCOL:
+        return f"paper profile, {fid_protocol(kit)} FID: not the paper's protocol, not comparable"
+    return "paper profile, non-Inception FID"
 
 
 def kit_rows(root: Path) -> list[dict[str, Any]]:
@@ -83,8 +103,8 @@ def protocol(kit: Mapping[str, Any]) -> str:
     """The FID protocol of a kit row in a few words (paths relative to the repository)."""
     reference = str(kit.get("reference", "?")).replace(f"{REPO_ROOT}/", "")
     return (
-        f"{kit.get('library', '?')} {kit.get('mode', '')}, {kit.get('feature_extractor', '?')}, "
-        f"{kit.get('num_generated', '?')} vs {reference}"
+        f"{fid_protocol(kit)}: {kit.get('library', '?')} {kit.get('mode', '')}, "
+        f"{kit.get('feature_extractor', '?')}, {kit.get('num_generated', '?')} vs {reference}"
     )
 
 
@@ -102,22 +122,14 @@ def joined_row(table: str, paper: Mapping[str, str] | None, kit: Mapping[str, An
     }
     if kit is None:
         return {**row, "status": "not run yet"}
-    comparable = is_comparable(kit)
-    difference = float(kit["fid"]) - float(paper["fid"]) if comparable and paper else ""
-    status = (
-        "paper profile"
-        if comparable
-        else (
-            "quick profile: pipeline check, not comparable"
-            if kit["profile"] == "quick"
-            else "paper profile, non-Inception FID"
-        )
-    )
+    difference = float(kit["fid"]) - float(paper["fid"]) if is_comparable(kit) and paper else ""
     return {
         **row,
-        "status": status,
+        "status": _status(kit),
         "kit_solver": kit["solver"],
         "kit_nfe": float(kit["nfe"]),
+        "kit_steps_accepted": _steps(kit, "solver_steps_accepted"),
+        "kit_steps_attempted": _steps(kit, "solver_steps_attempted"),
         "kit_fid": float(kit["fid"]),
         "difference": difference,
         "profile": kit["profile"],
@@ -126,6 +138,12 @@ def joined_row(table: str, paper: Mapping[str, str] | None, kit: Mapping[str, An
         "protocol": protocol(kit),
         "git_commit": kit["git_commit"],
     }
+
+
+def _steps(kit: Mapping[str, Any], column: str) -> float | str:
+    """A solver-step column of a kit row as a number ("" for rows written before steps were recorded)."""
+    value = kit.get(column, "")
+    return float(value) if value not in ("", None) else ""
 
 
 def table_of(dataset: str, method: str, paper: list[dict[str, str]]) -> str:
@@ -173,16 +191,31 @@ def _number(value: Any, digits: int = 2) -> str:
 def _kit_cell(row: Mapping[str, Any]) -> str:
     if row["status"] == "not run yet":
         return "not run yet"
-    label = "" if row["status"] == "paper profile" else " (quick)" if row["profile"] == "quick" else " (not Inception)"
+    label = (
+        ""
+        if row["status"] == "paper profile"
+        else " (quick)"
+        if row["profile"] == "quick"
+        else " (other protocol)"
+        if "not the paper's protocol" in row["status"]
+        else " (not Inception)"
+    )
     return f"{row['kit_fid']:.3g}{label}"
 
 
+def _steps_cell(row: Mapping[str, Any]) -> str:
+    """The solver's accepted / attempted steps per batch (fixed grids: k / k), "-" where not recorded."""
+    accepted, attempted = row.get("kit_steps_accepted", ""), row.get("kit_steps_attempted", "")
+    return "-" if "" in (accepted, attempted) else f"{_number(accepted, 0)} / {_number(attempted, 0)}"
+
+
 def markdown_table(rows: Iterable[Mapping[str, Any]]) -> str:
-    """One paper table as markdown: paper value and provenance, kit value, profile, source, true NFE, difference."""
+    """One paper table as markdown: paper value and provenance, kit value, profile, source, true NFE, solver
+    steps, difference."""
     lines = [
-        "| method | solver | paper NFE | paper FID | provenance | kit FID | kit NFE (true) | kit - paper | "
-        "profile | source | FID protocol |",
-        "|" + "---|" * 11,
+        "| method | solver | paper NFE | paper FID | provenance | kit FID | kit NFE (true) | "
+        "kit solver steps (accepted / attempted) | kit - paper | profile | source | FID protocol |",
+        "|" + "---|" * 12,
     ]
     for r in rows:
         lines.append(
@@ -195,6 +228,7 @@ def markdown_table(rows: Iterable[Mapping[str, Any]]) -> str:
                     str(r["paper_provenance"]) or "kit only",
                     _kit_cell(r),
                     _number(r.get("kit_nfe", "-"), 0),
+                    _steps_cell(r),
                     _number(r.get("difference", "")) or "-",
                     str(r.get("profile", "-")),
                     f"{r['notebook']} ({r['checkpoint_kind']})" if r.get("notebook") else "-",
@@ -234,9 +268,12 @@ def markdown(rows: list[Mapping[str, Any]]) -> str:
         "# The paper's tables beside the kit's numbers",
         "",
         "Generated by notebooks/10_paper_tables.ipynb from results/ (never edit by hand). The paper's FIDs use "
-        "torcheval's Inception against test-split references; the kit's use clean-fid (protocol column). "
+        f"torcheval's Inception against test/validation images ({PAPER_PROTOCOL}); a kit number is compared "
+        "with them only under that protocol, and the protocol column names each kit number's. "
         "Quick-profile numbers come from fabricated data, tiny models and usually random features: they show "
-        "that the pipeline runs and are never compared with the paper. `kit NFE` counts true network calls.",
+        "that the pipeline runs and are never compared with the paper. `kit NFE` counts true network calls; "
+        "the solver steps are per batch (the paper's adaptive NFE may count steps; lib.solvers gives "
+        "the relation).",
     ]
     for (table, dataset), title in TABLES.items():
         mine = [r for r in rows if r["table"] == table and r["dataset"] == dataset]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 import torch
 from torchvision.utils import save_image
 
 from lib import evaluate, sample
 from lib.couplings import make_coupling
-from lib.fid import RandomConvFeatures
+from lib.fabricate import write_fake_cifar10
+from lib.fid import PAPER_PROTOCOL, RandomConvFeatures, feature_network
 from lib.train import TrainConfig, train_flow
 from lib.unet import build_unet
 
@@ -39,3 +42,42 @@ def test_fid_rows_record_true_nfe_and_the_protocol(tmp_path: Path) -> None:
     )
     assert [r["solver"] for r in rows] == ["euler-2", "midpoint-2"] and [r["nfe"] for r in rows] == [2, 4]
     assert all(r["fid"] >= 0 and r["num_generated"] == 12 and "NOT Inception" in r["note"] for r in rows)
+
+
+def test_paper_protocol_rows_carry_true_nfe_and_solver_steps(tmp_path: Path) -> None:
+    path, _ = trained_checkpoint(tmp_path, build_unet("tiny"), torch.rand(16, 3, 32, 32) * 2 - 1)
+    write_fake_cifar10(tmp_path / "cifar", num_train=10, num_test=40)
+    rows = evaluate.fid_rows(
+        sample.load_model(path),
+        ["midpoint-2", "dopri5"],
+        6,
+        str(tmp_path / "cifar"),
+        batch_size=3,
+        protocol=PAPER_PROTOCOL,
+        dataset_res=32,
+        feature_extractor=feature_network("random", PAPER_PROTOCOL),
+    )
+    midpoint, dopri = rows
+    assert (midpoint["nfe"], midpoint["solver_steps_accepted"], midpoint["solver_steps_attempted"]) == (4, 2, 2)
+    # Per batch of images (here the mean of two batches): torchdiffeq's dopri5 calls the network
+    # 6 x attempted steps + 2 times; the steps are not the NFE.
+    assert dopri["nfe"] == 6 * dopri["solver_steps_attempted"] + 2
+    assert dopri["solver_steps_attempted"] >= dopri["solver_steps_accepted"] > 0
+    for row in rows:
+        assert row["fid_protocol"] == PAPER_PROTOCOL and row["library"] == "torcheval" and row["fid"] > 0
+        assert row["reference_split"] == "test" and row["num_reference"] == 40 and row["num_generated"] == 6
+
+
+def test_evaluate_cli_checks_the_protocol_first_and_writes_paper_protocol_rows(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "fid.json"
+    with pytest.raises(SystemExit):  # refused by the parser: no checkpoint is loaded, nothing is sampled
+        evaluate.main(["--checkpoint", str(tmp_path / "missing.pt"), "--protocol", "paper", "--out", str(out)])
+    assert "invalid choice: 'paper'" in capsys.readouterr().err and not out.exists()
+    path, _ = trained_checkpoint(tmp_path, build_unet("tiny"), torch.rand(16, 3, 32, 32) * 2 - 1)
+    write_fake_cifar10(tmp_path / "cifar", num_train=10, num_test=30)
+    argv = ["--checkpoint", str(path), "--protocol", PAPER_PROTOCOL, "--reference", str(tmp_path / "cifar")]
+    argv += ["--num-reference", "50", "--features", "random", "--solvers", "euler-2", "--num-samples", "6"]
+    assert evaluate.main([*argv, "--batch-size", "6", "--device", "cpu", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["fid_protocol"] == PAPER_PROTOCOL and row["num_reference"] == 50 and row["nfe"] == 2
+    assert "steps 2.0 accepted / 2.0 attempted" in capsys.readouterr().out

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from lib import fabricate
-from lib.checkpoints import load_released
+from lib.checkpoints import LoadedModel, load_released
 from lib.experiments import pipeline
 from lib.paper import COUPLING_ROWS, paper_rows
 from lib.train import TrainConfig, TrainSettings, parse_args
@@ -58,3 +59,13 @@ def test_evaluating_a_release_without_its_reference_names_the_dataset(tmp_path: 
         pipeline.evaluate_releases(
             {"imagenet64": loaded}, 4, {"imagenet32": "imagenet32_train"}, {}, seed=0, device="cpu"
         )
+
+
+def test_fid_table_checks_the_protocol_before_sampling() -> None:
+    class Unsampled(torch.nn.Module):
+        def forward(self, x, t):
+            raise AssertionError("sampled before the protocol was checked")
+
+    models = {"m": LoadedModel(Unsampled(), (3, 32, 32), {})}
+    with pytest.raises(ValueError, match="unknown FID protocol 'torcheval'"):
+        pipeline.fid_table(models, ["euler-1"], 4, "cifar10", [], seed=0, device="cpu", protocol="torcheval")

@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from lib.kit import figures
@@ -64,3 +65,13 @@ def test_sample_grids_of_every_image_notebook_are_collected(tmp_path: Path) -> N
     ]
     drawn, missing = figures.redraw_paper_figures(tmp_path)
     assert "fig7_sample_grids" in drawn and "fig7_sample_grids" not in missing
+
+
+def test_fid_vs_nfe_refuses_rows_of_several_protocols() -> None:
+    """FIDs of different protocols share no scale, so one axis never holds two."""
+    rows = [
+        {"method": "a", "nfe": 4, "fid": 1.0, "fid_protocol": "paper-torcheval"},
+        {"method": "a", "nfe": 8, "fid": 2.0, "fid_protocol": "clean-fid-clean"},
+    ]
+    with pytest.raises(ValueError, match="several protocols"):
+        figures.fid_vs_nfe_figure(rows, [], "random")
