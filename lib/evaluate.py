@@ -119,7 +119,12 @@ def fid_rows(
 def main(argv: list[str] | None = None) -> int:
     """python -m lib.evaluate: FID of a checkpoint for several solvers under a named protocol, as JSON rows."""
     p = argparse.ArgumentParser(prog="python -m lib.evaluate", description=main.__doc__)
-    p.add_argument("--checkpoint", required=True, help="a lib.train checkpoint or a released LOOM-CFM .pt")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a lib.train checkpoint, a released LOOM-CFM .pt, or released:<name> (cifar10, cifar10_reflow, "
+        "imagenet32, imagenet64, ffhq256: fetched through huggingface_hub)",
+    )
     p.add_argument(
         "--solvers",
         nargs="+",

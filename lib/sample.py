@@ -68,6 +68,17 @@ def generate(
         yield result.x.cpu(), result.nfe
 
 
+def as_images(samples: Tensor) -> Tensor:
+    """Samples -> (N, C, H, W) to draw: images as they are, flat vectors of a square length (digits' 64) as one-channel
+    square images, other vectors as one-pixel-high strips."""
+    if samples.ndim == 4:
+        return samples
+    side = math.isqrt(samples.shape[1])
+    if side * side == samples.shape[1]:
+        return samples.reshape(len(samples), 1, side, side)
+    return samples[:, None, None, :]
+
+
 def save_grid(images: Tensor, path: str | os.PathLike[str]) -> Path:
     """Images (N, C, H, W) in [-1, 1] -> a square-ish PNG grid at ``path``."""
     path = Path(path)
@@ -101,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         torch.save(images, args.out)
     else:
-        save_grid(images if images.ndim == 4 else images[:, None, None, :], args.out)
+        save_grid(as_images(images), args.out)
     print(
         json.dumps(
             {

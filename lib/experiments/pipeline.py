@@ -7,11 +7,12 @@ the same code. The figures of these steps are drawn by lib.kit.figures.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,22 @@ def side_by_side(ours: list[Mapping[str, Any]], paper: list[Mapping[str, str]]) 
     return rows
 
 
+def source_digest() -> str:
+    """A digest of lib's source code: a training run is reused only by the code that made it."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO_ROOT / "lib").rglob("*.py")):
+        digest.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def keyed(settings: TrainSettings, folder: Path) -> TrainSettings:
+    """``settings`` writing to ``<folder>-<key>``, the key a digest of the settings (the run folder aside) and of
+    lib's code: a rerun resumes or reuses a finished run only when both are the same, and trains afresh otherwise
+    (``runs/`` keeps the older runs; delete them at will)."""
+    described = json.dumps({**asdict(replace(settings, out="")), "code": source_digest()}, sort_keys=True)
+    return replace(settings, out=f"{folder}-{hashlib.sha256(described.encode()).hexdigest()[:10]}")
+
+
 def run_name(row: str) -> str:
     """A folder name for a table row: 'w/o saving local reassignments' -> 'wo_saving_local_reassignments'."""
     return "_".join("".join(c for c in word if c.isalnum()) for word in row.lower().split()).strip("_")
@@ -90,17 +107,17 @@ def read_history(checkpoint: Path) -> list[dict[str, float]]:
 # ---------------------------------------------------------------------------------------------------------
 def row_settings(row: str, settings: TrainSettings, runs: Path) -> TrainSettings:
     """``settings`` with the coupling switches of paper row ``row`` (lib.paper.COUPLING_ROWS), run in
-    ``runs/<run_name(row)>``."""
+    ``runs/<run_name(row)>-<key>`` (:func:`keyed`)."""
     if row not in COUPLING_ROWS:
         raise ValueError(f"unknown row {row!r}; rows are {sorted(COUPLING_ROWS)}")
     spec = COUPLING_ROWS[row]
-    return replace(
+    switched = replace(
         settings,
-        out=str(runs / run_name(row)),
         coupling=spec.coupling,
         no_swaps=spec.no_swaps,
         train=replace(settings.train, converge_first=spec.converge_first),
     )
+    return keyed(switched, runs / run_name(row))
 
 
 def train_rows(

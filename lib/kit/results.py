@@ -165,6 +165,18 @@ class Run:
         """Where this run writes until :meth:`finish` swaps it in: ``.<notebook>.partial`` beside the final folder."""
         return self.directory.with_name(f".{self.directory.name}.partial")
 
+    def runs_dir(self, runs: str = "") -> Path:
+        """Where this notebook keeps training runs and the data it makes: ``runs`` (RUNS_DIR) relative to the
+        repository if given, else ``runs/<profile>/<notebook>`` beside the results folder: the repository's
+        ``runs/`` for its own results/, a fresh folder inside any other results root (tests, reruns), so those
+        never reuse what an earlier run trained. Within a folder a training run is reused only with the same
+        settings and code (lib.experiments.pipeline.row_settings)."""
+        if runs:
+            return REPO_ROOT / runs
+        root = self.directory.parent.parent
+        base = REPO_ROOT / "runs" if root.resolve() == (REPO_ROOT / "results").resolve() else root / "runs"
+        return base / self.profile / self.notebook
+
     def path(self, name: str) -> Path:
         """A path inside this run's folder (recorded as written)."""
         self.files.append(name)

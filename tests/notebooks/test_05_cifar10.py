@@ -31,7 +31,8 @@ def test_05_cifar10_trains_every_row_through_torchrun(tmp_path: Path, run_tiny) 
     history = read_table(folder / "training_history.csv")
     assert {r["method"] for r in history} == {"I-CFM", "LOOM-CFM"}
     assert all(int(r["swaps"]) == 0 for r in history if r["method"] == "I-CFM")
-    assert (tmp_path / "runs" / "loomcfm" / "checkpoint.pt").is_file()
+    [checkpoint] = (tmp_path / "runs").glob("loomcfm-*/checkpoint.pt")  # the row's run, keyed by settings and code
+    assert checkpoint.is_file()
     assert len(read_table(folder / "curvature_per_step.csv")) == 2 * 19
     steps = read_table(folder / "training_step_cost.csv")
     assert [r["part"] for r in steps][::2] == ["independent: training step", "minibatch_ot: training step",

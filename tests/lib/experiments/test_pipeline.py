@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,14 @@ def test_every_paper_row_is_a_valid_lib_train_command(tmp_path: Path) -> None:
         settings = pipeline.row_settings(row, TrainSettings(train=TrainConfig(steps=3)), tmp_path)
         args = parse_args(settings.to_argv())
         assert args.coupling == spec.coupling and args.no_swaps == spec.no_swaps
-        assert args.converge_first == spec.converge_first and args.out == str(tmp_path / pipeline.run_name(row))
+        assert args.converge_first == spec.converge_first and args.out.startswith(
+            str(tmp_path / pipeline.run_name(row))
+        )
         assert TrainSettings.from_args(args) == settings
     assert pipeline.run_name("w/o saving local reassignments") == "wo_saving_local_reassignments"
+    base = TrainSettings(train=TrainConfig(steps=3))
+    same, other = (pipeline.row_settings("LOOM-CFM", s, tmp_path) for s in (base, replace(base, caches=2)))
+    assert same.out == pipeline.row_settings("LOOM-CFM", base, tmp_path).out != other.out  # keyed by the settings
     with pytest.raises(ValueError, match="unknown row 'OT-CFM'"):
         pipeline.row_settings("OT-CFM", TrainSettings(), tmp_path)
 
