@@ -29,15 +29,23 @@ def notebooks_on_disk() -> list[str]:
     return sorted(p.stem for p in (REPO_ROOT / "notebooks").glob("*.ipynb"))
 
 
+def machine(run: dict) -> str:
+    """The machine a run.json was measured on, in a few words: the GPU, or the CPU model and cores."""
+    device = run["device"]
+    if device.get("cuda_device"):
+        return device["cuda_device"]
+    model = device.get("cpu_model") or device.get("processor", "CPU")
+    return f"{model}, {device.get('cpu_count', '?')} cores"
+
+
 def _wall_time(results: Path, profile: str, notebook: str) -> str:
-    """Measured wall time of the notebook's last run in ``profile`` with its device, or '' if never run."""
+    """Measured wall time of the notebook's last published run in ``profile`` with its machine, or '' if never run."""
     path = results / profile / notebook / "run.json"
     if not path.is_file():
         return ""
     run = json.loads(path.read_text())
-    seconds, device = float(run["wall_time_s"]), run["device"]
-    where = device.get("cuda_device") or f"{device.get('cpu_count', '?')} CPU cores"
-    return (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min") + f" ({where})"
+    seconds = float(run["wall_time_s"])
+    return (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min") + f" ({machine(run)})"
 
 
 def notebook_index(results: Path) -> str:
@@ -80,15 +88,15 @@ def results_section(results: Path) -> str:
 
 
 def quick_total(results: Path) -> str:
-    """One sentence: how long the notebooks of the last quick run took together, and on what."""
+    """One sentence: how long the notebooks of the published quick runs took together, and on what machine."""
     runs = [json.loads(p.read_text()) for p in sorted((results / "quick").glob("*/run.json"))]
     if not runs:
         return "No quick run is recorded yet."
     minutes = sum(float(r["wall_time_s"]) for r in runs) / 60
-    cores = sorted({str(r["device"].get("cpu_count", "?")) for r in runs})
+    machines = ", ".join(sorted({machine(r) for r in runs}))
     return (
-        f"The last `make reproduce` (results/quick/*/run.json) spent {minutes:.0f} minutes in its {len(runs)} "
-        f"notebooks on {'/'.join(cores)} CPU cores."
+        f"The published quick runs (results/quick/*/run.json) took {minutes:.0f} minutes for their {len(runs)} "
+        f"notebooks on {machines}; timings change only when a notebook's results are republished."
     )
 
 
@@ -135,10 +143,17 @@ def headlines(results: Path) -> str:
     lines = []
     for notebook, name, sentence in HEADLINES:
         path = results / "quick" / notebook / name
-        text = sentence.format(r=json.loads(path.read_text())) if path.is_file() else f"not run yet ({name})"
-        lines.append(f"- `{notebook[:2]}`: " + " ".join(text.split()))
+        if not path.is_file():
+            lines.append(f"- `{notebook[:2]}`: not run yet ({name})")
+            continue
+        text = sentence.format(r=json.loads(path.read_text()))
+        run = path.with_name("run.json")
+        where = f" (measured on {machine(json.loads(run.read_text()))})" if run.is_file() and notebook in TIMED else ""
+        lines.append(f"- `{notebook[:2]}`: " + " ".join(text.split()) + where)
     return "\n".join(lines)
 
+
+TIMED = {"02_assignment_convergence", "04_digits", "09_performance"}  # their headlines hold timings
 
 SECTION_BUILDERS = {
     "quick-total": quick_total,
