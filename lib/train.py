@@ -1,10 +1,12 @@
 """One training loop for conditional flow matching with any coupling, in-process or under torchrun.
 
 Per step (:func:`train_step`, paper Algorithm 1 around the CFM update): draw the next global batch of example
-indices from a shuffled epoch, gather the batch's data from every rank, let the coupling pair noise with it (LOOM
-writes its seeds back here, identically on every rank), keep this rank's slice, take an Adam step on the CFM loss
-(DDP averages the gradients), update the EMA. Adam with linear warm-up then constant lr and gradient-norm
-clipping, as in the released configs.
+indices from a shuffled epoch, fetch the whole batch's data on every rank (or gather every rank's slice), let the
+coupling pair noise with it (LOOM writes its seeds back here, identically on every rank), draw its time samples,
+keep this rank's slice, take an Adam step on the CFM loss (DDP averages the gradients), update the EMA. Adam with
+linear warm-up then constant lr and gradient-norm clipping, as in the released configs. Everything up to the time
+samples needs no weights (:func:`prepare_batch`): by default a background thread does it for the next batches
+while the current one trains (lib.pairing), giving bit-for-bit the same run as pairing inside the step.
 
 Checkpoints hold everything the next step depends on (weights, EMA, optimizer, scheduler, the coupling's seed
 table and generator, RNG states, the rest of the current epoch), are written atomically (lib.checkpoints), and
@@ -55,10 +57,12 @@ from lib.couplings import (
 )
 from lib.datasets import DATASETS, HDF5Images, IndexedImages, make_dataset, read_pair_seeds
 from lib.flow import cfm_loss, sample_time
+from lib.pairing import PAIRED_AHEAD, PAIRING_MODES, PairedBatch, Pairing, check_pairing_mode
 from lib.paper import RELEASED_CONFIGS
 from lib.progress import progress
 
 Data = Tensor | IndexedImages  # (N, *shape) in memory, or a dataset of the kit
+RANK_DATA: tuple[str, ...] = ("fetch", "gather")  # how each rank gets the global batch's data under torchrun
 
 
 def _setting(default: Any, help: str) -> Any:  # noqa: A002 - the argparse word
@@ -84,10 +88,25 @@ class TrainConfig:
     progress: bool = _setting(True, "show a tqdm progress bar")
     checkpoint_every: int = _setting(0, "steps between checkpoints (0: only at the end)")
     bf16: bool = _setting(False, "bf16 autocast for the forward pass on CUDA (ignored on the CPU)")
+    pairing: str = _setting(
+        "pipelined",
+        f"{' or '.join(PAIRING_MODES)}: pair the next batches (data, noise, LOOM's write-back, times) in a "
+        "background thread while the current step trains, or inside the step; the same run bit for bit",
+    )
+    rank_data: str = _setting(
+        "fetch",
+        f"{' or '.join(RANK_DATA)} (torchrun): every rank fetches the whole global batch and pairs it itself, or "
+        "fetches its slice and all-gathers the data; the same pairs either way",
+    )
+
+    def __post_init__(self) -> None:
+        check_pairing_mode(self.pairing)
+        if self.rank_data not in RANK_DATA:
+            raise ValueError(f"unknown rank_data {self.rank_data!r}; use one of {RANK_DATA}")
 
 
 # Settings a resumed run may change: they do not alter the trajectory of the weights.
-RESUMABLE_CHANGES = frozenset({"steps", "progress", "log_every", "checkpoint_every"})
+RESUMABLE_CHANGES = frozenset({"steps", "progress", "log_every", "checkpoint_every", "pairing", "rank_data"})
 
 
 @dataclass(frozen=True)
@@ -178,6 +197,7 @@ class Trainer:
     config: TrainConfig
     device: torch.device
     history: list[dict[str, float]] = field(default_factory=list)
+    pairing: Pairing = field(init=False)  # the batches in training order, paired ahead or in the step
 
 
 def make_ema(model: nn.Module, decay: float) -> AveragedModel:
@@ -217,7 +237,16 @@ def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> N
 
 def checkpoint_state(trainer: Trainer) -> dict[str, Any]:
     """Everything the next step depends on. ``model``/``optimizer``/``lr_scheduler``/``global_step`` keep the
-    released checkpoints' names, so lib.checkpoints reads the model of these files as of released ones."""
+    released checkpoints' names, so lib.checkpoints reads the model of these files as of released ones.
+
+    The pairing is paused meanwhile: the loop position and the coupling are those after the last batch paired, and
+    ``pending`` holds the batches paired but not yet trained (none when pairing is synchronous)."""
+    with trainer.pairing.paused() as pending:
+        return _state_now(trainer, pending)
+
+
+def _state_now(trainer: Trainer, pending: list[PairedBatch]) -> dict[str, Any]:
+    """:func:`checkpoint_state` with the pairing held still."""
     loop = trainer.loop
     return {
         "format": KIT_FORMAT,
@@ -234,6 +263,7 @@ def checkpoint_state(trainer: Trainer) -> dict[str, Any]:
         "optimizer": trainer.optimizer.state_dict(),
         "lr_scheduler": trainer.scheduler.state_dict(),
         "coupling": trainer.coupling.state_dict(),
+        "pending": [batch.state() for batch in pending],
         "history": list(trainer.history),
     }
 
@@ -257,6 +287,9 @@ def restore(state: dict[str, Any], trainer: Trainer) -> None:
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     trainer.history[:] = state["history"]
+    trainer.pairing.ready.clear()
+    for batch in state.get("pending", []):  # paired before the checkpoint, not trained: their data is fetched again
+        trainer.pairing.ready.append(PairedBatch.from_state(batch, fetch_global(trainer, batch["index"])))
 
 
 def latent_source(data: Data) -> dict[str, Any] | None:
@@ -278,7 +311,7 @@ def latent_source(data: Data) -> dict[str, Any] | None:
 def build_trainer(model: nn.Module, data: Data, coupling: Coupling, config: TrainConfig) -> Trainer:
     """Optimizer, warm-up schedule, EMA and loop position for training ``model`` (DDP-wrapped under torchrun)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    return Trainer(
+    trainer = Trainer(
         model=model,
         net=DistributedDataParallel(model) if distributed.world_size() > 1 else model,
         ema=make_ema(model, config.ema_decay),
@@ -290,6 +323,11 @@ def build_trainer(model: nn.Module, data: Data, coupling: Coupling, config: Trai
         config=config,
         device=next(model.parameters()).device,
     )
+    if config.rank_data == "gather":
+        distributed.pairing_group()  # made here, by every rank together, before any pairing thread runs
+    ahead = PAIRED_AHEAD if config.pairing == "pipelined" else 0
+    trainer.pairing = Pairing(lambda: prepare_batch(trainer), ahead, device=trainer.device)
+    return trainer
 
 
 def next_batch(trainer: Trainer) -> Tensor:
@@ -308,26 +346,46 @@ def next_batch(trainer: Trainer) -> Tensor:
     return loop.batches.pop(0)
 
 
-def cfm_step(trainer: Trainer, index: Tensor) -> tuple[Tensor, CouplingStats]:
-    """Loss of this rank's slice of the global batch ``index`` (B,) after the coupling re-paired it.
+def fetch_global(trainer: Trainer, index: Tensor) -> Tensor:
+    """The data of the global batch ``index`` (B,) -> (B, *shape) on the trainer's device, on every rank.
 
-    Every rank gathers the whole batch, so the coupling solves one B x B assignment and its state
-    (LOOM's seed table) evolves identically everywhere; time samples are drawn for the whole batch too,
-    so a run on W ranks sees the same pairs and times as one process with the global batch.
+    ``rank_data`` "fetch": every rank reads the whole batch itself (no communication, so a pairing thread can do it
+    beside DDP's gradient all-reduce); "gather": each rank reads its slice and the slices are all-gathered (on a
+    process group of their own, lib.distributed.pairing_group, for the same reason).
     """
-    device, config = trainer.device, trainer.config
+    if trainer.config.rank_data == "fetch" or distributed.world_size() == 1:
+        return fetch_batch(trainer.data, index, trainer.device)
     mine = distributed.rank_slice(len(index))
-    x = distributed.all_gather_cat(fetch_batch(trainer.data, index[mine], device))
-    pair = trainer.coupling(x, index)
-    t = sample_time(len(index), device, trainer.loop.generator)[mine]
+    return distributed.all_gather_cat(
+        fetch_batch(trainer.data, index[mine], trainer.device), distributed.pairing_group()
+    )
+
+
+def prepare_batch(trainer: Trainer) -> PairedBatch:
+    """The next global batch, paired: indices, data, the coupling's noise (LOOM writes its seeds back here) and
+    time samples. Needs no weights, so lib.pairing may run it ahead of the training step.
+
+    Every rank pairs the whole batch, so the coupling solves one B x B assignment and its state (LOOM's seed table)
+    evolves identically everywhere; time samples are drawn for the whole batch too, so a run on W ranks sees the
+    same pairs and times as one process with the global batch.
+    """
+    index = next_batch(trainer)
+    pair = trainer.coupling(fetch_global(trainer, index), index)
+    t = sample_time(len(index), trainer.device, trainer.loop.generator)
+    return PairedBatch(index=index, epoch=trainer.loop.epoch, z=pair.z, x=pair.x, t=t, stats=pair.stats)
+
+
+def cfm_step(trainer: Trainer, batch: PairedBatch) -> Tensor:
+    """CFM loss of this rank's slice of a paired global batch."""
+    mine, config, device = distributed.rank_slice(len(batch.index)), trainer.config, trainer.device
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda"):
-        loss = cfm_loss(trainer.net, pair.z[mine], pair.x[mine], t, config.sigma)
-    return loss, pair.stats
+        return cfm_loss(trainer.net, batch.z[mine], batch.x[mine], batch.t[mine], config.sigma)
 
 
-def train_step(trainer: Trainer, index: Tensor) -> tuple[Tensor, CouplingStats]:
-    """One optimiser step on the global batch ``index`` (B,): pair, CFM loss, backward, clip, Adam, warm-up, EMA."""
-    loss, stats = cfm_step(trainer, index)
+def train_step(trainer: Trainer, batch: PairedBatch) -> tuple[Tensor, CouplingStats]:
+    """One optimiser step on a paired global batch (:func:`prepare_batch`): CFM loss, backward, clip, Adam, warm-up,
+    EMA. Returns the loss and what the coupling did."""
+    loss, stats = cfm_step(trainer, batch), batch.stats
     trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.config.grad_clip)
@@ -359,7 +417,8 @@ def train_flow(
         torch.manual_seed(config.seed)
         trainer = build_trainer(model, data, coupling, config)
         _resume_or_converge(trainer, Path(checkpoint) if checkpoint is not None else None, global_batch)
-        _run(trainer, Path(checkpoint) if checkpoint is not None else None)
+        with trainer.pairing.start(config.steps - trainer.loop.step):  # pairs ahead in a thread until the end
+            _run(trainer, Path(checkpoint) if checkpoint is not None else None)
     return TrainResult(
         model=model, ema=copy.deepcopy(trainer.ema.module).eval(), history=trainer.history, config=asdict(config)
     )
@@ -402,13 +461,14 @@ def _run(trainer: Trainer, path: Path | None) -> None:
         total=config.steps,
     )
     for step in bar:
-        loss, stats = train_step(trainer, next_batch(trainer))
+        batch = trainer.pairing.next()
+        loss, stats = train_step(trainer, batch)
         loop.step = step
         if step % config.log_every == 0 or step == config.steps:
             trainer.history.append(
                 {
                     "step": step,
-                    "epoch": loop.epoch,
+                    "epoch": batch.epoch,
                     "loss": loss.item(),
                     "swaps": stats.swaps,
                     "cost_before": stats.cost_before,

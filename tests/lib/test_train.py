@@ -85,7 +85,7 @@ def test_a_loom_checkpoint_does_not_resume_another_coupling(tmp_path: Path) -> N
         run(8, path, "minibatch_ot")
 
 
-def _train_cli(out: Path, nproc: int, batch_size: int) -> None:
+def _train_cli(out: Path, nproc: int, batch_size: int, *flags: str) -> None:
     cli = [
         "-m",
         "lib.train",
@@ -107,6 +107,7 @@ def _train_cli(out: Path, nproc: int, batch_size: int) -> None:
         "--device",
         "cpu",
         "--no-progress",
+        *flags,
     ]
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
     done = subprocess.run(
@@ -121,11 +122,17 @@ def _train_cli(out: Path, nproc: int, batch_size: int) -> None:
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_share_one_assignment(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "flags",
+    [(), ("--pairing", "synchronous", "--rank-data", "gather")],
+    ids=["pipelined, every rank fetches the global batch", "synchronous, all-gathered data"],
+)
+def test_torchrun_two_ranks_share_one_assignment(tmp_path: Path, flags: tuple[str, ...]) -> None:
     """torchrun --nproc_per_node=2 (gloo): both ranks end with the same seed table, the seed multiset is
-    unchanged, and it equals one process with the same global batch (one assignment on the gathered batch)."""
-    _train_cli(tmp_path / "ddp", nproc=2, batch_size=16)
-    _train_cli(tmp_path / "single", nproc=1, batch_size=32)
+    unchanged, and it equals one process with the same global batch (one assignment on the whole batch), whether
+    each rank fetches the whole batch and pairs it in a thread or the slices are all-gathered inside the step."""
+    _train_cli(tmp_path / "ddp", 2, 16, *flags)
+    _train_cli(tmp_path / "single", 1, 32, "--pairing", "synchronous")
     rank0, rank1 = (torch.load(tmp_path / "ddp" / f"seeds_rank{r}.pt") for r in (0, 1))
     single = torch.load(tmp_path / "single" / "seeds_rank0.pt")
     initial = LoomCoupling(len(single), 1, seed=2).seeds
@@ -134,6 +141,9 @@ def test_torchrun_two_ranks_share_one_assignment(tmp_path: Path) -> None:
     assert not torch.equal(rank0, initial)  # the assignment really re-paired
     assert torch.equal(rank0, single)
     assert read_training_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["world_size"] == 2
+    ddp, alone = (read_training_checkpoint(tmp_path / f / "checkpoint.pt")["model"] for f in ("ddp", "single"))
+    for name in alone:  # the same pairs and times: weights agree up to the all-reduce's float rounding
+        torch.testing.assert_close(ddp[name], alone[name], rtol=1e-4, atol=1e-6)
 
 
 def test_cli_trains_on_an_hdf5_file_and_an_image_folder(tmp_path: Path) -> None:
