@@ -19,6 +19,7 @@ checkpoint written by a pipelined run resumes exactly in either mode, and a sync
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -31,7 +32,8 @@ from torch import Tensor
 
 from lib.couplings import CouplingStats
 
-PAIRING_MODES: tuple[str, ...] = ("pipelined", "synchronous")
+PAIRING_MODES: tuple[str, ...] = ("pipelined", "synchronous")  # what a run does
+PAIRING_CHOICES: tuple[str, ...] = ("auto", *PAIRING_MODES)  # what a setting may say
 PAIRED_AHEAD = 2  # batches a pipelined run pairs beyond the one training: slack for a pairing slower than usual
 
 
@@ -78,9 +80,20 @@ class PairedBatch:
 
 
 def check_pairing_mode(mode: str) -> None:
-    """Raise a ValueError naming the modes if ``mode`` is not one of PAIRING_MODES."""
-    if mode not in PAIRING_MODES:
-        raise ValueError(f"unknown pairing mode {mode!r}; use one of {PAIRING_MODES}")
+    """Raise a ValueError naming the choices if ``mode`` is not one of PAIRING_CHOICES."""
+    if mode not in PAIRING_CHOICES:
+        raise ValueError(f"unknown pairing mode {mode!r}; use one of {PAIRING_CHOICES}")
+
+
+def resolve_pairing(mode: str, device: torch.device) -> str:
+    """The pairing mode a run uses: ``auto`` pairs ahead where a core is free for it (on CUDA, where the model runs
+    on the GPU, or when torch uses fewer threads than this process may run on) and inside the step otherwise, where
+    a pairing thread would only take a core from the model's own threads (measured: notebook 09)."""
+    check_pairing_mode(mode)
+    if mode != "auto":
+        return mode
+    free_core = device.type == "cuda" or torch.get_num_threads() < len(os.sched_getaffinity(0))
+    return "pipelined" if free_core else "synchronous"
 
 
 class Pairing:

@@ -2,8 +2,9 @@
 
 The lowest layer of lib: it imports nothing from the kit, and everything else reads these facts from here.
 Where a fact comes from: ``lib/reference/paper_setup.md`` (settings, epoch accounting, protocol),
-``lib/reference/paper_results.csv`` (the FIDs of Tables 1, 2, 3, 5 with their provenance) and
-``lib/reference/released_checkpoint_keys.json`` (the released state-dict layout).
+``lib/reference/paper_results.csv`` (the FIDs of Tables 1, 2, 3, 5 with their provenance),
+``lib/reference/released_checkpoint_keys.json`` (the released state-dict layout) and
+``lib/reference/official_measurements.md`` (the released code's coupling step, measured beside the kit).
 
 - :func:`paper_results`, :func:`paper_rows`, :data:`TABLES`: the paper's numbers and its table titles.
 - :func:`same_setting`: whether a kit result (solver, true NFE) is the setting of a paper row.
@@ -14,6 +15,8 @@ Where a fact comes from: ``lib/reference/paper_setup.md`` (settings, epoch accou
   the architecture each loads into and how the paper evaluates it.
 - :data:`FID_REFERENCE_SEED`, :data:`FID_MAX_REFERENCE`: the reference draw of the paper's FID protocol
   (lib.fid's ``paper-torcheval``).
+- :data:`RELEASED_COUPLING_STEP`, :data:`RELEASED_COUPLING_SETTING`: the released code's LOOM coupling step, as
+  measured (notebook 09 sets the kit's step beside it).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from typing import Any
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 PAPER_RESULTS = REFERENCE_DIR / "paper_results.csv"
 RELEASED_KEYS = REFERENCE_DIR / "released_checkpoint_keys.json"
+OFFICIAL_MEASUREMENTS = REFERENCE_DIR / "official_measurements.md"
+OFFICIAL_MEASUREMENTS_SOURCE = "lib/reference/official_measurements.md (released code, commit 213f24f)"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -260,3 +265,30 @@ DATASET_ALIASES: dict[str, str] = {
 def paper_dataset(name: str) -> str:
     """A release, data-prep or paper dataset name -> the dataset name of paper_results.csv."""
     return DATASET_ALIASES.get(name, name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The released implementation's coupling step, measured beside the kit (official_measurements.md; never re-run here:
+# the released code is GPL-3.0 and is not copied into the kit)
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReleasedStepTiming:
+    """One measured range of the released seed-cached OT coupling's step (ms), in RELEASED_COUPLING_SETTING."""
+
+    measured: str
+    torch_threads: int
+    low_ms: float
+    high_ms: float
+
+
+RELEASED_COUPLING_SETTING: dict[str, Any] = {
+    "batch_size": 128,
+    "shape": (3, 32, 32),
+    "num_examples": 50_000,
+    "caches": 1,
+}
+RELEASED_COUPLING_STEP: tuple[ReleasedStepTiming, ...] = (
+    ReleasedStepTiming("released LOOM coupling step, loaded 2-core machine", 1, 870.0, 1050.0),
+    ReleasedStepTiming("released LOOM coupling step, loaded 2-core machine", 2, 710.0, 960.0),
+    ReleasedStepTiming("released LOOM coupling step, idle machine (earlier measurement)", 2, 322.0, 322.0),
+)

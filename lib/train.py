@@ -57,7 +57,7 @@ from lib.couplings import (
 )
 from lib.datasets import DATASETS, HDF5Images, IndexedImages, make_dataset, read_pair_seeds
 from lib.flow import cfm_loss, sample_time
-from lib.pairing import PAIRED_AHEAD, PAIRING_MODES, PairedBatch, Pairing, check_pairing_mode
+from lib.pairing import PAIRED_AHEAD, PAIRING_CHOICES, PairedBatch, Pairing, check_pairing_mode, resolve_pairing
 from lib.paper import RELEASED_CONFIGS
 from lib.progress import progress
 
@@ -89,9 +89,10 @@ class TrainConfig:
     checkpoint_every: int = _setting(0, "steps between checkpoints (0: only at the end)")
     bf16: bool = _setting(False, "bf16 autocast for the forward pass on CUDA (ignored on the CPU)")
     pairing: str = _setting(
-        "pipelined",
-        f"{' or '.join(PAIRING_MODES)}: pair the next batches (data, noise, LOOM's write-back, times) in a "
-        "background thread while the current step trains, or inside the step; the same run bit for bit",
+        "auto",
+        f"{', '.join(PAIRING_CHOICES)}: pipelined pairs the next batches (data, noise, LOOM's write-back, times) in "
+        "a background thread while the current step trains, synchronous inside the step (the same run bit for bit); "
+        "auto pipelines on CUDA or when torch leaves a core free (e.g. torch.set_num_threads(1)), else synchronous",
     )
     rank_data: str = _setting(
         "fetch",
@@ -325,7 +326,7 @@ def build_trainer(model: nn.Module, data: Data, coupling: Coupling, config: Trai
     )
     if config.rank_data == "gather":
         distributed.pairing_group()  # made here, by every rank together, before any pairing thread runs
-    ahead = PAIRED_AHEAD if config.pairing == "pipelined" else 0
+    ahead = PAIRED_AHEAD if resolve_pairing(config.pairing, trainer.device) == "pipelined" else 0
     trainer.pairing = Pairing(lambda: prepare_batch(trainer), ahead, device=trainer.device)
     return trainer
 

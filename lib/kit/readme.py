@@ -114,7 +114,7 @@ HEADLINES: tuple[tuple[str, str, str], ...] = (
         "coupling_cost.json",
         "one coupling step at batch {r[batch_size]} with 3x32x32 examples and a {r[num_examples]}-row seed table costs "
         "{r[loom_over_independent]:.2f}x an independent step and {r[loom_over_minibatch_ot]:.2f}x a minibatch OT step "
-        "on the CPU; one noise file per example would cost {r[file_per_example_over_loom]:.0f}x LOOM.",
+        "on the CPU.",
     ),
     (
         "03_toy_generation",

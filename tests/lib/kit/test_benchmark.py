@@ -8,10 +8,16 @@ from pathlib import Path
 from lib.kit import benchmark
 
 
-def test_benchmarks_cli_still_writes_its_tables(tmp_path: Path) -> None:
-    assert (
-        benchmark.main(["--num-examples", "64", "--batch-size", "8", "--steps", "1", "--results-dir", str(tmp_path)])
-        == 0
-    )
-    summary = json.loads((tmp_path / "quick" / "benchmarks" / "coupling_cost.json").read_text())
-    assert summary["batch_size"] == 8 and summary["ms_loom"] > 0
+def test_benchmarks_cli_writes_the_targets_with_their_tables(tmp_path: Path) -> None:
+    tiny = ["--num-examples", "64", "--batch-size", "8", "--steps", "1", "--unet-batches", "4", "--mlp-batches", "8"]
+    assert benchmark.main([*tiny, "--training-steps", "1", "--block", "1", "--results-dir", str(tmp_path)]) == 0
+    folder = tmp_path / "quick" / "benchmarks"
+    summary = json.loads((folder / "coupling_cost.json").read_text())
+    assert summary["batch_size"] == 8 and summary["ms_loom"] > 0 and summary["torch_threads"] == 1
+    targets = json.loads((folder / "targets.json").read_text())
+    assert [(t["model"], t["batch_size"], t["target"]) for t in targets["training"]] == [
+        ("digits UNet", 4, 1.05),
+        ("2-D MLP", 8, 1.10),
+    ]
+    assert all(t["met"] == (t["loom_pipelined_over_independent"] <= t["target"]) for t in targets["training"])
+    assert {"run.json", "training_steps.csv", "training_step_ratios.csv"} <= {p.name for p in folder.iterdir()}
