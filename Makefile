@@ -10,7 +10,7 @@ PROFILE ?= quick
 # collapse when other processes share the cores (measured: README, "How long things take").
 WORKERS ?= 2
 
-.PHONY: reproduce verify timings test lint lab clean-venv
+.PHONY: reproduce verify timings benchmark gpu-check test lint lab clean-venv
 
 # Install once, again only when pyproject.toml changes. torch is pinned (==), so pip takes the
 # local wheel and no resolver can swap in another torch.
@@ -35,6 +35,16 @@ verify: $(STAMP)
 timings: $(STAMP)
 	$(PY) -m lib.kit.reproduce --profile $(PROFILE) --refresh-timings
 	$(PY) -m lib.kit.readme
+
+# Issue 13's performance targets on this machine (coupling step, training steps paired inside the step and ahead of
+# it), written to results/quick/benchmarks/. Run it on an idle machine: other load distorts the pairing thread's core.
+benchmark: $(STAMP)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m lib.kit.benchmark
+
+# On one CUDA GPU, under 8 minutes: training throughput (fp32, bf16, channels_last, torch.compile), the coupling's
+# share of a CIFAR-10 step synchronous vs pipelined, midpoint-12 sampling, peak memory -> results/gpu/gpu_check/.
+gpu-check: $(STAMP)
+	$(PY) -m lib.kit.gpu_check
 
 # Lint and format check, unit tests, papermill smoke runs and nbval on the committed notebooks (results go to a
 # temporary folder). --dist loadfile keeps each notebook's cells in one worker: they share one kernel.

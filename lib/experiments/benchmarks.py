@@ -474,6 +474,7 @@ def time_training_steps(
     couplings: Sequence[str] = COUPLINGS,
     pairings: Sequence[str] = PAIRING_MODES,
     threads: int | None = None,
+    compile_backend: str = "",
 ) -> list[dict[str, object]]:
     """Median ms of one full training step (lib.train: the pairing of the next batch, CFM loss, backward, clipping,
     Adam, warm-up schedule, EMA) per coupling x pairing mode, and of each coupling step alone, taking turns.
@@ -481,6 +482,7 @@ def time_training_steps(
     data: (N, *shape) on the model's device. Each turn is ``block`` consecutive steps of one contender (its time / block
     is one sample), so a pipelined contender runs as in training: pairing the next batch while this one trains.
     ``threads``: torch threads during the timing (1: the model on one core, a pipelined pairing on the other).
+    ``compile_backend``: train through ``torch.compile(model, backend=...)`` ("inductor" on a GPU; "" not compiled).
     Rows (one per coupling x pairing): coupling, pairing, step_ms, images_per_s, ratio_to_independent (to the
     independent coupling's synchronous step, or its first pairing mode timed), coupling_ms (that coupling's step
     alone), share_of_step (coupling_ms / step_ms). The caller's global RNG is left as it was.
@@ -501,6 +503,9 @@ def time_training_steps(
         for name in couplings
         for mode in pairings
     }
+    if compile_backend:
+        for trainer in trainers.values():
+            trainer.net = torch.compile(trainer.net, backend=compile_backend)
     fns: dict[str, Callable[[int], object]] = {
         f"{name} ({mode})": (lambda step, trainer=trainer: _training_turn(trainer, block))
         for (name, mode), trainer in trainers.items()
