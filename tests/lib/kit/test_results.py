@@ -45,3 +45,11 @@ def test_runs_of_other_results_roots_start_in_a_fresh_folder(tmp_path: Path) -> 
     run = _run(tmp_path)
     assert run.runs_dir() == tmp_path / "runs" / "quick" / "03_toy_generation"
     assert run.runs_dir("data/x") == REPO_ROOT / "data" / "x"
+
+
+def test_quick_false_in_a_notebook_switches_its_namespace_to_the_paper_settings(tmp_path: Path) -> None:
+    namespace = {**profiles.notebook_defaults("03_toy_generation"), "RESULTS_DIR": str(tmp_path), "QUICK": False}
+    run = results.start_run("03_toy_generation", namespace)
+    paper = profiles.profile_settings("03_toy_generation", "paper")
+    assert run.profile == "paper" and run.directory == tmp_path / "paper" / "03_toy_generation"
+    assert all(namespace[k] == v for k, v in paper.items() if k != "RESULTS_DIR")
