@@ -42,7 +42,7 @@ def test_paths_inside_the_repository_are_stored_relative_and_run_json_names_the_
 
 
 def test_runs_of_other_results_roots_start_in_a_fresh_folder(tmp_path: Path) -> None:
-    run = _run(tmp_path)
+    run = _run(tmp_path / "results")
     assert run.runs_dir() == tmp_path / "runs" / "quick" / "03_toy_generation"
     assert run.runs_dir("data/x") == REPO_ROOT / "data" / "x"
 
