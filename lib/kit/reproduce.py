@@ -165,12 +165,14 @@ def _top_level_files(root: Path) -> set[str]:
 def rerun(
     name: str, parameters: dict[str, Any], root: Path, profile: str, *, match_cpu: bool, progress: bool
 ) -> tuple[Path, verify.Comparison]:
-    """Run ``name`` into a scratch copy of ``root`` and compare its folder with the committed one.
+    """Run ``name`` into a scratch copy of the results folder ``root`` and compare its folder with the committed one.
 
-    Returns the scratch root (the caller publishes from it or deletes it) and the comparison.
+    The scratch folder mirrors the repository (``<scratch>/results`` beside ``<scratch>/runs``), so the rerun trains
+    afresh and its result files name paths exactly as a run in the repository does. Returns the scratch results
+    folder (the caller publishes from it, then deletes its parent) and the comparison.
     """
-    scratch = Path(tempfile.mkdtemp(prefix=f"loom-rerun-{name}-"))
-    shutil.copytree(root, scratch, dirs_exist_ok=True)  # later notebooks (10) read what earlier ones wrote
+    scratch = Path(tempfile.mkdtemp(prefix=f"loom-rerun-{name}-")) / "results"
+    shutil.copytree(root, scratch)  # later notebooks (10) read what earlier ones wrote
     committed = root / profile / name
     with environment(capability_environment(committed_capability(committed) if match_cpu else None)):
         run_notebook(name, parameters, scratch, progress=progress)
@@ -256,7 +258,7 @@ def run_all(notebooks: dict[str, dict[str, Any]], args: argparse.Namespace) -> i
         publishing = not args.verify and (not comparison.ok or args.refresh_timings)
         if publishing:
             publish(name, scratch, root, profile)
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch.parent, ignore_errors=True)
         verdict = "unchanged" if comparison.unchanged else "within tolerance" if comparison.ok else "changed"
         print(
             f"    {verdict}: {'published to' if publishing else 'left as committed in'} {root / profile / name}",

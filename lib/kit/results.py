@@ -62,16 +62,20 @@ def results_root(root: str | os.PathLike[str] = "") -> Path:
     return Path(root or os.environ.get("LOOM_RESULTS", "") or REPO_ROOT / "results")
 
 
-def portable(value: Any) -> Any:
-    """``value`` with every absolute path inside the repository made relative to it (recursively in containers)."""
+def portable(value: Any, base: Path = REPO_ROOT) -> Any:
+    """``value`` with every absolute path under ``base`` (the folder holding ``results/`` and ``runs/``: the repository,
+    or a rerun's scratch folder) or under the repository made relative (recursively in containers), so a result
+    file reads the same whoever made it, wherever."""
     if isinstance(value, Path):
         value = str(value)
     if isinstance(value, str):
-        return value.replace(f"{REPO_ROOT}/", "").replace(str(REPO_ROOT), ".")
+        for root in dict.fromkeys((Path(base), REPO_ROOT)):
+            value = value.replace(f"{root}/", "").replace(str(root), ".")
+        return value
     if isinstance(value, Mapping):
-        return {k: portable(v) for k, v in value.items()}
+        return {k: portable(v, base) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [portable(v) for v in value]
+        return [portable(v, base) for v in value]
     return value
 
 
@@ -161,6 +165,11 @@ class Run:
     files: list[str] = field(default_factory=list)
 
     @property
+    def base(self) -> Path:
+        """The folder holding this run's results root and ``runs/``: the repository for ``<repo>/results``."""
+        return self.directory.parent.parent.parent
+
+    @property
     def staging(self) -> Path:
         """Where this run writes until :meth:`finish` swaps it in: ``.<notebook>.partial`` beside the final folder."""
         return self.directory.with_name(f".{self.directory.name}.partial")
@@ -168,14 +177,12 @@ class Run:
     def runs_dir(self, runs: str = "") -> Path:
         """Where this notebook keeps training runs and the data it makes: ``runs`` (RUNS_DIR) relative to the
         repository if given, else ``runs/<profile>/<notebook>`` beside the results folder: the repository's
-        ``runs/`` for its own results/, a fresh folder inside any other results root (tests, reruns), so those
-        never reuse what an earlier run trained. Within a folder a training run is reused only with the same
-        settings and code (lib.experiments.pipeline.row_settings)."""
+        ``runs/`` for its results/, a scratch folder's own for a rerun or a test, so those never reuse what an
+        earlier run trained. Within a folder a training run is reused only with the same settings and code
+        (lib.experiments.pipeline.row_settings)."""
         if runs:
             return REPO_ROOT / runs
-        root = self.directory.parent.parent
-        base = REPO_ROOT / "runs" if root.resolve() == (REPO_ROOT / "results").resolve() else root / "runs"
-        return base / self.profile / self.notebook
+        return self.base / "runs" / self.profile / self.notebook
 
     def path(self, name: str) -> Path:
         """A path inside this run's folder (recorded as written)."""
@@ -191,13 +198,13 @@ class Run:
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fieldnames)
             writer.writeheader()
-            writer.writerows(portable(dict(row)) for row in rows)
+            writer.writerows(portable(dict(row), self.base) for row in rows)
         return path
 
     def write_json(self, name: str, data: Mapping[str, Any]) -> Path:
         """Write a dict of metrics as ``<name>.json``."""
         path = self.path(f"{name}.json")
-        path.write_text(json.dumps(portable(data), indent=2, default=float) + "\n")
+        path.write_text(json.dumps(portable(data, self.base), indent=2, default=float) + "\n")
         return path
 
     def save_figure(self, fig: Any, name: str) -> list[Path]:
@@ -226,7 +233,7 @@ class Run:
         return {
             "notebook": self.notebook,
             "profile": self.profile,
-            "parameters": portable(self.parameters),
+            "parameters": portable(self.parameters, self.base),
             "seed": self.seed,
             "git_commit": git_commit(),
             "versions": package_versions(),
@@ -279,8 +286,8 @@ def start_run(notebook: str, namespace: MutableMapping[str, Any], profile: str |
             {
                 "notebook": notebook,
                 "profile": profile,
-                "results": portable(str(directory)),
-                "parameters": portable(params),
+                "results": portable(str(directory), run.base),
+                "parameters": portable(params, run.base),
                 "versions": package_versions(),
                 "device": device_description(),
             },

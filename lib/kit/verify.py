@@ -224,7 +224,10 @@ def likely_causes(new_run: Path, old_run: Path) -> list[str]:
     }
     if settings:
         causes.append("settings differ: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in settings.items()))
-    return causes or ["same CPU capability, versions and settings: the code changed (compare the git commits)"]
+    commits = [run.get("git_commit", "unknown").removesuffix("+dirty") for run in (old, new)]
+    if commits[0] != commits[1]:
+        causes.append(f"the code differs: committed results made at {commits[0][:12]}, rerun at {commits[1][:12]}")
+    return causes or ["same code, CPU capability, versions and settings: a source of nondeterminism (report it)"]
 
 
 def table(comparisons: list[Comparison]) -> str:
