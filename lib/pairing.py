@@ -204,7 +204,10 @@ class Pairing:
 
     def _work(self) -> None:
         """The background thread: pair batches in order while there is room, until none is left or stopped."""
-        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        stream = None
+        if self.device.type == "cuda":  # a new thread starts on GPU 0: use the training's GPU, on a stream of its own
+            torch.cuda.set_device(self.device)
+            stream = torch.cuda.Stream(self.device)
         while True:
             with self._changed:
                 self._changed.wait_for(

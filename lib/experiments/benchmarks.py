@@ -595,7 +595,7 @@ def time_presets(
                 torch.cuda.reset_peak_memory_stats()
             model = build_model(preset, (), seed=seed).to(device)
             timed = time_training_steps(
-                model, preset_data(preset, 2 * b, device, seed), b, steps, warmup, seed=seed, bf16=half
+                model, preset_data(preset, 2 * b, device, seed), b, steps, warmup, block=1, seed=seed, bf16=half
             )
             memory = peak_memory(device)
             params_m = sum(p.numel() for p in model.parameters()) / 1e6
@@ -732,6 +732,7 @@ def coupling_share_sweep(
             b,
             steps,
             warmup,
+            block=1,
             seed=seed,
             bf16=bf16,
             couplings=("independent", "loom"),

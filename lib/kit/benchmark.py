@@ -14,6 +14,7 @@ One run, each ratio from contenders taking turns in it (meaningful on a busy mac
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import asdict
 
 from lib.experiments.benchmarks import (
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     run.write_table("training_steps", training)
     ratios = pipelined_ratios(training)
     run.write_table("training_step_ratios", ratios)
-    targets = {"coupling": coupling, "training": target_rows(ratios)}
+    # The load average says how much of "the other core" the pairing thread really had (other processes count).
+    targets = {"coupling": coupling, "training": target_rows(ratios), "load_average_1_5_15_min": os.getloadavg()}
     run.write_json("targets", targets)
     run.finish()
     print(f"LOOM coupling step {coupling['loom_over_independent']:.2f}x independent (target <= 1.8)")

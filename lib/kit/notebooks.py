@@ -79,7 +79,7 @@ NOTEBOOKS: dict[str, NotebookInfo] = {
     ),
     "09_performance": NotebookInfo(
         "- (reviewers' cost question)",
-        "coupling step parts, O(m^3) assignment fit, throughput, share of the step",
+        "coupling step parts, assignment fit, training step paired inside vs ahead of it, global batch, released code",
         "CPU or GPU",
         "est. ~15 min, one GPU",
     ),

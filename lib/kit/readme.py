@@ -89,7 +89,9 @@ def results_section(results: Path) -> str:
 
 def quick_total(results: Path) -> str:
     """One sentence: how long the notebooks of the published quick runs took together, and on what machine."""
-    runs = [json.loads(p.read_text()) for p in sorted((results / "quick").glob("*/run.json"))]
+    # Notebooks only: command-line runs (lib.kit.benchmark's results/quick/benchmarks) are no notebook's time.
+    files = [p for p in sorted((results / "quick").glob("*/run.json")) if p.parent.name in NOTEBOOKS]
+    runs = [json.loads(p.read_text()) for p in files]
     if not runs:
         return "No quick run is recorded yet."
     minutes = sum(float(r["wall_time_s"]) for r in runs) / 60

@@ -287,3 +287,51 @@ def test_conclusion_does_not_quote_a_far_extrapolation() -> None:
         "put the crossing beyond batch 4,096 (16x the largest measured), too far out to quote"
         in benchmarks.conclusion_text(facts)
     )
+
+
+def test_conclusion_says_where_pipelined_pairing_hides_the_coupling_and_where_it_cannot() -> None:
+    def rows(model: str, b: int, step: dict[tuple[str, str], float], alone: dict[str, float]) -> list[dict]:
+        return [
+            {
+                "model": model,
+                "batch_size": b,
+                "coupling": c,
+                "pairing": p,
+                "step_ms": ms,
+                "coupling_ms": alone[c],
+                "torch_threads": 1,
+            }
+            for (c, p), ms in step.items()
+        ]
+
+    unet = {(c, p): 100.0 for c in ("independent", "loom") for p in ("pipelined", "synchronous")}
+    unet[("loom", "synchronous")] = 110.0
+    mlp = {
+        ("independent", "pipelined"): 10.0,
+        ("independent", "synchronous"): 10.0,
+        ("loom", "pipelined"): 30.0,
+        ("loom", "synchronous"): 38.0,
+    }
+    training = rows("digits UNet", 128, unet, {"independent": 0.2, "loom": 10.0}) + rows(
+        "2-D MLP", 256, mlp, {"independent": 0.1, "loom": 28.0}
+    )
+    facts = synthetic_facts([0.02, 0.05, 0.12], [32, 64, 128])
+    facts = {
+        **facts,
+        **benchmarks.conclusion_facts(
+            share_rows([0.02, 0.05, 0.12], [32, 64, 128]),
+            benchmarks.fit_power_law([1, 2], [1.0, 4.0]),
+            [{"m": 128, "device": "cpu", "assignment_ms": 1.0, "cost_matrix_ms": 1.0}],
+            [],
+            training,
+        ),
+    }
+    assert [(p["model"], p["pipelined_over_independent"]) for p in facts["pipelined"]] == [
+        ("digits UNet", 1.0),
+        ("2-D MLP", 3.0),
+    ]
+    text = benchmarks.pipelined_paragraph(facts["pipelined"], 1)
+    assert "digits UNet at batch 128: 1.00x pipelined, 1.10x synchronous" in text
+    assert "pipelining can hide only a step's length of it" in text
+    assert "2-D MLP at batch 256 (LOOM's pairing 28.0 ms, an independent step 10.0 ms)" in text
+    assert "digits UNet at batch 128 (" not in text
