@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lib import distributed
 from lib.checkpoints import build_model
 from lib.couplings import (
     COUPLINGS,
@@ -47,7 +48,7 @@ from lib.pairing import PAIRING_MODES, check_pairing_mode
 from lib.paper import OFFICIAL_MEASUREMENTS_SOURCE, RELEASED_CONFIGS, RELEASED_COUPLING_STEP
 from lib.solvers import integrate, parse_solver
 from lib.toy import sample_toy
-from lib.train import TrainConfig, Trainer, build_trainer, train_step
+from lib.train import RANK_DATA, Data, TrainConfig, Trainer, build_trainer, fetch_global, train_step
 from lib.unet import PRESETS
 
 MAX_DISTINCT_BATCHES = 8  # data tensors materialised per benchmark; later steps reuse them with new indices
@@ -683,6 +684,47 @@ def global_batch_assignment(
     sizes = [w * per_rank_batch for w in ranks]
     timed = assignment_scaling(sizes, shape, steps, warmup, device, seed)
     return [{"ranks": w, "per_rank_batch": per_rank_batch, **r} for w, r in zip(ranks, timed)]
+
+
+def time_rank_data(
+    datasets: Mapping[str, Data], batch_size: int, steps: int, warmup: int = 1, seed: int = 0
+) -> list[dict[str, object]]:
+    """Under torchrun (every rank calls it alike): per dataset, median ms for this rank to hold the data of the
+    global batch (lib.train.fetch_global), fetched whole by every rank ("fetch") or fetched as this rank's slice and
+    all-gathered ("gather"), the two taking turns on the same batches.
+
+    Rows: dataset, shape, ranks, batch_size (per rank), global_batch, fetch_ms, gather_ms, gather_over_fetch.
+    """
+    rows = []
+    for label, data in datasets.items():
+        shape = tuple(data[0][1].shape) if not isinstance(data, Tensor) else tuple(data.shape[1:])
+        trainers = {
+            mode: build_trainer(
+                build_model("mlp", shape, hidden=8, seed=seed),
+                data,
+                make_coupling("independent", len(data), seed=seed),
+                TrainConfig(batch_size=batch_size, rank_data=mode, progress=False, seed=seed),
+            )
+            for mode in RANK_DATA
+        }
+        world = distributed.world_size()
+        generator = torch.Generator().manual_seed(seed)  # the same batches on every rank
+        batches = [epoch_batches(len(data), batch_size * world, generator)[0] for _ in range(steps + warmup)]
+        fns = {mode: (lambda step, t=t, b=batches: fetch_global(t, b[step])) for mode, t in trainers.items()}
+        ms = interleaved_median_ms(fns, steps, warmup)
+        rows.append(
+            {
+                "dataset": label,
+                "shape": shape_label(shape),
+                "ranks": world,
+                "batch_size": batch_size,
+                "global_batch": batch_size * world,
+                "fetch_ms": ms["fetch"],
+                "gather_ms": ms["gather"],
+                "gather_over_fetch": ms["gather"] / ms["fetch"],
+            }
+        )
+    return rows
 
 
 def released_comparison(kit_loom_ms: float, kit_torch_threads: int) -> list[dict[str, object]]:

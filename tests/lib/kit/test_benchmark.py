@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from lib.kit import benchmark
 
 
 def test_benchmarks_cli_writes_the_targets_with_their_tables(tmp_path: Path) -> None:
     tiny = ["--num-examples", "64", "--batch-size", "8", "--steps", "1", "--unet-batches", "4", "--mlp-batches", "8"]
+    tiny += ["--ranks", "0"]
     assert benchmark.main([*tiny, "--training-steps", "1", "--block", "1", "--results-dir", str(tmp_path)]) == 0
     folder = tmp_path / "quick" / "benchmarks"
     summary = json.loads((folder / "coupling_cost.json").read_text())
@@ -21,3 +24,14 @@ def test_benchmarks_cli_writes_the_targets_with_their_tables(tmp_path: Path) -> 
     ]
     assert all(t["met"] == (t["loom_pipelined_over_independent"] <= t["target"]) for t in targets["training"])
     assert {"run.json", "training_steps.csv", "training_step_ratios.csv"} <= {p.name for p in folder.iterdir()}
+
+
+@pytest.mark.slow
+def test_the_rank_data_timing_runs_under_torchrun() -> None:
+    """Two gloo ranks time holding the global batch's data: fetched whole by each rank vs slices all-gathered."""
+    rows = benchmark.time_rank_data_under_torchrun(ranks=2, batch_size=8, steps=2)
+    assert [(r["dataset"], r["shape"], r["ranks"], r["global_batch"]) for r in rows] == [
+        ("digits (in memory)", "1x8x8", 2, 16),
+        ("3x32x32 HDF5 (on disk)", "3x32x32", 2, 16),
+    ]
+    assert all(r["fetch_ms"] > 0 and r["gather_ms"] > 0 for r in rows)
