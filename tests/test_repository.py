@@ -81,11 +81,11 @@ def test_unknown_papermill_parameter_is_refused_with_the_fix() -> None:
 
 
 def test_unknown_profile_or_notebook_names_the_known_ones() -> None:
-    with pytest.raises(SystemExit, match="unknown profile 'fast'"):
+    with pytest.raises(ValueError, match="unknown profile 'fast'"):
         reproduce.load_profile("fast")
     with pytest.raises(FileNotFoundError, match="known notebooks"):
         reproduce.notebook_path("99_missing")
-    with pytest.raises(SystemExit, match="matches none"):
+    with pytest.raises(ValueError, match="--only 42 matches no notebook"):
         reproduce.select(reproduce.load_profile("quick"), ["42"])
 
 

@@ -5,12 +5,12 @@
     python -m lib.kit.reproduce --list                     # notebooks and profiles
 
 Parameters come from ``lib/kit/profiles/<profile>.json`` (per notebook); the committed notebook defaults
-are the quick profile. Unknown parameters are refused before anything runs.
+are the quick profile. Unknown parameters of any chosen notebook, an ``--only`` entry that matches no notebook and a
+malformed profile file are refused before anything runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -19,7 +19,7 @@ from typing import Any
 
 import papermill
 
-from lib import REPO_ROOT
+from lib import REPO_ROOT, cli
 from lib.kit.results import results_root
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -40,8 +40,16 @@ def load_profile(profile: str) -> dict[str, dict[str, Any]]:
     """The profile's notebooks in run order (by number, the tables notebook last), each with its overrides."""
     path = PROFILES_DIR / f"{profile}.json"
     if not path.exists():
-        raise SystemExit(f"unknown profile {profile!r}; use one of {profile_names()}")
-    notebooks = json.loads(path.read_text())["notebooks"]
+        raise ValueError(f"unknown profile {profile!r}; use one of {profile_names()}")
+    try:
+        notebooks = json.loads(path.read_text())["notebooks"]
+        if not isinstance(notebooks, dict) or not all(isinstance(p, dict) for p in notebooks.values()):
+            raise TypeError("'notebooks' must map each notebook name to a dict of parameters")
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"profile {path} is not valid: {type(err).__name__}: {err}. It must be JSON of the form "
+            '{"notebooks": {"01_toy_couplings": {"PARAM": value, ...}, ...}}; fix the file (git diff shows changes)'
+        ) from err
     return dict(sorted(notebooks.items(), key=lambda item: (item[0] == TABLES_NOTEBOOK, item[0])))
 
 
@@ -95,21 +103,38 @@ def run_notebook(name: str, parameters: dict[str, Any], results_dir: str | Path 
 
 
 def select(notebooks: dict[str, dict[str, Any]], only: list[str] | None) -> dict[str, dict[str, Any]]:
-    """Keep the notebooks whose name or number prefix is in ``only`` (all if empty)."""
-    if not only:
+    """Keep the notebooks whose name or number prefix is in ``only`` (all if None); every entry of ``only`` must
+    match a notebook, so a typo is refused instead of silently dropped."""
+    if only is None:
         return notebooks
-    chosen = {n: p for n, p in notebooks.items() if any(n == o or n.split("_")[0] == o for o in only)}
-    if not chosen:
-        raise SystemExit(f"--only {only} matches none of {list(notebooks)}")
-    return chosen
+
+    def matches(name: str, wanted: str) -> bool:
+        return name == wanted or name.split("_")[0] == wanted
+
+    unmatched = [o for o in only if not any(matches(n, o) for n in notebooks)]
+    if unmatched or not only:
+        raise ValueError(
+            f"--only {' '.join(unmatched or only)} matches no notebook of this profile; use names or number "
+            f"prefixes of: {', '.join(notebooks)}"
+        )
+    return {n: p for n, p in notebooks.items() if any(matches(n, o) for o in only)}
+
+
+def check_all_parameters(notebooks: dict[str, dict[str, Any]], results_dir: str | Path) -> None:
+    """Refuse unknown parameters of every chosen notebook before the first one runs."""
+    for name, params in notebooks.items():
+        check_parameters(notebook_path(name), {**params, "RESULTS_DIR": str(results_dir)})
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m lib.kit.reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """``python -m lib.kit.reproduce``: an expected error is one line and status 2 (lib.cli)."""
+    return cli.run(reproduce_command, argv)
+
+
+def reproduce_command(argv: list[str]) -> int:
+    parser = cli.parser("python -m lib.kit.reproduce", __doc__)
     parser.add_argument("--profile", default="quick", help=f"one of {profile_names()} (default quick)")
-    parser.add_argument("--only", nargs="*", help="notebook names or number prefixes, e.g. 01 03")
+    parser.add_argument("--only", nargs="+", help="notebook names or number prefixes, e.g. 01 03")
     parser.add_argument("--results-dir", default="", help="results root (default: <repo>/results)")
     parser.add_argument("--list", action="store_true", help="list the profile's notebooks and exit")
     args = parser.parse_args(argv)
@@ -118,12 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, params in notebooks.items():
             print(f"{name}: {json.dumps(params)}")
         return 0
+    check_all_parameters(notebooks, results_root(args.results_dir))
     for name, params in notebooks.items():
         start = time.time()
         print(f"[{args.profile}] {name} ...", flush=True)
         try:
             output = run_notebook(name, params, args.results_dir)
-        except (NotebookFailed, ValueError, FileNotFoundError) as err:
+        except NotebookFailed as err:
             print(f"FAILED: {err}", file=sys.stderr)
             return 1
         print(f"[{args.profile}] {name} done in {time.time() - start:.0f} s -> {output.parent}", flush=True)
