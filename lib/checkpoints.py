@@ -122,9 +122,14 @@ def _corrupt(path: Path, err: BaseException) -> CheckpointError:
 
 
 def _last_line(err: BaseException) -> str:
-    """The informative part of torch's multi-paragraph errors, shortened."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    informative = [ln for ln in lines if "Unsupported" in ln or "error" in ln.lower()]
+    """The informative part of torch's multi-paragraph errors, shortened: the global a refused file pickles
+    ("Unsupported global: GLOBAL builtins.exec"), else the first line that names an error."""
+    text = str(err)
+    refused = re.search(r"Unsupported global: GLOBAL [\w.]+", text)
+    if refused:
+        return refused.group(0)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    informative = [ln for ln in lines if "error" in ln.lower()]
     return (informative or lines or [""])[0][:200]
 
 

@@ -95,8 +95,8 @@ def check_device(name: str | torch.device) -> torch.device:
     """``--device`` -> a torch.device this machine has; ValueError naming what is missing and what to pass instead."""
     try:
         device = torch.device(name)
-    except (RuntimeError, ValueError) as err:
-        raise ValueError(f"--device {name!r} is not a device: use cpu, cuda or cuda:<index> ({err})") from None
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a device: use cpu, cuda or cuda:<index>") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {name} but this machine has no usable CUDA GPU; pass --device cpu")

@@ -336,9 +336,10 @@ def open_checkpoint(path: Path, settings: dict[str, Any], steps: int) -> dict[st
 
 
 def rank_seed(seed: int, rank: int) -> int:
-    """The seed of rank ``rank``'s own randomness (dropout, the path's sigma noise): rank 0 uses ``seed`` itself, so
-    one process is unchanged; ranks never share a stream (seeds below 2**32 are kit seeds)."""
-    return seed + rank * 2**32
+    """The seed of rank ``rank``'s own randomness (dropout, the path's sigma noise). Rank 0 uses ``seed`` itself, so
+    one process is unchanged; other ranks step by an odd constant modulo 2**32, because torch's CPU generator
+    (mt19937) keeps only a seed's low 32 bits, and an odd step never maps two ranks to one seed."""
+    return (seed + rank * 0x9E3779B9) % 2**32
 
 
 def checkpoint_state(trainer: Trainer, settings: dict[str, Any]) -> dict[str, Any]:
@@ -394,10 +395,11 @@ def restore(state: dict[str, Any], trainer: Trainer) -> None:
     loop = trainer.loop
     loop.step, loop.epoch, loop.batches = state["global_step"], state["epoch"], list(state["batches"])
     loop.generator.set_state(state["generator"])
+    # A row is a view into the (world, n) tensor; set_rng_state reads the storage from its start, so copy the row.
     rank, cuda_rng = distributed.rank(), state["cuda_rng"]
-    torch.set_rng_state(state["torch_rng"][rank] if state["torch_rng"].ndim == 2 else state["torch_rng"])
+    torch.set_rng_state(state["torch_rng"][rank].clone() if state["torch_rng"].ndim == 2 else state["torch_rng"])
     if isinstance(cuda_rng, Tensor) and trainer.device.type == "cuda":
-        torch.cuda.set_rng_state(cuda_rng[rank], trainer.device)
+        torch.cuda.set_rng_state(cuda_rng[rank].clone(), trainer.device)
     elif isinstance(cuda_rng, list) and cuda_rng and torch.cuda.is_available():  # written before per-rank states
         torch.cuda.set_rng_state_all(cuda_rng)
     trainer.history[:] = state["history"]
