@@ -124,12 +124,12 @@ def fid_rows(
 NOT_IN_KEY = frozenset({"out", "debug", "trust_checkpoint", "solvers", "checkpoint", "device"})
 
 
-def row_key(args: argparse.Namespace, checkpoint: Path, device: torch.device, solver: str) -> dict[str, object]:
-    """Everything that defines one FID row: the checkpoint's bytes, the solver and every protocol argument."""
+def evaluation_key(args: argparse.Namespace, checkpoint: Path, device: torch.device) -> dict[str, object]:
+    """What defines this run's FID rows, the solver aside: the checkpoint's bytes and every protocol argument."""
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_IN_KEY}
     if isinstance(settings.get("reference"), str) and Path(settings["reference"]).is_dir():
         settings["reference"] = str(Path(settings["reference"]).resolve())  # a folder, wherever the rerun starts
-    return {"checkpoint_sha256": sha256_file(checkpoint), "device": device.type, "solver": solver, **settings}
+    return {"checkpoint_sha256": sha256_file(checkpoint), "device": device.type, **settings}
 
 
 def read_rows(path: Path) -> list[dict[str, object]]:
@@ -204,8 +204,9 @@ def evaluate_command(argv: list[str]) -> int:
     path = checkpoint_file(args.checkpoint)
     loaded = load_model(path, trusted=args.trust_checkpoint)
     extractor = RandomConvFeatures() if args.features == "random" else None
+    evaluation = evaluation_key(args, path, device)
     for solver in solvers:
-        key = row_key(args, path, device, solver)
+        key = {**evaluation, "solver": solver}
         if any(row.get("key") == key for row in rows):
             print(f"{solver:12s} kept from {args.out}")
             continue
