@@ -5,26 +5,37 @@ python -m lib.kit.benchmark            # results/quick/benchmarks/coupling_cost.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict
 
+from lib import cli
 from lib.experiments.benchmarks import CouplingBenchmark, summary, time_couplings
 from lib.kit import results
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m lib.kit.benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """``python -m lib.kit.benchmark``: an expected error is one line and status 2 (lib.cli)."""
+    return cli.run(benchmark_command, argv)
+
+
+def benchmark_command(argv: list[str]) -> int:
+    parser = cli.parser("python -m lib.kit.benchmark", __doc__)
     parser.add_argument(
-        "--num-examples", type=int, default=CouplingBenchmark.num_examples, help="rows of LOOM's seed table"
+        "--num-examples",
+        type=cli.positive_int,
+        default=CouplingBenchmark.num_examples,
+        help="rows of LOOM's seed table",
     )
-    parser.add_argument("--batch-size", type=int, default=CouplingBenchmark.batch_size, help="OT batch")
-    parser.add_argument("--steps", type=int, default=CouplingBenchmark.steps, help="timed steps per coupling")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=CouplingBenchmark.batch_size, help="OT batch")
+    parser.add_argument(
+        "--steps", type=cli.positive_int, default=CouplingBenchmark.steps, help="timed steps per coupling"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--profile", default="quick", choices=["quick", "paper"], help="results subfolder")
     parser.add_argument("--results-dir", default="", help="results root (default: <repo>/results)")
     args = parser.parse_args(argv)
+    cli.check_device(args.device)
+    if args.batch_size > args.num_examples:
+        raise ValueError(f"--batch-size {args.batch_size} exceeds --num-examples {args.num_examples}")
     setting = CouplingBenchmark(
         num_examples=args.num_examples, batch_size=args.batch_size, steps=args.steps, device=args.device
     )
