@@ -12,12 +12,12 @@ whose reference is the test split itself), stored in the torch hub cache.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from torch.hub import get_dir
 
+from lib import cli
 from lib.datasets import CIFAR10_FOLDER, read_cifar10
 from lib.fid import CLEANFID_MODES, TORCHVISION_WEIGHTS, cleanfid_stats_dir
 
@@ -69,7 +69,12 @@ def verify(root: Path, expect_full: bool = True) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """``python data_prep/cifar10.py``: an expected error is one line and status 2 (lib.cli)."""
+    return cli.run(cifar10_command, argv)
+
+
+def cifar10_command(argv: list[str]) -> int:
+    parser = cli.parser("python data_prep/cifar10.py", __doc__)
     parser.add_argument("--root", type=Path, default=Path("data"), help="folder to hold cifar-10-batches-py")
     parser.add_argument("--offline", action="store_true", help="do not download; only verify")
     parser.add_argument(
@@ -79,14 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if not args.offline:
-        download(args.root)
+        download(args.root)  # torchvision checks every file's MD5 against the official one
         print(f"FID reference statistics: {fetch_fid_stats()}")
         print(f"Inception-v3 weights of the paper's FID protocol: {fetch_torchvision_inception()}")
-    try:
-        counts = verify(args.root, expect_full=not args.allow_subset)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    counts = verify(args.root, expect_full=not args.allow_subset)
     print(f"CIFAR-10 ready in {args.root / CIFAR10_FOLDER}: {counts}")
     return 0
 

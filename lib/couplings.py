@@ -329,8 +329,20 @@ class LoomCoupling(Coupling):
     def noise(
         self, index: Tensor, cache: int = 0, device: torch.device | str = "cpu", shape: tuple[int, ...] = ()
     ) -> Tensor:
-        """The noise currently paired with examples ``index`` (B,) in ``cache`` -> (B, *shape)."""
-        return noise_from_seeds(self.seeds[index.cpu(), cache], shape, device)
+        """The noise currently paired with examples ``index`` (B,) in ``cache`` -> (B, *shape).
+
+        With seed_init="first_visit" a slot not visited yet has no noise: ValueError naming the examples.
+        """
+        seeds = self.seeds[index.cpu(), cache]
+        unseen = seeds == self.UNSEEN
+        if bool(unseen.any()):
+            examples = index.cpu()[unseen]
+            raise ValueError(
+                f"{len(examples)} example(s) (e.g. {examples[:5].tolist()}) have no noise in cache {cache} yet: with "
+                "seed_init='first_visit' a seed is drawn when the example is first paired; pair them first (an epoch "
+                "of training or converge_pairing), or use seed_init='upfront'"
+            )
+        return noise_from_seeds(seeds, shape, device)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -394,7 +406,8 @@ def make_coupling(
 def total_pairing_cost(coupling: LoomCoupling, data: Tensor, cost: CostName | None = None) -> float:
     """Mean cost over all (example, cache) pairs of the table: the quantity Theorem 1 says never rises.
 
-    data: (N, *shape) with data[i] the example of index i.
+    data: (N, *shape) with data[i] the example of index i. Raises ValueError while a first-visit table still has
+    unvisited slots (see :meth:`LoomCoupling.noise`).
     """
     cost = cost or coupling.cost
     index = torch.arange(coupling.num_examples)

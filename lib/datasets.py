@@ -56,6 +56,8 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lib.files import atomic_write
+from lib.shards import Verify, verify_folder
 from lib.toy import digits_split_indices, digits_vectors
 
 PathLike = str | os.PathLike[str]
@@ -591,6 +593,11 @@ class HDF5Images(IndexedImages):
 
     Files are validated (and labels read) on construction, then opened lazily, once per process, on first
     access: h5py handles must not cross a fork, so DataLoader workers open their own.
+
+    verify: a shard directory made by data prep is checked against its manifest (lib.shards): "cheap" (default:
+    finished run, the listed shards with their sizes and counts), "full" (also every SHA-256) or "none". A shard
+    that fails raises lib.shards.ShardCheckFailed naming it. A single file, or a directory without a manifest, is
+    read as it is (``full`` refuses a directory without one).
     """
 
     def __init__(
@@ -599,8 +606,11 @@ class HDF5Images(IndexedImages):
         key: Literal["images", "latents"] | None = None,
         flip: bool = True,
         resolution: int | None = None,
+        verify: Verify = "cheap",
     ) -> None:
         shards = [_inspect_hdf5(p, key, resolution) for p in hdf5_shard_paths(path)]
+        if Path(path).is_dir():
+            verify_folder(Path(path), [s.path for s in shards], {s.path: s.length for s in shards}, verify)
         _check_shards_agree(shards)
         self.path, self.shards = Path(path), shards
         self.key, self.scale = shards[0].key, shards[0].scale
@@ -663,16 +673,11 @@ def atomic_write_hdf5(path: PathLike, fill: Callable[[Any], None]) -> Path:
     """Write an HDF5 file via a temporary sibling and os.replace, so readers never see a partial file."""
     import h5py
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # not *.h5: a shard directory never lists it
-    try:
+    def write(tmp: Path) -> None:  # lib.files names it .<name>.<pid>.tmp: a shard directory never lists it
         with h5py.File(tmp, "w") as f:
             fill(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+
+    return atomic_write(path, write)
 
 
 def _as_numpy(x: Tensor | np.ndarray) -> np.ndarray:

@@ -81,7 +81,40 @@ def rank_slice(global_batch: int) -> slice:
     return slice(rank() * share, (rank() + 1) * share)
 
 
+_CONTROL: dist.ProcessGroup | None = None  # see _control_group
+
+
+def _control_group() -> dist.ProcessGroup | None:
+    """A gloo group for small CPU messages (stop and checkpoint flags, RNG states): under nccl they would need GPU
+    tensors and a device sync every step. None means the default group (already gloo)."""
+    global _CONTROL
+    if _CONTROL is None and dist.get_backend() != "gloo":
+        _CONTROL = dist.new_group(backend="gloo")  # collective: every rank reaches the first call at the same step
+    return _CONTROL
+
+
+def any_rank(flags: list[bool]) -> list[bool]:
+    """Flag-wise OR over the ranks (one small all-reduce on the CPU): every rank gets the same answer, so all of
+    them act on it at the same step. Alone: ``flags`` unchanged."""
+    if world_size() == 1:
+        return list(flags)
+    votes = torch.tensor(flags, dtype=torch.int32)
+    dist.all_reduce(votes, op=dist.ReduceOp.MAX, group=_control_group())
+    return [bool(v) for v in votes]
+
+
+def gather_rows(local: Tensor) -> Tensor:
+    """Every rank's CPU tensor (same shape and dtype) -> (world, *shape) in rank order, on every rank."""
+    if world_size() == 1:
+        return local[None].clone()
+    parts = [torch.empty_like(local) for _ in range(world_size())]
+    dist.all_gather(parts, local.contiguous(), group=_control_group())
+    return torch.stack(parts)
+
+
 def shutdown() -> None:
+    global _CONTROL
     _PAIRING_GROUP.clear()
     if dist.is_initialized():
         dist.destroy_process_group()
+    _CONTROL = None

@@ -19,8 +19,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lib.checkpoints import LoadedModel, load_model
+from lib import cli
+from lib.checkpoints import LoadedModel, checkpoint_file, load_model
 from lib.fid import DEFAULT_PROTOCOL, PROTOCOLS, feature_network, fid_from_generator
+from lib.files import sha256_file, write_json
 from lib.flow import VelocityField
 from lib.metrics import curvature_per_step, straightness, w2
 from lib.sample import noise_for_images, to_images
@@ -116,9 +118,44 @@ def fid_rows(
     return rows
 
 
+# Arguments of lib.evaluate that do not change a row's numbers (everything else, with the checkpoint's checksum and the
+# solver, is the row's key: a rerun keeps the rows whose key it would compute again).
+NOT_IN_KEY = frozenset({"out", "debug", "trust_checkpoint", "solvers", "checkpoint", "device"})
+
+
+def evaluation_key(args: argparse.Namespace, checkpoint: Path, device: torch.device) -> dict[str, object]:
+    """What defines this run's FID rows, the solver aside: the checkpoint's bytes and every protocol argument."""
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_IN_KEY}
+    if isinstance(settings.get("reference"), str) and Path(settings["reference"]).is_dir():
+        settings["reference"] = str(Path(settings["reference"]).resolve())  # a folder, wherever the rerun starts
+    return {"checkpoint_sha256": sha256_file(checkpoint), "device": device.type, **settings}
+
+
+def read_rows(path: Path) -> list[dict[str, object]]:
+    """The rows an earlier run wrote to ``--out`` ([] if none); a file that is not a JSON list of rows is refused."""
+    if not path.exists():
+        return []
+    try:
+        rows = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"--out {path} exists but is not JSON ({err}); pass another --out or delete it") from err
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"--out {path} exists but is not a list of FID rows; pass another --out or delete it")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
-    """python -m lib.evaluate: FID of a checkpoint for several solvers under a named protocol, as JSON rows."""
-    p = argparse.ArgumentParser(prog="python -m lib.evaluate", description=main.__doc__)
+    """python -m lib.evaluate: FID of a checkpoint for several solvers under a named protocol, as JSON rows.
+
+    Every solver and the protocol are checked before anything is sampled; each row is written (atomically) as soon
+    as it is computed, and a rerun keeps the rows of ``--out`` whose key (checkpoint checksum, solver, every protocol
+    argument) matches, computing only the missing ones. Errors are one line, status 2 (lib.cli).
+    """
+    return cli.run(evaluate_command, argv)
+
+
+def evaluate_command(argv: list[str]) -> int:
+    p = cli.parser("python -m lib.evaluate", main.__doc__)
     p.add_argument(
         "--checkpoint",
         required=True,
@@ -131,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         default=["midpoint-2", "midpoint-4", "midpoint-6", "dopri5"],
         help="solver specs; midpoint-K costs 2K network calls",
     )
-    p.add_argument("--num-samples", type=int, default=50_000, help="generated images (standard protocol: 50k)")
+    p.add_argument(
+        "--num-samples", type=cli.positive_int, default=50_000, help="generated images (standard protocol: 50k)"
+    )
     p.add_argument(
         "--protocol",
         default=DEFAULT_PROTOCOL,
@@ -147,11 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--num-reference",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="paper-torcheval: reference draws (default: the split's size, at most 50000)",
     )
-    p.add_argument("--dataset-res", type=int, default=32, help="resolution of the images (and of a clean-fid dataset)")
+    p.add_argument(
+        "--dataset-res", type=cli.positive_int, default=32, help="resolution of the images (and of a clean-fid dataset)"
+    )
     p.add_argument("--dataset-split", default="train", help="split of a clean-fid dataset name")
     p.add_argument(
         "--features",
@@ -160,32 +201,48 @@ def main(argv: list[str] | None = None) -> int:
         help="random: lib.fid.RandomConvFeatures (offline checks only; not comparable with any FID)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--batch-size", type=cli.positive_int, default=250)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
         "--trust-checkpoint",
         action="store_true",
         help="allow a checkpoint that pickles Python objects (runs code on load: only files you trust)",
     )
-    p.add_argument("--out", type=Path, required=True, help="JSON file for the rows")
+    p.add_argument("--out", type=Path, required=True, help="JSON file for the rows (a rerun keeps its finished rows)")
     args = p.parse_args(argv)  # an unknown --protocol stops here, before the model is loaded or sampled
-    rows = fid_rows(
-        load_model(args.checkpoint, trusted=args.trust_checkpoint),
-        args.solvers,
-        args.num_samples,
-        args.reference,
-        seed=args.seed,
-        device=args.device,
-        batch_size=args.batch_size,
-        dataset_res=args.dataset_res,
-        dataset_split=args.dataset_split,
-        protocol=args.protocol,
-        num_reference=args.num_reference,
-        feature_extractor=feature_network(args.features, args.protocol),
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2, default=str) + "\n")
-    for row in rows:
+    # Everything that can be refused is refused before the first image is sampled.
+    solvers = [parse_solver(spec).label for spec in args.solvers]
+    if args.num_samples < 2:
+        raise ValueError(f"--num-samples {args.num_samples}: FID needs at least 2 samples for a covariance")
+    if any(sep in args.reference for sep in "/\\") and not Path(args.reference).exists():
+        raise FileNotFoundError(f"--reference {args.reference} is not a folder or file of reference images")
+    device = cli.check_device(args.device)
+    rows = read_rows(args.out)
+    path = checkpoint_file(args.checkpoint)
+    loaded = load_model(path, trusted=args.trust_checkpoint)
+    extractor = feature_network(args.features, args.protocol)
+    evaluation = evaluation_key(args, path, device)
+    for solver in solvers:
+        key = {**evaluation, "solver": solver}
+        if any(row.get("key") == key for row in rows):
+            print(f"{solver:12s} kept from {args.out}")
+            continue
+        (row,) = fid_rows(
+            loaded,
+            [solver],
+            args.num_samples,
+            args.reference,
+            seed=args.seed,
+            device=device,
+            batch_size=args.batch_size,
+            dataset_res=args.dataset_res,
+            dataset_split=args.dataset_split,
+            protocol=args.protocol,
+            num_reference=args.num_reference,
+            feature_extractor=extractor,
+        )
+        rows.append({**row, "key": key})
+        write_json(args.out, rows)  # each row as soon as it exists: an interruption loses at most the current one
         print(
             f"{row['solver']:12s} NFE {row['nfe']:7.1f}  steps {row['solver_steps_accepted']:.1f} accepted / "
             f"{row['solver_steps_attempted']:.1f} attempted  FID {row['fid']:.3f}  ({row['fid_protocol']}, "

@@ -85,12 +85,8 @@ def test_unknown_profile_or_notebook_names_the_known_ones() -> None:
         profiles.load_profile("fast")
     with pytest.raises(profiles.ProfileError, match="known notebooks"):
         profiles.notebook_path("99_missing")
-    with pytest.raises(profiles.ProfileError, match="matches none"):
+    with pytest.raises(profiles.ProfileError, match="--only 42 matches no notebook"):
         reproduce.select(profiles.load_profile("quick"), ["42"])
-    with pytest.raises(profiles.ProfileError, match=r"\['3'\] matches none"):
-        reproduce.select(profiles.load_profile("quick"), ["01", "3"])
-    with pytest.raises(profiles.ProfileError, match="needs notebook names"):
-        reproduce.select(profiles.load_profile("quick"), [])
 
 
 def test_results_on_main_carry_their_provenance() -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from lib import REPO_ROOT, distributed
+from lib import REPO_ROOT, cli, distributed
 from lib.datasets import make_dataset, write_hdf5_images
 from lib.experiments.benchmarks import (
     TRAINING_TARGETS,
@@ -90,20 +90,36 @@ def time_rank_data_under_torchrun(ranks: int, batch_size: int, steps: int) -> li
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m lib.kit.benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    """``python -m lib.kit.benchmark``: an expected error is one line and status 2 (lib.cli)."""
+    return cli.run(benchmark_command, argv)
+
+
+def benchmark_command(argv: list[str]) -> int:
+    parser = cli.parser("python -m lib.kit.benchmark", __doc__)
+    parser.add_argument(
+        "--num-examples",
+        type=cli.positive_int,
+        default=CouplingBenchmark.num_examples,
+        help="rows of LOOM's seed table",
     )
     parser.add_argument(
-        "--num-examples", type=int, default=CouplingBenchmark.num_examples, help="rows of LOOM's seed table"
+        "--batch-size", type=cli.positive_int, default=CouplingBenchmark.batch_size, help="coupling step's batch"
     )
-    parser.add_argument("--batch-size", type=int, default=CouplingBenchmark.batch_size, help="coupling step's batch")
-    parser.add_argument("--steps", type=int, default=CouplingBenchmark.steps, help="timed coupling steps each")
-    parser.add_argument("--unet-batches", type=int, nargs="*", default=[128, 512], help="digits UNet batch sizes")
-    parser.add_argument("--mlp-batches", type=int, nargs="*", default=[256], help="2-D MLP batch sizes")
-    parser.add_argument("--training-steps", type=int, default=5, help="timed turns per training contender")
-    parser.add_argument("--block", type=int, default=3, help="training steps per turn")
-    parser.add_argument("--ranks", type=int, default=2, help="torchrun ranks of the rank-data timing (0: skip it)")
-    parser.add_argument("--rank-batch", type=int, default=128, help="per-rank batch of the rank-data timing")
+    parser.add_argument(
+        "--steps", type=cli.positive_int, default=CouplingBenchmark.steps, help="timed coupling steps each"
+    )
+    parser.add_argument(
+        "--unet-batches", type=cli.positive_int, nargs="*", default=[128, 512], help="digits UNet batches"
+    )
+    parser.add_argument("--mlp-batches", type=cli.positive_int, nargs="*", default=[256], help="2-D MLP batch sizes")
+    parser.add_argument("--training-steps", type=cli.positive_int, default=5, help="timed turns per training contender")
+    parser.add_argument("--block", type=cli.positive_int, default=3, help="training steps per turn")
+    parser.add_argument(
+        "--ranks", type=cli.non_negative_int, default=2, help="torchrun ranks of the rank-data timing (0: skip)"
+    )
+    parser.add_argument(
+        "--rank-batch", type=cli.positive_int, default=128, help="per-rank batch of the rank-data timing"
+    )
     parser.add_argument("--rank-data-worker", nargs=4, help=argparse.SUPPRESS)  # OUT HDF5 BATCH STEPS, under torchrun
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--profile", default="quick", choices=["quick", "paper"], help="results subfolder")
@@ -113,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         out, hdf5, batch, steps = args.rank_data_worker
         rank_data_worker(out, hdf5, int(batch), int(steps))
         return 0
+    cli.check_device(args.device)
+    if args.batch_size > args.num_examples:
+        raise ValueError(f"--batch-size {args.batch_size} exceeds --num-examples {args.num_examples}")
     setting = CouplingBenchmark(
         num_examples=args.num_examples, batch_size=args.batch_size, steps=args.steps, device=args.device
     )

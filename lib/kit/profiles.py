@@ -53,10 +53,12 @@ def load_profile(profile: str) -> dict[str, dict[str, Any]]:
         raise ProfileError(f"unknown profile {profile!r}; use one of {profile_names()}")
     try:
         notebooks = json.loads(path.read_text())["notebooks"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        if not isinstance(notebooks, dict) or not all(isinstance(p, dict) for p in notebooks.values()):
+            raise TypeError("'notebooks' must map each notebook name to a dict of parameters")
+    except (ValueError, KeyError, TypeError) as err:
         raise ProfileError(
-            f"{path} is not a valid profile file ({type(err).__name__}: {err}); it must be JSON "
-            '{"notebooks": {"<notebook>": {"<PARAMETER>": value}}}'
+            f"profile {path} is not valid: {type(err).__name__}: {err}. It must be JSON of the form "
+            '{"notebooks": {"01_toy_couplings": {"PARAM": value, ...}, ...}}; fix the file (git diff shows changes)'
         ) from err
     return dict(sorted(notebooks.items(), key=lambda item: (item[0] == TABLES_NOTEBOOK, item[0])))
 

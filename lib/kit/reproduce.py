@@ -34,6 +34,7 @@ import papermill
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
 
+from lib import cli
 from lib.kit import verify
 from lib.kit.notebooks import NOTEBOOKS
 from lib.kit.profiles import (
@@ -132,15 +133,21 @@ def environment(variables: dict[str, str]) -> Iterator[None]:
 
 
 def select(notebooks: dict[str, dict[str, Any]], only: list[str] | None) -> dict[str, dict[str, Any]]:
-    """Keep the notebooks whose name or number prefix is in ``only`` (all if None); every entry must match one."""
+    """Keep the notebooks whose name or number prefix is in ``only`` (all if None); every entry of ``only`` must
+    match a notebook, so a typo is refused instead of silently dropped."""
     if only is None:
         return notebooks
-    if not only:
-        raise ProfileError("--only needs notebook names or numbers, e.g. --only 01 03")
-    unmatched = [o for o in only if not any(n == o or n.split("_")[0] == o for n in notebooks)]
-    if unmatched:
-        raise ProfileError(f"--only {unmatched} matches none of {list(notebooks)}")
-    return {n: p for n, p in notebooks.items() if any(n == o or n.split("_")[0] == o for o in only)}
+
+    def matches(name: str, wanted: str) -> bool:
+        return name == wanted or name.split("_")[0] == wanted
+
+    unmatched = [o for o in only if not any(matches(n, o) for n in notebooks)]
+    if unmatched or not only:
+        raise ProfileError(
+            f"--only {' '.join(unmatched or only)} matches no notebook of this profile; use names or number "
+            f"prefixes of: {', '.join(notebooks)}"
+        )
+    return {n: p for n, p in notebooks.items() if any(matches(n, o) for o in only)}
 
 
 def capability_environment(capability: str | None) -> dict[str, str]:
@@ -196,13 +203,20 @@ def publish(name: str, scratch: Path, root: Path, profile: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m lib.kit.reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """``python -m lib.kit.reproduce``: an expected error is one line and status 2 (lib.cli)."""
+    return cli.run(reproduce_command, argv)
+
+
+def reproduce_command(argv: list[str]) -> int:
+    parser = cli.parser("python -m lib.kit.reproduce", __doc__)
     parser.add_argument("--profile", default="quick", help=f"one of {profile_names()} (default quick)")
-    parser.add_argument("--only", nargs="*", help="notebook names or number prefixes, e.g. 01 03")
+    parser.add_argument("--only", nargs="+", help="notebook names or number prefixes, e.g. 01 03")
     parser.add_argument("--results-dir", default="", help="results root (default: <repo>/results)")
-    parser.add_argument("--list", action="store_true", help="list the profiles, their notebooks and overrides")
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="list the profile's notebooks (those of --only) with their parameter overrides",
+    )
     parser.add_argument(
         "--verify", action="store_true", help="only compare with the committed results; publish nothing"
     )
@@ -218,19 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
     args = parser.parse_args(argv)
+    notebooks = select(load_profile(args.profile), args.only)
     if args.list:
-        for profile in profile_names():
-            print(f"profile {profile}:")
-            for name, params in load_profile(profile).items():
-                print(f"  {name}: {json.dumps(params) if params else '(the committed parameters)'}")
+        print(f"profile {args.profile} (profiles: {', '.join(profile_names())}):")
+        for name, params in notebooks.items():
+            print(f"  {name}: {json.dumps(params) if params else '(the committed parameters)'}")
         return 0
-    try:
-        notebooks = select(load_profile(args.profile), args.only)
-        for name, params in notebooks.items():  # every notebook's parameters, before any notebook runs
-            check_parameters(name, params)
-    except ProfileError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    for name, params in notebooks.items():  # every chosen notebook's parameters, before the first one runs
+        check_parameters(name, params)
     return run_all(notebooks, args)
 
 

@@ -156,6 +156,21 @@ def test_first_visit_draws_seeds_lazily():
     assert (loom.seeds[:8] != LoomCoupling.UNSEEN).all() and (loom.seeds[8:] == LoomCoupling.UNSEEN).all()
 
 
+def test_first_visit_refuses_noise_of_unvisited_slots():
+    """An unvisited slot has no seed yet: its noise (and the table's total cost) is an error, not the noise of the
+    placeholder seed shared by every such slot."""
+    loom = LoomCoupling(40, 1, seed_init="first_visit")
+    x = data(40)
+    loom(x[:8], torch.arange(8))
+    assert loom.noise(torch.arange(8), 0, "cpu", (5,)).shape == (8, 5)
+    with pytest.raises(ValueError, match=r"2 example\(s\) \(e.g. \[8, 9\]\) have no noise in cache 0"):
+        loom.noise(torch.arange(6, 10), 0, "cpu", (5,))
+    with pytest.raises(ValueError, match="first_visit"):
+        total_pairing_cost(loom, x)
+    loom(x[8:], torch.arange(8, 40))
+    assert total_pairing_cost(loom, x) > 0
+
+
 def test_state_dict_round_trip_continues_identically():
     x = data(48)
     a = LoomCoupling(48, 2, seed=9)

@@ -16,7 +16,7 @@ from lib.checkpoints import read_training_checkpoint, save_checkpoint
 from lib.couplings import LoomCoupling, fixed_pairs_coupling, make_coupling
 from lib.models import MLP
 from lib.pairing import PAIRED_AHEAD, PairedBatch, Pairing
-from lib.train import TrainConfig, build_trainer, checkpoint_state, train_flow, train_step
+from lib.train import TrainConfig, build_trainer, checkpoint_state, run_settings, train_flow, train_step
 
 CONFIG = TrainConfig(steps=14, batch_size=16, lr=1e-3, warmup_steps=5, seed=3, log_every=4, progress=False)
 DATA = toy.sample_toy("moons", 100, seed=1)  # 6 batches of 16 per epoch: the runs cross epoch boundaries
@@ -83,7 +83,7 @@ def test_a_checkpoint_with_batches_paired_but_not_trained_resumes_exactly(tmp_pa
             deadline = time.monotonic() + 30
             while len(trainer.pairing.ready) < PAIRED_AHEAD and time.monotonic() < deadline:
                 time.sleep(0.01)
-            save_checkpoint(path, checkpoint_state(trainer))
+            save_checkpoint(path, checkpoint_state(trainer, run_settings(config, DATA, coupling)))
     state = read_training_checkpoint(path)
     assert state["global_step"] == 7 and len(state["pending"]) == PAIRED_AHEAD
     assert [len(p["index"]) for p in state["pending"]] == [16, 16]
@@ -138,7 +138,7 @@ def test_paused_holds_the_producer_and_lists_what_is_paired() -> None:
 
 
 def test_bad_pairing_settings_name_the_choices() -> None:
-    with pytest.raises(ValueError, match="unknown pairing mode 'async'"):
+    with pytest.raises(ValueError, match="--pairing must be one of auto, pipelined, synchronous, got 'async'"):
         TrainConfig(pairing="async")
-    with pytest.raises(ValueError, match="unknown rank_data 'scatter'"):
+    with pytest.raises(ValueError, match="--rank-data must be one of fetch, gather, got 'scatter'"):
         TrainConfig(rank_data="scatter")

@@ -46,8 +46,12 @@ def test_paper_rows_and_side_by_side_join_on_method_solver_and_nfe() -> None:
 
 
 def test_a_failed_training_run_reports_the_command_and_its_error(tmp_path: Path) -> None:
-    with pytest.raises(pipeline.TrainingFailed, match="unknown model 'resnet'"):
-        pipeline.launch_training(TrainSettings(out=str(tmp_path / "run"), model="resnet", train=TrainConfig(steps=1)))
+    missing = tmp_path / "nowhere.h5"
+    settings = TrainSettings(out=str(tmp_path / "run"), dataset="hdf5", root=str(missing), train=TrainConfig(steps=1))
+    with pytest.raises(pipeline.TrainingFailed, match=f"exited with 2:\nerror: HDF5 dataset {missing} does not exist"):
+        pipeline.launch_training(settings)
+    with pytest.raises(ValueError, match="--model must be mlp or one of"):  # refused before anything is launched
+        TrainSettings(model="resnet")
 
 
 def test_a_failed_data_prep_script_reports_the_command_and_its_error(tmp_path: Path) -> None:

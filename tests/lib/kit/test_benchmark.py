@@ -35,3 +35,19 @@ def test_the_rank_data_timing_runs_under_torchrun() -> None:
         ("3x32x32 HDF5 (on disk)", "3x32x32", 2, 16),
     ]
     assert all(r["fetch_ms"] > 0 and r["gather_ms"] > 0 for r in rows)
+
+
+def test_bad_numbers_and_devices_are_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv, message in (
+        (["--steps", "0"], "--steps: must be a positive integer, got 0"),
+        (["--batch-size", "-8"], "--batch-size: must be a positive integer, got -8"),
+        (["--num-examples", "4", "--batch-size", "8"], "--batch-size 8 exceeds --num-examples 4"),
+        (["--device", "cuda"], "no usable CUDA GPU; pass --device cpu"),
+    ):
+        assert benchmark.main([*argv, "--results-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "quick").exists()

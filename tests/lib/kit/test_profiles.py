@@ -37,5 +37,5 @@ def test_other_settings_make_a_custom_run_that_names_what_differs() -> None:
 def test_a_broken_profile_file_names_the_file_and_the_format(tmp_path, monkeypatch) -> None:
     (tmp_path / "broken.json").write_text("{not json")
     monkeypatch.setattr(profiles, "PROFILES_DIR", tmp_path)
-    with pytest.raises(profiles.ProfileError, match="broken.json is not a valid profile file"):
+    with pytest.raises(profiles.ProfileError, match="broken.json is not valid: JSONDecodeError"):
         profiles.load_profile("broken")
