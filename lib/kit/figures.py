@@ -374,7 +374,7 @@ GRID_INDEX = "sample_grids"  # <GRID_INDEX>.csv in a notebook's folder lists its
 
 def save_sample_grids(
     run: Run, samples: Mapping[str, Tensor], solver: str, dataset: str, name: str = "sample_grids"
-) -> list[Path]:
+) -> None:
     """Save the sample grids of a run: one plain PNG per model, ``grid_<dataset>_<model>.png`` (the equal panels
     notebook 10 composes Fig. 7 from), listed with dataset, model, solver and NFE in ``sample_grids.csv`` (rows of
     earlier calls in the same run kept), and the figure ``<name>`` of all of them, shown inline.
@@ -398,7 +398,7 @@ def save_sample_grids(
     new = {row["file"] for row in rows}
     earlier = [r for r in read_table(index) if r["file"] not in new] if index.is_file() else []
     run.write_table(GRID_INDEX, earlier + rows)
-    return run.save_figure(sample_grids_figure(samples, solver, dataset), name)
+    run.save_figure(sample_grids_figure(samples, solver, dataset), name)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -188,11 +188,12 @@ class Run:
         path.write_text(json.dumps(portable(data), indent=2, default=float) + "\n")
         return path
 
-    def save_figure(self, fig: Any, name: str) -> list[Path]:
+    def save_figure(self, fig: Any, name: str) -> None:
         """Save a matplotlib figure as ``<name>.png`` and ``<name>.pdf`` and, in a notebook, show it inline.
 
         The saved PNG is what is shown (so JupyterLab, the executed copy and results/ hold the same picture
-        whatever matplotlib backend is active); the figure is closed so it is not drawn a second time.
+        whatever matplotlib backend is active); the figure is closed so it is not drawn a second time. Nothing is
+        returned, so a cell ending with this call shows the figure and no list of (staging) paths.
         """
         paths = [self.path(f"{name}.{ext}") for ext in ("png", "pdf")]
         for p in paths:
@@ -207,7 +208,6 @@ class Run:
 
             display(Image(filename=str(paths[0])))
         plt.close(fig)
-        return paths
 
     def provenance(self) -> dict[str, Any]:
         """Everything needed to say where this folder's numbers came from."""
