@@ -260,38 +260,26 @@ def fig6_convergence(batch_sweep: Rows, size_sweep: Rows, cache_sweep: Rows = ()
         for r in rows:
             r[key] = int(r[key])
     fig, rows = plots.panel_groups([[2, 1], [1, 2] if caches else [2]], size=3.2, aspect=0.78)
-    (sweep_fig, (gap_ax, swaps_ax)), (final_fig, (final_ax,)) = rows[0]
-    plots.draw_curves(gap_ax, batch, "epoch", "gap", "batch_size", "digits: gap to the global optimum", logy=True)
-    plots.draw_curves(
-        swaps_ax,
-        [r for r in batch if r["epoch"] > 0],
-        "epoch",
-        "swaps",
-        "batch_size",
-        "digits: swaps per epoch",
-        logy=True,
-    )
-    plots.legend_below(sweep_fig)
+    _draw_gap_and_swaps(rows[0][0], batch, "swaps", "batch_size", "digits")
+    final_fig, (final_ax,) = rows[0][1]
     _draw_final_gaps(final_ax, batch)
     plots.legend_below(final_fig, ncol=1)
-    toy = rows[1][-1]
     if caches:
         cache_fig, (cache_ax,) = rows[1][0]
         plots.draw_curves(cache_ax, caches, "epoch", "gap", "caches", "digits subset: by noise caches", logy=True)
         plots.legend_below(cache_fig, ncol=3)
-    toy_fig, (toy_gap, toy_swaps) = toy
-    plots.draw_curves(toy_gap, size, "epoch", "gap", "dataset_size", "2-D toy: gap to the global optimum", logy=True)
-    plots.draw_curves(
-        toy_swaps,
-        [r for r in size if r["epoch"] > 0],
-        "epoch",
-        "swaps_per_example",
-        "dataset_size",
-        "2-D toy: swaps per example",
-        logy=True,
-    )
-    plots.legend_below(toy_fig)
+    _draw_gap_and_swaps(rows[1][-1], size, "swaps_per_example", "dataset_size", "2-D toy")
     return fig
+
+
+def _draw_gap_and_swaps(group: tuple[Any, list[Axes]], rows: Rows, swaps: str, by: str, data: str) -> None:
+    """A panel group (subfigure, two axes): the gap to the global optimum and the swaps against the epoch, one
+    line per value of ``by``, with the group's legend below it."""
+    container, (gap_ax, swaps_ax) = group
+    plots.draw_curves(gap_ax, rows, "epoch", "gap", by, f"{data}: gap to the global optimum", logy=True)
+    title = f"{data}: {plots.axis_label(swaps).replace(' and epoch', '')}"
+    plots.draw_curves(swaps_ax, [r for r in rows if r["epoch"] > 0], "epoch", swaps, by, title, logy=True)
+    plots.legend_below(container)
 
 
 def _draw_final_gaps(ax: Axes, batch: Rows) -> None:
@@ -510,23 +498,12 @@ def assignment_fit_figure(assignment: Rows, fit: PowerLawFit, device: str) -> Fi
     devices = list(dict.fromkeys(r["device"] for r in assignment))
     for k, dev in enumerate(devices):
         rows = _floats(_select(assignment, "device", dev), "m", "cost_matrix_ms", "transfer_ms")
-        ax.plot(
-            [r["m"] for r in rows],
-            [r["cost_matrix_ms"] for r in rows],
-            marker="s",
-            ls="--",
-            color=plots.OTHER_COLORS[k + 2],
-            label=f"m x m cost matrix ({dev})",
-        )
+        parts = [("cost_matrix_ms", "s", f"m x m cost matrix ({dev})")]
         if dev != "cpu":
-            ax.plot(
-                [r["m"] for r in rows],
-                [r["transfer_ms"] for r in rows],
-                marker="^",
-                ls="--",
-                color=plots.OTHER_COLORS[k + 4],
-                label=f"transfer {dev} -> host",
-            )
+            parts.append(("transfer_ms", "^", f"transfer {dev} -> host"))
+        for j, (key, marker, label) in enumerate(parts):
+            color = plots.OTHER_COLORS[(2 + k + 2 * j) % len(plots.OTHER_COLORS)]
+            ax.plot([r["m"] for r in rows], [r[key] for r in rows], marker=marker, ls="--", color=color, label=label)
     rows = _floats(_select(assignment, "device", device), "m", "assignment_ms")
     sizes = [r["m"] for r in rows]
     ax.plot(sizes, [r["assignment_ms"] for r in rows], marker="o", color="k", label="exact assignment (scipy, CPU)")
