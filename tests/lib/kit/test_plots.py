@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+
 import matplotlib.pyplot as plt
 
+from lib import REPO_ROOT
 from lib.kit import plots
 from lib.paper import COUPLING_ROWS, sweep_label
 
@@ -48,3 +51,15 @@ def test_log_ticks_are_plain_numbers_that_never_collide() -> None:
 
 def test_image_panels_are_equal_and_leave_few_empty_cells() -> None:
     assert [plots.grid_columns(n) for n in (1, 4, 6, 9, 15, 16)] == [1, 4, 3, 3, 5, 4]
+
+
+def test_no_kit_figure_leaves_constrained_layout() -> None:
+    """fig.tight_layout() switches a constrained figure to another engine (with a warning) and lets legends
+    placed outside the axes overlap: the kit's figures rely on constrained layout alone."""
+    callers = [
+        f"{p.name}:{node.lineno}"
+        for p in sorted((REPO_ROOT / "lib" / "kit").glob("*.py"))
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr == "tight_layout"
+    ]
+    assert callers == [], f"drop fig.tight_layout() from {callers}: lib.kit.plots figures use constrained layout"
