@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -152,7 +153,7 @@ def sequence_looks(values: Sequence[object], color: str = LOOM_COLOR) -> dict[ob
 AXIS_LABELS: dict[str, str] = {  # the kit's column names as axis labels (words, units)
     "epoch": "epoch",
     "step": "step",
-    "gap": "gap to the global optimum (relative)",
+    "gap": "relative gap to the optimum",
     "swaps": "swaps per epoch",
     "swaps_per_example": "swaps per example and epoch",
     "cost": "mean pairing cost",
@@ -307,7 +308,7 @@ class ReadableLogLocator(Locator):
                 break
             if len(inside) >= 3 or (len(inside) >= 2 and subs == self.SUBS[-1]):
                 return ticks
-        return list(MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi))
+        return list(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi))
 
 
 def log_axis(ax: Axes, which: str = "x", ticks: Iterable[float] | None = None) -> None:
@@ -437,9 +438,10 @@ def draw_image_panels(panels: Sequence[tuple[str, np.ndarray]], size: float = 2.
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + 0.45) * nrows), squeeze=False)
     cells = [ax for row in axes for ax in row]
+    width = int(size * 72 / (8 * 0.6))  # characters of an 8-point title that fit the panel's width
     for ax, (title, image) in zip(cells, panels):
         ax.imshow(image)
-        ax.set_title(title, fontsize=8)
+        ax.set_title("\n".join(part for line in title.split("\n") for part in textwrap.wrap(line, width)), fontsize=8)
     for ax in cells:
         ax.axis("off")
     return fig

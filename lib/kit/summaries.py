@@ -41,8 +41,10 @@ def _profile_note(profile: str) -> str:
 
 
 def _ranked(values: Mapping[str, float]) -> str:
-    """Names ordered by value: "a (1.2) < b (3.4) < c (5.6)"."""
-    return " < ".join(f"{method_label(k)} ({_g(v)})" for k, v in sorted(values.items(), key=lambda kv: kv[1]))
+    """Names ordered by value: "a (1.2) < b (3.4) < c (5.6)", with enough digits to tell the values apart."""
+    ordered = sorted(values.items(), key=lambda kv: kv[1])
+    digits = next((d for d in range(3, 7) if len({_g(v, d) for _, v in ordered}) == len(set(values.values()))), 7)
+    return " < ".join(f"{method_label(k)} ({_g(v, digits)})" for k, v in ordered)
 
 
 # ---------------------------------------------------------------------------------------------------------
