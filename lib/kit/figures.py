@@ -213,7 +213,14 @@ def fig4_curvature(rows: Rows, group: str = "method", title: str = "") -> Figure
     fig, axes = plots.figure(1, size=4.4, aspect=0.7)
     ax = axes[0][0]
     plots.draw_curves(
-        ax, _floats(rows, "step", "curvature"), "step", "curvature", group, title or "curvature per Euler step", True
+        ax,
+        _floats(rows, "step", "curvature"),
+        "step",
+        "curvature",
+        group,
+        title or "curvature per Euler step",
+        logy=True,
+        legend=False,
     )
     ax.set_xlabel("Euler step k")
     ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
@@ -266,7 +273,9 @@ def fig6_convergence(batch_sweep: Rows, size_sweep: Rows, cache_sweep: Rows = ()
     plots.legend_below(final_fig, ncol=1)
     if caches:
         cache_fig, (cache_ax,) = rows[1][0]
-        plots.draw_curves(cache_ax, caches, "epoch", "gap", "caches", "digits subset: by noise caches", logy=True)
+        plots.draw_curves(
+            cache_ax, caches, "epoch", "gap", "caches", "digits subset: by noise caches", True, legend=False
+        )
         plots.legend_below(cache_fig, ncol=3)
     _draw_gap_and_swaps(rows[1][-1], size, "swaps_per_example", "dataset_size", "2-D toy")
     return fig
@@ -276,9 +285,9 @@ def _draw_gap_and_swaps(group: tuple[Any, list[Axes]], rows: Rows, swaps: str, b
     """A panel group (subfigure, two axes): the gap to the global optimum and the swaps against the epoch, one
     line per value of ``by``, with the group's legend below it."""
     container, (gap_ax, swaps_ax) = group
-    plots.draw_curves(gap_ax, rows, "epoch", "gap", by, f"{data}: gap to the global optimum", logy=True)
+    plots.draw_curves(gap_ax, rows, "epoch", "gap", by, f"{data}: gap to the global optimum", True, legend=False)
     title = f"{data}: {plots.axis_label(swaps).replace(' and epoch', '')}"
-    plots.draw_curves(swaps_ax, [r for r in rows if r["epoch"] > 0], "epoch", swaps, by, title, logy=True)
+    plots.draw_curves(swaps_ax, [r for r in rows if r["epoch"] > 0], "epoch", swaps, by, title, True, legend=False)
     plots.legend_below(container)
 
 
@@ -330,6 +339,7 @@ def fid_vs_nfe_figure(fid: Rows, curvature: Rows, features: str) -> Figure:
             "method",
             "curvature per Euler step\n(the same noise for every model)",
             logy=True,
+            legend=False,
         )
         curvature_ax.set_xlabel("Euler step k")
         curvature_ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
@@ -433,7 +443,7 @@ def quality_vs_nfe_figure(metrics: Rows, floor: Mapping[str, float], methods: Se
         for j, metric in enumerate(["fd", "w2"]):
             ax = axes[i][j]
             sel = [r for r in metrics if r["method"] == method]
-            plots.draw_curves(ax, _floats(sel, "nfe", metric), "nfe", metric, "label")
+            plots.draw_curves(ax, _floats(sel, "nfe", metric), "nfe", metric, "label", legend=False)
             ax.axhline(
                 float(floor[metric]),
                 color=plots.REFERENCE_COLOR,

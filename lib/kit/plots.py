@@ -392,10 +392,12 @@ def draw_curves(
     logy: bool = False,
     groups: Iterable[object] | None = None,
     looks: Mapping[object, Look] | None = None,
+    legend: bool = True,
 ) -> None:
     """Line plot of rows[y] against rows[x], one line per value of rows[group], labelled and styled as the paper
     names it (methods by :func:`look`; other groups, ordered settings, as shades by :func:`sequence_looks`).
-    The legend is the caller's to place (:func:`legend_below` / :func:`legend_right`)."""
+    ``legend``: the panel's legend right of it; False leaves it to the caller (e.g. one :func:`legend_below`
+    for a group of panels)."""
     values = list(groups if groups is not None else dict.fromkeys(r[group] for r in rows))
     if looks is None:
         looks = {v: look(v) for v in values} if group in _METHOD_GROUPS else sequence_looks(values)
@@ -414,6 +416,8 @@ def draw_curves(
     ax.set(xlabel=axis_label(x), ylabel=axis_label(y), title=title)
     if logy:
         log_axis(ax, "y")
+    if legend:
+        legend_right(ax)
 
 
 def image_grid(images: Tensor) -> np.ndarray:
