@@ -3,6 +3,7 @@ the kit's conventions, profiles that only name real parameters, CI running the R
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import tomllib
@@ -96,3 +97,17 @@ def test_results_on_main_carry_their_provenance() -> None:
         for key in ("parameters", "profile", "git_commit", "versions", "device", "seed", "wall_time_s", "files"):
             assert key in run, f"{run_json} lacks {key}"
         assert all((run_json.parent / f).exists() for f in run["files"]), f"{run_json} lists a missing file"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_assert_says_what_was_expected_and_measured(path: Path) -> None:
+    """A failed claim must read as more than ``AssertionError:``: every assert in a notebook carries a message."""
+    nb = nbformat.read(path, as_version=4)
+    bare = [
+        f"cell {i}, line {node.lineno}: {ast.get_source_segment(cell.source, node)}"
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code"
+        for node in ast.walk(ast.parse(cell.source))
+        if isinstance(node, ast.Assert) and node.msg is None
+    ]
+    assert bare == [], f"asserts without a message (expected vs measured): {bare}"

@@ -207,11 +207,12 @@ class Run:
         path.write_text(json.dumps(portable(data, self.base), indent=2, default=float) + "\n")
         return path
 
-    def save_figure(self, fig: Any, name: str) -> list[Path]:
+    def save_figure(self, fig: Any, name: str) -> None:
         """Save a matplotlib figure as ``<name>.png`` and ``<name>.pdf`` and, in a notebook, show it inline.
 
         The saved PNG is what is shown (so JupyterLab, the executed copy and results/ hold the same picture
-        whatever matplotlib backend is active); the figure is closed so it is not drawn a second time.
+        whatever matplotlib backend is active); the figure is closed so it is not drawn a second time. Nothing is
+        returned, so a cell ending with this call shows the figure and no list of (staging) paths.
         """
         paths = [self.path(f"{name}.{ext}") for ext in ("png", "pdf")]
         for p in paths:
@@ -226,7 +227,6 @@ class Run:
 
             display(Image(filename=str(paths[0])))
         plt.close(fig)
-        return paths
 
     def provenance(self) -> dict[str, Any]:
         """Everything needed to say where this folder's numbers came from."""
@@ -243,11 +243,11 @@ class Run:
             "files": sorted(set(self.files)),
         }
 
-    def finish(self) -> Path:
-        """Write ``run.json`` and swap the staging folder in for the previous results -> the final run.json."""
+    def finish(self) -> None:
+        """Write ``run.json``, swap the staging folder in for the previous results and say where they are."""
         (self.staging / "run.json").write_text(json.dumps(self.provenance(), indent=2, default=str) + "\n")
         replace_folder(self.staging, self.directory)
-        return self.directory / "run.json"
+        print(f"{len(set(self.files)) + 1} files in {portable(str(self.directory), self.base)}")
 
 
 def replace_folder(new: Path, final: Path) -> None:
