@@ -570,7 +570,7 @@ def share_and_throughput_figure(
     ax.bar(
         [
             f"{r['preset']}{' bf16' if _truthy(r['bf16']) else ''}\n{plots.method_label(r['coupling'])}"
-            + (f"\n{r['pairing']}" if "pairing" in r else "")
+            + (f",\n{r['pairing']}" if "pairing" in r else "")
             for r in training
         ],
         [float(r["images_per_s"]) for r in training],
@@ -581,6 +581,8 @@ def share_and_throughput_figure(
     for ax in axes[0][1:]:
         ax.grid(axis="x", visible=False)
         ax.tick_params(axis="x", labelsize=7.5)
+    if len(training) > 4:  # every coupling paired two ways: the labels stand upright
+        axes[0][2].tick_params(axis="x", labelrotation=90, labelsize=6.5)
     return fig
 
 
