@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lib.kit import reproduce
+from lib.kit.results import portable
 from lib.kit.notebooks import figures_not_shown
 
 
@@ -19,8 +20,10 @@ def _run_tiny(name: str, tmp_path: Path, **parameters: object) -> Path:
     folder = tmp_path / reproduce.run_profile(name, parameters) / name
     assert output == folder / f"{name}.ipynb" and output.is_file()
     run = json.loads((folder / "run.json").read_text())
-    assert run["parameters"]["RESULTS_DIR"] == str(tmp_path) and run["wall_time_s"] > 0
-    assert all(run["parameters"][k] == v for k, v in parameters.items()), "injected parameters not recorded"
+    # run.json stores paths relative to the folder holding the results root (here tmp_path's parent).
+    assert run["parameters"]["RESULTS_DIR"] == portable(str(tmp_path), tmp_path.parent) and run["wall_time_s"] > 0
+    recorded = run["parameters"]
+    assert all(recorded[k] == portable(v, tmp_path.parent) for k, v in parameters.items()), "parameters not recorded"
     unshown = figures_not_shown(output)
     assert not unshown, f"{name}: every cell that draws a figure shows it inline; not shown: {unshown}"
     return folder
