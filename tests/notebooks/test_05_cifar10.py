@@ -35,8 +35,10 @@ def test_05_cifar10_trains_every_row_through_torchrun(tmp_path: Path, run_tiny) 
     assert checkpoint.is_file()
     assert len(read_table(folder / "curvature_per_step.csv")) == 2 * 19
     steps = read_table(folder / "training_step_cost.csv")
-    assert [r["part"] for r in steps][::2] == ["independent: training step", "minibatch_ot: training step",
-                                               "loom: training step"]
+    couplings = ["independent", "minibatch_ot", "loom"]  # each coupling's full training step, paired both ways
+    assert [(r["coupling"], r["pairing"]) for r in steps] == [
+        (c, mode) for c in couplings for mode in ("pipelined", "synchronous")]
+    assert all(float(r["step_ms"]) > 0 and 0 < float(r["share_of_step"]) for r in steps)
 
 
 def test_05_cifar10_evaluates_a_released_format_checkpoint(tmp_path: Path, run_tiny) -> None:

@@ -18,7 +18,7 @@ def test_06_imagenet_from_npz_batches_to_table_2(tmp_path: Path, run_tiny) -> No
                       CURVATURE_PATHS=4, GRID_IMAGES=4)
     data = json.loads((folder / "data.json").read_text())
     assert data["fabricated"] and data["train_shards"] == 3 and data["train_examples_with_flips"] == 48
-    assert data["image_shape"] == [3, 32, 32] and len(list(Path(data["fid_reference"]).glob("*.png"))) == 16
+    assert data["image_shape"] == [3, 32, 32] and len(list((tmp_path.parent / data["fid_reference"]).glob("*.png"))) == 16
     rows = read_table(folder / "fid_vs_paper.csv")
     assert [(r["method"], r["solver"], float(r["nfe"])) for r in rows] == [
         ("w/o saving local reassignments", "euler-1", 1.0), ("w/o saving local reassignments", "midpoint-2", 4.0),
