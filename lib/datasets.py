@@ -6,6 +6,8 @@ Every dataset here is a ``torch.utils.data.Dataset`` of ``N`` unflipped examples
 - with ``flip=True`` the length is ``2N`` and index ``i + N`` is example ``i`` flipped horizontally.
   Flipping is deterministic, not random: as in the paper, each flipped copy is its own training example
   and owns its own noise seeds in LOOM's seed table, so the index must say which copy was drawn.
+  ``flip_pairs()`` lists each image's two examples; lib.train's epochs visit each image once, as one of them
+  drawn at random (the released pipeline).
 - ``get_batch(indices) -> (index (B,) int64, x (B, C, H, W))`` fetches a batch at once. It is also the
   dataset's ``__getitems__``, which torch's DataLoader calls (automatic batching), so pair a DataLoader with
   ``collate_fn=collate_indexed``, which passes that tuple through (and also stacks lists of ``(i, x)``).
@@ -165,6 +167,14 @@ class IndexedImages(Dataset, ABC):
         return index, x
 
     __getitems__ = get_batch  # torch's DataLoader fetches a whole batch through this hook
+
+    def flip_pairs(self) -> Tensor | None:
+        """Each image's two examples: (images, 2) int64 rows [unflipped index, flipped index], or None when the
+        dataset holds no flipped copies. Here row k is [k, k + N]; lib.train's epochs visit one of the two."""
+        if not self.flip:
+            return None
+        k = torch.arange(self.num_examples)
+        return torch.stack([k, k + self.num_examples], dim=1)
 
     def example_labels(self, index: Tensor) -> Tensor:
         """Labels of dataset indices (B,) (a flipped copy has its example's label) -> (B,) int64."""
@@ -565,6 +575,23 @@ class HDF5Images(IndexedImages):
         self._files: dict[int, Any] = {}
         self._pid: int | None = None
         super().__init__(int(self._ends[-1]), shards[0].shape, flip, labels)
+
+    def flip_pairs(self) -> Tensor | None:
+        """As :meth:`IndexedImages.flip_pairs`; files with encoded flips (``flipped_copies``) pair row j of a shard of
+        2n rows with its flip, row j + n (data_prep/ffhq_latents.py's layout)."""
+        if not self.flipped_copies:
+            return super().flip_pairs()
+        pairs = []
+        for shard, end in zip(self.shards, self._ends.tolist()):
+            if shard.length % 2:
+                raise DatasetFormatError(
+                    f"{shard.path} says flipped_copies but has an odd number of rows ({shard.length}); "
+                    "re-encode it with data_prep/ffhq_latents.py"
+                )
+            half = shard.length // 2
+            first = torch.arange(end - shard.length, end - half)
+            pairs.append(torch.stack([first, first + half], dim=1))
+        return torch.cat(pairs)
 
     def _data(self, s: int) -> Any:
         """The h5py dataset of shard s, opened in this process on first use."""

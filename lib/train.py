@@ -1,10 +1,11 @@
 """One training loop for conditional flow matching with any coupling, in-process or under torchrun.
 
 Per step (:func:`train_step`, paper Algorithm 1 around the CFM update): draw the next global batch of example
-indices from a shuffled epoch, gather the batch's data from every rank, let the coupling pair noise with it (LOOM
-writes its seeds back here, identically on every rank), keep this rank's slice, take an Adam step on the CFM loss
-(DDP averages the gradients), update the EMA. Adam with linear warm-up then constant lr and gradient-norm
-clipping, as in the released configs.
+indices from a shuffled epoch (as the released pipeline: each image once, its flipped copy i + N drawn with
+probability 1/2; ``enumerate_flips`` visits all 2N copies instead), gather the batch's data from every rank, let
+the coupling pair noise with it (LOOM writes its seeds back here, identically on every rank), keep this rank's
+slice, take an Adam step on the CFM loss (DDP averages the gradients), update the EMA. Adam with linear warm-up
+then constant lr and gradient-norm clipping, as in the released configs.
 
 Checkpoints hold everything the next step depends on (weights, EMA, optimizer, scheduler, the coupling's seed
 table and generator, RNG states, the rest of the current epoch), are written atomically (lib.checkpoints), and
@@ -39,6 +40,7 @@ from lib.checkpoints import (
     KIT_FORMAT,
     TrainCheckpointError,
     build_model,
+    keep_checkpoint,
     load_model,
     read_training_checkpoint,
     save_checkpoint,
@@ -52,11 +54,12 @@ from lib.couplings import (
     converge_pairing,
     epoch_batches,
     fixed_pairs_coupling,
+    flipped_epoch_batches,
     make_coupling,
 )
 from lib.datasets import DATASETS, HDF5Images, IndexedImages, make_dataset, read_pair_seeds
 from lib.flow import cfm_loss, sample_time
-from lib.paper import RELEASED_CONFIGS
+from lib.paper import PAPER_GPUS, RELEASED_CONFIGS, RELEASED_EPOCH_IMAGES
 
 Data = Tensor | IndexedImages  # (N, *shape) in memory, or a dataset of the kit
 
@@ -83,11 +86,19 @@ class TrainConfig:
     converge_first: bool = _setting(False, "train after convergence: re-pair without training until no swaps")
     progress: bool = _setting(True, "show a tqdm progress bar")
     checkpoint_every: int = _setting(0, "steps between checkpoints (0: only at the end)")
+    keep_checkpoints_every: int = _setting(
+        0, ">0: also keep a copy checkpoint_step<k>.pt every this many steps (FID along training)"
+    )
+    enumerate_flips: bool = _setting(
+        False,
+        "an epoch visits all 2N flipped copies (the kit's old epochs: twice the steps) instead of the released "
+        "pipeline's N images, each flipped with probability 1/2 and then drawn as example i + N",
+    )
     bf16: bool = _setting(False, "bf16 autocast for the forward pass on CUDA (ignored on the CPU)")
 
 
 # Settings a resumed run may change: they do not alter the trajectory of the weights.
-RESUMABLE_CHANGES = frozenset({"steps", "progress", "log_every", "checkpoint_every"})
+RESUMABLE_CHANGES = frozenset({"steps", "progress", "log_every", "checkpoint_every", "keep_checkpoints_every"})
 
 
 @dataclass(frozen=True)
@@ -98,7 +109,9 @@ class TrainSettings:
 
     out: str = _setting("", "run folder: checkpoint.pt, config.json, history.json (required)")
     config: str = _setting("", f"start from a released training config: {', '.join(RELEASED_CONFIGS)}")
-    epochs: int = _setting(0, ">0: train this many epochs (sets --steps from the dataset size)")
+    epochs: int = _setting(
+        0, ">0: train this many epochs (sets --steps: epochs x images // global batch; see --enumerate-flips)"
+    )
     dataset: str = _setting("digits", f"dataset: {', '.join(DATASETS)}")
     root: str = _setting("", "dataset folder or file (cifar10: the folder holding cifar-10-batches-py)")
     resolution: int = _setting(0, "imagefolder: output size; hdf5: expected size (checked); 0: as stored")
@@ -304,8 +317,24 @@ def next_batch(trainer: Trainer) -> Tensor:
             and (loop.epoch - 1) % config.redraw_every_epochs == 0
         ):
             coupling.redraw()
-        loop.batches = epoch_batches(len(trainer.data), config.batch_size * distributed.world_size(), loop.generator)
+        global_batch, pairs = config.batch_size * distributed.world_size(), flip_pairs(trainer.data)
+        loop.batches = (
+            epoch_batches(len(trainer.data), global_batch, loop.generator)
+            if pairs is None or config.enumerate_flips
+            else flipped_epoch_batches(pairs, global_batch, loop.generator)
+        )
     return loop.batches.pop(0)
+
+
+def flip_pairs(data: Data) -> Tensor | None:
+    """Each image's (unflipped, flipped) example indices (images, 2), or None for data without flipped copies."""
+    return data.flip_pairs() if isinstance(data, IndexedImages) else None
+
+
+def epoch_examples(data: Data, enumerate_flips: bool = False) -> int:
+    """Examples one epoch visits: the images (each once, flipped or not), or every copy with ``enumerate_flips``."""
+    pairs = flip_pairs(data)
+    return len(data) if pairs is None or enumerate_flips else len(pairs)
 
 
 def cfm_step(trainer: Trainer, index: Tensor) -> tuple[Tensor, CouplingStats]:
@@ -351,9 +380,12 @@ def train_flow(
     same arguments; ``model`` is wrapped in DDP here. Dropout and the path's noise draw from torch's global
     RNG, seeded with ``config.seed`` inside a fork: the caller's RNG state is left as it was.
     """
-    num_examples, global_batch = len(data), config.batch_size * distributed.world_size()
+    global_batch = config.batch_size * distributed.world_size()
+    num_examples = epoch_examples(data, config.enumerate_flips)
     if global_batch > num_examples:
-        raise ValueError(f"global batch {global_batch} (batch_size x ranks) exceeds the {num_examples} examples")
+        raise ValueError(
+            f"global batch {global_batch} (batch_size x ranks) exceeds the {num_examples} examples of an epoch"
+        )
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
@@ -415,11 +447,14 @@ def _run(trainer: Trainer, path: Path | None) -> None:
                     "cost_after": stats.cost_after,
                 }
             )
+        keep = config.keep_checkpoints_every and step % config.keep_checkpoints_every == 0
         if path is not None and (
-            step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0)
+            step == config.steps or keep or (config.checkpoint_every and step % config.checkpoint_every == 0)
         ):
             if distributed.is_main():
                 save_checkpoint(path, {**checkpoint_state(trainer), "latent": latent})
+                if keep:
+                    keep_checkpoint(path, step)
             distributed.barrier()
 
 
@@ -462,8 +497,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def steps_for_epochs(epochs: int, num_examples: int, global_batch: int) -> int:
-    """Optimiser steps of ``epochs`` passes with the last partial batch dropped (as lib.couplings.epoch_batches)."""
+    """Optimiser steps of ``epochs`` passes over ``num_examples`` (:func:`epoch_examples`) with the last partial
+    batch dropped (as lib.couplings.epoch_batches and flipped_epoch_batches)."""
     return epochs * (num_examples // global_batch)
+
+
+def released_steps(config: str) -> int:
+    """Optimiser steps of a released config (lib.paper.RELEASED_CONFIGS): its epochs over the images it visits per
+    epoch at its global batch (per-GPU batch x PAPER_GPUS), the last partial batch dropped. CIFAR-10: 1000 x
+    (50,000 // 128) = 390,000 (391,000 if the partial batch were kept)."""
+    settings = RELEASED_CONFIGS[config]
+    return steps_for_epochs(settings["epochs"], RELEASED_EPOCH_IMAGES[config], settings["batch_size"] * PAPER_GPUS)
 
 
 def initial_model(settings: TrainSettings, example_shape: tuple[int, ...]) -> nn.Module:
@@ -513,8 +557,9 @@ def main(argv: list[str] | None = None) -> int:
     data = make_dataset(settings.dataset, **dataset_kwargs(settings))
     config = settings.train
     if settings.epochs:
+        visits = epoch_examples(data, config.enumerate_flips)
         config = replace(
-            config, steps=steps_for_epochs(settings.epochs, len(data), config.batch_size * distributed.world_size())
+            config, steps=steps_for_epochs(settings.epochs, visits, config.batch_size * distributed.world_size())
         )
     torch.manual_seed(config.seed)  # this process's RNG: the same initial weights on every rank
     model = initial_model(settings, tuple(data[0][1].shape)).to(device)

@@ -45,7 +45,7 @@ NOTEBOOKS: dict[str, NotebookInfo] = {
         "Table 1, 5; Fig. 3, 4, 7",
         "ablation rows via torchrun, FID vs NFE beside the paper",
         "GPUs",
-        "est. ~17 h per row on 4 GPUs (paper: 17.3 h)",
+        "est. ~17 h per row on 4 GPUs (390,000 steps; paper: 17.3 h)",
         "fid_vs_paper.csv",
         "cifar10",
         sample_grids=True,
