@@ -80,6 +80,17 @@ def to_uint8(x: Tensor) -> Tensor:
     return ((x.detach().float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
+def quantisation_change(samples: Tensor) -> dict[str, float]:
+    """What 8-bit storage (:func:`to_uint8`, then :func:`uint8_to_unit`) does to float samples in [-1, 1] (any
+    shape): the fraction of values clamped (outside [-1, 1]) and the RMS and largest absolute change."""
+    change = (uint8_to_unit(to_uint8(samples)) - samples.float()).abs()
+    return {
+        "clamped_fraction": float((samples.abs() > 1).float().mean()),
+        "quantisation_rms": float(change.square().mean().sqrt()),
+        "quantisation_max": float(change.max()),
+    }
+
+
 def unflip_index(i: int, num_examples: int) -> tuple[int, bool]:
     """Dataset index i in [0, 2N) -> (example k in [0, N), whether it is the flipped copy)."""
     return i % num_examples, i >= num_examples
@@ -743,3 +754,26 @@ def read_pair_seeds(path: PathLike) -> tuple[Tensor, str]:
     if len(devices) != 1:
         raise DatasetFormatError(f"{path}: shards were made on different device types {sorted(devices)}")
     return torch.cat(seeds), devices.pop()
+
+
+def pair_storage(path: PathLike) -> dict[str, float | str]:
+    """How reflow pair shards (data_prep/reflow_pairs.py) store the teacher's samples: {store ("uint8": clamped
+    8-bit images as the released code, "float32": raw), and :func:`quantisation_change` of the raw samples over
+    all shards (means weighted by pairs, the largest change)}."""
+    import h5py
+
+    stats, sizes, stores = [], [], set()
+    for shard in hdf5_shard_paths(path):
+        with h5py.File(shard, "r") as f:
+            if "store" not in f.attrs:
+                raise DatasetFormatError(f"{shard} does not record its store: remake it with data_prep/reflow_pairs.py")
+            stats.append({k: float(f.attrs[k]) for k in ("clamped_fraction", "quantisation_rms", "quantisation_max")})
+            sizes.append(len(f["seeds"]))
+            stores.add(str(f.attrs["store"]))
+    weights = np.asarray(sizes) / sum(sizes)
+    return {
+        "store": ",".join(sorted(stores)),
+        "clamped_fraction": float(sum(w * s["clamped_fraction"] for w, s in zip(weights, stats))),
+        "quantisation_rms": float(np.sqrt(sum(w * s["quantisation_rms"] ** 2 for w, s in zip(weights, stats)))),
+        "quantisation_max": max(s["quantisation_max"] for s in stats),
+    }

@@ -253,6 +253,59 @@ def fid_vs_nfe_figure(fid: Rows, curvature: Rows, features: str) -> Figure:
     return fig
 
 
+def training_pairing_figure(history: Rows, group: str = "method") -> Figure:
+    """The appendix's convergence of the assignment during training, at dataset scale: per logged step (lib.train's
+    history.json rows {step, swaps, cost_before, cost_after}), the swaps the step's assignment made and the mean
+    pairing cost of the batch before and after it, one line per ``group`` value."""
+    rows = _floats(history, "step", "swaps", "cost_before", "cost_after")
+    fig, axes = plots.figure(3, size=3.6)
+    for ax, key, title in zip(
+        axes[0],
+        ("swaps", "cost_before", "cost_after"),
+        ("swaps per step", "pairing cost before the assignment", "pairing cost after the assignment"),
+    ):
+        plots.draw_curves(ax, rows, "step", key, group, title)
+        ax.set(xlabel="training step", ylabel="batch mean" if key != "swaps" else "swaps")
+        ax.title.set_fontsize(9)
+        ax.get_legend().remove()
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    return fig
+
+
+def fid_vs_step_figure(rows: Rows, features: str) -> Figure:
+    """Convergence in training time: FID of the kept checkpoints against the training step, one line per method
+    (rows of lib.experiments.pipeline.fid_vs_step)."""
+    fig, axes = plots.figure(1, size=4.2)
+    solver = ", ".join(dict.fromkeys(str(r["solver"]) for r in rows))
+    plots.draw_curves(
+        axes[0][0], _floats(rows, "step", "fid"), "step", "fid", "method", f"FID along training ({solver})"
+    )
+    axes[0][0].set(xlabel="training step", ylabel=f"FID ({features} features)")
+    fig.tight_layout()
+    return fig
+
+
+def subset_gap_figure(history: Rows, gaps: Rows) -> Figure:
+    """The gap to the optimum at dataset scale: swaps per epoch while a seed table converges without training
+    (rows {epoch, swaps}), and the mean gap of the initial and the converged table on random subsets of their slots
+    against the subset size (rows of lib.experiments.convergence.mean_gaps)."""
+    fig, axes = plots.figure(2, size=3.6)
+    ax = axes[0][0]
+    converge = _floats(history, "epoch", "swaps")
+    ax.plot([r["epoch"] for r in converge], [max(r["swaps"], 0.5) for r in converge], marker="o", ms=3)
+    ax.set(xlabel="epoch (re-pairing only)", ylabel="swaps (0 drawn at 0.5)", yscale="log", title="converging")
+    ax.grid(alpha=0.3)
+    gaps = _floats(gaps, "size", "gap")
+    plots.draw_curves(axes[0][1], gaps, "size", "gap", "table", "gap on random subsets")
+    sizes = sorted({int(r["size"]) for r in gaps})
+    axes[0][1].set(xscale="log", xlabel="subset size (table slots)", ylabel="(cost - optimum) / optimum")
+    axes[0][1].set_xticks(sizes, [str(n) for n in sizes])
+    axes[0][1].xaxis.set_minor_formatter(NullFormatter())
+    fig.tight_layout()
+    return fig
+
+
 def sample_grids_figure(samples: Mapping[str, Tensor], solver: str) -> Figure:
     """One panel per model of its samples (N, C, H, W) in [-1, 1] (lib.experiments.pipeline.grid_samples)."""
     fig, axes = plots.figure(len(samples), size=3.0)
