@@ -36,3 +36,4 @@ def test_07_ffhq_latent_encodes_trains_and_scores_decoded_samples(tmp_path: Path
     assert {r["method"] for r in read_table(folder / "training_history.csv")} == {"I-CFM", "LOOM-CFM"}
     assert len(read_table(folder / "curvature_per_step.csv")) == 2 * 19
     assert (folder / "sample_grids.png").is_file() and (folder / "fid_vs_nfe_and_curvature.png").is_file()
+    assert (folder / "training_pairing.png").is_file()
