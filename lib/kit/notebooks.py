@@ -7,6 +7,7 @@ and lib.kit.figures (which notebooks draw sample grids, Fig. 7). A new notebook 
 
 from __future__ import annotations
 
+import ast
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,19 +113,37 @@ def grid_notebooks() -> list[str]:
 
 # A notebook cell showing a figure calls one of these (lib.kit.results.Run.save_figure shows the saved PNG inline;
 # lib.kit.figures.save_sample_grids calls it).
-FIGURE_CALLS = ("save_figure(", "save_sample_grids(")
+FIGURE_CALLS = ("save_figure", "save_sample_grids")
+
+
+def certain_figure_calls(source: str) -> int:
+    """Figure calls in a cell's source that run whenever the cell runs: those outside an ``if`` (a branch may
+    rightly skip its figure, e.g. no training curves when a released checkpoint is evaluated). A call inside a loop
+    counts once, the least it shows. Source that is not plain Python (a magic) is counted as text."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return sum(source.count(f"{call}(") for call in FIGURE_CALLS)
+    conditional = {id(n) for branch in ast.walk(tree) if isinstance(branch, ast.If) for n in ast.walk(branch)}
+    return sum(
+        1
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and id(node) not in conditional
+        and getattr(node.func, "attr", getattr(node.func, "id", None)) in FIGURE_CALLS
+    )
 
 
 def figures_not_shown(executed: str | Path) -> list[str]:
-    """Code cells of an executed notebook (.ipynb) with fewer image/png outputs than figure calls in their source
-    -> one line each ("cell 9: 2 figure calls, 1 image"); empty when every figure is shown inline."""
+    """Code cells of an executed notebook (.ipynb) with fewer image/png outputs than the figure calls in their
+    source that always run (:func:`certain_figure_calls`) -> one line each ("cell 9: 2 figure calls, 1 image");
+    empty when every figure is shown inline."""
     cells = json.loads(Path(executed).read_text())["cells"]
     missing = []
     for i, cell in enumerate(cells):
         if cell["cell_type"] != "code":
             continue
-        source = "".join(cell["source"])
-        calls = sum(source.count(call) for call in FIGURE_CALLS)
+        calls = certain_figure_calls("".join(cell["source"]))
         images = sum("image/png" in output.get("data", {}) for output in cell.get("outputs", []))
         if images < calls:
             missing.append(f"cell {i}: {calls} figure calls, {images} images")

@@ -45,3 +45,12 @@ def test_figures_not_shown_counts_images_per_figure_call(tmp_path: Path) -> None
     assert figures_not_shown(shown) == []
     hidden = executed(tmp_path, [("run.save_figure(a, 'a')\nrun.save_figure(b, 'b')", [PNG, TEXT]), ("y", [])])
     assert figures_not_shown(hidden) == ["cell 1: 2 figure calls, 1 images"]
+
+
+def test_a_figure_a_branch_skips_is_not_missing(tmp_path: Path) -> None:
+    """A figure call under ``if`` may rightly not run (no training curves for a released checkpoint); one that
+    always runs must show its image, and one in a loop at least once."""
+    skipped = executed(tmp_path, [("if history:\n    run.save_figure(a, 'a')\nelse:\n    pass", [])])
+    assert figures_not_shown(skipped) == []
+    looped = executed(tmp_path, [("for f in figs:\n    run.save_figure(f, 'f')\nrun.save_figure(b, 'b')", [PNG])])
+    assert figures_not_shown(looped) == ["cell 1: 2 figure calls, 1 images"]
