@@ -72,7 +72,9 @@ def run_notebook(name: str, parameters: dict[str, Any], results_dir: str | Path 
     """
     path = notebook_path(name)
     root = results_root(results_dir)
-    parameters = {**parameters, "RESULTS_DIR": str(root)}
+    # the default root stays "" so run.json records no machine path; an explicit one is made absolute
+    # because the notebook runs with notebooks/ as its working directory
+    parameters = {**parameters, "RESULTS_DIR": str(Path(results_dir).resolve()) if results_dir else ""}
     check_parameters(path, parameters)
     profile = "quick" if parameters.get("QUICK", True) else "paper"
     output = root / profile / name / f"{name}.ipynb"

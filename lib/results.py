@@ -82,6 +82,7 @@ class Run:
     seed: int
     directory: Path
     started: float = field(default_factory=time.time)
+    commit: str = field(default_factory=git_commit)  # read at the start: the code that ran, not the code at finish
     files: list[str] = field(default_factory=list)
 
     def path(self, name: str) -> Path:
@@ -117,7 +118,7 @@ class Run:
     def provenance(self) -> dict[str, Any]:
         """Everything needed to say where this folder's numbers came from."""
         return {"notebook": self.notebook, "profile": self.profile, "parameters": self.parameters,
-                "seed": self.seed, "git_commit": git_commit(), "versions": package_versions(),
+                "seed": self.seed, "git_commit": self.commit, "versions": package_versions(),
                 "device": device_description(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
                 "wall_time_s": round(time.time() - self.started, 2), "files": sorted(set(self.files))}
