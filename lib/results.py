@@ -144,7 +144,8 @@ def start_run(notebook: str, parameters: Mapping[str, Any], quiet: bool = False)
     run = Run(notebook=notebook, profile=profile, parameters=params, seed=seed, directory=directory)
     torch.manual_seed(seed)
     if not quiet:
-        print(json.dumps({"notebook": notebook, "profile": profile, "results": str(directory),
+        shown = directory.relative_to(REPO_ROOT) if directory.is_relative_to(REPO_ROOT) else directory  # no machine path
+        print(json.dumps({"notebook": notebook, "profile": profile, "results": str(shown),
                           "parameters": params, "versions": package_versions(),
                           "device": device_description()}, indent=1, default=str))
     return run
