@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 # Main job: every CPU-feasible notebook of the profile through papermill -> results/$(PROFILE)/...,
 # then the README's generated sections (notebook index, results) from what was written.
 reproduce: $(STAMP)
-	$(PY) -m lib.reproduce --profile $(PROFILE)
-	$(PY) -m lib.readme
+	$(PY) -m lib.kit.reproduce --profile $(PROFILE)
+	$(PY) -m lib.kit.readme
 
 # Unit tests, papermill smoke runs and nbval on the committed notebooks (results go to a temp dir).
 test: $(STAMP)

@@ -5,7 +5,8 @@
 
 The canonical format is torchvision's own (``<root>/cifar-10-batches-py``), which
 ``lib.datasets.CIFAR10Images`` reads. The FID reference is clean-fid's precomputed CIFAR-10 train
-statistics at 32x32, mode "clean" (paper_setup.md's protocol), stored in clean-fid's stats folder.
+statistics at 32x32, mode "clean" (clean-fid's protocol; the paper's own is torcheval's, see
+lib/reference/paper_setup.md), stored in clean-fid's stats folder.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 from lib.datasets import CIFAR10_FOLDER, read_cifar10
+from lib.fid import cleanfid_stats_dir
 
 SPLIT_SIZES = {"train": 50_000, "test": 10_000}
 
@@ -31,8 +33,6 @@ def fetch_fid_stats() -> Path:
     """clean-fid's precomputed CIFAR-10 train statistics (32x32, clean mode) into its stats folder -> that folder."""
     from cleanfid import fid
 
-    from lib.fid import cleanfid_stats_dir
-
     fid.get_reference_statistics("cifar10", 32, mode="clean", split="train")
     return cleanfid_stats_dir()
 
@@ -43,11 +43,15 @@ def verify(root: Path, expect_full: bool = True) -> dict[str, int]:
     for split in SPLIT_SIZES:
         images, labels, classes = read_cifar10(root, train=split == "train")
         if images.shape[1:] != (3, 32, 32) or len(labels) != len(images) or len(classes) != 10:
-            raise ValueError(f"{root / CIFAR10_FOLDER}: {split} split has images {tuple(images.shape)}, "
-                             f"{len(labels)} labels, {len(classes)} classes; expected (N, 3, 32, 32), N, 10")
+            raise ValueError(
+                f"{root / CIFAR10_FOLDER}: {split} split has images {tuple(images.shape)}, "
+                f"{len(labels)} labels, {len(classes)} classes; expected (N, 3, 32, 32), N, 10"
+            )
         if expect_full and len(images) != SPLIT_SIZES[split]:
-            raise ValueError(f"{root / CIFAR10_FOLDER}: {split} split has {len(images)} images, expected "
-                             f"{SPLIT_SIZES[split]}; delete the folder and run this script online")
+            raise ValueError(
+                f"{root / CIFAR10_FOLDER}: {split} split has {len(images)} images, expected "
+                f"{SPLIT_SIZES[split]}; delete the folder and run this script online"
+            )
         counts[split] = len(images)
     return counts
 
@@ -56,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("data"), help="folder to hold cifar-10-batches-py")
     parser.add_argument("--offline", action="store_true", help="do not download; only verify")
-    parser.add_argument("--allow-subset", action="store_true",
-                        help="accept fewer images than the official splits (fabricated test copies)")
+    parser.add_argument(
+        "--allow-subset",
+        action="store_true",
+        help="accept fewer images than the official splits (fabricated test copies)",
+    )
     args = parser.parse_args(argv)
     if not args.offline:
         download(args.root)

@@ -38,7 +38,8 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lib.autoencoder import DEFAULT_AUTOENCODER, encode_mean, load_autoencoder
+from lib.autoencoder import DEFAULT_AUTOENCODER, encode_mean
+from lib.checkpoints import load_autoencoder
 from lib.datasets import DatasetFormatError, fit_resolution, uint8_to_unit, write_hdf5_latents
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -50,11 +51,15 @@ def image_files(source: Path) -> list[Path]:
     """Every image file under ``source`` (any depth), sorted by relative path. None -> FileNotFoundError."""
     if not source.is_dir():
         raise FileNotFoundError(f"--source {source} is not a folder of FFHQ images")
-    files = sorted((p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-                   key=lambda p: p.relative_to(source).as_posix())
+    files = sorted(
+        (p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+        key=lambda p: p.relative_to(source).as_posix(),
+    )
     if not files:
-        raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} files under {source}; point --source at the FFHQ "
-                                "images (e.g. images1024x1024/ of the official release)")
+        raise FileNotFoundError(
+            f"no {'/'.join(IMAGE_SUFFIXES)} files under {source}; point --source at the FFHQ "
+            "images (e.g. images1024x1024/ of the official release)"
+        )
     return files
 
 
@@ -66,8 +71,9 @@ def read_image(path: Path, resolution: int) -> Tensor:
         with Image.open(path) as image:
             image = image.convert("RGB")  # decodes the whole file: a truncated one fails here
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DatasetFormatError(f"{path} is not a readable image ({err}); re-download it or remove it "
-                                 "from --source") from err
+        raise DatasetFormatError(
+            f"{path} is not a readable image ({err}); re-download it or remove it from --source"
+        ) from err
     return pil_to_tensor(fit_resolution(image, resolution))
 
 
@@ -79,7 +85,7 @@ def autoencoder_source(autoencoder: str) -> str:
 
 
 def encode_images(ae: Any, images: Tensor, flips: bool, device: str) -> tuple[Tensor, Tensor | None]:
-    """uint8 images (B, 3, R, R) -> (latents (B, C, h, w), latents of the flipped images or None), float32 on the CPU."""
+    """uint8 images (B, 3, R, R) -> (latents (B, C, h, w), latents of the flipped images or None), float32, CPU."""
     x = uint8_to_unit(images).to(device)
     latents = encode_mean(ae, x).float().cpu()
     return latents, (encode_mean(ae, x.flip(-1)).float().cpu() if flips else None)
@@ -110,17 +116,19 @@ def check_shard(path: Path, settings: dict[str, Any]) -> float:
     changed = {k: (stored[k], settings[k]) for k in SETTINGS if stored[k] != settings[k]}
     if changed:
         detail = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in changed.items())
-        raise DatasetFormatError(f"{path} was made with other settings ({detail}); use another --out or delete "
-                                 "its shards to start over")
+        raise DatasetFormatError(
+            f"{path} was made with other settings ({detail}); use another --out or delete its shards to start over"
+        )
     return scale
 
 
-def encode_shard(ae: Any, files: list[Path], resolution: int, batch_size: int, flips: bool,
-                 device: str, bar: tqdm) -> tuple[Tensor, float]:
+def encode_shard(
+    ae: Any, files: list[Path], resolution: int, batch_size: int, flips: bool, device: str, bar: tqdm
+) -> tuple[Tensor, float]:
     """Encode one shard's images -> (rows (n or 2n, C, h, w): originals then flips, std of the first batch)."""
     originals, flipped = [], []
     for start in range(0, len(files), batch_size):
-        batch = torch.stack([read_image(p, resolution) for p in files[start:start + batch_size]])
+        batch = torch.stack([read_image(p, resolution) for p in files[start : start + batch_size]])
         latents, latents_flipped = encode_images(ae, batch, flips, device)
         originals.append(latents)
         if latents_flipped is not None:
@@ -129,29 +137,47 @@ def encode_shard(ae: Any, files: list[Path], resolution: int, batch_size: int, f
     return torch.cat(originals + flipped), float(originals[0].std())
 
 
-def prepare(source: Path, out: Path, autoencoder: str = DEFAULT_AUTOENCODER, resolution: int = 256,
-            batch_size: int = 32, shard_size: int = 10_000, flips: bool = True, device: str = "cpu") -> list[Path]:
+def prepare(
+    source: Path,
+    out: Path,
+    autoencoder: str = DEFAULT_AUTOENCODER,
+    resolution: int = 256,
+    batch_size: int = 32,
+    shard_size: int = 10_000,
+    flips: bool = True,
+    device: str = "cpu",
+) -> list[Path]:
     """Write the missing shards of ``source``'s latents under ``out`` -> every shard path, in order."""
     if batch_size < 1 or shard_size < 1 or resolution < 1:
         raise ValueError("--batch-size, --shard-size and --resolution must be positive")
     files = image_files(source)
-    settings = {"autoencoder": autoencoder_source(autoencoder), "resolution": resolution, "flipped_copies": flips,
-                "num_source_images": len(files), "shard_size": shard_size}
-    parts = [files[first:first + shard_size] for first in range(0, len(files), shard_size)]
+    settings = {
+        "autoencoder": autoencoder_source(autoencoder),
+        "resolution": resolution,
+        "flipped_copies": flips,
+        "num_source_images": len(files),
+        "shard_size": shard_size,
+    }
+    parts = [files[first : first + shard_size] for first in range(0, len(files), shard_size)]
     paths = [shard_path(out, k) for k in range(len(parts))]
     scales = {path: check_shard(path, settings) for path in paths if path.exists()}
     scale = scales.get(paths[0])  # the first batch lies in shard 0
     ae = load_autoencoder(autoencoder).to(device) if len(scales) < len(paths) else None
-    bar = tqdm(total=len(files), initial=sum(len(part) for path, part in zip(paths, parts) if path in scales),
-               unit="img", desc="encode")
+    bar = tqdm(
+        total=len(files),
+        initial=sum(len(part) for path, part in zip(paths, parts) if path in scales),
+        unit="img",
+        desc="encode",
+    )
     for k, (path, shard_files) in enumerate(zip(paths, parts)):
         if path in scales:
             continue
         first = k * shard_size
         latents, first_std = encode_shard(ae, shard_files, resolution, batch_size, flips, device, bar)
         scale = first_std if scale is None else scale
-        write_hdf5_latents(path, latents, scale, attrs={**settings, "first_image": first,
-                                                         "num_images": len(shard_files)})
+        write_hdf5_latents(
+            path, latents, scale, attrs={**settings, "first_image": first, "num_images": len(shard_files)}
+        )
     bar.close()
     return paths
 
@@ -160,18 +186,33 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", type=Path, required=True, help="folder of FFHQ images (any depth)")
     p.add_argument("--out", type=Path, required=True, help="output folder of ffhq_latents_<k>.h5 shards")
-    p.add_argument("--autoencoder", default=DEFAULT_AUTOENCODER,
-                   help="hub id (cached / downloaded once), a save_pretrained folder or an LDM weights file")
+    p.add_argument(
+        "--autoencoder",
+        default=DEFAULT_AUTOENCODER,
+        help="hub id (cached / downloaded once), a save_pretrained folder or an LDM weights file",
+    )
     p.add_argument("--resolution", type=int, default=256, help="images are centre-cropped and resized to this")
     p.add_argument("--batch-size", type=int, default=32, help="images per encoder call; the first batch sets the scale")
     p.add_argument("--shard-size", type=int, default=10_000, help="source images per shard (x2 rows with flips)")
-    p.add_argument("--flips", action=argparse.BooleanOptionalAction, default=True,
-                   help="also encode the horizontally flipped images, stored as extra examples (paper)")
+    p.add_argument(
+        "--flips",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also encode the horizontally flipped images, stored as extra examples (paper)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     try:
-        paths = prepare(args.source, args.out, args.autoencoder, args.resolution, args.batch_size, args.shard_size,
-                        args.flips, args.device)
+        paths = prepare(
+            args.source,
+            args.out,
+            args.autoencoder,
+            args.resolution,
+            args.batch_size,
+            args.shard_size,
+            args.flips,
+            args.device,
+        )
     except (FileNotFoundError, DatasetFormatError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

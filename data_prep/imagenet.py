@@ -19,13 +19,15 @@ from __future__ import annotations
 import argparse
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
-from lib.datasets import DatasetFormatError, write_hdf5_images
+from lib.datasets import DatasetFormatError, HDF5Images, ImageFolderImages, to_uint8, write_hdf5_images
+from lib.fid import make_reference_stats
 
 
 def npz_batch_files(source: Path, split: str) -> list[Path]:
@@ -33,8 +35,10 @@ def npz_batch_files(source: Path, split: str) -> list[Path]:
     pattern = "train_data_batch_*.npz" if split == "train" else "val_data*.npz"
     files = sorted(source.glob(pattern), key=lambda p: (len(p.name), p.name))  # batch_2 before batch_10
     if not files:
-        raise FileNotFoundError(f"no {pattern} in {source}; point --source at the unpacked downsampled ImageNet "
-                                "folder (or at an ImageFolder tree)")
+        raise FileNotFoundError(
+            f"no {pattern} in {source}; point --source at the unpacked downsampled ImageNet "
+            "folder (or at an ImageFolder tree)"
+        )
     return files
 
 
@@ -44,11 +48,14 @@ def read_npz_batch(path: Path, resolution: int) -> tuple[np.ndarray, np.ndarray]
         with np.load(path) as batch:
             data, labels = batch["data"], batch["labels"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-        raise DatasetFormatError(f"{path} is not a downsampled-ImageNet batch with 'data' and 'labels' ({err}); "
-                                 "re-download or re-extract it") from err
+        raise DatasetFormatError(
+            f"{path} is not a downsampled-ImageNet batch with 'data' and 'labels' ({err}); re-download or re-extract it"
+        ) from err
     if data.ndim != 2 or data.shape[1] != 3 * resolution * resolution or data.dtype != np.uint8:
-        raise DatasetFormatError(f"{path}: data is {data.dtype} {data.shape}, expected uint8 (N, {3 * resolution**2}) "
-                                 f"for --resolution {resolution}; is it the {resolution}x{resolution} release?")
+        raise DatasetFormatError(
+            f"{path}: data is {data.dtype} {data.shape}, expected uint8 (N, {3 * resolution**2}) "
+            f"for --resolution {resolution}; is it the {resolution}x{resolution} release?"
+        )
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     if len(labels) != len(data) or labels.min() < 1:
         raise DatasetFormatError(f"{path}: {len(labels)} labels for {len(data)} images, or labels not 1-based")
@@ -63,18 +70,16 @@ def npz_chunks(source: Path, split: str, resolution: int) -> Iterator[tuple[np.n
 
 def folder_chunks(source: Path, resolution: int, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(images, labels) of an ImageFolder tree in chunks of ``chunk`` images, resized to ``resolution``."""
-    import torch
-
-    from lib.datasets import ImageFolderImages, to_uint8
-
     dataset = ImageFolderImages(source, resolution, flip=False)
     for start in range(0, len(dataset), chunk):
         index = torch.arange(start, min(start + chunk, len(dataset)))
-        _, x = dataset.__getitems__(index)
+        _, x = dataset.get_batch(index)
         yield to_uint8(x).numpy(), dataset.example_labels(index).numpy()
 
 
-def write_shards(chunks: Iterator[tuple[np.ndarray, np.ndarray]], out: Path, shard_size: int, prefix: str) -> list[Path]:
+def write_shards(
+    chunks: Iterator[tuple[np.ndarray, np.ndarray]], out: Path, shard_size: int, prefix: str
+) -> list[Path]:
     """Re-cut a stream of (images, labels) into shards of ``shard_size`` images: out/<prefix>_<k>.h5.
 
     A shard that already exists is kept (its images are still read to keep the cut aligned).
@@ -104,14 +109,9 @@ def write_shards(chunks: Iterator[tuple[np.ndarray, np.ndarray]], out: Path, sha
 
 def write_fid_stats(shards: Path, resolution: int, split: str, count: int, seed: int = 0) -> Path:
     """clean-fid reference statistics ``imagenet<res>_<split>`` of ``count`` random images of the shards."""
-    import torch
-
-    from lib.datasets import HDF5Images
-    from lib.fid import make_reference_stats
-
     data = HDF5Images(shards, flip=False)
     pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count].sort().values
-    return make_reference_stats(f"imagenet{resolution}_{split}", data.__getitems__(pick)[1])
+    return make_reference_stats(f"imagenet{resolution}_{split}", data.get_batch(pick)[1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="output folder of HDF5 shards")
     p.add_argument("--split", default="train", choices=["train", "val"])
     p.add_argument("--shard-size", type=int, default=100_000, help="images per shard")
-    p.add_argument("--fid-stats", action="store_true",
-                   help="also store clean-fid reference statistics imagenet<res>_<split> (Inception: online once)")
+    p.add_argument(
+        "--fid-stats",
+        action="store_true",
+        help="also store clean-fid reference statistics imagenet<res>_<split> (Inception: online once)",
+    )
     p.add_argument("--fid-images", type=int, default=50_000, help="random images the FID statistics use")
     args = p.parse_args(argv)
     if not args.source.is_dir():
@@ -130,8 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         from_npz = any(args.source.glob("*.npz"))
-        chunks = npz_chunks(args.source, args.split, args.resolution) if from_npz else \
-            folder_chunks(args.source, args.resolution)
+        chunks = (
+            npz_chunks(args.source, args.split, args.resolution)
+            if from_npz
+            else folder_chunks(args.source, args.resolution)
+        )
         shards = write_shards(chunks, args.out / args.split, args.shard_size, f"imagenet{args.resolution}_{args.split}")
     except (FileNotFoundError, DatasetFormatError) as err:
         print(f"error: {err}", file=sys.stderr)

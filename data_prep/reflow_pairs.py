@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from lib.checkpoints import LoadedModel, load_model
 from lib.datasets import atomic_write_hdf5
-from lib.sample import LoadedModel, generate, image_seeds, load_model
+from lib.sample import generate, image_seeds
 
 
 def shard_path(out: Path, k: int) -> Path:
@@ -42,8 +43,16 @@ def write_shard(path: Path, seeds: np.ndarray, samples: np.ndarray, solver: str,
     return atomic_write_hdf5(path, fill)
 
 
-def make_pairs(loaded: LoadedModel, out: Path, num: int, solver: str, seed: int = 0, shard_size: int = 50_000,
-               batch_size: int = 256, device: str = "cpu") -> list[Path]:
+def make_pairs(
+    loaded: LoadedModel,
+    out: Path,
+    num: int,
+    solver: str,
+    seed: int = 0,
+    shard_size: int = 50_000,
+    batch_size: int = 256,
+    device: str = "cpu",
+) -> list[Path]:
     """Write the shards of ``num`` pairs that are missing -> every shard path, in order."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -56,14 +65,21 @@ def make_pairs(loaded: LoadedModel, out: Path, num: int, solver: str, seed: int 
         if len(loaded.shape) != 3:
             raise ValueError(f"reflow pairs are images (C, H, W); this model makes {loaded.shape}")
         samples = torch.cat([x for x, _ in generate(loaded, count, solver, seed, batch_size, device, start=start)])
-        write_shard(path, image_seeds(seed, start, count).numpy(), samples.numpy().astype(np.float32), solver,
-                    torch.device(device).type)
+        write_shard(
+            path,
+            image_seeds(seed, start, count).numpy(),
+            samples.numpy().astype(np.float32),
+            solver,
+            torch.device(device).type,
+        )
     return paths
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="the teacher: a lib.train checkpoint, a released .pt or released:<name>")
+    p.add_argument(
+        "--checkpoint", required=True, help="the teacher: a lib.train checkpoint, a released .pt or released:<name>"
+    )
     p.add_argument("--num", type=int, required=True, help="number of pairs (paper: 1,000,000)")
     p.add_argument("--solver", default="dopri5", help="how the teacher integrates (spec string)")
     p.add_argument("--seed", type=int, default=0, help="run seed: fixes every pair's noise")
@@ -72,8 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, required=True, help="folder of pairs_<k>.h5 shards")
     args = p.parse_args(argv)
-    paths = make_pairs(load_model(args.checkpoint), args.out, args.num, args.solver, args.seed, args.shard_size,
-                       args.batch_size, args.device)
+    paths = make_pairs(
+        load_model(args.checkpoint),
+        args.out,
+        args.num,
+        args.solver,
+        args.seed,
+        args.shard_size,
+        args.batch_size,
+        args.device,
+    )
     print(f"{args.num} pairs in {len(paths)} shard(s) under {args.out}")
     return 0
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -76,8 +77,11 @@ def cost_matrix(x: Tensor, z: Tensor, cost: CostName = "l2", exact: bool = False
     stay accurate for near-identical points.
     """
     check_cost(cost)
-    dtype, mode = (torch.float64, "donot_use_mm_for_euclid_dist") if exact else \
-        (torch.float32, "use_mm_for_euclid_dist_if_necessary")
+    dtype, mode = (
+        (torch.float64, "donot_use_mm_for_euclid_dist")
+        if exact
+        else (torch.float32, "use_mm_for_euclid_dist_if_necessary")
+    )
     d = torch.cdist(x.flatten(1).to(dtype), z.flatten(1).to(dtype), compute_mode=mode)
     return d if cost == "l2" else d.square()
 
@@ -152,15 +156,26 @@ def visits_per_noise(steps: int, global_batch: int, num_examples: int, num_cache
     random flips as extra examples, ``num_examples`` counts the flipped copies (each owns its seeds).
     """
     if min(steps, global_batch, num_examples, num_caches) < 1:
-        raise ValueError(f"need positive steps, batch, examples and caches, got {steps}, {global_batch}, "
-                         f"{num_examples}, {num_caches}")
+        raise ValueError(
+            f"need positive steps, batch, examples and caches, got {steps}, {global_batch}, "
+            f"{num_examples}, {num_caches}"
+        )
     return steps * global_batch / (num_examples * num_caches)
 
 
-def _assign(x: Tensor, z: Tensor, cost: CostName) -> tuple[np.ndarray, CouplingStats]:
+Lap = Callable[[str], None]  # called with a sub-step's name right after it finishes (timing hooks)
+
+
+def _no_lap(part: str) -> None:
+    """The default timing hook: nothing."""
+
+
+def _assign(x: Tensor, z: Tensor, cost: CostName, lap: Lap = _no_lap) -> tuple[np.ndarray, CouplingStats]:
     """Solve the exact assignment of noise z to data x; return perm and the step's statistics."""
     costs = cost_matrix(x, z, cost)
+    lap("cost matrix")
     perm = exact_assignment(costs)
+    lap("assignment")
     rows = torch.arange(len(perm), device=costs.device)
     before = costs.diagonal().mean().item()
     after = costs[rows, torch.as_tensor(perm, device=costs.device)].mean().item()
@@ -182,6 +197,9 @@ class Coupling(ABC):
         check_cost(cost)
         self.cost: CostName = cost
         self.generator = torch.Generator().manual_seed(seed)
+        # Timing hook: called with each sub-step's name as it finishes, so lib.experiments.benchmarks times the
+        # real step in parts instead of a copy of it.
+        self.lap: Lap = _no_lap
 
     def __call__(self, x: Tensor, index: Tensor) -> CoupledBatch:
         """Pair the batch ``x`` (B, *shape) whose example indices are ``index`` (B,) with noise."""
@@ -225,7 +243,7 @@ class MinibatchOTCoupling(Coupling):
 
     def pair(self, x: Tensor, index: Tensor) -> CoupledBatch:
         z = _fresh_noise(x, self.generator)
-        perm, stats = _assign(x, z, self.cost)
+        perm, stats = _assign(x, z, self.cost, self.lap)
         return CoupledBatch(z=z[torch.as_tensor(perm, device=z.device)], x=x, stats=stats)
 
 
@@ -346,20 +364,21 @@ class LoomCoupling(Coupling):
         table = self._mixed_rows(len(index)).logical_not()
         seeds = self.seeds[index, caches]
         z = noise_from_seeds(seeds[table], tuple(x.shape[1:]), x.device)  # step 1b
+        self.lap("noise from seeds")
         if self.no_swaps:
             cost = cost_matrix_diagonal(x[table.to(x.device)], z, self.cost).mean().item()
             stats = CouplingStats(0, cost, cost)
         else:
-            perm, stats = _assign(x[table.to(x.device)], z, self.cost)  # step 2
+            perm, stats = _assign(x[table.to(x.device)], z, self.cost, self.lap)  # step 2
             self.seeds[index[table], caches[table]] = seeds[table][torch.as_tensor(perm)]  # step 3: write back
-            z = z[torch.as_tensor(perm, device=z.device)]
+            z = z[torch.as_tensor(perm, device=z.device)]  # step 4: the re-paired batch
+            self.lap("write-back")
         if not bool(table.all()):
             z = self._with_fresh_rows(x, z, table)
         if self.jitter:
             z = math.sqrt(1.0 - self.jitter**2) * z + self.jitter * _fresh_noise(z, self.generator)
         fresh_rows = int((~table).sum()) + int((refreshed & table).sum())
-        return CoupledBatch(z=z, x=x, stats=CouplingStats(stats.swaps, stats.cost_before, stats.cost_after,
-                                                          fresh_rows))
+        return CoupledBatch(z=z, x=x, stats=CouplingStats(stats.swaps, stats.cost_before, stats.cost_after, fresh_rows))
 
     def _grow(self, index: Tensor) -> None:
         """Give each example of ``index`` whose visits per stored noise passed ``visit_cap`` one more slot."""
@@ -376,7 +395,9 @@ class LoomCoupling(Coupling):
         refreshed = torch.rand(len(index), generator=self.generator) < self.refresh_prob
         count = int(refreshed.sum())
         if count:
-            self.seeds[index[refreshed], caches[refreshed]] = torch.randint(SEED_HIGH, (count,), generator=self.generator)
+            self.seeds[index[refreshed], caches[refreshed]] = torch.randint(
+                SEED_HIGH, (count,), generator=self.generator
+            )
         return refreshed
 
     def _mixed_rows(self, batch_size: int) -> Tensor:
@@ -406,15 +427,22 @@ class LoomCoupling(Coupling):
             fresh = torch.randint(SEED_HIGH, (int(unseen.sum()),), generator=self.generator)
             self.seeds[index[unseen], caches[unseen]] = fresh
 
-    def noise(self, index: Tensor, cache: int = 0, device: torch.device | str = "cpu",
-              shape: tuple[int, ...] = ()) -> Tensor:
+    def noise(
+        self, index: Tensor, cache: int = 0, device: torch.device | str = "cpu", shape: tuple[int, ...] = ()
+    ) -> Tensor:
         """The noise currently paired with examples ``index`` (B,) in ``cache`` -> (B, *shape)."""
         return noise_from_seeds(self.seeds[index.cpu(), cache], shape, device)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "seeds": self.seeds.clone(), "no_swaps": self.no_swaps,
-                "seed_init": self.seed_init, "active": self.active.clone(), "visits": self.visits.clone(),
-                **{name: getattr(self, name) for name in self.OPTIONS}}
+        return {
+            **super().state_dict(),
+            "seeds": self.seeds.clone(),
+            "no_swaps": self.no_swaps,
+            "seed_init": self.seed_init,
+            "active": self.active.clone(),
+            "visits": self.visits.clone(),
+            **{name: getattr(self, name) for name in self.OPTIONS},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -424,11 +452,16 @@ class LoomCoupling(Coupling):
                 f"expects {tuple(self.seeds.shape)} (num_examples, num_caches); the dataset size, flip "
                 "setting or num_caches differs from the run that saved it"
             )
-        differ = [f"{k}: saved {state.get(k, 0.0)!r}, here {getattr(self, k)!r}" for k in self.OPTIONS
-                  if state.get(k, 0.0) != getattr(self, k)]  # states saved before the options existed: all off
+        differ = [
+            f"{k}: saved {state.get(k, 0.0)!r}, here {getattr(self, k)!r}"
+            for k in self.OPTIONS
+            if state.get(k, 0.0) != getattr(self, k)
+        ]  # states saved before the options existed: all off
         if differ:
-            raise ValueError(f"the saved coupling used other table options ({'; '.join(differ)}); "
-                             "build the coupling with the options of the run that saved it")
+            raise ValueError(
+                f"the saved coupling used other table options ({'; '.join(differ)}); "
+                "build the coupling with the options of the run that saved it"
+            )
         self.seeds = state["seeds"].clone()
         self.no_swaps = state["no_swaps"]
         self.seed_init = state["seed_init"]
@@ -447,8 +480,9 @@ def fixed_pairs_coupling(seeds: Tensor) -> LoomCoupling:
     return coupling
 
 
-def check_table_options(num_caches: int, refresh_prob: float, mix_prob: float, jitter: float, visit_cap: float,
-                        max_caches: int) -> None:
+def check_table_options(
+    num_caches: int, refresh_prob: float, mix_prob: float, jitter: float, visit_cap: float, max_caches: int
+) -> None:
     """Refuse table options out of range, naming the valid range."""
     for name, value in (("refresh_prob", refresh_prob), ("mix_prob", mix_prob)):
         if not 0.0 <= value <= 1.0:
@@ -458,8 +492,9 @@ def check_table_options(num_caches: int, refresh_prob: float, mix_prob: float, j
     if visit_cap < 0:
         raise ValueError(f"visit_cap must be >= 0 (0: the table does not grow), got {visit_cap}")
     if visit_cap and max_caches <= num_caches:
-        raise ValueError(f"a growing table (visit_cap {visit_cap}) needs max_caches > num_caches ({num_caches}), "
-                         f"got {max_caches}")
+        raise ValueError(
+            f"a growing table (visit_cap {visit_cap}) needs max_caches > num_caches ({num_caches}), got {max_caches}"
+        )
     if max_caches and not visit_cap:
         raise ValueError("max_caches only applies to a growing table: set visit_cap too (or drop max_caches)")
 
@@ -467,23 +502,42 @@ def check_table_options(num_caches: int, refresh_prob: float, mix_prob: float, j
 COUPLINGS: tuple[str, ...] = ("independent", "minibatch_ot", "loom")
 
 
-def make_coupling(name: str, num_examples: int, *, num_caches: int = 1, seed: int = 0,
-                  cost: CostName = "l2", no_swaps: bool = False,
-                  seed_init: Literal["upfront", "first_visit"] = "upfront", refresh_prob: float = 0.0,
-                  mix_prob: float = 0.0, jitter: float = 0.0, visit_cap: float = 0.0, max_caches: int = 0) -> Coupling:
+def make_coupling(
+    name: str,
+    num_examples: int,
+    *,
+    num_caches: int = 1,
+    seed: int = 0,
+    cost: CostName = "l2",
+    no_swaps: bool = False,
+    seed_init: Literal["upfront", "first_visit"] = "upfront",
+    refresh_prob: float = 0.0,
+    mix_prob: float = 0.0,
+    jitter: float = 0.0,
+    visit_cap: float = 0.0,
+    max_caches: int = 0,
+) -> Coupling:
     """Build a coupling by name ("independent", "minibatch_ot", "loom"); the table options are LOOM's."""
-    options = {"refresh_prob": refresh_prob, "mix_prob": mix_prob, "jitter": jitter, "visit_cap": visit_cap,
-               "max_caches": max_caches}
+    options = {
+        "refresh_prob": refresh_prob,
+        "mix_prob": mix_prob,
+        "jitter": jitter,
+        "visit_cap": visit_cap,
+        "max_caches": max_caches,
+    }
     if name in ("independent", "minibatch_ot") and any(options.values()):
-        raise ValueError(f"{sorted(k for k, v in options.items() if v)} are options of the loom noise table; "
-                         f"{name!r} draws fresh noise every step")
+        raise ValueError(
+            f"{sorted(k for k, v in options.items() if v)} are options of the loom noise table; "
+            f"{name!r} draws fresh noise every step"
+        )
     if name == "independent":
         return IndependentCoupling(seed=seed, cost=cost)
     if name == "minibatch_ot":
         return MinibatchOTCoupling(seed=seed, cost=cost)
     if name == "loom":
-        return LoomCoupling(num_examples, num_caches, seed=seed, cost=cost, no_swaps=no_swaps,
-                            seed_init=seed_init, **options)
+        return LoomCoupling(
+            num_examples, num_caches, seed=seed, cost=cost, no_swaps=no_swaps, seed_init=seed_init, **options
+        )
     raise ValueError(f"unknown coupling {name!r}; use one of {COUPLINGS}")
 
 
@@ -515,11 +569,17 @@ def cost_matrix_diagonal(x: Tensor, z: Tensor, cost: CostName) -> Tensor:
 def epoch_batches(num_examples: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
     """One shuffled epoch of disjoint index batches (B,), the last partial batch dropped."""
     order = torch.randperm(num_examples, generator=generator)
-    return [order[i:i + batch_size] for i in range(0, num_examples - batch_size + 1, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, num_examples - batch_size + 1, batch_size)]
 
 
-def converge_pairing(coupling: LoomCoupling, data: Tensor, batch_size: int, max_epochs: int = 100,
-                     seed: int = 0, fetch: Callable[[Tensor], Tensor] | None = None) -> list[dict[str, float]]:
+def converge_pairing(
+    coupling: LoomCoupling,
+    data: Tensor,
+    batch_size: int,
+    max_epochs: int = 100,
+    seed: int = 0,
+    fetch: Callable[[Tensor], Tensor] | None = None,
+) -> list[dict[str, float]]:
     """Run LOOM's re-pairing alone (no training) until an epoch makes no swap.
 
     data: (N, *shape), or any sized dataset together with ``fetch(index (B,)) -> (B, *shape)``.

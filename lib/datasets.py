@@ -6,8 +6,8 @@ Every dataset here is a ``torch.utils.data.Dataset`` of ``N`` unflipped examples
 - with ``flip=True`` the length is ``2N`` and index ``i + N`` is example ``i`` flipped horizontally.
   Flipping is deterministic, not random: as in the paper, each flipped copy is its own training example
   and owns its own noise seeds in LOOM's seed table, so the index must say which copy was drawn.
-- ``__getitems__(indices) -> (index (B,) int64, x (B, C, H, W))`` fetches a batch at once. torch's
-  DataLoader calls it when the dataset has it (automatic batching), so pair it with
+- ``get_batch(indices) -> (index (B,) int64, x (B, C, H, W))`` fetches a batch at once. It is also the
+  dataset's ``__getitems__``, which torch's DataLoader calls (automatic batching), so pair a DataLoader with
   ``collate_fn=collate_indexed``, which passes that tuple through (and also stacks lists of ``(i, x)``).
   The default collate would fail loudly on the tuple, not silently mis-batch.
 
@@ -55,30 +55,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = [
-    "CIFAR10Images",
-    "DATASETS",
-    "DatasetFormatError",
-    "DigitsImages",
-    "HDF5Images",
-    "ImageFolderImages",
-    "IndexedImages",
-    "TensorImages",
-    "collate_indexed",
-    "digits_split_indices",
-    "fit_resolution",
-    "hdf5_shard_paths",
-    "make_dataset",
-    "read_cifar10",
-    "to_uint8",
-    "uint8_to_unit",
-    "unflip_index",
-    "write_fake_cifar10",
-    "write_fake_imagenet",
-    "write_fake_faces",
-    "write_hdf5_images",
-    "write_hdf5_latents",
-]
+from lib.toy import digits_split_indices, digits_vectors
 
 PathLike = str | os.PathLike[str]
 IndexBatch = tuple[Tensor, Tensor]  # (index (B,) int64, x (B, C, H, W) float32)
@@ -123,9 +100,15 @@ def collate_indexed(batch: IndexBatch | Sequence[tuple[int, Tensor]]) -> IndexBa
 
 def _is_index_batch(batch: object) -> bool:
     """True for an (index (B,), x (B, ...)) tuple of tensors, as returned by ``__getitems__``."""
-    return (isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[0], Tensor)
-            and isinstance(batch[1], Tensor) and batch[0].ndim == 1 and batch[1].ndim >= 2
-            and len(batch[0]) == len(batch[1]))
+    return (
+        isinstance(batch, tuple)
+        and len(batch) == 2
+        and isinstance(batch[0], Tensor)
+        and isinstance(batch[1], Tensor)
+        and batch[0].ndim == 1
+        and batch[1].ndim >= 2
+        and len(batch[0]) == len(batch[1])
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -140,8 +123,9 @@ class IndexedImages(Dataset, ABC):
     for dataset indices.
     """
 
-    def __init__(self, num_examples: int, image_shape: tuple[int, int, int], flip: bool,
-                 labels: Tensor | None = None) -> None:
+    def __init__(
+        self, num_examples: int, image_shape: tuple[int, int, int], flip: bool, labels: Tensor | None = None
+    ) -> None:
         if num_examples < 1:
             raise ValueError(f"a dataset needs at least one example, got {num_examples}")
         if labels is not None and labels.shape != (num_examples,):
@@ -171,7 +155,7 @@ class IndexedImages(Dataset, ABC):
         x = self.load_example(k)
         return i, (x.flip(-1) if flipped else x)
 
-    def __getitems__(self, indices: Sequence[int] | Tensor) -> IndexBatch:
+    def get_batch(self, indices: Sequence[int] | Tensor) -> IndexBatch:
         """Dataset indices (B,) -> (index (B,) int64, x (B, C, H, W)); equals stacking ``__getitem__``."""
         index = self._check_indices(indices)
         x = self.load_examples(index % self.num_examples)
@@ -179,6 +163,8 @@ class IndexedImages(Dataset, ABC):
         if bool(flipped.any()):
             x[flipped] = x[flipped].flip(-1)
         return index, x
+
+    __getitems__ = get_batch  # torch's DataLoader fetches a whole batch through this hook
 
     def example_labels(self, index: Tensor) -> Tensor:
         """Labels of dataset indices (B,) (a flipped copy has its example's label) -> (B,) int64."""
@@ -200,8 +186,7 @@ class IndexedImages(Dataset, ABC):
         n = len(self)
         bad = (index < -n) | (index >= n)
         if bool(bad.any()):
-            raise IndexError(f"indices {index[bad][:5].tolist()} out of range for {type(self).__name__} "
-                             f"of length {n}")
+            raise IndexError(f"indices {index[bad][:5].tolist()} out of range for {type(self).__name__} of length {n}")
         return index % n
 
 
@@ -209,7 +194,7 @@ class TensorImages(IndexedImages):
     """Images held in memory: ``images`` uint8 (N, C, H, W) (mapped to [-1, 1] per batch, which keeps
     CIFAR-10 at 150 MB instead of 600 MB) or floating (N, C, H, W) already in the range to return.
 
-    ``__getitems__`` is one vectorised gather.
+    ``get_batch`` is one vectorised gather.
     """
 
     def __init__(self, images: Tensor, flip: bool = False, labels: Tensor | None = None) -> None:
@@ -231,38 +216,20 @@ class TensorImages(IndexedImages):
 # ---------------------------------------------------------------------------------------------------------
 # scikit-learn digits
 # ---------------------------------------------------------------------------------------------------------
-def digits_split_indices(split: Literal["all", "train", "test"], test_fraction: float = 0.2,
-                         seed: int = 0) -> np.ndarray:
-    """Indices into scikit-learn's 1797 digits for a split, sorted ascending -> (n,) int64.
-
-    The split is stratified by label with ``train_test_split(random_state=seed)``: the same sets as
-    ``lib.fid``'s classifier split for the same fraction and seed, so the classifier never saw the test set.
-    """
-    from sklearn.model_selection import train_test_split
-
-    from lib.toy import digits_vectors
-
-    labels = digits_vectors()[1].numpy()
-    every = np.arange(len(labels))
-    if split == "all":
-        return every
-    if split not in ("train", "test"):
-        raise ValueError(f"unknown digits split {split!r}; use 'all', 'train' or 'test'")
-    train, test = train_test_split(every, test_size=test_fraction, random_state=seed, stratify=labels)
-    return np.sort(train if split == "train" else test)
-
-
 class DigitsImages(TensorImages):
     """scikit-learn's 8x8 digits as (1, 8, 8) images: pixel values 0..16 mapped to pixel / 8 - 1 in [-1, 1].
 
-    split: "all" (1797), or the stratified "train" / "test" parts of :func:`digits_split_indices`.
+    split: "all" (1797), or the stratified "train" / "test" parts of :func:`lib.toy.digits_split_indices`.
     ``labels`` (N,) holds the digit of each unflipped example.
     """
 
-    def __init__(self, split: Literal["all", "train", "test"] = "all", flip: bool = False,
-                 test_fraction: float = 0.2, seed: int = 0) -> None:
-        from lib.toy import digits_vectors
-
+    def __init__(
+        self,
+        split: Literal["all", "train", "test"] = "all",
+        flip: bool = False,
+        test_fraction: float = 0.2,
+        seed: int = 0,
+    ) -> None:
         x, labels = digits_vectors()  # (1797, 64) already in [-1, 1]
         keep = torch.from_numpy(digits_split_indices(split, test_fraction, seed))
         super().__init__(x[keep].reshape(-1, 1, 8, 8), flip=flip, labels=labels[keep])
@@ -281,9 +248,11 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 def _cifar10_missing_message(root: Path, missing: list[str]) -> str:
     """The FileNotFoundError text: what is missing, where, and the two ways to get it."""
-    return (f"CIFAR-10 not found: expected {root / CIFAR10_FOLDER}/ with {', '.join(CIFAR10_TRAIN_FILES)}, "
-            f"{CIFAR10_TEST_FILES[0]} and {CIFAR10_META_FILE} (missing: {', '.join(missing)}). Fix: run "
-            f"`python data_prep/cifar10.py --root {root}`, or pass download=True on a machine with internet.")
+    return (
+        f"CIFAR-10 not found: expected {root / CIFAR10_FOLDER}/ with {', '.join(CIFAR10_TRAIN_FILES)}, "
+        f"{CIFAR10_TEST_FILES[0]} and {CIFAR10_META_FILE} (missing: {', '.join(missing)}). Fix: run "
+        f"`python data_prep/cifar10.py --root {root}`, or pass download=True on a machine with internet."
+    )
 
 
 def _load_pickle(path: Path) -> dict[str, Any]:
@@ -334,9 +303,10 @@ def _read_cifar10_torchvision(root: Path, train: bool, download: bool) -> tuple[
     except RuntimeError as error:  # torchvision's "not found or corrupted": name the folder and the fix
         raise DatasetFormatError(
             f"{root / CIFAR10_FOLDER} failed torchvision's MD5 check against the official CIFAR-10 files "
-            f"(missing, corrupted, or fabricated by write_fake_cifar10). Fix: run "
+            f"(missing, corrupted, or fabricated by lib.fabricate.write_fake_cifar10). Fix: run "
             f"`python data_prep/cifar10.py --root {root}` or pass download=True; pass verify_checksums=False "
-            f"to read a fabricated copy") from error
+            f"to read a fabricated copy"
+        ) from error
     images = torch.from_numpy(np.ascontiguousarray(dataset.data.transpose(0, 3, 1, 2)))  # HWC -> CHW
     return images, torch.tensor(dataset.targets, dtype=torch.int64), list(dataset.classes)
 
@@ -348,11 +318,18 @@ class CIFAR10Images(TensorImages):
     download: fetch through ``torchvision.datasets.CIFAR10`` (needs internet; verifies the MD5 sums).
     verify_checksums: load through torchvision, which checks every file against the official MD5 sums;
     by default the kit reads the same pickles itself (:func:`read_cifar10`), so the fabricated copies of
-    :func:`write_fake_cifar10` load too. torchvision's loader checks MD5s in ``__init__`` and rejects them.
+    :func:`lib.fabricate.write_fake_cifar10` load too. torchvision's loader checks MD5s in ``__init__`` and rejects
+    them.
     """
 
-    def __init__(self, root: PathLike, train: bool = True, flip: bool = True, download: bool = False,
-                 verify_checksums: bool = False) -> None:
+    def __init__(
+        self,
+        root: PathLike,
+        train: bool = True,
+        flip: bool = True,
+        download: bool = False,
+        verify_checksums: bool = False,
+    ) -> None:
         root = Path(root)
         if download or verify_checksums:
             images, labels, classes = _read_cifar10_torchvision(root, train, download)
@@ -360,111 +337,6 @@ class CIFAR10Images(TensorImages):
             images, labels, classes = read_cifar10(root, train)
         super().__init__(images, flip=flip, labels=labels)
         self.root, self.train, self.classes = root, train, classes
-
-
-def write_fake_cifar10(root: PathLike, num_train: int = 500, num_test: int = 100, seed: int = 0) -> Path:
-    """Fabricate a tiny CIFAR-10 in the official on-disk format -> the ``root/cifar-10-batches-py`` folder.
-
-    Writes data_batch_1..5 (``num_train`` images split as evenly as possible), test_batch and batches.meta:
-    pickled dicts with the official keys ('batch_label', 'labels', 'data' uint8 (n, 3072) as R, G, B planes,
-    'filenames'; meta: 'num_cases_per_batch', 'label_names', 'num_vis'), so torchvision's reader parses
-    them; only its MD5 check tells them from the real files. Images are smooth random colour blobs (not
-    white noise) so resizing and flips behave as on photographs; labels cycle through the 10 classes.
-    """
-    if num_train < 1 or num_test < 1:
-        raise ValueError(f"need num_train >= 1 and num_test >= 1, got {num_train} and {num_test}")
-    rng = np.random.default_rng(seed)
-    folder = Path(root) / CIFAR10_FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    batches = [(f"training batch {b + 1} of 5", name, part)
-               for b, (name, part) in enumerate(zip(CIFAR10_TRAIN_FILES, np.array_split(np.arange(num_train), 5)))]
-    batches.append(("testing batch 1 of 1", CIFAR10_TEST_FILES[0], np.arange(num_test)))
-    for batch_label, name, ids in batches:
-        entry = {"batch_label": batch_label, "labels": [int(i % 10) for i in ids],
-                 "data": _smooth_images(rng, len(ids)).reshape(len(ids), 3072),
-                 "filenames": [f"fake_{name}_{int(i):05d}.png" for i in ids]}
-        _write_pickle(folder / name, entry)
-    _write_pickle(folder / CIFAR10_META_FILE,
-                  {"num_cases_per_batch": 10000, "label_names": list(CIFAR10_CLASSES), "num_vis": 3072})
-    return folder
-
-
-def _smooth_images(rng: np.random.Generator, n: int, size: int = 32) -> np.ndarray:
-    """n random low-frequency colour images -> uint8 (n, 3, size, size) (a 4x4 grid upsampled bilinearly)."""
-    coarse = torch.from_numpy(rng.uniform(0, 255, size=(n, 3, 4, 4)).astype(np.float32))
-    fine = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=True)
-    return fine.round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def write_fake_imagenet(folder: PathLike, train_sizes: Sequence[int], num_val: int = 0, resolution: int = 32,
-                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Fabricate downsampled ImageNet in the official .npz format under ``folder`` -> (every training image
-    uint8 (N, 3, res, res) in file order, their labels int64 (N,) 0-based).
-
-    The format of image-net.org's "Imagenet32_train_npz" / "Imagenet64_train_part*_npz" releases, which
-    data_prep/imagenet.py reads: ``train_data_batch_<k>.npz`` (k = 1, 2, ...; ``train_sizes[k - 1]`` images each)
-    with ``data`` uint8 (n, 3 * res * res) as R, G, B planes, ``labels`` a list of 1..1000 and ``mean`` the
-    batch's mean row; ``val_data.npz`` (``data``, ``labels``) when ``num_val`` > 0. Images are smooth random
-    colour blobs, so resizing and flips behave as on photographs.
-    """
-    if not train_sizes or min(train_sizes) < 1 or num_val < 0:
-        raise ValueError(f"need at least one training batch of >= 1 image and num_val >= 0, got {list(train_sizes)} "
-                         f"and {num_val}")
-    rng = np.random.default_rng(seed)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    images, labels = [], []
-    for k, n in enumerate(train_sizes, start=1):
-        x, y = _smooth_images(rng, n, resolution), rng.integers(1, 1001, n)
-        data = x.reshape(n, -1)
-        np.savez(folder / f"train_data_batch_{k}.npz", data=data, labels=y.tolist(), mean=data.mean(0))
-        images.append(x)
-        labels.append(y - 1)
-    if num_val:
-        x = _smooth_images(rng, num_val, resolution)
-        np.savez(folder / "val_data.npz", data=x.reshape(num_val, -1), labels=rng.integers(1, 1001, num_val).tolist())
-    return np.concatenate(images), np.concatenate(labels).astype(np.int64)
-
-
-def _write_pickle(path: Path, obj: object) -> None:
-    """Pickle with protocol 2, the protocol of the original Python 2 files."""
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
-
-
-def write_fake_faces(folder: PathLike, num: int, resolution: int = 64, seed: int = 0) -> Path:
-    """Fabricate ``num`` face-like PNGs (resolution x resolution) in ``folder``, named like FFHQ's 00000.png.
-
-    Each is a skin-toned ellipse on a plain background with two eyes and a mouth, all with random size, colour
-    and position, and left/right asymmetric, so a flipped image differs from the original. Stands in for FFHQ
-    on CPU runs of data_prep/ffhq_latents.py; existing files are kept.
-    """
-    from PIL import Image, ImageDraw
-
-    if num < 1 or resolution < 8:
-        raise ValueError(f"need num >= 1 and resolution >= 8, got {num} and {resolution}")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    r = resolution
-    for i in range(num):
-        path = folder / f"{i:05d}.png"
-        background, skin, eyes = (tuple(int(c) for c in rng.integers(lo, hi, 3)) for lo, hi in
-                                  ((0, 256), (150, 250), (0, 90)))
-        cx, cy = r * rng.uniform(0.4, 0.6, 2)
-        w, h = r * rng.uniform(0.25, 0.35), r * rng.uniform(0.33, 0.45)
-        image = Image.new("RGB", (r, r), background)
-        draw = ImageDraw.Draw(image)
-        draw.ellipse([cx - w, cy - h, cx + w, cy + h], fill=skin)
-        for side, size in ((-1, rng.uniform(0.05, 0.09)), (1, rng.uniform(0.03, 0.07))):  # unequal eyes
-            ex, ey, s = cx + side * 0.45 * w, cy - 0.25 * h, size * r
-            draw.ellipse([ex - s, ey - s, ex + s, ey + s], fill=eyes)
-        mouth = cx + rng.uniform(-0.2, 0.2) * w
-        draw.line([mouth - 0.4 * w, cy + 0.5 * h, mouth + 0.4 * w, cy + 0.45 * h], fill=(120, 30, 40),
-                  width=max(1, r // 32))
-        if not path.exists():
-            image.save(path)
-    return folder
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -506,11 +378,13 @@ class ImageFolderImages(IndexedImages):
         except FileNotFoundError as error:  # torchvision: no class folder / no valid image file
             raise FileNotFoundError(
                 f"image folder {root} holds no images in class subfolders: expected "
-                f"{root}/<class>/<image>.png|jpg|... ({error})") from error
+                f"{root}/<class>/<image>.png|jpg|... ({error})"
+            ) from error
         self.folder, self.root, self.resolution = folder, root, int(resolution)
         self.classes = list(folder.classes)
-        super().__init__(len(folder), (3, resolution, resolution), flip,
-                         torch.tensor(folder.targets, dtype=torch.int64))
+        super().__init__(
+            len(folder), (3, resolution, resolution), flip, torch.tensor(folder.targets, dtype=torch.int64)
+        )
 
     def load_example(self, k: int) -> Tensor:
         from torchvision.transforms.functional import pil_to_tensor
@@ -574,8 +448,10 @@ def _pick_key(f: Any, path: Path, key: str | None) -> str:
         return key
     present = [k for k in HDF5_KEYS if k in f]
     if not present:
-        raise DatasetFormatError(f"{path} has neither an 'images' nor a 'latents' dataset "
-                                 f"(found: {sorted(f.keys())}); see lib.datasets for the layout")
+        raise DatasetFormatError(
+            f"{path} has neither an 'images' nor a 'latents' dataset "
+            f"(found: {sorted(f.keys())}); see lib.datasets for the layout"
+        )
     if len(present) > 1:
         raise DatasetFormatError(f"{path} has both 'images' and 'latents'; pass key='images' or key='latents'")
     return present[0]
@@ -602,8 +478,16 @@ def _inspect_hdf5(path: Path, key: str | None, resolution: int | None) -> _Shard
         if key == "images":
             return _Shard(path, key, n, (c, h, w), 1.0, _read_labels(f, path, n))
         autoencoder = data.attrs.get("autoencoder")
-        return _Shard(path, key, n, (c, h, w), _read_scale(data, path), _read_labels(f, path, n),
-                      None if autoencoder is None else str(autoencoder), bool(data.attrs.get("flipped_copies", False)))
+        return _Shard(
+            path,
+            key,
+            n,
+            (c, h, w),
+            _read_scale(data, path),
+            _read_labels(f, path, n),
+            None if autoencoder is None else str(autoencoder),
+            bool(data.attrs.get("flipped_copies", False)),
+        )
 
 
 def _read_scale(data: Any, path: Path) -> float:
@@ -622,8 +506,7 @@ def _read_labels(f: Any, path: Path, n: int) -> np.ndarray | None:
         return None
     labels = f["labels"]
     if labels.shape != (n,) or labels.dtype != np.int64:
-        raise DatasetFormatError(f"{path}: 'labels' must be int64 of shape ({n},), "
-                                 f"got {labels.dtype} {labels.shape}")
+        raise DatasetFormatError(f"{path}: 'labels' must be int64 of shape ({n},), got {labels.dtype} {labels.shape}")
     return labels[()]
 
 
@@ -631,15 +514,16 @@ def _check_shards_agree(shards: list[_Shard]) -> None:
     """Shards read as one dataset must share key, (C, H, W), scale and whether they carry labels."""
     first = shards[0]
     for shard in shards[1:]:
-        for what, a, b in (("dataset key", first.key, shard.key),
-                           ("example shape (C, H, W)", first.shape, shard.shape),
-                           ("latents scale", first.scale, shard.scale),
-                           ("autoencoder", first.autoencoder, shard.autoencoder),
-                           ("flipped_copies", first.flipped_copies, shard.flipped_copies),
-                           ("presence of labels", first.labels is not None, shard.labels is not None)):
+        for what, a, b in (
+            ("dataset key", first.key, shard.key),
+            ("example shape (C, H, W)", first.shape, shard.shape),
+            ("latents scale", first.scale, shard.scale),
+            ("autoencoder", first.autoencoder, shard.autoencoder),
+            ("flipped_copies", first.flipped_copies, shard.flipped_copies),
+            ("presence of labels", first.labels is not None, shard.labels is not None),
+        ):
             if a != b:
-                raise DatasetFormatError(f"inconsistent shards: {shard.path} has {what} {b}, "
-                                         f"but {first.path} has {a}")
+                raise DatasetFormatError(f"inconsistent shards: {shard.path} has {what} {b}, but {first.path} has {a}")
 
 
 class HDF5Images(IndexedImages):
@@ -656,8 +540,13 @@ class HDF5Images(IndexedImages):
     access: h5py handles must not cross a fork, so DataLoader workers open their own.
     """
 
-    def __init__(self, path: PathLike, key: Literal["images", "latents"] | None = None, flip: bool = True,
-                 resolution: int | None = None) -> None:
+    def __init__(
+        self,
+        path: PathLike,
+        key: Literal["images", "latents"] | None = None,
+        flip: bool = True,
+        resolution: int | None = None,
+    ) -> None:
         shards = [_inspect_hdf5(p, key, resolution) for p in hdf5_shard_paths(path)]
         _check_shards_agree(shards)
         self.path, self.shards = Path(path), shards
@@ -666,8 +555,10 @@ class HDF5Images(IndexedImages):
         if flip and self.flipped_copies:
             # Flipping a latent is not encoding the flipped image, and the encoded flips are already examples:
             # flip=True would add N approximate copies on top of the exact ones.
-            raise ValueError(f"{path} already holds the encoded horizontal flips as extra examples "
-                             "(attrs flipped_copies); load it with flip=False (lib.train: --no-flip)")
+            raise ValueError(
+                f"{path} already holds the encoded horizontal flips as extra examples "
+                "(attrs flipped_copies); load it with flip=False (lib.train: --no-flip)"
+            )
         # ends[s] is one past the last global example of shard s; a sorted search finds an example's shard.
         self._ends = torch.tensor(np.cumsum([s.length for s in shards]), dtype=torch.int64)
         labels = None if shards[0].labels is None else torch.from_numpy(np.concatenate([s.labels for s in shards]))
@@ -746,8 +637,7 @@ def _labels_array(labels: Tensor | np.ndarray | None, n: int) -> np.ndarray | No
     return labels.astype(np.int64)
 
 
-def write_hdf5_images(path: PathLike, images: Tensor | np.ndarray,
-                      labels: Tensor | np.ndarray | None = None) -> Path:
+def write_hdf5_images(path: PathLike, images: Tensor | np.ndarray, labels: Tensor | np.ndarray | None = None) -> Path:
     """Write images uint8 (N, C, H, W) (and optional labels (N,)) in the canonical layout, atomically -> path."""
     images = _as_numpy(images)
     if images.ndim != 4 or images.dtype != np.uint8:
@@ -762,8 +652,13 @@ def write_hdf5_images(path: PathLike, images: Tensor | np.ndarray,
     return atomic_write_hdf5(path, fill)
 
 
-def write_hdf5_latents(path: PathLike, latents: Tensor | np.ndarray, scale: float,
-                       labels: Tensor | np.ndarray | None = None, attrs: Mapping[str, Any] | None = None) -> Path:
+def write_hdf5_latents(
+    path: PathLike,
+    latents: Tensor | np.ndarray,
+    scale: float,
+    labels: Tensor | np.ndarray | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
     """Write UNSCALED latents (N, C, h, w) as float32 with attrs["scale"] = scale -> path (atomically).
 
     Readers divide by ``scale`` (the latent std measured by the data-prep script); labels (N,) are optional;
@@ -813,8 +708,9 @@ def read_pair_seeds(path: PathLike) -> tuple[Tensor, str]:
     for shard in hdf5_shard_paths(path):
         with h5py.File(shard, "r") as f:
             if "seeds" not in f:
-                raise DatasetFormatError(f"{shard} has no 'seeds': it is not a reflow pair shard "
-                                         "(make them with data_prep/reflow_pairs.py)")
+                raise DatasetFormatError(
+                    f"{shard} has no 'seeds': it is not a reflow pair shard (make them with data_prep/reflow_pairs.py)"
+                )
             seeds.append(torch.from_numpy(f["seeds"][:].astype(np.int64)))
             devices.add(str(f.attrs.get("noise_device_type", "cpu")))
     if len(devices) != 1:

@@ -10,7 +10,7 @@ adapts our samplers to clean-fid's generator convention, stores custom reference
 own file names, turns offline failures into errors that say what to do, and returns an :class:`FIDResult`
 whose :class:`FIDProtocol` records what produced the number.
 
-Protocols are not interchangeable (see reference/paper_setup.md, "Evaluation protocol"): the paper's released
+Protocols are not interchangeable (see lib/reference/paper_setup.md, "Evaluation protocol"): the paper's released
 code uses torcheval (torchvision's Inception, test-split references); torchcfm uses clean-fid's TF-Inception
 against the 50k CIFAR-10 training-set statistics with ``mode="legacy_tensorflow"``, and EDM the same Inception
 and reference with its own code. Compare only numbers whose protocols agree.
@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 
@@ -40,25 +40,7 @@ import torch.nn.functional as F
 from cleanfid import fid as cleanfid_fid
 from torch import Tensor, nn
 
-from lib.toy import digits_vectors
-
-__all__ = [
-    "DigitsClassifier",
-    "FIDProtocol",
-    "FIDResult",
-    "FeatureExtractor",
-    "RandomConvFeatures",
-    "cleanfid_stats_dir",
-    "custom_stats_path",
-    "digits_frechet_distance",
-    "digits_images",
-    "fid_from_generator",
-    "gaussian_stats",
-    "make_reference_stats",
-    "tensor_generator",
-    "to_cleanfid_range",
-    "train_digits_classifier",
-]
+from lib.toy import digits_split_indices, digits_vectors
 
 LIBRARY = "clean-fid"
 INCEPTION = "inception_v3"  # clean-fid's name for its TF-Inception (the one in its stats file names)
@@ -103,10 +85,14 @@ class FIDResult:
 
 def _protocol_note(extractor_name: str, mode: str) -> str:
     if extractor_name != INCEPTION:
-        return (f"features from {extractor_name!r}, NOT Inception: comparable only with numbers made with the "
-                "same extractor and reference, never with the paper or any published FID")
-    return (f"clean-fid TF-Inception FID, mode {mode!r}: comparable with clean-fid numbers of the same mode and "
-            "reference (torchcfm: 'legacy_tensorflow', cifar10 train), not with the paper's torcheval numbers")
+        return (
+            f"features from {extractor_name!r}, NOT Inception: comparable only with numbers made with the "
+            "same extractor and reference, never with the paper or any published FID"
+        )
+    return (
+        f"clean-fid TF-Inception FID, mode {mode!r}: comparable with clean-fid numbers of the same mode and "
+        "reference (torchcfm: 'legacy_tensorflow', cifar10 train), not with the paper's torcheval numbers"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -127,9 +113,13 @@ class RandomConvFeatures(nn.Module):
         self.name = f"random_conv_seed{seed}_w{width}_r{size}_not_inception"
         self.size = size
         self.feature_dim = 6 + 14 * width
-        self.convs = nn.ModuleList([nn.Conv2d(3, width, 3, padding=1),
-                                    nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
-                                    nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1)])
+        self.convs = nn.ModuleList(
+            [
+                nn.Conv2d(3, width, 3, padding=1),
+                nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+                nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1),
+            ]
+        )
         generator = torch.Generator().manual_seed(seed)  # private RNG: the global seed does not matter
         with torch.no_grad():
             for conv in self.convs:
@@ -157,8 +147,10 @@ def _extractor_name(feature_extractor: FeatureExtractor | None) -> str:
         return INCEPTION
     name = getattr(feature_extractor, "name", None)
     if not isinstance(name, str) or not name:
-        raise TypeError("a custom feature extractor needs a `name` attribute (str): it goes into the stats file "
-                        "name and into every FIDProtocol")
+        raise TypeError(
+            "a custom feature extractor needs a `name` attribute (str): it goes into the stats file "
+            "name and into every FIDProtocol"
+        )
     return name
 
 
@@ -170,7 +162,8 @@ def _inception(mode: str, device: torch.device) -> FeatureExtractor:
         raise RuntimeError(
             "clean-fid could not load its Inception weights (/tmp/inception-2015-12-05.pt), which it downloads "
             f"on first use ({err}). Run once while online, or for an offline number that is NOT comparable with "
-            "the paper pass feature_extractor=RandomConvFeatures()") from err
+            "the paper pass feature_extractor=RandomConvFeatures()"
+        ) from err
 
 
 def _feature_model(feature_extractor: FeatureExtractor | None, mode: str, device: torch.device) -> FeatureExtractor:
@@ -184,24 +177,30 @@ def _feature_model(feature_extractor: FeatureExtractor | None, mode: str, device
 # ---------------------------------------------------------------------------------------------------------
 # Our images -> clean-fid's generator convention
 # ---------------------------------------------------------------------------------------------------------
-def _check_images(images: object, batch_size: int, image_size: int | None,
-                  source: str = "generate(batch_size)") -> Tensor:
+def _check_images(
+    images: object, batch_size: int, image_size: int | None, source: str = "generate(batch_size)"
+) -> Tensor:
     """Refuse anything but float (batch_size, 3, S, S) images in [-1, 1] (up to a sampler's overshoot)."""
     expected = f"({batch_size}, 3, {image_size or 'H'}, {image_size or 'W'})"
     if not isinstance(images, Tensor):
         raise TypeError(f"{source} must be a torch.Tensor of shape (B, 3, H, W) = {expected}, got {type(images)}")
     if not images.is_floating_point():
-        raise ValueError(f"{source} must be float images in [-1, 1], got dtype {images.dtype}; "
-                         "for uint8 images in 0..255 pass images / 127.5 - 1")
+        raise ValueError(
+            f"{source} must be float images in [-1, 1], got dtype {images.dtype}; "
+            "for uint8 images in 0..255 pass images / 127.5 - 1"
+        )
     size_ok = image_size is None or tuple(images.shape[2:]) == (image_size, image_size)
     if images.ndim != 4 or images.shape[0] != batch_size or images.shape[1] != 3 or not size_ok:
-        raise ValueError(f"{source} must be images of shape (B, 3, H, W) = {expected} in [-1, 1], "
-                         f"got {tuple(images.shape)}")
+        raise ValueError(
+            f"{source} must be images of shape (B, 3, H, W) = {expected} in [-1, 1], got {tuple(images.shape)}"
+        )
     if not torch.isfinite(images).all():
         raise ValueError(f"{source} has NaN or inf values")
     if images.abs().max() > RANGE_LIMIT:
-        raise ValueError(f"{source} must be images in [-1, 1], got values in "
-                         f"[{images.min().item():.3g}, {images.max().item():.3g}] (0..255 images?)")
+        raise ValueError(
+            f"{source} must be images in [-1, 1], got values in "
+            f"[{images.min().item():.3g}, {images.max().item():.3g}] (0..255 images?)"
+        )
     return images
 
 
@@ -216,9 +215,11 @@ def to_cleanfid_range(images: Tensor) -> Tensor:
 
 def _cleanfid_generator(generate: GenerateFn, image_size: int | None) -> Callable[[Tensor], Tensor]:
     """clean-fid calls ``G(z)`` with z (batch_size, z_dim) and wants (batch_size, 3, H, W) in 0..255."""
+
     def gen(z: Tensor) -> Tensor:
         # Our samplers draw their own noise: only the batch size of clean-fid's latents is used.
         return to_cleanfid_range(_check_images(generate(z.shape[0]), z.shape[0], image_size)).to(z.device)
+
     return gen
 
 
@@ -235,16 +236,33 @@ def tensor_generator(images: Tensor) -> GenerateFn:
         index = (position + torch.arange(batch_size)) % images.shape[0]
         position = (position + batch_size) % images.shape[0]
         return images[index]
+
     return generate
 
 
-def _generated_features(generate: GenerateFn, num_samples: int, model: FeatureExtractor, *, mode: str,
-                        image_size: int | None, batch_size: int, device: torch.device, verbose: bool) -> np.ndarray:
+def _generated_features(
+    generate: GenerateFn,
+    num_samples: int,
+    model: FeatureExtractor,
+    *,
+    mode: str,
+    image_size: int | None,
+    batch_size: int,
+    device: torch.device,
+    verbose: bool,
+) -> np.ndarray:
     """(num_samples, F) features of generated images through clean-fid's own generator loop."""
     # z_dim=1: clean-fid's latents are ignored, keep them tiny. It generates ceil(num / batch) full batches.
-    return cleanfid_fid.get_model_features(_cleanfid_generator(generate, image_size), model, mode=mode, z_dim=1,
-                                           num_gen=num_samples, batch_size=batch_size, device=device,
-                                           verbose=verbose)
+    return cleanfid_fid.get_model_features(
+        _cleanfid_generator(generate, image_size),
+        model,
+        mode=mode,
+        z_dim=1,
+        num_gen=num_samples,
+        batch_size=batch_size,
+        device=device,
+        verbose=verbose,
+    )
 
 
 def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -277,8 +295,13 @@ def _stats_file_name(name: str, mode: str, model_name: str, split: str, res: int
     return f"{name}_{mode}{modifier}_{split}_{res}.npz".lower()
 
 
-def custom_stats_path(name: str, *, feature_extractor: FeatureExtractor | None = None, mode: str = "clean",
-                      stats_dir: str | os.PathLike[str] | None = None) -> Path:
+def custom_stats_path(
+    name: str,
+    *,
+    feature_extractor: FeatureExtractor | None = None,
+    mode: str = "clean",
+    stats_dir: str | os.PathLike[str] | None = None,
+) -> Path:
     """Where custom statistics ``name`` live: clean-fid's file name in ``stats_dir`` or clean-fid's folder."""
     if not name or name != name.lower() or any(c in name for c in "/\\"):
         # clean-fid lower-cases names when writing (make_custom_stats) but not when testing (test_stats_exists).
@@ -287,24 +310,49 @@ def custom_stats_path(name: str, *, feature_extractor: FeatureExtractor | None =
     return folder / _stats_file_name(name, mode, _extractor_name(feature_extractor), "custom", "na")
 
 
-def _image_features(images: str | os.PathLike[str] | Tensor, model: FeatureExtractor, *, mode: str,
-                    batch_size: int, device: torch.device, num_workers: int, verbose: bool) -> np.ndarray:
+def _image_features(
+    images: str | os.PathLike[str] | Tensor,
+    model: FeatureExtractor,
+    *,
+    mode: str,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int,
+    verbose: bool,
+) -> np.ndarray:
     """(N, F) features of a folder of image files or of a tensor (N, 3, H, W) in [-1, 1]."""
     if isinstance(images, Tensor):
         _check_images(images, len(images), None, source="reference images")  # fail before any features
-        return _generated_features(tensor_generator(images), images.shape[0], model, mode=mode, image_size=None,
-                                   batch_size=min(batch_size, images.shape[0]), device=device, verbose=verbose)
+        return _generated_features(
+            tensor_generator(images),
+            images.shape[0],
+            model,
+            mode=mode,
+            image_size=None,
+            batch_size=min(batch_size, images.shape[0]),
+            device=device,
+            verbose=verbose,
+        )
     if not Path(images).is_dir():
         raise FileNotFoundError(f"image folder {images} does not exist")
-    return cleanfid_fid.get_folder_features(str(images), model, num_workers=num_workers, batch_size=batch_size,
-                                            device=device, mode=mode, verbose=verbose)
+    return cleanfid_fid.get_folder_features(
+        str(images), model, num_workers=num_workers, batch_size=batch_size, device=device, mode=mode, verbose=verbose
+    )
 
 
-def make_reference_stats(name: str, images: str | os.PathLike[str] | Tensor, *,
-                         feature_extractor: FeatureExtractor | None = None, mode: str = "clean",
-                         stats_dir: str | os.PathLike[str] | None = None, batch_size: int = 100,
-                         device: str | torch.device = "cpu", num_workers: int = 0, overwrite: bool = False,
-                         verbose: bool = False) -> Path:
+def make_reference_stats(
+    name: str,
+    images: str | os.PathLike[str] | Tensor,
+    *,
+    feature_extractor: FeatureExtractor | None = None,
+    mode: str = "clean",
+    stats_dir: str | os.PathLike[str] | None = None,
+    batch_size: int = 100,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    overwrite: bool = False,
+    verbose: bool = False,
+) -> Path:
     """Compute and store reference statistics ``name`` so that FID calls find them by name.
 
     images: a folder of image files (clean-fid reads them: PNG, JPEG, .npy, ...) or a tensor (N, 3, H, W) in
@@ -319,8 +367,9 @@ def make_reference_stats(name: str, images: str | os.PathLike[str] | Tensor, *,
         raise FileExistsError(f"reference statistics {path} already exist; pass overwrite=True to replace them")
     device = torch.device(device)
     model = _feature_model(feature_extractor, mode, device)
-    features = _image_features(images, model, mode=mode, batch_size=batch_size, device=device,
-                               num_workers=num_workers, verbose=verbose)
+    features = _image_features(
+        images, model, mode=mode, batch_size=batch_size, device=device, num_workers=num_workers, verbose=verbose
+    )
     mu, sigma = gaussian_stats(features)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, mu=mu, sigma=sigma, num_images=len(features))
@@ -336,29 +385,36 @@ class _Reference:
 
 
 def _missing_stats_message(reference: str, custom: Path, precomputed: str, cause: object) -> str:
-    return (f"no FID reference statistics for {reference!r}: it is not an image folder, there are no custom "
-            f"stats {custom}, and clean-fid's precomputed {precomputed!r} is not in {cleanfid_stats_dir()} "
-            f"and could not be fetched ({cause}). For CIFAR-10 run `python data_prep/cifar10.py` while online "
-            "(it downloads clean-fid's reference statistics), or make your own with "
-            f"lib.fid.make_reference_stats({reference!r}, images, ...) with the same feature extractor and mode")
+    return (
+        f"no FID reference statistics for {reference!r}: it is not an image folder, there are no custom "
+        f"stats {custom}, and clean-fid's precomputed {precomputed!r} is not in {cleanfid_stats_dir()} "
+        f"and could not be fetched ({cause}). For CIFAR-10 run `python data_prep/cifar10.py` while online "
+        "(it downloads clean-fid's reference statistics), or make your own with "
+        f"lib.fid.make_reference_stats({reference!r}, images, ...) with the same feature extractor and mode"
+    )
 
 
-def _dataset_reference(name: str, custom: Path, *, res: int | None, split: str, mode: str,
-                       model_name: str) -> _Reference:
+def _dataset_reference(
+    name: str, custom: Path, *, res: int | None, split: str, mode: str, model_name: str
+) -> _Reference:
     """clean-fid's precomputed statistics of a named dataset (downloaded into its stats folder if missing)."""
     if res is None:
-        raise ValueError(f"reference {name!r} is neither an image folder nor custom stats ({custom}); as a "
-                         "clean-fid dataset name it needs dataset_res (32 for cifar10)")
+        raise ValueError(
+            f"reference {name!r} is neither an image folder nor custom stats ({custom}); as a "
+            "clean-fid dataset name it needs dataset_res (32 for cifar10)"
+        )
     precomputed = _stats_file_name(name, mode, model_name, split, res)
     if model_name not in (INCEPTION, "clip_vit_b_32"):  # clean-fid publishes stats for these two only
         raise FileNotFoundError(_missing_stats_message(name, custom, precomputed, "not published for this extractor"))
     try:
-        mu, sigma = cleanfid_fid.get_reference_statistics(name, res, mode=mode, model_name=model_name, seed=0,
-                                                          split=split)
+        mu, sigma = cleanfid_fid.get_reference_statistics(
+            name, res, mode=mode, model_name=model_name, seed=0, split=split
+        )
     except OSError as err:  # offline (URLError) or unknown name (HTTP 404)
         raise FileNotFoundError(_missing_stats_message(name, custom, precomputed, err)) from err
-    return _Reference(mu, sigma, f"{name} {split} {res} stats (clean-fid precomputed)",
-                      PRECOMPUTED_SIZES.get((name, split)))
+    return _Reference(
+        mu, sigma, f"{name} {split} {res} stats (clean-fid precomputed)", PRECOMPUTED_SIZES.get((name, split))
+    )
 
 
 def _custom_reference(name: str, path: Path) -> _Reference:
@@ -367,14 +423,26 @@ def _custom_reference(name: str, path: Path) -> _Reference:
     return _Reference(stats["mu"], stats["sigma"], f"custom stats {name!r} ({path.name})", count)
 
 
-def _reference(reference: str | os.PathLike[str], model: FeatureExtractor, model_name: str, *, mode: str,
-               dataset_res: int | None, dataset_split: str, stats_dir: str | os.PathLike[str] | None,
-               batch_size: int, device: torch.device, num_workers: int, verbose: bool) -> _Reference:
+def _reference(
+    reference: str | os.PathLike[str],
+    model: FeatureExtractor,
+    model_name: str,
+    *,
+    mode: str,
+    dataset_res: int | None,
+    dataset_split: str,
+    stats_dir: str | os.PathLike[str] | None,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int,
+    verbose: bool,
+) -> _Reference:
     """Resolve ``reference``: an image folder, else custom stats by name, else a clean-fid dataset name."""
     # Only a Path or a str with a separator is a folder, so "cifar10" never picks up a folder of that name.
     if isinstance(reference, os.PathLike) or any(sep in reference for sep in "/\\"):
-        features = _image_features(reference, model, mode=mode, batch_size=batch_size, device=device,
-                                   num_workers=num_workers, verbose=verbose)
+        features = _image_features(
+            reference, model, mode=mode, batch_size=batch_size, device=device, num_workers=num_workers, verbose=verbose
+        )
         return _Reference(*gaussian_stats(features), f"folder {reference}", len(features))
     name = reference
     custom = Path(stats_dir or cleanfid_stats_dir()) / _stats_file_name(name, mode, model_name, "custom", "na")
@@ -386,12 +454,21 @@ def _reference(reference: str | os.PathLike[str], model: FeatureExtractor, model
 # ---------------------------------------------------------------------------------------------------------
 # FID of a sampler
 # ---------------------------------------------------------------------------------------------------------
-def fid_from_generator(generate: GenerateFn, num_samples: int, reference: str | os.PathLike[str], *,
-                       dataset_res: int | None = None, dataset_split: str = "train",
-                       feature_extractor: FeatureExtractor | None = None, mode: str = "clean",
-                       stats_dir: str | os.PathLike[str] | None = None, batch_size: int = 100,
-                       device: str | torch.device = "cpu", num_workers: int = 0,
-                       verbose: bool = False) -> FIDResult:
+def fid_from_generator(
+    generate: GenerateFn,
+    num_samples: int,
+    reference: str | os.PathLike[str],
+    *,
+    dataset_res: int | None = None,
+    dataset_split: str = "train",
+    feature_extractor: FeatureExtractor | None = None,
+    mode: str = "clean",
+    stats_dir: str | os.PathLike[str] | None = None,
+    batch_size: int = 100,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    verbose: bool = False,
+) -> FIDResult:
     """FID of ``num_samples`` images from ``generate(batch_size) -> (batch_size, 3, H, W)`` in [-1, 1].
 
     reference, looked up in this order:
@@ -411,16 +488,41 @@ def fid_from_generator(generate: GenerateFn, num_samples: int, reference: str | 
     model_name = _extractor_name(feature_extractor)
     model = _feature_model(feature_extractor, mode, device)
     # The reference first: a missing one fails before any sampling is spent.
-    ref = _reference(reference, model, model_name, mode=mode, dataset_res=dataset_res, dataset_split=dataset_split,
-                     stats_dir=stats_dir, batch_size=batch_size, device=device, num_workers=num_workers,
-                     verbose=verbose)
-    features = _generated_features(generate, num_samples, model, mode=mode, image_size=dataset_res,
-                                   batch_size=batch_size, device=device, verbose=verbose)
+    ref = _reference(
+        reference,
+        model,
+        model_name,
+        mode=mode,
+        dataset_res=dataset_res,
+        dataset_split=dataset_split,
+        stats_dir=stats_dir,
+        batch_size=batch_size,
+        device=device,
+        num_workers=num_workers,
+        verbose=verbose,
+    )
+    features = _generated_features(
+        generate,
+        num_samples,
+        model,
+        mode=mode,
+        image_size=dataset_res,
+        batch_size=batch_size,
+        device=device,
+        verbose=verbose,
+    )
     mu, sigma = gaussian_stats(features)
     score = _frechet_distance(mu, sigma, ref.mu, ref.sigma)
-    protocol = FIDProtocol(library=LIBRARY, library_version=metadata.version(LIBRARY), mode=mode,
-                           feature_extractor=model_name, reference=ref.description, num_generated=len(features),
-                           num_reference=ref.count, note=_protocol_note(model_name, mode))
+    protocol = FIDProtocol(
+        library=LIBRARY,
+        library_version=metadata.version(LIBRARY),
+        mode=mode,
+        feature_extractor=model_name,
+        reference=ref.description,
+        num_generated=len(features),
+        num_reference=ref.count,
+        note=_protocol_note(model_name, mode),
+    )
     return FIDResult(score, protocol)
 
 
@@ -439,8 +541,9 @@ class DigitsClassifier(nn.Module):
     def __init__(self, hidden: int = 128, feature_dim: int = 64) -> None:
         super().__init__()
         # SiLU, not ReLU: no dead units, so the feature covariance stays full rank.
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.SiLU(),
-                                  nn.Linear(hidden, feature_dim), nn.SiLU())
+        self.body = nn.Sequential(
+            nn.Flatten(), nn.Linear(64, hidden), nn.SiLU(), nn.Linear(hidden, feature_dim), nn.SiLU()
+        )
         self.head = nn.Linear(feature_dim, 10)
         self.test_accuracy = float("nan")  # held-out accuracy, set by train_digits_classifier
 
@@ -454,11 +557,9 @@ class DigitsClassifier(nn.Module):
 
 
 def _digits_split(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Stratified 80/20 split of the digits: (x_train, y_train, x_test, y_test)."""
-    from sklearn.model_selection import train_test_split
-
+    """The kit's digits split (lib.toy.digits_split_indices, 80/20): (x_train, y_train, x_test, y_test)."""
     x, y = digits_images()
-    train, test = train_test_split(np.arange(len(y)), test_size=0.2, random_state=seed, stratify=y.numpy())
+    train, test = (torch.from_numpy(digits_split_indices(split, 0.2, seed)) for split in ("train", "test"))
     return x[train], y[train], x[test], y[test]
 
 
@@ -466,8 +567,9 @@ def _digits_split(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 def _one_thread() -> Iterator[None]:
     """Run torch on one CPU thread, then restore the caller's setting.
 
-    Tiny matmuls gain nothing from threads; one thread makes the float reductions, hence the trained
-    weights, the same on every machine, and avoids OpenMP spin-waits on busy shared CPUs (60x slower seen).
+    Tiny matmuls gain nothing from threads; one thread fixes the order of the float reductions, hence the trained
+    weights, from run to run on one machine (CPUs with other vector instructions, e.g. AVX-512 vs AVX2, may still
+    round differently), and avoids OpenMP spin-waits on busy shared CPUs (60x slower seen).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -477,7 +579,7 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-@lru_cache(maxsize=None)  # notebooks call this repeatedly; train once per seed and process
+@cache  # notebooks call this repeatedly; train once per seed and process
 def train_digits_classifier(seed: int = 0, epochs: int = 40, batch_size: int = 64) -> DigitsClassifier:
     """Train a :class:`DigitsClassifier` on 80% of the digits, deterministically on one CPU thread (~2 s).
 

@@ -6,7 +6,7 @@ t ~ U(0, 1); the network v_theta(x_t, t) regresses the target velocity u_t = x -
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -14,8 +14,9 @@ from torch import Tensor
 VelocityField = Callable[[Tensor, Tensor], Tensor]  # (x_t (B, *shape), t (B,)) -> v (B, *shape)
 
 
-def sample_time(batch_size: int, device: torch.device | str = "cpu",
-                generator: torch.Generator | None = None) -> Tensor:
+def sample_time(
+    batch_size: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+) -> Tensor:
     """t ~ U(0, 1) -> (B,) float32. Uniform, as in the paper and the released code."""
     return torch.rand(batch_size, generator=generator, device="cpu").to(device)
 
@@ -25,8 +26,7 @@ def _expand(t: Tensor, like: Tensor) -> Tensor:
     return t.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def interpolate(z: Tensor, x: Tensor, t: Tensor, sigma: float = 0.0,
-                eps: Tensor | None = None) -> Tensor:
+def interpolate(z: Tensor, x: Tensor, t: Tensor, sigma: float = 0.0, eps: Tensor | None = None) -> Tensor:
     """x_t = (1 - t) z + t x (+ sigma * eps): z, x (B, *shape), t (B,) -> (B, *shape)."""
     tt = _expand(t, x)
     x_t = (1 - tt) * z + tt * x

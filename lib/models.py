@@ -1,6 +1,7 @@
-"""Velocity-field networks v_theta(x_t, t) -> (B, *shape).
+"""Shared pieces of the velocity-field networks v_theta(x_t, t) -> (B, *shape), and the toy MLP.
 
-The toy MLP lives here; the ADM UNet (which loads the released checkpoints) is in :mod:`lib.unet`.
+The ADM UNet (the released architecture) is in :mod:`lib.unet`, the latent autoencoder in :mod:`lib.autoencoder`;
+both use :func:`timestep_embedding` and raise :class:`CheckpointError` for weights that do not fit them.
 """
 
 from __future__ import annotations
@@ -8,15 +9,28 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file or state dict that cannot be loaded: corrupt, incomplete or another architecture."""
+
+
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding [cos(t f_k), sin(t f_k)], f_k = exp(-ln(max_period) k / half): t (B,) -> (B, dim)."""
+    """Sinusoidal embedding [cos(t f_k), sin(t f_k)], f_k = max_period^(-k / half), k < half = dim // 2.
+
+    t (B,) float -> (B, dim) float32; an odd dim is padded with one zero column. At t = 0 the embedding is
+    [1, ..., 1, 0, ..., 0]. The UNet takes t in [0, 1] as is (flow-matching time, no x1000 as in diffusion models).
+    """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    k = torch.arange(half, dtype=torch.float32, device=t.device)
+    freqs = torch.exp(-math.log(max_period) * k / half)
     args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
 
 
 class MLP(nn.Module):

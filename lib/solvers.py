@@ -64,8 +64,7 @@ def parse_solver(spec: str | SolverSpec) -> SolverSpec:
     if method in ADAPTIVE and steps is None:
         return SolverSpec(method)
     raise ValueError(
-        f"unknown solver {spec!r}; use one of {[f'{m}-K' for m in FIXED_GRID] + list(ADAPTIVE)} "
-        "(K = number of steps)"
+        f"unknown solver {spec!r}; use one of {[f'{m}-K' for m in FIXED_GRID] + list(ADAPTIVE)} (K = number of steps)"
     )
 
 
@@ -91,8 +90,9 @@ class CountingField(torch.nn.Module):
 
 
 @torch.no_grad()
-def sample(model: VelocityField, z: Tensor, solver: str | SolverSpec = "dopri5",
-           return_trajectory: bool = False) -> SampleResult:
+def integrate(
+    model: VelocityField, z: Tensor, solver: str | SolverSpec = "dopri5", return_trajectory: bool = False
+) -> SampleResult:
     """Integrate noise z (B, *shape) from t=0 to t=1 under ``model``.
 
     With ``return_trajectory`` the states at every grid time (fixed grid: k + 1 times) come back as
@@ -105,7 +105,9 @@ def sample(model: VelocityField, z: Tensor, solver: str | SolverSpec = "dopri5",
     options = {"atol": spec.atol, "rtol": spec.rtol} if spec.method in ADAPTIVE else {}
     trajectory = odeint(field, z, times, method=spec.method, **options)
     return SampleResult(
-        x=trajectory[-1], nfe=field.calls, spec=spec,
+        x=trajectory[-1],
+        nfe=field.calls,
+        spec=spec,
         times=times if return_trajectory else None,
         trajectory=trajectory if return_trajectory else None,
     )

@@ -7,8 +7,10 @@ example indices, the identity LOOM stores seeds against.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
+from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -81,3 +83,23 @@ def digits_vectors() -> tuple[Tensor, Tensor]:
     digits = load_digits()
     x = torch.tensor(digits.data, dtype=torch.float32) / 8.0 - 1.0  # pixels are 0..16
     return x, torch.tensor(digits.target, dtype=torch.int64)
+
+
+def digits_split_indices(
+    split: Literal["all", "train", "test"], test_fraction: float = 0.2, seed: int = 0
+) -> np.ndarray:
+    """Indices into scikit-learn's 1797 digits for a split, sorted ascending -> (n,) int64.
+
+    The split is stratified by label with ``train_test_split(random_state=seed)``: the one split of the
+    kit: the flows, lib.fid's digits classifier and the ablations all train on "train" and score on "test".
+    """
+    from sklearn.model_selection import train_test_split  # scikit-learn's import costs ~1 s: only when splitting
+
+    labels = digits_vectors()[1].numpy()
+    every = np.arange(len(labels))
+    if split == "all":
+        return every
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown digits split {split!r}; use 'all', 'train' or 'test'")
+    train, test = train_test_split(every, test_size=test_fraction, random_state=seed, stratify=labels)
+    return np.sort(train if split == "train" else test)

@@ -3,7 +3,8 @@
 The layout is the guided-diffusion ``UNetModel`` (Dhariwal & Nichol 2021, MIT licence), written here from
 the published architecture facts; the LOOM-CFM repository itself is GPL-3.0 and none of it is copied.
 Parameter names follow guided-diffusion exactly, so ``UNet(PRESETS["cifar10"]).state_dict()`` with the prefix
-``backbone.`` is the state dict stored under ``model`` in the released checkpoints.
+``backbone.`` is the state dict stored under ``model`` in the released checkpoints (loading them:
+:mod:`lib.checkpoints`). The released architectures' hyper-parameters are facts of the paper (lib.paper).
 
 Choices fixed by the released configs: GroupNorm(32) computed in float32, SiLU, the time embedding added
 after ``in_layers`` (use_scale_shift_norm=False), conv down/up-sampling outside the ResBlocks
@@ -11,43 +12,23 @@ after ``in_layers`` (use_scale_shift_norm=False), conv down/up-sampling outside 
 last conv of every ResBlock, zero-initialised output convs (so v_theta = 0 at init). The time t in [0, 1]
 enters the sinusoidal embedding directly (no x1000 rescaling as in diffusion models).
 
-    model, info = load_released_unet("loom-cfm_cifar10/checkpoint.pt")   # preset inferred from the keys
-    v = model(x_t, t)                                                      # (B, 3, 32, 32), t (B,)
+    model = build_unet("cifar10")        # the released CIFAR-10 architecture, zero output (v = 0)
+    v = model(x_t, t)                    # x_t (B, 3, 32, 32), t (B,)
 """
 
 from __future__ import annotations
 
 import math
-import pickle
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
-from typing import Any
+from functools import cache
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = [
-    "CheckpointError",
-    "PAPER_PRESETS",
-    "PRESETS",
-    "StateDiff",
-    "UNet",
-    "UNetConfig",
-    "build_unet",
-    "diff_state",
-    "expected_shapes",
-    "infer_preset",
-    "load_checkpoint_state",
-    "load_released_unet",
-    "qkv_attention_legacy",
-    "resolve_config",
-    "timestep_embedding",
-    "unet_state_from_checkpoint",
-]
+from lib.models import timestep_embedding
+from lib.paper import UNET_ARCHITECTURES
 
 GROUPS = 32  # GroupNorm groups, as in guided-diffusion's normalization()
 
@@ -113,14 +94,11 @@ class UNetConfig:
         return 4 * self.model_channels
 
 
-PAPER_PRESETS: tuple[str, ...] = ("cifar10", "imagenet32", "imagenet64", "ffhq256_latent")
+PAPER_PRESETS: tuple[str, ...] = tuple(UNET_ARCHITECTURES)  # the released architectures (lib.paper)
 
 PRESETS: dict[str, UNetConfig] = {
     # The four released LOOM-CFM models (cifar10 also covers the cifar10_reflow checkpoint).
-    "cifar10": UNetConfig(32, 3, 3, 128, (1, 2, 2, 2), 2, (2,)),
-    "imagenet32": UNetConfig(32, 3, 3, 128, (1, 2, 2, 2), 3, (2, 4)),
-    "imagenet64": UNetConfig(64, 3, 3, 192, (1, 2, 3, 4), 2, (4,)),
-    "ffhq256_latent": UNetConfig(32, 4, 4, 256, (1, 2, 3, 4), 2, (2, 4, 8)),  # SD kl-f8 latents
+    **{name: UNetConfig(**settings) for name, settings in UNET_ARCHITECTURES.items()},
     # Small CPU models with the same layout: 8x8 grey digits, and a 32x32x3 stand-in for the CIFAR path.
     # digits uses 32-channel heads so the multi-head attention path runs on CPU too.
     "digits": UNetConfig(8, 1, 1, 32, (1, 2), 1, (2,), num_head_channels=32),
@@ -148,22 +126,6 @@ def build_unet(preset: str | UNetConfig) -> UNet:
 # ---------------------------------------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------------------------------------
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding [cos(t f_k), sin(t f_k)], f_k = max_period^(-k / half), k < half = dim // 2.
-
-    t (B,) float in [0, 1] (used as is: flow-matching time, no x1000) -> (B, dim) float32; an odd dim is
-    padded with one zero column. At t = 0 the embedding is [1, ..., 1, 0, ..., 0].
-    """
-    half = dim // 2
-    k = torch.arange(half, dtype=torch.float32, device=t.device)
-    freqs = torch.exp(-math.log(max_period) * k / half)
-    args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = F.pad(emb, (0, 1))
-    return emb
-
-
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm(32, C) computed in float32 and cast back: half-precision statistics are too coarse."""
 
@@ -200,9 +162,7 @@ class ResBlock(nn.Module):
             nn.Dropout(dropout),
             zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
         )
-        self.skip_connection = (
-            nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
-        )
+        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.in_layers(x)
@@ -295,9 +255,7 @@ class UNet(nn.Module):
         ch, emb_dim = config.model_channels, config.time_embed_dim
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
-        self.input_blocks = nn.ModuleList(
-            [TimestepSequential(nn.Conv2d(config.in_channels, ch, 3, padding=1))]
-        )
+        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(config.in_channels, ch, 3, padding=1))])
         skip_widths = [ch]  # width of every input block's output, consumed in reverse by output_blocks
         width = ch
         for level, (ds, level_width) in enumerate(zip(config.downsample_rates, config.widths)):
@@ -360,14 +318,13 @@ class UNet(nn.Module):
         """Fail early with a readable message instead of a concat shape error deep in the decoder."""
         factor = self.config.downsample_rates[-1]
         if x.ndim != 4 or x.shape[-1] % factor or x.shape[-2] % factor:
-            raise ValueError(f"expected x of shape (B, C, H, W) with H, W divisible by {factor}, got "
-                             f"{tuple(x.shape)}")
+            raise ValueError(f"expected x of shape (B, C, H, W) with H, W divisible by {factor}, got {tuple(x.shape)}")
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Checking a state dict against an architecture
 # ---------------------------------------------------------------------------------------------------------
-@lru_cache(maxsize=None)
+@cache
 def _expected_shapes_cached(config: UNetConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
     # Built on the meta device: names and shapes without allocating or initialising any weights.
     with torch.device("meta"):
@@ -400,8 +357,11 @@ class StateDiff:
         """Counts and the first `limit` names of each kind of difference, one line each."""
         shapes = [f"{n}: checkpoint {list(got)} vs model {list(want)}" for n, got, want in self.mismatched]
         lines = []
-        for label, items in (("missing keys", self.missing), ("unexpected keys", self.unexpected),
-                             ("shape mismatches", shapes)):
+        for label, items in (
+            ("missing keys", self.missing),
+            ("unexpected keys", self.unexpected),
+            ("shape mismatches", shapes),
+        ):
             lines.append(f"  {len(items)} {label}" + (":" if items else ""))
             lines.extend(f"    {item}" for item in items[:limit])
             if len(items) > limit:
@@ -420,173 +380,3 @@ def diff_state(unet_state: Mapping[str, Tensor], preset: str | UNetConfig) -> St
         if k in want and tuple(v.shape) != want[k]:
             diff.mismatched.append((k, tuple(v.shape), want[k]))
     return diff
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file or state dict that cannot be loaded: corrupt, incomplete or another architecture."""
-
-
-def infer_preset(unet_state: Mapping[str, Tensor]) -> str:
-    """The preset whose names and shapes match the bare UNet state exactly (paper presets first).
-
-    No exact match raises CheckpointError (a ValueError) listing, for the closest preset, the missing and
-    unexpected keys and the shape mismatches.
-    """
-    diffs = {name: diff_state(unet_state, name) for name in PRESETS}
-    for name, diff in diffs.items():
-        if diff.ok:
-            return name
-    closest = min(diffs, key=lambda name: diffs[name].size)
-    raise CheckpointError(
-        f"the UNet weights match none of the presets ({', '.join(PRESETS)}).\n"
-        f"Closest is {closest!r}:\n{diffs[closest].describe()}"
-    )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Released checkpoints
-# ---------------------------------------------------------------------------------------------------------
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
-BACKBONE_PREFIX = "backbone."
-REDOWNLOAD_HINT = ("Re-download it (e.g. huggingface_hub.hf_hub_download from the cvg-unibe/loom-cfm_* "
-                   "repositories) and check its size against the one listed there.")
-
-
-def load_checkpoint_state(path: str | Path, trusted: bool = True) -> dict[str, Any]:
-    """torch.load a training checkpoint {model, optimizer, lr_scheduler, global_step} onto the CPU.
-
-    Loads with weights_only=True (tensors and plain containers only). If the file also pickles other
-    Python objects, it is loaded in full with a warning when `trusted`, else refused. Raises
-    FileNotFoundError for a missing path and CheckpointError for a Git LFS pointer, a truncated or
-    non-torch file, or a dict without `model`.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}" + (" (it is a directory)" if path.is_dir()
-                                                                    else ""))
-    _refuse_lfs_pointer(path)
-    checkpoint = _torch_load(path, trusted)
-    if not isinstance(checkpoint, Mapping) or "model" not in checkpoint:
-        found = list(checkpoint)[:10] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
-        raise CheckpointError(
-            f"{path} is a torch file but not a LOOM-CFM training checkpoint: expected a dict with 'model' "
-            f"(and 'optimizer', 'lr_scheduler', 'global_step'), found {found}. A bare state dict can be "
-            "passed to load_released_unet directly."
-        )
-    return dict(checkpoint)
-
-
-def _refuse_lfs_pointer(path: Path) -> None:
-    """A `git clone` without git-lfs leaves a ~130-byte text pointer in place of the weights."""
-    with path.open("rb") as f:
-        head = f.read(64)
-    if head.startswith(b"version https://git-lfs"):
-        raise CheckpointError(f"{path} is a Git LFS pointer, not the weights: run `git lfs pull` in its "
-                              f"repository or download the file itself. {REDOWNLOAD_HINT}")
-
-
-def _torch_load(path: Path, trusted: bool) -> Any:
-    """torch.load weights-only first; tell corruption apart from objects that need full unpickling."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Unsupported global" not in str(err):
-            raise _corrupt(path, err) from err
-        if not trusted:
-            raise CheckpointError(f"{path} pickles Python objects beyond tensors ({_last_line(err)}); "
-                                  "load it with trusted=True only if you trust its source.") from err
-        warnings.warn(f"{path} needs full unpickling (weights_only=False); loading it as trusted.",
-                      stacklevel=3)
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, ValueError, OSError) as err:
-        raise _corrupt(path, err) from err
-
-
-def _corrupt(path: Path, err: BaseException) -> CheckpointError:
-    size = path.stat().st_size
-    return CheckpointError(f"{path} ({size:,} bytes) is truncated or not a torch checkpoint: "
-                           f"{type(err).__name__}: {_last_line(err)}. {REDOWNLOAD_HINT}")
-
-
-def _last_line(err: BaseException) -> str:
-    """The informative part of torch's multi-paragraph errors, shortened."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    informative = [ln for ln in lines if "Unsupported" in ln or "error" in ln.lower()]
-    text = (informative or lines or [""])[0]
-    return text[:200]
-
-
-def _strip_wrappers(key: str) -> str:
-    """Remove any run of `module.` / `_orig_mod.` at the front of a key."""
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, stripped = key[len(prefix):], True
-    return key
-
-
-def unet_state_from_checkpoint(model_state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
-    """Split a checkpoint's `model` state into the bare UNet state and the names of non-UNet keys.
-
-    Wrapper prefixes (`module.` from DDP, `_orig_mod.` from torch.compile) are dropped wherever they lead
-    a key, before and after `backbone.`. If any key has `backbone.`, exactly those are the UNet and the
-    rest (e.g. FFHQ's `ae.*` autoencoder and `ae.scale`) are returned as extra keys; otherwise the whole
-    dict is taken to be a bare UNet state dict.
-    """
-    clean = {_strip_wrappers(k): v for k, v in model_state.items()}
-    if not any(k.startswith(BACKBONE_PREFIX) for k in clean):
-        return clean, []
-    unet, extra = {}, []
-    for k, v in clean.items():
-        if k.startswith(BACKBONE_PREFIX):
-            unet[_strip_wrappers(k[len(BACKBONE_PREFIX):])] = v
-        else:
-            extra.append(k)
-    return unet, extra
-
-
-def load_released_unet(
-    path_or_state: str | Path | Mapping[str, Any], preset: str | UNetConfig | None = None
-) -> tuple[UNet, dict[str, Any]]:
-    """A released (or kit-trained) checkpoint -> (UNet in eval mode, info).
-
-    path_or_state: a checkpoint file, a loaded checkpoint dict with `model`, or a model state dict.
-    preset: None infers it from the names and shapes; a name or config is checked against them. Either
-    way a mismatch raises CheckpointError (a ValueError) listing missing/unexpected/mismatched keys.
-    info: preset (name, or "custom"), config, global_step (None if absent), extra_keys (non-UNet names such
-    as FFHQ's `ae.*`), num_params.
-    """
-    from_file = isinstance(path_or_state, (str, Path))
-    checkpoint = load_checkpoint_state(path_or_state) if from_file else path_or_state
-    model_state = checkpoint["model"] if isinstance(checkpoint.get("model"), Mapping) else checkpoint
-    unet_state, extra_keys = unet_state_from_checkpoint(model_state)
-    if not from_file:
-        # The weights are assigned, not copied, below: clone so the new model never shares storage with
-        # the caller's tensors (e.g. a teacher and a student loaded from the same dict for reflow).
-        unet_state = {k: v.detach().clone() for k, v in unet_state.items()}
-
-    if preset is None:
-        name = infer_preset(unet_state)
-        config = PRESETS[name]
-    else:
-        config = resolve_config(preset)
-        name = preset if isinstance(preset, str) else "custom"
-        diff = diff_state(unet_state, config)
-        if not diff.ok:
-            raise CheckpointError(f"the checkpoint does not fit UNet preset {name!r}:\n{diff.describe()}")
-
-    # Built on the meta device and filled by assignment: no random init, no second copy of the weights.
-    with torch.device("meta"):
-        model = UNet(config)
-    model.load_state_dict(unet_state, strict=True, assign=True)
-    model.eval()
-    info = {
-        "preset": name,
-        "config": config,
-        "global_step": checkpoint.get("global_step") if model_state is not checkpoint else None,
-        "extra_keys": extra_keys,
-        "num_params": sum(p.numel() for p in model.parameters()),
-    }
-    return model, info

@@ -13,9 +13,10 @@ import papermill
 import pytest
 import yaml
 
-from lib import reproduce
+from lib import REPO_ROOT
+from lib.kit import reproduce
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
@@ -34,8 +35,11 @@ def test_environment_yml_lists_the_pyproject_dependencies() -> None:
 
 
 def test_ci_runs_the_readme_test_command() -> None:
-    command = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
-               if line and not line.startswith(("#", "set ", "cd "))]
+    command = [
+        line
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line and not line.startswith(("#", "set ", "cd "))
+    ]
     assert command == ["make test"]
     assert "make test" in (ROOT / "README.md").read_text()
 
@@ -61,7 +65,9 @@ def test_notebook_is_committed_clean_and_follows_the_conventions(path: Path) -> 
 
 def test_profiles_name_existing_notebooks_and_parameters() -> None:
     quick, paper = reproduce.load_profile("quick"), reproduce.load_profile("paper")
-    assert list(quick)[-1] == reproduce.TABLES_NOTEBOOK and list(quick)[:-1] == sorted(set(quick) - {reproduce.TABLES_NOTEBOOK})
+    assert list(quick)[-1] == reproduce.TABLES_NOTEBOOK and list(quick)[:-1] == sorted(
+        set(quick) - {reproduce.TABLES_NOTEBOOK}
+    )
     assert set(paper) >= set(quick)
     for profile in (quick, paper):
         for name, params in profile.items():

@@ -28,7 +28,7 @@ import math
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +36,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lib.convergence import global_optimum
+from lib.checkpoints import build_model as build_named_model
 from lib.couplings import LoomCoupling, make_coupling, total_pairing_cost, visits_per_noise
 from lib.evaluate import noise_like, path_curvature
-from lib.ablations import as_model_input, build_model, digits_split, score_samples
+from lib.experiments.ablations import as_model_input, build_model, digits_split, score_samples
+from lib.experiments.convergence import global_optimum
 from lib.fid import DigitsClassifier, digits_frechet_distance, train_digits_classifier
 from lib.metrics import w2
-from lib.solvers import sample
+from lib.paper import TABLE5_BATCH, sweep_label
+from lib.solvers import integrate
 from lib.train import TrainConfig, train_flow
-from lib.train import build_model as train_build_model
 
 DATASETS: tuple[str, ...] = ("digits", "gmm")
 GMM_TRAIN = 1024  # Gaussian-mixture training points unless a run's subset says otherwise
@@ -101,8 +102,14 @@ def gaussian_mixture(dim: int, n: int, generator: torch.Generator, means: Tensor
     return means[labels] + std * torch.randn(n, dim, generator=generator)
 
 
-def gmm_task(dim: int, num_train: int = GMM_TRAIN, num_test: int = 512, components: int = 8, std: float = 0.3,
-             split_seed: int = 0) -> Task:
+def gmm_task(
+    dim: int,
+    num_train: int = GMM_TRAIN,
+    num_test: int = 512,
+    components: int = 8,
+    std: float = 0.3,
+    split_seed: int = 0,
+) -> Task:
     """A Gaussian mixture in ``dim`` dimensions: ``components`` means drawn from N(0, I), each component
     N(mean, std^2 I). Training and held-out points are independent draws, so exact W2 to the held-out set
     measures the distribution, not the training points."""
@@ -163,22 +170,46 @@ class StudyRun:
         if not self.table:
             return {"independent": "I-CFM", "minibatch_ot": "OT"}[self.coupling]
         parts = [f"{'fixed' if self.no_swaps else 'LOOM'} {self.caches}c"]
-        parts += [f"{name} {value:g}" for name, value in (("redraw/ep", self.redraw_every_epochs),
-                  ("refresh", self.refresh_prob), ("mix", self.mix_prob), ("jitter", self.jitter),
-                  ("cap", self.visit_cap)) if value]
+        parts += [
+            f"{name} {value:g}"
+            for name, value in (
+                ("redraw/ep", self.redraw_every_epochs),
+                ("refresh", self.refresh_prob),
+                ("mix", self.mix_prob),
+                ("jitter", self.jitter),
+                ("cap", self.visit_cap),
+            )
+            if value
+        ]
         return " ".join(parts) + (f" max {self.max_caches}c" if self.max_caches else "")
 
     @property
     def setting(self) -> dict[str, Any]:
         """What the run shares with its reference (everything but the coupling and its options)."""
-        return {"dataset": self.dataset, "subset": self.subset, "dim": self.dim, "model": self.model,
-                "hidden": self.hidden if self.model == "mlp" else 0, "batch_size": self.batch_size,
-                "seed": self.seed}
+        return {
+            "dataset": self.dataset,
+            "subset": self.subset,
+            "dim": self.dim,
+            "model": self.model,
+            "hidden": self.hidden if self.model == "mlp" else 0,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+        }
 
     def reference(self) -> StudyRun:
         """The same run with the table-free minibatch-OT coupling."""
-        return replace(self, coupling=REFERENCE, caches=1, no_swaps=False, redraw_every_epochs=0, refresh_prob=0.0,
-                       mix_prob=0.0, jitter=0.0, visit_cap=0.0, max_caches=0)
+        return replace(
+            self,
+            coupling=REFERENCE,
+            caches=1,
+            no_swaps=False,
+            redraw_every_epochs=0,
+            refresh_prob=0.0,
+            mix_prob=0.0,
+            jitter=0.0,
+            visit_cap=0.0,
+            max_caches=0,
+        )
 
 
 @dataclass(frozen=True)
@@ -193,9 +224,23 @@ class EvalSettings:
     copy_quantile: float = 0.05  # "copy": nearer a training example than this quantile of held-out digits are
 
 
+def scorer_fingerprint(run: StudyRun, settings: EvalSettings) -> str:
+    """A hash of what a digits run's scores depend on beyond the settings: lib.fid's classifier weights. A change
+    of the classifier then re-evaluates every cached digits run instead of mixing old and new scores."""
+    if run.dataset != "digits":
+        return ""
+    digest = hashlib.sha1()
+    for name, tensor in train_digits_classifier(settings.split_seed).state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def run_key(run: StudyRun, settings: EvalSettings) -> str:
-    """The run's cache folder name: a hash of its and the evaluation's settings."""
-    text = json.dumps({"run": asdict(run), "eval": asdict(settings)}, sort_keys=True)
+    """The run's cache folder name: a hash of its settings, the evaluation's and the scorer's fingerprint."""
+    text = json.dumps(
+        {"run": asdict(run), "eval": asdict(settings), "scorer": scorer_fingerprint(run, settings)}, sort_keys=True
+    )
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -208,18 +253,25 @@ def task_for(run: StudyRun, settings: EvalSettings) -> Task:
 
 def make_run_coupling(run: StudyRun, num_examples: int):
     """The run's coupling, seeded by the run's seed."""
-    return make_coupling(run.coupling, num_examples, num_caches=run.caches, seed=run.seed, no_swaps=run.no_swaps,
-                         refresh_prob=run.refresh_prob, mix_prob=run.mix_prob, jitter=run.jitter,
-                         visit_cap=run.visit_cap, max_caches=run.max_caches)
+    return make_coupling(
+        run.coupling,
+        num_examples,
+        num_caches=run.caches,
+        seed=run.seed,
+        no_swaps=run.no_swaps,
+        refresh_prob=run.refresh_prob,
+        mix_prob=run.mix_prob,
+        jitter=run.jitter,
+        visit_cap=run.visit_cap,
+        max_caches=run.max_caches,
+    )
 
 
 def make_run_model(run: StudyRun, task: Task) -> nn.Module:
     """A fresh velocity field with weights fixed by the run's seed (the global RNG is left as it was)."""
-    with torch.random.fork_rng(devices=[]):  # seeded default initialisation; the caller's RNG is restored after
-        if run.dataset == "digits":
-            return build_model(run.model, run.hidden, run.seed)
-        torch.manual_seed(run.seed)
-        return train_build_model("mlp", tuple(task.train.shape[1:]), run.hidden)
+    if run.dataset == "digits":
+        return build_model(run.model, run.hidden, run.seed)
+    return build_named_model("mlp", tuple(task.train.shape[1:]), run.hidden, run.seed)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -255,8 +307,11 @@ def memorisation(samples: Tensor, partners: Tensor | None, task: Task, copy_quan
     else:
         distance = (samples.flatten(1).double() - partners.flatten(1).double()).norm(dim=1)
     threshold = torch.quantile(task.heldout_nn, copy_quantile)
-    return {"distance": distance.mean().item(), "ratio": (distance.mean() / task.heldout_nn.mean()).item(),
-            "copy_fraction": (distance < threshold).double().mean().item()}
+    return {
+        "distance": distance.mean().item(),
+        "ratio": (distance.mean() / task.heldout_nn.mean()).item(),
+        "copy_fraction": (distance < threshold).double().mean().item(),
+    }
 
 
 def table_probe(coupling: LoomCoupling, task: Task, count: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -267,29 +322,39 @@ def table_probe(coupling: LoomCoupling, task: Task, count: int, seed: int) -> tu
     return noise, task.train[pick]
 
 
-def evaluate_step(ema: nn.Module, coupling: Any, run: StudyRun, task: Task, settings: EvalSettings,
-                  z: Tensor, optimum: float | None) -> dict[str, Any]:
+def evaluate_step(
+    ema: nn.Module, coupling: Any, run: StudyRun, task: Task, settings: EvalSettings, z: Tensor, optimum: float | None
+) -> dict[str, Any]:
     """Everything measured at one step: per-solver fresh-noise quality, memorisation and pairing diagnostics."""
     solvers = []
     fresh_diag = None
     for spec in settings.solvers:
-        result = sample(ema, z, spec)
+        result = integrate(ema, z, spec)
         solvers.append({"solver": result.spec.label, "nfe": result.nfe, **quality(result.x, task)})
         if spec == settings.diagnostic_solver:
             fresh_diag = memorisation(result.x, None, task, settings.copy_quantile)
     if fresh_diag is None:
-        fresh_diag = memorisation(sample(ema, z, settings.diagnostic_solver).x, None, task, settings.copy_quantile)
+        fresh_diag = memorisation(integrate(ema, z, settings.diagnostic_solver).x, None, task, settings.copy_quantile)
     diag: dict[str, Any] = {"fresh_nn_" + k: v for k, v in fresh_diag.items()}
     diag["curvature"] = float(path_curvature(ema, z, settings.curvature_steps).mean())
     if isinstance(coupling, LoomCoupling):
         noise, partners = table_probe(coupling, task, min(len(task.train), len(task.test)), settings.split_seed)
-        table_samples = sample(ema, noise, settings.diagnostic_solver).x
+        table_samples = integrate(ema, noise, settings.diagnostic_solver).x
         diag.update({f"table_{k}": v for k, v in quality(table_samples, task).items()})
-        diag.update({"table_pair_" + k: v for k, v in memorisation(table_samples, partners, task,
-                                                                   settings.copy_quantile).items()})
+        diag.update(
+            {
+                "table_pair_" + k: v
+                for k, v in memorisation(table_samples, partners, task, settings.copy_quantile).items()
+            }
+        )
         stored = int(coupling.active.sum())
-        diag.update({"stored_noises": stored, "visits_per_noise": int(coupling.visits.sum()) / stored,
-                     "table_cost": total_pairing_cost(coupling, task.train)})
+        diag.update(
+            {
+                "stored_noises": stored,
+                "visits_per_noise": int(coupling.visits.sum()) / stored,
+                "table_cost": total_pairing_cost(coupling, task.train),
+            }
+        )
         if optimum is not None:
             diag["table_gap"] = (diag["table_cost"] - optimum) / optimum
     return {"solvers": solvers, "diagnostics": diag}
@@ -311,9 +376,16 @@ def table_optimum(coupling: Any, run: StudyRun, task: Task, settings: EvalSettin
 
 def train_config(run: StudyRun, steps: int) -> TrainConfig:
     """lib.train settings of the run, trained up to ``steps`` (a resumable change)."""
-    return TrainConfig(steps=steps, batch_size=run.batch_size, lr=run.lr, ema_decay=run.ema_decay, seed=run.seed,
-                       redraw_every_epochs=run.redraw_every_epochs, progress=False,
-                       log_every=max(1, min(run.eval_steps) // 10))
+    return TrainConfig(
+        steps=steps,
+        batch_size=run.batch_size,
+        lr=run.lr,
+        ema_decay=run.ema_decay,
+        seed=run.seed,
+        redraw_every_epochs=run.redraw_every_epochs,
+        progress=False,
+        log_every=max(1, min(run.eval_steps) // 10),
+    )
 
 
 def history_summary(history: Sequence[Mapping[str, float]], start: int, end: int) -> dict[str, float]:
@@ -321,8 +393,11 @@ def history_summary(history: Sequence[Mapping[str, float]], start: int, end: int
     rows = [h for h in history if start < h["step"] <= end]
     if not rows:
         return {}
-    return {"loss": float(np.mean([h["loss"] for h in rows])), "batch_cost": float(np.mean([h["cost_after"] for h in rows])),
-            "swaps_per_step": float(np.mean([h["swaps"] for h in rows]))}
+    return {
+        "loss": float(np.mean([h["loss"] for h in rows])),
+        "batch_cost": float(np.mean([h["cost_after"] for h in rows])),
+        "swaps_per_step": float(np.mean([h["swaps"] for h in rows])),
+    }
 
 
 def read_cached(folder: Path | None) -> dict[int, dict[str, Any]]:
@@ -365,14 +440,20 @@ def run_study(run: StudyRun, settings: EvalSettings, cache: Path | None = None) 
                 previous = step
                 continue
             start = time.perf_counter()
-            with torch.random.fork_rng(devices=[]):  # lib.train seeds torch's global RNG; keep the caller's
-                result = train_flow(model, task.train, coupling, train_config(run, step), checkpoint=checkpoint)
+            result = train_flow(model, task.train, coupling, train_config(run, step), checkpoint=checkpoint)
             seconds = time.perf_counter() - start
-            record = {"step": step, "label": run.label, "task": task.name, **run.setting,
-                      "planned_visits_per_noise": visits_per_noise(step, run.batch_size, len(task.train), run.caches)
-                      if run.table else None,
-                      "train_seconds": seconds, **history_summary(result.history, previous, step),
-                      **evaluate_step(result.ema, coupling, run, task, settings, z, optimum)}
+            record = {
+                "step": step,
+                "label": run.label,
+                "task": task.name,
+                **run.setting,
+                "planned_visits_per_noise": visits_per_noise(step, run.batch_size, len(task.train), run.caches)
+                if run.table
+                else None,
+                "train_seconds": seconds,
+                **history_summary(result.history, previous, step),
+                **evaluate_step(result.ema, coupling, run, task, settings, z, optimum),
+            }
             records[step] = record
             if folder is not None:
                 write_json_atomic(folder / f"eval_{step}.json", record)
@@ -382,8 +463,9 @@ def run_study(run: StudyRun, settings: EvalSettings, cache: Path | None = None) 
     return [records[s] for s in run.eval_steps]
 
 
-def run_all(runs: Iterable[StudyRun], settings: EvalSettings, cache: Path | None = None,
-            log: Any = print) -> list[tuple[StudyRun, list[dict[str, Any]]]]:
+def run_all(
+    runs: Iterable[StudyRun], settings: EvalSettings, cache: Path | None = None, log: Any = print
+) -> list[tuple[StudyRun, list[dict[str, Any]]]]:
     """run_study for each run (duplicates once), logging each run's label and wall time."""
     done: dict[StudyRun, list[dict[str, Any]]] = {}
     for run in runs:
@@ -405,8 +487,13 @@ def steps_for_visits(visits: Sequence[float], num_examples: int, batch_size: int
     return tuple(sorted({max(1, round(v * num_examples * caches / batch_size)) for v in visits}))
 
 
-def dose_runs(caches: Sequence[int], eval_steps: Sequence[int], seeds: Sequence[int], fixed_caches: Sequence[int] = (),
-              **common: Any) -> list[StudyRun]:
+def dose_runs(
+    caches: Sequence[int],
+    eval_steps: Sequence[int],
+    seeds: Sequence[int],
+    fixed_caches: Sequence[int] = (),
+    **common: Any,
+) -> list[StudyRun]:
     """Part 1: the same model and budget with I-CFM, minibatch OT, LOOM at each cache count and the fixed source."""
     runs = []
     for seed in seeds:
@@ -422,8 +509,13 @@ def digits_train_size(split_seed: int = 0) -> int:
     return len(digits_split(split_seed)[0])
 
 
-def capacity_runs(models: Sequence[tuple[str, int]], subsets: Sequence[int], visits: Sequence[float],
-                  seeds: Sequence[int], **common: Any) -> list[StudyRun]:
+def capacity_runs(
+    models: Sequence[tuple[str, int]],
+    subsets: Sequence[int],
+    visits: Sequence[float],
+    seeds: Sequence[int],
+    **common: Any,
+) -> list[StudyRun]:
     """Part 2: LOOM with one cache and its minibatch-OT reference for each model (kind, width) and digits subset
     (0: all), evaluated at the steps where the table reaches each V."""
     runs = []
@@ -434,14 +526,21 @@ def capacity_runs(models: Sequence[tuple[str, int]], subsets: Sequence[int], vis
     return runs
 
 
-def dimension_runs(dims: Sequence[int], visits: Sequence[float], seeds: Sequence[int], num_examples: int = GMM_TRAIN,
-                   **common: Any) -> list[StudyRun]:
+def dimension_runs(
+    dims: Sequence[int], visits: Sequence[float], seeds: Sequence[int], num_examples: int = GMM_TRAIN, **common: Any
+) -> list[StudyRun]:
     """Part 3: LOOM with one cache, I-CFM and the minibatch-OT reference on Gaussian mixtures of each dimension."""
     steps = steps_for_visits(visits, num_examples, common.get("batch_size", 128))
     runs = []
     for dim, seed in ((d, s) for d in dims for s in seeds):
-        loom = StudyRun(dataset="gmm", dim=dim, subset=num_examples if num_examples != GMM_TRAIN else 0,
-                        eval_steps=steps, seed=seed, **common)
+        loom = StudyRun(
+            dataset="gmm",
+            dim=dim,
+            subset=num_examples if num_examples != GMM_TRAIN else 0,
+            eval_steps=steps,
+            seed=seed,
+            **common,
+        )
         runs += [loom, replace(loom, coupling="independent"), loom.reference()]
     return runs
 
@@ -477,8 +576,20 @@ def diagnostic_rows(results: Sequence[tuple[StudyRun, list[dict[str, Any]]]]) ->
     rows = []
     for run, records in results:
         for record in records:
-            head = {k: record.get(k) for k in ("label", "task", *run.setting, "step", "planned_visits_per_noise",
-                                                 "train_seconds", "loss", "batch_cost", "swaps_per_step")}
+            head = {
+                k: record.get(k)
+                for k in (
+                    "label",
+                    "task",
+                    *run.setting,
+                    "step",
+                    "planned_visits_per_noise",
+                    "train_seconds",
+                    "loss",
+                    "batch_cost",
+                    "swaps_per_step",
+                )
+            }
             rows.append({**head, "caches": run.caches, "coupling": run.coupling, **record["diagnostics"]})
     return rows
 
@@ -491,8 +602,9 @@ def score_of(record: Mapping[str, Any], solver: str, metric: str) -> float | Non
     raise KeyError(f"solver {solver!r} was not evaluated; evaluated: {[s['solver'] for s in record['solvers']]}")
 
 
-def ratio_to_reference(results: Sequence[tuple[StudyRun, list[dict[str, Any]]]], solver: str,
-                       metric: str) -> list[dict[str, Any]]:
+def ratio_to_reference(
+    results: Sequence[tuple[StudyRun, list[dict[str, Any]]]], solver: str, metric: str
+) -> list[dict[str, Any]]:
     """For each table run and step: its fresh-noise ``metric`` over the minibatch-OT reference's at the same
     step (same data, model and seed). Rows: label, setting, caches, step, V (planned and measured), ratio,
     and the memorisation ratios."""
@@ -508,12 +620,25 @@ def ratio_to_reference(results: Sequence[tuple[StudyRun, list[dict[str, Any]]]],
                 continue
             ours, theirs = score_of(record, solver, metric), score_of(ref, solver, metric)
             diag = record["diagnostics"]
-            rows.append({"label": run.label, "task": record["task"], **run.setting, "caches": run.caches,
-                         "step": record["step"], "visits_per_noise": diag["visits_per_noise"],
-                         "planned_visits_per_noise": record["planned_visits_per_noise"], "solver": solver,
-                         "metric": metric, "score": ours, "reference_score": theirs, "ratio": ours / theirs,
-                         "table_pair_ratio": diag["table_pair_ratio"], "fresh_nn_ratio": diag["fresh_nn_ratio"],
-                         "reference_fresh_nn_ratio": ref["diagnostics"]["fresh_nn_ratio"]})
+            rows.append(
+                {
+                    "label": run.label,
+                    "task": record["task"],
+                    **run.setting,
+                    "caches": run.caches,
+                    "step": record["step"],
+                    "visits_per_noise": diag["visits_per_noise"],
+                    "planned_visits_per_noise": record["planned_visits_per_noise"],
+                    "solver": solver,
+                    "metric": metric,
+                    "score": ours,
+                    "reference_score": theirs,
+                    "ratio": ours / theirs,
+                    "table_pair_ratio": diag["table_pair_ratio"],
+                    "fresh_nn_ratio": diag["fresh_nn_ratio"],
+                    "reference_fresh_nn_ratio": ref["diagnostics"]["fresh_nn_ratio"],
+                }
+            )
     return rows
 
 
@@ -531,8 +656,11 @@ def crossing(points: Sequence[tuple[float, float]], threshold: float) -> float |
     return None
 
 
-def boundary_crossings(ratios: Sequence[Mapping[str, Any]], threshold: float,
-                       group: Sequence[str] = ("label", "task", "model", "hidden", "batch_size", "seed")) -> list[dict[str, Any]]:
+def boundary_crossings(
+    ratios: Sequence[Mapping[str, Any]],
+    threshold: float,
+    group: Sequence[str] = ("label", "task", "model", "hidden", "batch_size", "seed"),
+) -> list[dict[str, Any]]:
     """Per curve (one run: its ratio against V over the eval steps): the V at which the ratio first reaches
     ``threshold`` ("crossed": False and V None when it never does within the run; ``max_v`` says how far it went)."""
     curves: dict[tuple, list[tuple[float, float]]] = {}
@@ -541,9 +669,17 @@ def boundary_crossings(ratios: Sequence[Mapping[str, Any]], threshold: float,
     rows = []
     for key, points in curves.items():
         v = crossing(points, threshold)
-        rows.append({**dict(zip(group, key)), "threshold": threshold, "boundary_v": v, "crossed": v is not None,
-                     "max_v": max(p[0] for p in points), "min_v": min(p[0] for p in points),
-                     "max_ratio": max(p[1] for p in points)})
+        rows.append(
+            {
+                **dict(zip(group, key)),
+                "threshold": threshold,
+                "boundary_v": v,
+                "crossed": v is not None,
+                "max_v": max(p[0] for p in points),
+                "min_v": min(p[0] for p in points),
+                "max_ratio": max(p[1] for p in points),
+            }
+        )
     return rows
 
 
@@ -557,9 +693,15 @@ def summarise_boundary(crossings: Sequence[Mapping[str, Any]]) -> dict[str, Any]
     if not crossed:
         return {"curves": len(crossings), "crossed": 0, "boundary_v": None, "lower_bound_v": max(never, default=None)}
     logs = np.log(crossed)
-    return {"curves": len(crossings), "crossed": len(crossed), "boundary_v": float(np.exp(np.median(logs))),
-            "low_v": crossed[0], "high_v": crossed[-1], "geometric_sd": float(np.exp(logs.std())) if len(crossed) > 1 else None,
-            "never_crossed_max_v": max(never, default=None)}
+    return {
+        "curves": len(crossings),
+        "crossed": len(crossed),
+        "boundary_v": float(np.exp(np.median(logs))),
+        "low_v": crossed[0],
+        "high_v": crossed[-1],
+        "geometric_sd": float(np.exp(logs.std())) if len(crossed) > 1 else None,
+        "never_crossed_max_v": max(never, default=None),
+    }
 
 
 def caches_needed(steps: int, global_batch: int, num_examples: int, boundary_v: float) -> int:
@@ -570,13 +712,22 @@ def caches_needed(steps: int, global_batch: int, num_examples: int, boundary_v: 
 def fix_name(run: StudyRun, base: StudyRun, fixes: Mapping[str, Mapping[str, Any]]) -> str | None:
     """Which row of the fix table a run is: a fix's name, "no fix", "I-CFM", "minibatch OT", or None."""
     base = replace(base, seed=run.seed)
-    named = {"no fix": base, "I-CFM": replace(base, coupling="independent"), "minibatch OT": base.reference(),
-             **{name: replace(base, **options) for name, options in fixes.items()}}
+    named = {
+        "no fix": base,
+        "I-CFM": replace(base, coupling="independent"),
+        "minibatch OT": base.reference(),
+        **{name: replace(base, **options) for name, options in fixes.items()},
+    }
     return next((name for name, candidate in named.items() if candidate == run), None)
 
 
-def fix_table(results: Sequence[tuple[StudyRun, list[dict[str, Any]]]], base: StudyRun,
-              fixes: Mapping[str, Mapping[str, Any]], solvers: Sequence[str], metric: str = "fd") -> list[dict[str, Any]]:
+def fix_table(
+    results: Sequence[tuple[StudyRun, list[dict[str, Any]]]],
+    base: StudyRun,
+    fixes: Mapping[str, Mapping[str, Any]],
+    solvers: Sequence[str],
+    metric: str = "fd",
+) -> list[dict[str, Any]]:
     """Each fix of ``base`` (and no fix, I-CFM, minibatch OT) at its last step: ``metric`` per solver as mean and
     sample SD over seeds, memorisation and curvature diagnostics, and each score over minibatch OT's."""
     grouped: dict[str, list[tuple[StudyRun, dict[str, Any]]]] = {}
@@ -586,8 +737,12 @@ def fix_table(results: Sequence[tuple[StudyRun, list[dict[str, Any]]]], base: St
             grouped.setdefault(name, []).append((run, records[-1]))
     rows = []
     for name, members in grouped.items():
-        row: dict[str, Any] = {"fix": name, "label": members[0][0].label, "seeds": len(members),
-                               "step": members[0][1]["step"]}
+        row: dict[str, Any] = {
+            "fix": name,
+            "label": members[0][0].label,
+            "seeds": len(members),
+            "step": members[0][1]["step"],
+        }
         for solver in solvers:
             values = np.array([score_of(rec, solver, metric) for _, rec in members], dtype=float)
             row[f"nfe_{solver}"] = float(np.mean([score_of(rec, solver, "nfe") for _, rec in members]))
@@ -610,8 +765,12 @@ def capacity_of(run: StudyRun, settings: EvalSettings | None = None) -> dict[str
     task = task_for(run, settings or EvalSettings())
     params = sum(p.numel() for p in make_run_model(run, task).parameters())
     stored = len(task.train) * run.caches * math.prod(task.train.shape[1:])
-    return {"params": params, "num_examples": len(task.train), "stored_numbers": stored,
-            "params_per_stored_number": params / stored}
+    return {
+        "params": params,
+        "num_examples": len(task.train),
+        "stored_numbers": stored,
+        "params_per_stored_number": params / stored,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -634,25 +793,31 @@ def released_predictions(configs: Mapping[str, Mapping[str, Any]], boundary: Map
     for name, cfg in configs.items():
         per_epoch = visits_per_epoch(cfg["flip"])
         visits = cfg["epochs"] * per_epoch
-        rows.append({"config": name, "epochs": cfg["epochs"], "flip": cfg["flip"], "paper_caches": cfg["caches"],
-                     "v_at_paper_caches": visits / cfg["caches"],
-                     "v_with_both_copies_each_epoch": cfg["epochs"] / cfg["caches"],
-                     "caches_needed": math.ceil(visits / boundary["boundary_v"]),
-                     "caches_needed_low": math.ceil(visits / boundary["high_v"]),
-                     "caches_needed_high": math.ceil(visits / boundary["low_v"])})
+        rows.append(
+            {
+                "config": name,
+                "epochs": cfg["epochs"],
+                "flip": cfg["flip"],
+                "paper_caches": cfg["caches"],
+                "v_at_paper_caches": visits / cfg["caches"],
+                "v_with_both_copies_each_epoch": cfg["epochs"] / cfg["caches"],
+                "caches_needed": math.ceil(visits / boundary["boundary_v"]),
+                "caches_needed_low": math.ceil(visits / boundary["high_v"]),
+                "caches_needed_high": math.ceil(visits / boundary["low_v"]),
+            }
+        )
     return rows
 
 
-def paper_cache_sweep(table5: Sequence[Mapping[str, str]], epochs: int, flip: bool = True,
-                      batch: int = 128) -> list[dict[str, Any]]:
-    """The paper's Table 5 cache sweep (rows of lib/reference/paper_results.csv) with the V of each row:
-    caches, V, FID at midpoint NFE 12 and with dopri5."""
+def paper_cache_sweep(table5: Sequence[Mapping[str, str]], epochs: int, flip: bool = True) -> list[dict[str, Any]]:
+    """The paper's Table 5 cache sweep at batch 128 (rows of lib.paper.paper_rows("5", "cifar10")) with the V of
+    each row: caches, V, the paper's FID per solver ("paper_fid_midpoint_12", "paper_fid_dopri5", ...)."""
+    labels = {sweep_label(c, TABLE5_BATCH): c for c in range(1, 65)}
     rows: dict[int, dict[str, Any]] = {}
     for r in table5:
-        words = r["method"].split()
-        if r["method"].startswith("LOOM-CFM") and "caches" in words and words[-1] == f"bs{batch}":
-            caches = int(words[words.index("caches") - 1])
-            row = rows.setdefault(caches, {"caches": caches, "v": epochs * visits_per_epoch(flip) / caches})
-            key = "paper_fid_dopri5" if r["solver"] == "dopri5" else f"paper_fid_{r['solver']}_{r['nfe']}"
-            row[key] = float(r["fid"])
+        caches = labels.get(r["method"])
+        if caches is None:
+            continue
+        row = rows.setdefault(caches, {"caches": caches, "v": epochs * visits_per_epoch(flip) / caches})
+        row["paper_fid_dopri5" if r["solver"] == "dopri5" else f"paper_fid_{r['solver']}_{r['nfe']}"] = float(r["fid"])
     return [rows[c] for c in sorted(rows)]

@@ -1,0 +1,886 @@
+"""Performance of LOOM-CFM: what a coupling step, the assignment, sampling and training cost, and when it matters.
+
+Every timing takes turns between its contenders at each step (:func:`interleaved_median_ms`), so the
+ratios reported from one run hold on a noisy, shared machine even when the absolute times drift.
+Speed is reported by writing results/, never asserted in tests.
+
+- :func:`time_couplings`         one coupling step, LOOM vs independent vs minibatch OT (notebook 02's
+  CIFAR-10 setting: batch 128 of 3x32x32 examples, a 50k-row seed table; issue target LOOM <= 2x independent).
+- :func:`loom_breakdown`, :func:`coupling_sweep`   a LOOM step split into noise regeneration, cost matrix,
+  assignment and seed write-back, beside the other couplings, for any batch size and example shape.
+- :func:`assignment_scaling`, :func:`fit_power_law`   cost matrix, host transfer and exact assignment vs m,
+  and the fit log t = a + k log m.
+- :func:`time_sampling`, :func:`time_training_steps`, :func:`time_presets`, :func:`coupling_share_sweep`
+  sampling throughput per solver, training-step time per UNet preset, the coupling's share of a step vs batch.
+- :func:`seed_table_memory`, :func:`peak_memory`   what the seed table and a run occupy.
+- :func:`conclusion_facts`, :func:`conclusion_text`   where LOOM stops being cheap, written from the measurements.
+
+    python -m lib.kit.benchmark         # writes results/quick/benchmarks/coupling_cost.{csv,json}
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lib.checkpoints import build_model
+from lib.couplings import (
+    COUPLINGS,
+    SEED_HIGH,
+    LoomCoupling,
+    cost_matrix,
+    epoch_batches,
+    exact_assignment,
+    make_coupling,
+    noise_from_seeds,
+)
+from lib.paper import RELEASED_CONFIGS
+from lib.solvers import integrate, parse_solver
+from lib.train import TrainConfig, build_trainer, train_step
+from lib.unet import PRESETS
+
+MAX_DISTINCT_BATCHES = 8  # data tensors materialised per benchmark; later steps reuse them with new indices
+LOOM_PARTS: tuple[str, ...] = ("noise from seeds", "cost matrix", "assignment", "write-back")
+ASSIGNMENT_PARTS: tuple[str, ...] = ("cost matrix", "transfer", "assignment")
+SHARE_THRESHOLDS: tuple[float, ...] = (0.10, 0.50)  # coupling shares of a training step the conclusion locates
+EXTRAPOLATION_LIMIT = 16  # the conclusion quotes an extrapolated crossing only up to this multiple of the largest batch
+
+
+@dataclass(frozen=True)
+class CouplingBenchmark:
+    """Settings of the coupling-cost benchmark (defaults: the issue's CIFAR-10 setting)."""
+
+    num_examples: int = 50_000  # size of LOOM's seed table
+    shape: tuple[int, ...] = (3, 32, 32)  # one example
+    batch_size: int = 128  # OT batch
+    steps: int = 60  # timed steps per coupling
+    warmup: int = 5  # untimed steps first (allocator, scipy import, caches)
+    device: str = "cpu"
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Clocks
+# ---------------------------------------------------------------------------------------------
+
+
+def _clock() -> float:
+    """perf_counter after any queued CUDA work has finished."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def interleaved_median_ms(fns: dict[str, Callable[[int], object]], steps: int, warmup: int) -> dict[str, float]:
+    """Median wall time in ms of each ``fn(step)``; the functions take turns at every step.
+
+    Taking turns exposes every contender to the same background load, so their ratios stay
+    meaningful on a shared, noisy machine even when the absolute times drift.
+    """
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for step in range(warmup + steps):
+        for name, fn in fns.items():
+            start = _clock()
+            fn(step)
+            if step >= warmup:
+                times[name].append(_clock() - start)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+class PartTimer:
+    """Splits calls into consecutive parts: ``lap(name)`` closes the part begun at ``start()`` or the last lap.
+
+    Used inside a contender of :func:`interleaved_median_ms`, so the parts come from the very steps
+    being timed, under the same load as the other contenders.
+    """
+
+    def __init__(self) -> None:
+        self.laps: dict[str, list[float]] = {}
+        self._last = 0.0
+
+    def start(self) -> None:
+        self._last = _clock()
+
+    def lap(self, name: str) -> None:
+        now = _clock()
+        self.laps.setdefault(name, []).append(now - self._last)
+        self._last = now
+
+    def median_ms(self, skip: int) -> dict[str, float]:
+        """Median ms of each part over its calls after the first ``skip`` (the warm-up)."""
+        return {name: 1e3 * statistics.median(t[skip:]) for name, t in self.laps.items()}
+
+
+def column(part: str) -> str:
+    """A part's column name in the tables: "noise from seeds" -> "noise_from_seeds_ms"."""
+    return part.replace(" ", "_").replace("-", "_") + "_ms"
+
+
+def shape_label(shape: Sequence[int]) -> str:
+    """(3, 32, 32) -> "3x32x32"; (2,) -> "2"."""
+    return "x".join(str(int(s)) for s in shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# One coupling step (notebook 02's benchmark)
+# ---------------------------------------------------------------------------------------------
+
+
+def _batches(setting: CouplingBenchmark) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(x (B, *shape), index (B,)) per step: random data with disjoint indices from one epoch.
+
+    At most MAX_DISTINCT_BATCHES data tensors are materialised (later steps reuse them with other
+    indices, so LOOM still meets fresh seeds), which keeps batch 1024 of 4x32x32 examples in memory.
+    The seed table still has num_examples rows.
+    """
+    if setting.batch_size > setting.num_examples:
+        raise ValueError(
+            f"batch_size {setting.batch_size} exceeds num_examples {setting.num_examples}; "
+            "raise num_examples (the seed-table rows) to at least the batch size"
+        )
+    generator = torch.Generator().manual_seed(setting.seed)
+    indices = epoch_batches(setting.num_examples, setting.batch_size, generator)
+    count = setting.steps + setting.warmup
+    data = [
+        torch.rand(setting.batch_size, *setting.shape, generator=generator).to(setting.device) * 2 - 1
+        for _ in range(min(count, MAX_DISTINCT_BATCHES))
+    ]
+    return [(data[i % len(data)], indices[i % len(indices)]) for i in range(count)]
+
+
+def file_per_example_step(folder: Path, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The approach we replace: each example's noise lives in its own file, read and rewritten every step.
+
+    x: (B, *shape), index: (B,) -> z (B, *shape) re-paired by exact assignment, files rewritten.
+    """
+    z = torch.stack([torch.load(folder / f"{i}.pt") for i in index.tolist()])
+    perm = exact_assignment(cost_matrix(x, z))
+    z = z[torch.as_tensor(perm)]
+    for i, noise in zip(index.tolist(), z):
+        torch.save(noise.clone(), folder / f"{i}.pt")
+    return z
+
+
+def seed_files(folder: Path, setting: CouplingBenchmark, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """One noise file per example touched by ``batches`` (the untouched 50k would only cost disk)."""
+    for i in torch.cat([index for _, index in batches]).unique().tolist():
+        torch.save(torch.randn(setting.shape), folder / f"{i}.pt")
+
+
+def time_couplings(setting: CouplingBenchmark) -> list[dict[str, object]]:
+    """One row per contender: median ms per step and its ratio to the independent coupling.
+
+    Contenders: the three couplings, LOOM with one file per example (the approach replaced), and
+    the parts of a LOOM step (noise from seeds, cost matrix, exact assignment) next to torch.randn.
+    """
+    batches = _batches(setting)
+    coupling = {name: make_coupling(name, setting.num_examples, seed=setting.seed) for name in COUPLINGS}
+    x, _ = batches[0]
+    seeds = torch.randint(SEED_HIGH, (setting.batch_size,), generator=torch.Generator().manual_seed(1))
+    z = noise_from_seeds(seeds, setting.shape, setting.device)
+    costs = cost_matrix(x, z)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        seed_files(folder, setting, batches)
+        fns: dict[str, Callable[[int], object]] = {
+            **{name: (lambda step, c=c: c(*batches[step])) for name, c in coupling.items()},
+            "loom with one file per example": lambda step: file_per_example_step(folder, *batches[step]),
+            "loom part: noise from seeds": lambda step: noise_from_seeds(seeds, setting.shape, setting.device),
+            "independent part: torch.randn": lambda step: torch.randn(x.shape, device=x.device),
+            "loom part: cost matrix (cdist)": lambda step: cost_matrix(x, z),
+            "loom part: exact assignment (scipy)": lambda step: exact_assignment(costs),
+        }
+        medians = interleaved_median_ms(fns, setting.steps, setting.warmup)
+    base = medians["independent"]
+    return [{"part": name, "ms_per_step": ms, "ratio_to_independent": ms / base} for name, ms in medians.items()]
+
+
+def summary(rows: list[dict[str, object]], setting: CouplingBenchmark) -> dict[str, object]:
+    """The headline ratios and whether the issue's target (LOOM <= 2x independent) is met."""
+    ms = {r["part"]: r["ms_per_step"] for r in rows}
+    return {
+        **asdict(setting),
+        "torch_threads": torch.get_num_threads(),
+        "ms_independent": ms["independent"],
+        "ms_minibatch_ot": ms["minibatch_ot"],
+        "ms_loom": ms["loom"],
+        "loom_over_independent": ms["loom"] / ms["independent"],
+        "minibatch_ot_over_independent": ms["minibatch_ot"] / ms["independent"],
+        "loom_over_minibatch_ot": ms["loom"] / ms["minibatch_ot"],
+        "file_per_example_over_loom": ms["loom with one file per example"] / ms["loom"],
+        "target_loom_at_most_2x_independent": ms["loom"] / ms["independent"] <= 2.0,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# A LOOM step in parts, per batch size and example shape
+# ---------------------------------------------------------------------------------------------
+
+
+def timed_loom_step(coupling: LoomCoupling, x: Tensor, index: Tensor, timer: PartTimer) -> Tensor:
+    """One real LOOM step, ``coupling(x, index)``, with a lap of ``timer`` after each of LOOM_PARTS (through the
+    coupling's timing hook) -> the re-paired noise (B, *shape). x: (B, *shape) data, index: (B,) its example indices.
+
+    "write-back" includes the step's statistics (swaps, mean costs), which every training step computes too.
+    """
+    if coupling.seed_init != "upfront" or coupling.no_swaps:
+        raise ValueError(
+            "timed_loom_step times the plain LOOM step: build the LoomCoupling with "
+            "seed_init='upfront' and no_swaps=False"
+        )
+    previous, coupling.lap = coupling.lap, timer.lap
+    try:
+        timer.start()
+        return coupling(x, index).z
+    finally:
+        coupling.lap = previous
+
+
+def loom_breakdown(setting: CouplingBenchmark) -> dict[str, object]:
+    """One row: median ms per step of the three couplings and of each part of a LOOM step, taking turns.
+
+    Columns: shape, dim, batch_size, num_examples, device, ``<coupling>_ms`` for independent /
+    minibatch_ot / loom, ``<part>_ms`` for LOOM_PARTS (underscored), parts_total_ms (the timed step
+    the parts come from), and LOOM's ratios to the other two couplings.
+    """
+    batches = _batches(setting)
+    couplings = {name: make_coupling(name, setting.num_examples, seed=setting.seed) for name in COUPLINGS}
+    instrumented = LoomCoupling(setting.num_examples, seed=setting.seed)
+    timer = PartTimer()
+    fns: dict[str, Callable[[int], object]] = {
+        **{name: (lambda step, c=c: c(*batches[step])) for name, c in couplings.items()},
+        "parts_total": lambda step: timed_loom_step(instrumented, *batches[step], timer),
+    }
+    ms = interleaved_median_ms(fns, setting.steps, setting.warmup)
+    parts = timer.median_ms(setting.warmup)
+    return {
+        "shape": shape_label(setting.shape),
+        "dim": math.prod(setting.shape),
+        "batch_size": setting.batch_size,
+        "num_examples": setting.num_examples,
+        "device": setting.device,
+        **{f"{name}_ms": ms[name] for name in COUPLINGS},
+        **{column(part): parts[part] for part in LOOM_PARTS},
+        "parts_total_ms": ms["parts_total"],
+        "loom_over_independent": ms["loom"] / ms["independent"],
+        "loom_over_minibatch_ot": ms["loom"] / ms["minibatch_ot"],
+    }
+
+
+def coupling_sweep(
+    shapes: Sequence[Sequence[int]],
+    batch_sizes: Sequence[int],
+    num_examples: int = 50_000,
+    steps: int = 20,
+    warmup: int = 3,
+    device: str = "cpu",
+    seed: int = 0,
+) -> list[dict[str, object]]:
+    """:func:`loom_breakdown` for every example shape x batch size (the seed table grows to the batch if needed)."""
+    return [
+        loom_breakdown(
+            CouplingBenchmark(
+                num_examples=max(num_examples, b),
+                shape=tuple(int(s) for s in shape),
+                batch_size=b,
+                steps=steps,
+                warmup=warmup,
+                device=device,
+                seed=seed,
+            )
+        )
+        for shape in shapes
+        for b in batch_sizes
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The assignment vs m
+# ---------------------------------------------------------------------------------------------
+
+
+def assignment_scaling(
+    sizes: Sequence[int],
+    shape: Sequence[int] = (3, 32, 32),
+    steps: int = 5,
+    warmup: int = 1,
+    device: str = "cpu",
+    seed: int = 0,
+) -> list[dict[str, object]]:
+    """Per m: median ms of the m x m cost matrix on ``device``, its transfer to the host in float64, and
+    scipy's exact assignment (lib.couplings.exact_assignment); the sizes take turns at every step.
+
+    Data x (m, *shape) uniform in [-1, 1] against Gaussian noise z (m, *shape), as in a LOOM step.
+    Rows: m, dim, device, cost_matrix_ms, transfer_ms, assignment_ms, total_ms.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    points = {
+        m: (
+            torch.rand(m, *shape, generator=generator).to(device) * 2 - 1,
+            torch.randn(m, *shape, generator=generator).to(device),
+        )
+        for m in sizes
+    }
+    timers = {m: PartTimer() for m in sizes}
+
+    def solve(m: int) -> np.ndarray:
+        timer, (x, z) = timers[m], points[m]
+        timer.start()
+        costs = cost_matrix(x, z)
+        timer.lap("cost matrix")
+        host = costs.double().cpu()  # what exact_assignment hands scipy; a no-op there afterwards
+        timer.lap("transfer")
+        perm = exact_assignment(host)
+        timer.lap("assignment")
+        return perm
+
+    ms = interleaved_median_ms({str(m): (lambda step, m=m: solve(m)) for m in sizes}, steps, warmup)
+    rows = []
+    for m in sizes:
+        parts = timers[m].median_ms(warmup)
+        rows.append(
+            {
+                "m": m,
+                "dim": math.prod(shape),
+                "device": device,
+                **{column(p): parts[p] for p in ASSIGNMENT_PARTS},
+                "total_ms": ms[str(m)],
+            }
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    """Least-squares fit of log t = a + k log m, i.e. t = c m^k with c = exp(a) (t in ms)."""
+
+    exponent: float  # k
+    log_constant: float  # a (natural log)
+    min_size: int  # smallest m used in the fit
+    max_size: int  # largest m used in the fit
+    points: int  # sizes used
+
+    @property
+    def constant(self) -> float:
+        """c in t = c m^k (ms)."""
+        return math.exp(self.log_constant)
+
+    def predict(self, m: float) -> float:
+        """Fitted time in ms at size m."""
+        return self.constant * m**self.exponent
+
+
+def fit_power_law(sizes: Sequence[float], times_ms: Sequence[float], min_size: float = 0) -> PowerLawFit:
+    """Fit t = c m^k to (sizes, times_ms) by least squares in log-log, using the sizes >= ``min_size``.
+
+    Small sizes are dominated by fixed overheads (Python, allocation), so ``min_size`` keeps the fit to
+    the sizes where the algorithm's growth shows.
+    """
+    if len(sizes) != len(times_ms):
+        raise ValueError(f"{len(sizes)} sizes but {len(times_ms)} times; pass one time per size")
+    kept = [(float(m), float(t)) for m, t in zip(sizes, times_ms) if m >= min_size]
+    if len({m for m, _ in kept}) < 2:
+        raise ValueError(
+            f"a power-law fit needs at least two distinct sizes >= min_size={min_size}, got "
+            f"{sorted({m for m, _ in kept})}; add sizes or lower min_size"
+        )
+    if any(m <= 0 or t <= 0 for m, t in kept):
+        raise ValueError("sizes and times must be positive for a log-log fit")
+    log_m, log_t = np.log([m for m, _ in kept]), np.log([t for _, t in kept])
+    k, a = np.polyfit(log_m, log_t, 1)
+    return PowerLawFit(
+        exponent=float(k),
+        log_constant=float(a),
+        min_size=int(min(m for m, _ in kept)),
+        max_size=int(max(m for m, _ in kept)),
+        points=len(kept),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling and training
+# ---------------------------------------------------------------------------------------------
+
+
+def check_bf16(device: torch.device | str, bf16: bool) -> None:
+    """Refuse bf16 off CUDA: lib.train autocasts on CUDA only, so a CPU row labelled bf16 would be fp32."""
+    if bf16 and torch.device(device).type != "cuda":
+        raise ValueError(
+            f"bf16 autocast runs on CUDA only, but the device is {device}; time bf16 on a GPU "
+            "or pass bf16=False (BF16 = [False] in the notebook)"
+        )
+
+
+def autocast(device: torch.device | str, bf16: bool) -> torch.autocast | nullcontext:
+    """bf16 autocast on CUDA when asked, fp32 otherwise (see :func:`check_bf16`)."""
+    check_bf16(device, bf16)
+    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def time_sampling(
+    model: nn.Module,
+    shape: Sequence[int],
+    solvers: Sequence[str],
+    batch_size: int,
+    steps: int = 3,
+    warmup: int = 1,
+    seed: int = 0,
+    bf16: bool = False,
+) -> list[dict[str, object]]:
+    """Sampling throughput per solver spec: ``batch_size`` images from the same noise (B, *shape), solvers
+    taking turns. Rows: solver, nfe (true network calls), ms_per_batch, images_per_s, ms_per_network_call.
+
+    For adaptive solvers the NFE depends on the field: an untrained model's dopri5 NFE is not a trained one's.
+    """
+    device = next(model.parameters()).device
+    check_bf16(device, bf16)
+    for spec in solvers:
+        parse_solver(spec)  # a bad spec fails before anything is timed
+    model.eval()
+    z = torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    nfe: dict[str, int] = {}
+
+    def run(spec: str) -> None:
+        with autocast(device, bf16):
+            nfe[spec] = integrate(model, z, spec).nfe
+
+    ms = interleaved_median_ms({spec: (lambda step, spec=spec: run(spec)) for spec in solvers}, steps, warmup)
+    return [
+        {
+            "solver": spec,
+            "nfe": nfe[spec],
+            "batch_size": batch_size,
+            "bf16": bf16,
+            "ms_per_batch": ms[spec],
+            "images_per_s": 1e3 * batch_size / ms[spec],
+            "ms_per_network_call": ms[spec] / nfe[spec],
+        }
+        for spec in solvers
+    ]
+
+
+def time_training_steps(
+    model: torch.nn.Module,
+    data: torch.Tensor,
+    batch_size: int,
+    steps: int,
+    warmup: int = 3,
+    seed: int = 0,
+    bf16: bool = False,
+    couplings: Sequence[str] = COUPLINGS,
+) -> list[dict[str, object]]:
+    """Median ms of one full training step (lib.train.train_step: coupling, CFM loss, backward, clipping, Adam,
+    warm-up schedule, EMA) per coupling, and of the coupling alone, taking turns every step.
+    data: (N, *shape) on the model's device.
+
+    Rows: part ("<coupling>: training step" or "<coupling>: coupling alone"), ms_per_step, and
+    ratio_to_independent (training steps) or share_of_step (coupling alone). ``couplings`` must
+    include "independent" (the base of the ratios). The caller's global RNG is left as it was.
+    """
+    if "independent" not in couplings or not set(couplings) <= set(COUPLINGS):
+        raise ValueError(f"couplings must be a subset of {COUPLINGS} that includes 'independent', got {couplings}")
+    device = next(model.parameters()).device
+    check_bf16(device, bf16)
+    config = TrainConfig(batch_size=batch_size, lr=1e-4, seed=seed, bf16=bf16, progress=False)
+    generator = torch.Generator().manual_seed(seed)
+    batches = [epoch_batches(len(data), batch_size, generator)[0] for _ in range(steps + warmup)]
+    fns: dict[str, Callable[[int], object]] = {}
+    for name in couplings:
+        trainer = build_trainer(copy.deepcopy(model), data, make_coupling(name, len(data), seed=seed), config)
+        shadow = make_coupling(name, len(data), seed=seed)  # its own state, so timing it leaves training intact
+        fns[f"{name}: training step"] = lambda step, trainer=trainer: train_step(trainer, batches[step])
+        fns[f"{name}: coupling alone"] = lambda step, c=shadow: c(data[batches[step]], batches[step])
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        medians = interleaved_median_ms(fns, steps, warmup)
+    base = medians["independent: training step"]
+    rows: list[dict[str, object]] = []
+    for name in couplings:
+        step_ms, coupling_ms = medians[f"{name}: training step"], medians[f"{name}: coupling alone"]
+        rows.append(
+            {
+                "part": f"{name}: training step",
+                "ms_per_step": step_ms,
+                "ratio_to_independent": step_ms / base,
+                "images_per_s": 1e3 * batch_size / step_ms,
+                "bf16": bf16,
+            }
+        )
+        rows.append(
+            {"part": f"{name}: coupling alone", "ms_per_step": coupling_ms, "share_of_step": coupling_ms / step_ms}
+        )
+    return rows
+
+
+def per_coupling(rows: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
+    """:func:`time_training_steps` rows -> one row per coupling: step_ms, images_per_s, ratio_to_independent,
+    coupling_ms, share_of_step."""
+    by_part = {str(r["part"]): r for r in rows}
+    names = [p.split(":")[0] for p in by_part if p.endswith(": training step")]
+    out = []
+    for name in names:
+        step, alone = by_part[f"{name}: training step"], by_part[f"{name}: coupling alone"]
+        out.append(
+            {
+                "coupling": name,
+                "step_ms": step["ms_per_step"],
+                "images_per_s": step["images_per_s"],
+                "ratio_to_independent": step["ratio_to_independent"],
+                "coupling_ms": alone["ms_per_step"],
+                "share_of_step": alone["share_of_step"],
+            }
+        )
+    return out
+
+
+def preset_data(preset: str, num: int, device: str, seed: int = 0) -> Tensor:
+    """Uniform [-1, 1] examples (num, C, H, W) of a UNet preset's input shape (timing needs no real images)."""
+    cfg = PRESETS[preset]
+    shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    return (torch.rand(num, *shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1).to(device)
+
+
+def preset_batch(preset: str, batch_size: int) -> int:
+    """``batch_size`` if positive, else the preset's released per-GPU batch (lib.paper.RELEASED_CONFIGS)."""
+    if batch_size > 0:
+        return batch_size
+    if preset not in RELEASED_CONFIGS:
+        raise ValueError(
+            f"preset {preset!r} has no released config; give a positive batch size "
+            f"(released: {sorted(RELEASED_CONFIGS)})"
+        )
+    return int(RELEASED_CONFIGS[preset]["batch_size"])
+
+
+def peak_memory(device: str) -> dict[str, float | None]:
+    """Peak resident memory of this process so far (MiB, resource.getrusage) and, on CUDA, the peak
+    tensor memory since the last torch.cuda.reset_peak_memory_stats (MiB; None on the CPU)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    rss_mib = rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.device(device).type == "cuda" else None
+    return {"peak_rss_mib": rss_mib, "cuda_peak_mib": cuda}
+
+
+def time_presets(
+    presets: Sequence[str],
+    batch_size: int,
+    steps: int,
+    warmup: int = 2,
+    device: str = "cpu",
+    bf16: Sequence[bool] = (False,),
+    seed: int = 0,
+) -> list[dict[str, object]]:
+    """Training-step time of each UNet preset (x bf16 setting) with every coupling: one row per
+    (preset, bf16, coupling) from :func:`per_coupling`, plus params_m, batch_size and :func:`peak_memory`.
+
+    ``batch_size`` 0 takes each preset's released per-GPU batch. bf16 applies on CUDA only. The peak CUDA
+    memory covers the whole timing, which holds one model + Adam copy per coupling (three).
+    """
+    rows = []
+    for preset in presets:
+        b = preset_batch(preset, batch_size)
+        for half in bf16:
+            if torch.device(device).type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            model = build_model(preset, (), seed=seed).to(device)
+            timed = time_training_steps(
+                model, preset_data(preset, 2 * b, device, seed), b, steps, warmup, seed=seed, bf16=half
+            )
+            memory = peak_memory(device)
+            params_m = sum(p.numel() for p in model.parameters()) / 1e6
+            rows += [
+                {"preset": preset, "device": device, "bf16": half, "batch_size": b, "params_m": params_m, **r, **memory}
+                for r in per_coupling(timed)
+            ]
+            del model, timed  # free the GPU memory before the next preset is built
+    return rows
+
+
+def coupling_share_sweep(
+    preset: str,
+    batch_sizes: Sequence[int],
+    steps: int,
+    warmup: int = 1,
+    device: str = "cpu",
+    bf16: bool = False,
+    seed: int = 0,
+) -> list[dict[str, object]]:
+    """The LOOM coupling's share of a training step of the same UNet as the batch grows.
+
+    Per batch size: independent and LOOM training steps and LOOM's coupling alone, taking turns.
+    Rows: preset, device, bf16, batch_size, independent_step_ms, loom_step_ms, coupling_ms,
+    coupling_share (coupling_ms / loom_step_ms), loom_over_independent.
+    """
+    rows = []
+    for b in batch_sizes:
+        model = build_model(preset, (), seed=seed).to(device)
+        timed = per_coupling(
+            time_training_steps(
+                model,
+                preset_data(preset, 2 * b, device, seed),
+                b,
+                steps,
+                warmup,
+                seed=seed,
+                bf16=bf16,
+                couplings=("independent", "loom"),
+            )
+        )
+        independent, loom = timed
+        rows.append(
+            {
+                "preset": preset,
+                "device": device,
+                "bf16": bf16,
+                "batch_size": b,
+                "independent_step_ms": independent["step_ms"],
+                "loom_step_ms": loom["step_ms"],
+                "coupling_ms": loom["coupling_ms"],
+                "coupling_share": loom["share_of_step"],
+                "loom_over_independent": loom["ratio_to_independent"],
+            }
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+# ---------------------------------------------------------------------------------------------
+
+
+def seed_table_memory(name: str, num_examples: int, num_caches: int, shape: Sequence[int]) -> dict[str, object]:
+    """Bytes of LOOM's seed table (num_examples, num_caches) for a dataset, measured on a real table,
+    against storing the same noises as float32 tensors (num_examples, num_caches, *shape)."""
+    table = LoomCoupling(num_examples, num_caches).seeds
+    table_bytes = table.element_size() * table.nelement()
+    noise_bytes = torch.empty((), dtype=torch.float32).element_size() * num_examples * num_caches * math.prod(shape)
+    return {
+        "dataset": name,
+        "num_examples": num_examples,
+        "num_caches": num_caches,
+        "shape": shape_label(shape),
+        "seed_bytes_per_example": table_bytes / num_examples,
+        "seed_table_mib": table_bytes / 2**20,
+        "stored_noise_mib": noise_bytes / 2**20,
+        "noise_over_seeds": noise_bytes / table_bytes,
+    }
+
+
+def released_seed_tables(examples: Mapping[str, int]) -> list[dict[str, object]]:
+    """:func:`seed_table_memory` for each released config named in ``examples`` (name -> examples, flipped
+    copies included), with its caches (lib.paper.RELEASED_CONFIGS) and its preset's input shape (lib.unet)."""
+    rows = []
+    for name, num in examples.items():
+        if name not in RELEASED_CONFIGS:
+            raise ValueError(f"no released config {name!r}; use one of {sorted(RELEASED_CONFIGS)}")
+        cfg = PRESETS[RELEASED_CONFIGS[name]["model"]]
+        rows.append(
+            seed_table_memory(
+                name, num, int(RELEASED_CONFIGS[name]["caches"]), (cfg.in_channels, cfg.image_size, cfg.image_size)
+            )
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The conclusion, written from the measurements
+# ---------------------------------------------------------------------------------------------
+
+FIXES: dict[str, str] = {
+    "assignment": "a GPU assignment solver (an auction algorithm, or entropic Sinkhorn iterations rounded to a "
+    "permutation) in place of scipy's exact CPU solver, or overlapping the CPU assignment of the next "
+    "batch with the GPU step of the current one (the pairing needs only data and seeds, not the weights)",
+    "noise from seeds": "regenerating the batch's noise in one batched kernel (a counter-based generator keyed by "
+    "the seeds) instead of re-seeding one generator per row",
+    "cost matrix": "building the cost matrix on the GPU (one matrix product; bf16/tf32) and sending only it to the "
+    "host",
+    "write-back": "keeping the seed table on the device the permutation is applied on",
+}
+PER_RANK_FIX = (
+    "smaller per-rank OT batches (each rank pairing its own slice instead of one assignment on the "
+    "gathered global batch; cheaper by the fitted exponent, at the price of a more local pairing)"
+)
+
+
+def crossing(rows: Sequence[Mapping[str, object]], threshold: float) -> dict[str, object]:
+    """Where coupling_share first reaches ``threshold`` along the measured batch sizes.
+
+    rows: :func:`coupling_share_sweep` rows. Returns threshold, at (first batch size with share >=
+    threshold, None if never) and below (the measured batch size before it, None if none).
+    """
+    ordered = sorted(rows, key=lambda r: int(r["batch_size"]))
+    below = None
+    for r in ordered:
+        if float(r["coupling_share"]) >= threshold:
+            return {"threshold": threshold, "at": int(r["batch_size"]), "below": below}
+        below = int(r["batch_size"])
+    return {"threshold": threshold, "at": None, "below": below}
+
+
+def share_fits(rows: Sequence[Mapping[str, object]]) -> tuple[PowerLawFit, PowerLawFit] | None:
+    """Power laws in the batch size of the coupling's ms and of the rest of the LOOM step's ms
+    (loom_step_ms - coupling_ms), fitted to :func:`coupling_share_sweep` rows; None if they cannot be fitted."""
+    sizes = [float(r["batch_size"]) for r in rows]
+    coupling_ms = [float(r["coupling_ms"]) for r in rows]
+    rest_ms = [float(r["loom_step_ms"]) - float(r["coupling_ms"]) for r in rows]
+    if len(set(sizes)) < 2 or min(rest_ms) <= 0 or min(coupling_ms) <= 0:
+        return None
+    return fit_power_law(sizes, coupling_ms), fit_power_law(sizes, rest_ms)
+
+
+def extrapolated_crossing(rows: Sequence[Mapping[str, object]], threshold: float) -> float | None:
+    """Batch size where the coupling would reach ``threshold`` of the step, from :func:`share_fits`.
+
+    None when the coupling does not grow faster than the rest of the step, or the rows cannot be fitted.
+    An extrapolation, not a measurement.
+    """
+    fits = share_fits(rows)
+    if fits is None or fits[0].exponent <= fits[1].exponent:
+        return None
+    c, n = fits
+    # c_c B^k_c = thr (c_n B^k_n + c_c B^k_c)  <=>  B^(k_c - k_n) = thr c_n / ((1 - thr) c_c)
+    return (threshold * n.constant / ((1 - threshold) * c.constant)) ** (1 / (c.exponent - n.exponent))
+
+
+def dominant_parts(breakdown: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
+    """Per example shape, at its largest measured batch: the LOOM part with the most time and its share of
+    the parts, and LOOM's ratios to the other couplings. breakdown: :func:`loom_breakdown` rows."""
+    out = []
+    for shape in dict.fromkeys(str(r["shape"]) for r in breakdown):
+        row = max((r for r in breakdown if r["shape"] == shape), key=lambda r: int(r["batch_size"]))
+        parts = {part: float(row[column(part)]) for part in LOOM_PARTS}
+        top = max(parts, key=parts.get)
+        out.append(
+            {
+                "shape": shape,
+                "batch_size": int(row["batch_size"]),
+                "part": top,
+                "part_share": parts[top] / sum(parts.values()),
+                "loom_ms": float(row["loom_ms"]),
+                "loom_over_independent": float(row["loom_over_independent"]),
+                "loom_over_minibatch_ot": float(row["loom_over_minibatch_ot"]),
+            }
+        )
+    return out
+
+
+def conclusion_facts(
+    share_rows: Sequence[Mapping[str, object]],
+    fit: PowerLawFit,
+    assignment_rows: Sequence[Mapping[str, object]],
+    breakdown: Sequence[Mapping[str, object]],
+) -> dict[str, object]:
+    """The numbers the conclusion states, all taken from measured rows (JSON-ready)."""
+    ordered = sorted(share_rows, key=lambda r: int(r["batch_size"]))
+    largest = max(assignment_rows, key=lambda r: int(r["m"]))
+    fits = share_fits(ordered)
+    return {
+        "device": ordered[0]["device"],
+        "torch_threads": torch.get_num_threads(),
+        "preset": ordered[0]["preset"],
+        "bf16": ordered[0]["bf16"],
+        "share_first": {"batch_size": int(ordered[0]["batch_size"]), "share": float(ordered[0]["coupling_share"])},
+        "share_last": {"batch_size": int(ordered[-1]["batch_size"]), "share": float(ordered[-1]["coupling_share"])},
+        "crossings": [
+            {**crossing(ordered, t), "extrapolated": extrapolated_crossing(ordered, t)} for t in SHARE_THRESHOLDS
+        ],
+        "coupling_batch_exponent": fits[0].exponent if fits else None,
+        "rest_of_step_batch_exponent": fits[1].exponent if fits else None,
+        "assignment_exponent": fit.exponent,
+        "assignment_constant_ms": fit.constant,
+        "fit_sizes": [fit.min_size, fit.max_size],
+        "assignment_device": largest["device"],
+        "largest_m": int(largest["m"]),
+        "largest_m_assignment_ms": float(largest["assignment_ms"]),
+        "largest_m_cost_matrix_ms": float(largest["cost_matrix_ms"]),
+        "dominant_parts": dominant_parts(breakdown),
+    }
+
+
+def _crossing_sentence(c: Mapping[str, object], last_batch: int) -> str:
+    """One sentence about where the share passes c['threshold'] (measured, or extrapolated when not reached)."""
+    pct = f"{100 * float(c['threshold']):.0f} %"
+    if c["at"] is not None:
+        where = (
+            f"between batch {c['below']} and batch {c['at']}"
+            if c["below"] is not None
+            else f"already at the smallest batch measured, {c['at']}"
+        )
+        return f"It passes {pct} of the step {where}."
+    guess, limit = c["extrapolated"], EXTRAPOLATION_LIMIT * last_batch
+    if guess is None:
+        tail = "; on these measurements the coupling does not grow faster than the rest of the step"
+    elif guess > limit:
+        tail = (
+            f"; power laws fitted to the measured coupling and rest-of-step times put the crossing beyond batch "
+            f"{limit:,} ({EXTRAPOLATION_LIMIT}x the largest measured), too far out to quote"
+        )
+    else:
+        tail = (
+            f"; power laws fitted to the measured coupling and rest-of-step times put the crossing near batch "
+            f"{guess:,.0f} (extrapolated, not measured)"
+        )
+    return f"It stays below {pct} up to the largest batch measured, {last_batch}{tail}."
+
+
+def conclusion_text(facts: Mapping[str, object]) -> str:
+    """Markdown conclusion: where LOOM stops being cheap on this device and what would fix it (named, not measured)."""
+    first, last = facts["share_first"], facts["share_last"]
+    precision = "bf16 autocast" if facts["bf16"] else "fp32"
+    k = float(facts["assignment_exponent"])
+    growth = (
+        ""
+        if facts["coupling_batch_exponent"] is None
+        else (
+            f"Over the measured batches the rest of the training step grows as "
+            f"B^{facts['rest_of_step_batch_exponent']:.2f} and the coupling as "
+            f"B^{facts['coupling_batch_exponent']:.2f}. "
+        )
+    )
+    lines = [
+        f"**Where LOOM stops being cheap ({facts['device']}, {facts['torch_threads']} torch threads, "
+        f"`{facts['preset']}` UNet, {precision}).** "
+        f"The LOOM coupling takes {100 * first['share']:.1f} % of a training step at batch {first['batch_size']} "
+        f"and {100 * last['share']:.1f} % at batch {last['batch_size']}. "
+        + " ".join(_crossing_sentence(c, last["batch_size"]) for c in facts["crossings"]),
+        "",
+        f"**Why.** {growth}Fitted on m = {facts['fit_sizes'][0]}..{facts['fit_sizes'][1]}, the exact assignment "
+        f"(scipy's linear_sum_assignment) takes t ≈ {facts['assignment_constant_ms']:.3g} ms · m^{k:.2f}, so "
+        f"doubling the OT batch multiplies it by {2**k:.1f}. At m = {facts['largest_m']} it takes "
+        f"{facts['largest_m_assignment_ms']:.1f} ms, beside "
+        f"{facts['largest_m_cost_matrix_ms']:.1f} ms for the cost matrix on {facts['assignment_device']}.",
+        "",
+        "**What dominates a LOOM step** (largest batch measured per example shape): "
+        + "; ".join(
+            f"{d['shape']} at batch {d['batch_size']}: {d['part']} {100 * d['part_share']:.0f} % of the step's parts, "
+            f"LOOM {d['loom_over_independent']:.1f}x independent and {d['loom_over_minibatch_ot']:.2f}x minibatch OT"
+            for d in facts["dominant_parts"]
+        )
+        + ".",
+        "",
+        "**What would fix it** (named here, not measured): " + "; ".join(fix_order(facts)) + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def fix_order(facts: Mapping[str, object]) -> list[str]:
+    """The fixes, the one for the most frequently dominant part first, then the per-rank batch fix."""
+    counts: dict[str, int] = {}
+    for d in facts["dominant_parts"]:
+        counts[str(d["part"])] = counts.get(str(d["part"]), 0) + 1
+    ordered = sorted(FIXES, key=lambda part: -counts.get(part, 0))
+    return [FIXES[part] for part in ordered if counts.get(part) or part == "assignment"] + [PER_RANK_FIX]

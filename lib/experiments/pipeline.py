@@ -1,0 +1,248 @@
+"""Image experiments as the notebooks run them: data on disk -> torchrun training -> FID rows beside the paper.
+
+Training always goes through the same entry point users launch by hand (``torchrun -m lib.train``), as a
+subprocess, from a typed :class:`lib.train.TrainSettings`, so a notebook on one CPU and a run on 8 GPUs exercise
+the same code. The figures of these steps are drawn by lib.kit.figures.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lib import REPO_ROOT
+from lib.checkpoints import RELEASED_PREFIX, LoadedModel
+from lib.evaluate import fid_rows, path_curvature
+from lib.fabricate import FAKE_NOTE
+from lib.fid import RandomConvFeatures
+from lib.paper import COUPLING_ROWS, PAPER_EVALUATION, paper_rows, same_setting
+from lib.sample import generate, noise_for_images, to_images
+from lib.solvers import parse_solver
+from lib.train import TrainSettings
+
+
+class TrainingFailed(RuntimeError):
+    """lib.train exited with an error: the message carries the command and the end of its output."""
+
+
+class ScriptFailed(RuntimeError):
+    """A data_prep script exited with an error: the message carries the command and the end of its output."""
+
+
+def launch_training(settings: TrainSettings, nproc: int = 1, timeout_s: float | None = None) -> Path:
+    """Run ``torchrun --nproc_per_node=nproc -m lib.train <settings>`` (plain ``python -m lib.train`` for one
+    process). Resumes by itself when ``<settings.out>/checkpoint.pt`` exists. Returns the checkpoint path."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
+    # The progress bar would only fill the captured output.
+    argv = replace(settings, train=replace(settings.train, progress=False)).to_argv()
+    command = [sys.executable, *launcher, "-m", "lib.train", *argv]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0:
+        raise TrainingFailed(f"{' '.join(command)}\nexited with {done.returncode}:\n{done.stderr[-4000:]}")
+    return Path(settings.out) / "checkpoint.pt"
+
+
+def run_script(script: str, argv: Sequence[str], timeout_s: float | None = None) -> str:
+    """Run ``python <script> <argv>`` from the repository, as a user runs the data_prep scripts -> its stdout."""
+    command = [sys.executable, script, *map(str, argv)]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0:
+        raise ScriptFailed(f"{' '.join(command)}\nexited with {done.returncode}:\n{done.stderr[-4000:]}")
+    return done.stdout
+
+
+def side_by_side(ours: list[Mapping[str, Any]], paper: list[Mapping[str, str]]) -> list[dict[str, Any]]:
+    """Join our rows {method, solver, nfe, fid} with the paper's on (method, solver, NFE) (lib.paper.same_setting)."""
+    rows = []
+    for row in ours:
+        match = [p for p in paper if p["method"] == row["method"] and same_setting(p, row["solver"], row["nfe"])]
+        rows.append(
+            {
+                **row,
+                "paper_fid": float(match[0]["fid"]) if match else None,
+                "paper_nfe": match[0]["nfe"] if match else None,
+                "paper_provenance": match[0]["provenance"] if match else None,
+            }
+        )
+    return rows
+
+
+def run_name(row: str) -> str:
+    """A folder name for a table row: 'w/o saving local reassignments' -> 'wo_saving_local_reassignments'."""
+    return "_".join("".join(c for c in word if c.isalnum()) for word in row.lower().split()).strip("_")
+
+
+def read_history(checkpoint: Path) -> list[dict[str, float]]:
+    """The loss / swaps / cost records lib.train wrote beside ``checkpoint`` (history.json)."""
+    return json.loads((checkpoint.parent / "history.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The steps every image notebook takes: train the rows, evaluate
+# ---------------------------------------------------------------------------------------------------------
+def row_settings(row: str, settings: TrainSettings, runs: Path) -> TrainSettings:
+    """``settings`` with the coupling switches of paper row ``row`` (lib.paper.COUPLING_ROWS), run in
+    ``runs/<run_name(row)>``."""
+    if row not in COUPLING_ROWS:
+        raise ValueError(f"unknown row {row!r}; rows are {sorted(COUPLING_ROWS)}")
+    spec = COUPLING_ROWS[row]
+    return replace(
+        settings,
+        out=str(runs / run_name(row)),
+        coupling=spec.coupling,
+        no_swaps=spec.no_swaps,
+        train=replace(settings.train, converge_first=spec.converge_first),
+    )
+
+
+def train_rows(
+    rows: Sequence[str], settings: TrainSettings, runs: Path, nproc: int = 1
+) -> tuple[dict[str, Path], list[dict[str, Any]]]:
+    """Train one model per paper row (:func:`row_settings`; a rerun resumes) -> (checkpoint by row, training history
+    rows with "method")."""
+    checkpoints: dict[str, Path] = {}
+    history: list[dict[str, Any]] = []
+    for row in rows:
+        checkpoints[row] = launch_training(row_settings(row, settings, runs), nproc)
+        history += [{"method": row, **record} for record in read_history(checkpoints[row])]
+    return checkpoints, history
+
+
+def eval_targets(eval_checkpoint: str, repo: Path = REPO_ROOT) -> dict[str, str | Path]:
+    """``EVAL_CHECKPOINT`` -> {row name: what lib.checkpoints.load_model takes}: ``released:<name>`` is passed on
+    (fetched through huggingface_hub), a path is taken relative to the repository."""
+    if eval_checkpoint.startswith(RELEASED_PREFIX):
+        return {eval_checkpoint[len(RELEASED_PREFIX) :]: eval_checkpoint}
+    return {Path(eval_checkpoint).stem: repo / eval_checkpoint}
+
+
+def fid_table(
+    models: Mapping[str, LoadedModel],
+    solvers: Sequence[str],
+    num_samples: int,
+    reference: str,
+    paper: list[dict[str, str]],
+    *,
+    seed: int,
+    device: str,
+    features: str = "inception",
+    dataset_res: int | None = 32,
+    dataset_split: str = "train",
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """FID of every model at every solver (true NFE checked against the grid) -> (our rows, rows joined
+    with the paper's). ``features="random"`` scores with lib.fid.RandomConvFeatures: offline, not comparable.
+    ``dataset_res`` / ``dataset_split`` pick clean-fid's precomputed statistics of a named dataset (cifar10 32
+    train, ffhq 256 trainval70k); the generated images must have that size (None: any size, for folder or
+    custom references)."""
+    extractor = RandomConvFeatures() if features == "random" else None
+    ours: list[dict[str, Any]] = []
+    for name, loaded in models.items():
+        ours += [
+            {"method": name, **row}
+            for row in fid_rows(
+                loaded,
+                solvers,
+                num_samples,
+                reference,
+                seed=seed,
+                device=device,
+                batch_size=min(250, num_samples),
+                dataset_res=dataset_res,
+                dataset_split=dataset_split,
+                feature_extractor=extractor,
+            )
+        ]
+    for row in ours:
+        expected = parse_solver(row["solver"]).expected_nfe
+        if expected is not None and row["nfe"] != expected:  # midpoint-k must cost 2k network calls
+            raise RuntimeError(
+                f"{row['method']} {row['solver']}: counted {row['nfe']} network calls, expected {expected}"
+            )
+    return ours, side_by_side(ours, paper)
+
+
+def curvature_rows(
+    models: Mapping[str, LoadedModel], num_paths: int, seed: int, device: str, steps: int = 20
+) -> list[dict[str, Any]]:
+    """Paper Fig. 4: 1 - cos of consecutive velocities along ``steps``-step Euler paths from the same noise
+    for every model -> rows {method, step, curvature}."""
+    rows: list[dict[str, Any]] = []
+    for name, loaded in models.items():
+        z = noise_for_images(loaded, seed, num_paths, device)
+        per_step = path_curvature(loaded.model.to(device), z, steps=steps)
+        rows += [{"method": name, "step": i + 1, "curvature": float(c)} for i, c in enumerate(per_step)]
+    return rows
+
+
+def evaluate_releases(
+    models: Mapping[str, LoadedModel],
+    num_samples: int,
+    references: Mapping[str, str],
+    splits: Mapping[str, str],
+    *,
+    seed: int,
+    device: str,
+    features: str = "inception",
+    fake: bool = False,
+) -> list[dict[str, Any]]:
+    """FID of each release in ``models`` (name -> loaded) at its paper solvers (lib.paper.PAPER_EVALUATION),
+    through :func:`fid_table` as our own runs are, joined with its paper rows.
+
+    references / splits: by paper dataset (cifar10, imagenet32, imagenet64, ffhq256_latent), the FID reference
+    (clean-fid dataset name, custom stats name or image folder) and a named dataset's split (default "train").
+    fake: files of lib.fabricate.write_fake_release: images of any size, every row labelled FAKE_NOTE.
+    Returns rows {dataset, release, method, solver, nfe, fid, protocol..., paper_fid, paper_nfe, paper_provenance,
+    release_weights}, the method named as the paper's row ("LOOM-CFM", "LOOM-CFM + 1 Reflow").
+    """
+    missing = sorted({PAPER_EVALUATION[name].dataset for name in models} - set(references))
+    if missing:
+        raise ValueError(
+            f"no FID reference for dataset(s) {missing}: add them to the references (a clean-fid "
+            "dataset name such as cifar10, custom stats such as imagenet32_train, or an image folder)"
+        )
+    rows: list[dict[str, Any]] = []
+    for name, loaded in models.items():
+        spec = PAPER_EVALUATION[name]
+        _, joined = fid_table(
+            {spec.method: loaded},
+            spec.solvers,
+            num_samples,
+            references[spec.dataset],
+            paper_rows(spec.table, spec.dataset),
+            seed=seed,
+            device=device,
+            features=features,
+            dataset_res=None if fake else spec.resolution,
+            dataset_split=splits.get(spec.dataset, "train"),
+        )
+        rows += [
+            {
+                "dataset": spec.dataset,
+                "release": name,
+                **row,
+                "release_weights": FAKE_NOTE if fake else "published weights",
+            }
+            for row in joined
+        ]
+    return rows
+
+
+def grid_samples(
+    models: Mapping[str, LoadedModel], num_images: int, solver: str, seed: int, device: str
+) -> dict[str, Tensor]:
+    """``num_images`` samples of every model from the same noise -> {name: images (N, C, H, W) in [-1, 1] on the
+    CPU} (latent models decoded to pixels), for the sample-grid figure (paper Fig. 7)."""
+    return {
+        name: torch.cat([to_images(loaded, x) for x, _ in generate(loaded, num_images, solver, seed, device=device)])
+        .cpu()
+        .clamp(-1, 1)
+        for name, loaded in models.items()
+    }

@@ -1,0 +1,112 @@
+"""What the kit knows about each notebook, in one place: the README index, where its FID rows and sample grids are.
+
+Read by lib.kit.readme (the notebook index), lib.kit.tables (which result files hold FID rows beside the paper)
+and lib.kit.figures (which notebooks draw sample grids, Fig. 7). A new notebook gets one entry here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class NotebookInfo:
+    """One notebook: the README index line and the result files other notebooks read."""
+
+    paper: str  # the paper's tables / figures it regenerates
+    shows: str  # one line
+    device: str  # where the paper profile runs
+    paper_runtime: str  # an estimate until results/paper/<notebook>/run.json exists
+    fid_table: str = ""  # CSV of FID rows beside the paper's, read by lib.kit.tables ("": none)
+    fid_dataset: str = ""  # their dataset (lib.paper names), "" when every row names its own
+    sample_grids: bool = False  # saves sample grids (paper Fig. 7)
+
+
+NOTEBOOKS: dict[str, NotebookInfo] = {
+    "01_toy_couplings": NotebookInfo(
+        "Fig. 1, 2, 5",
+        "curved vs straight 2-D paths, one local re-pairing, the polygon counterexample",
+        "CPU",
+        "est. minutes, CPU",
+    ),
+    "02_assignment_convergence": NotebookInfo(
+        "Theorem 1, Fig. 6",
+        "pairing cost never rises, swaps die out, gap to the exact optimum; coupling-step cost",
+        "CPU",
+        "est. ~10 min, CPU",
+    ),
+    "03_toy_generation": NotebookInfo(
+        "-", "I-CFM vs minibatch OT vs LOOM on 2-D toys: W2 by NFE", "CPU", "est. ~20 min, CPU"
+    ),
+    "04_digits": NotebookInfo(
+        "Table 5, Fig. 4 (digits scale)", "the ablation rows on scikit-learn digits", "CPU", "est. ~35 min, 2 CPU cores"
+    ),
+    "05_cifar10": NotebookInfo(
+        "Table 1, 5; Fig. 3, 4, 7",
+        "ablation rows via torchrun, FID vs NFE beside the paper",
+        "GPUs",
+        "est. ~17 h per row on 4 GPUs (paper: 17.3 h)",
+        "fid_vs_paper.csv",
+        "cifar10",
+        sample_grids=True,
+    ),
+    "06_imagenet": NotebookInfo(
+        "Table 2; Fig. 7",
+        "ImageNet-32/64 from the official npz batches, FID vs NFE",
+        "GPUs",
+        "est. days on 4 GPUs",
+        "fid_vs_paper.csv",
+        sample_grids=True,
+    ),
+    "07_ffhq_latent": NotebookInfo(
+        "Table 3; Fig. 7",
+        "FFHQ-256 in SD kl-f8 latents, decoded FID",
+        "GPUs",
+        "est. days on 4 GPUs",
+        "fid_vs_paper.csv",
+        "ffhq256_latent",
+        sample_grids=True,
+    ),
+    "08_reflow": NotebookInfo(
+        "Table 1 (reflow rows)",
+        "10^6 teacher pairs, reflow fine-tuning, FID at 1-2 NFE",
+        "GPUs",
+        "est. ~1 day on 4 GPUs",
+        "fid_vs_paper.csv",
+        "cifar10",
+        sample_grids=True,
+    ),
+    "09_performance": NotebookInfo(
+        "- (reviewers' cost question)",
+        "coupling step parts, O(m^3) assignment fit, throughput, share of the step",
+        "CPU or GPU",
+        "est. ~15 min, one GPU",
+    ),
+    "10_paper_tables": NotebookInfo(
+        "Tables 1, 2, 3, 5; Figs. 1-7", "every table and figure rebuilt from results/", "CPU", "seconds"
+    ),
+    "11_released_checkpoints": NotebookInfo(
+        "Tables 1, 2, 3",
+        "the five released checkpoints at the paper's NFE",
+        "GPU",
+        "est. hours on one GPU (50k samples x 4 solvers x 5)",
+        "released_vs_paper.csv",
+        sample_grids=True,
+    ),
+    "12_noise_table_study": NotebookInfo(
+        "- (beyond the paper: its Table 5 cache sweep)",
+        "when a finite noise table overfits (V = visits per stored noise), the boundary, the fixes, the rule",
+        "CPU",
+        "est. ~5 h of one CPU core, in resumable parts",
+    ),
+}
+
+
+def fid_sources() -> dict[str, NotebookInfo]:
+    """The notebooks that write FID rows beside the paper's (lib.kit.tables reads them)."""
+    return {name: info for name, info in NOTEBOOKS.items() if info.fid_table}
+
+
+def grid_notebooks() -> list[str]:
+    """The notebooks that save sample grids (paper Fig. 7)."""
+    return [name for name, info in NOTEBOOKS.items() if info.sample_grids]

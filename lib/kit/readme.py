@@ -1,0 +1,182 @@
+"""The README's generated sections: the notebook index (with measured runtimes) and the results.
+
+Both are written between marker comments and come only from results/ (run.json wall times, tables.csv from
+notebook 10), so no number in the README is typed by hand:
+
+    python -m lib.kit.readme            # rewrite the sections of README.md from results/
+    python -m lib.kit.readme --check    # exit 1 if README.md is not what results/ says (tests run this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from lib import REPO_ROOT
+from lib.kit.notebooks import NOTEBOOKS
+from lib.kit.results import read_table
+from lib.paper import TABLES
+
+README = REPO_ROOT / "README.md"
+RESULTS = REPO_ROOT / "results"
+
+
+def notebooks_on_disk() -> list[str]:
+    return sorted(p.stem for p in (REPO_ROOT / "notebooks").glob("*.ipynb"))
+
+
+def _wall_time(results: Path, profile: str, notebook: str) -> str:
+    """Measured wall time of the notebook's last run in ``profile`` with its device, or '' if never run."""
+    path = results / profile / notebook / "run.json"
+    if not path.is_file():
+        return ""
+    run = json.loads(path.read_text())
+    seconds, device = float(run["wall_time_s"]), run["device"]
+    where = device.get("cuda_device") or f"{device.get('cpu_count', '?')} CPU cores"
+    return (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min") + f" ({where})"
+
+
+def notebook_index(results: Path) -> str:
+    """The index table: notebook, paper items, what it shows, device, quick and paper runtimes."""
+    lines = [
+        "| notebook | paper | what it shows | paper-profile device | quick run (measured) | paper run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in notebooks_on_disk():
+        if name not in NOTEBOOKS:
+            raise KeyError(f"notebook {name} has no entry in lib.kit.notebooks.NOTEBOOKS; add one")
+        info = NOTEBOOKS[name]
+        quick = _wall_time(results, "quick", name) or "not run yet"
+        paper = _wall_time(results, "paper", name) or info.paper_runtime
+        lines.append(f"| `{name}` | {info.paper} | {info.shows} | {info.device} | {quick} | {paper} |")
+    return "\n".join(lines)
+
+
+def results_section(results: Path) -> str:
+    """Per paper table: how many numbers the kit has matched, and the rows with a kit value (from tables.csv)."""
+    path = results / "tables.csv"
+    if not path.is_file():
+        return "No results yet: run `make reproduce` (notebook 10 writes results/tables.md)."
+    rows = read_table(path)
+    parts = [
+        "Generated from [results/tables.md](results/tables.md) (full tables, protocols and provenance). "
+        "Quick-profile values test the pipeline on fabricated data and are never compared with the paper."
+    ]
+    for (table, dataset), title in TABLES.items():
+        mine = [r for r in rows if r["table"] == table and r["dataset"] == dataset]
+        measured = [r for r in mine if r["status"] != "not run yet"]
+        key = lambda r: (r["method"], r["solver"], r["paper_nfe"])  # noqa: E731 - one paper number
+        paper_numbers = {key(r) for r in mine if r["paper_fid"]}
+        compared = {key(r) for r in mine if r["paper_fid"] and r["status"] == "paper profile"}
+        quick_only = {key(r) for r in mine if r["paper_fid"] and r["profile"] == "quick"} - compared
+        parts.append(
+            f"- **{title}**: {len(paper_numbers)} paper numbers: {len(compared)} matched by a paper-profile "
+            f"run, {len(quick_only)} by a quick-profile run only; {len(measured)} kit rows in all "
+            f"({', '.join(sorted({r['profile'] for r in measured})) or 'none'})."
+        )
+    return "\n".join(parts)
+
+
+def quick_total(results: Path) -> str:
+    """One sentence: how long the notebooks of the last quick run took together, and on what."""
+    runs = [json.loads(p.read_text()) for p in sorted((results / "quick").glob("*/run.json"))]
+    if not runs:
+        return "No quick run is recorded yet."
+    minutes = sum(float(r["wall_time_s"]) for r in runs) / 60
+    cores = sorted({str(r["device"].get("cpu_count", "?")) for r in runs})
+    return (
+        f"The last `make reproduce` (results/quick/*/run.json) spent {minutes:.0f} minutes in its {len(runs)} "
+        f"notebooks on {'/'.join(cores)} CPU cores."
+    )
+
+
+# What the quick run should print: (notebook, JSON file it writes, sentence filled from that file as ``r``).
+HEADLINES: tuple[tuple[str, str, str], ...] = (
+    (
+        "02_assignment_convergence",
+        "headline_digits.json",
+        "digits ({r[examples]} examples, batch {r[batch_size]}, {r[epochs]} epochs): LOOM's pairing cost is "
+        "**{r[loom_gap]:.2%}** above the exact global optimum; the pairs minibatch OT trains on are "
+        "{r[minibatch_ot_gap]:.2%} above it, independent pairs {r[independent_gap]:.2%}.",
+    ),
+    (
+        "02_assignment_convergence",
+        "coupling_cost.json",
+        "one coupling step at batch {r[batch_size]} with 3x32x32 examples and a {r[num_examples]}-row seed table costs "
+        "{r[loom_over_independent]:.2f}x an independent step and {r[loom_over_minibatch_ot]:.2f}x a minibatch OT step "
+        "on the CPU; one noise file per example would cost {r[file_per_example_over_loom]:.0f}x LOOM.",
+    ),
+    (
+        "03_toy_generation",
+        "one_step_w2.json",
+        "one Euler step (NFE 1) on 8 Gaussians gives W2 {r[8gaussians][independent]:.2f} (I-CFM), "
+        "{r[8gaussians][minibatch_ot]:.2f} (minibatch OT), {r[8gaussians][loom]:.2f} (LOOM).",
+    ),
+    (
+        "04_digits",
+        "claims.json",
+        "at {r[solver]} the digits Frechet distance is {r[fd_independent]:.1f} (I-CFM), {r[fd_minibatch_ot]:.1f} "
+        "(w/o saving local reassignments), {r[fd_loom]:.1f} (LOOM-CFM); the notebook prints where the paper's order "
+        "holds.",
+    ),
+    (
+        "04_digits",
+        "step_time_ratio.json",
+        "an MLP training step with LOOM costs {r[loom_over_independent]:.2f}x an independent one.",
+    ),
+    ("09_performance", "conclusion.json", "{r[text]}"),
+)
+
+
+def headlines(results: Path) -> str:
+    """The quick run's headline numbers, one bullet each, read from the JSON files the notebooks wrote."""
+    lines = []
+    for notebook, name, sentence in HEADLINES:
+        path = results / "quick" / notebook / name
+        text = sentence.format(r=json.loads(path.read_text())) if path.is_file() else f"not run yet ({name})"
+        lines.append(f"- `{notebook[:2]}`: " + " ".join(text.split()))
+    return "\n".join(lines)
+
+
+SECTION_BUILDERS = {
+    "quick-total": quick_total,
+    "headlines": headlines,
+    "notebook-index": notebook_index,
+    "results": results_section,
+}
+
+
+def render(text: str, results: Path) -> str:
+    """``text`` with every generated section replaced by what ``results`` says now."""
+    for name, build in SECTION_BUILDERS.items():
+        pattern = re.compile(rf"(<!-- {name}:start -->\n)(?:.*?\n)?(<!-- {name}:end -->)", re.S)
+        if not pattern.search(text):
+            raise ValueError(f"README has no '<!-- {name}:start -->' ... '<!-- {name}:end -->' markers")
+        section = build(results)
+        text = pattern.sub(lambda m, section=section: m.group(1) + section + "\n" + m.group(2), text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m lib.kit.readme", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--check", action="store_true", help="only check that README.md is current (exit 1 if not)")
+    p.add_argument("--results", type=Path, default=RESULTS, help="results root (default: <repo>/results)")
+    args = p.parse_args(argv)
+    current = README.read_text()
+    wanted = render(current, args.results)
+    if args.check:
+        if current != wanted:
+            print("README.md is out of date with results/: run `python -m lib.kit.readme`", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(wanted)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

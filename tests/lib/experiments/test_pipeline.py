@@ -1,0 +1,60 @@
+"""The glue of the image notebooks: command lines for lib.train, paper rows, joining ours with the paper's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lib import fabricate
+from lib.checkpoints import load_released
+from lib.experiments import pipeline
+from lib.paper import COUPLING_ROWS, paper_rows
+from lib.train import TrainConfig, TrainSettings, parse_args
+
+
+def test_every_paper_row_is_a_valid_lib_train_command(tmp_path: Path) -> None:
+    for row, spec in COUPLING_ROWS.items():
+        settings = pipeline.row_settings(row, TrainSettings(train=TrainConfig(steps=3)), tmp_path)
+        args = parse_args(settings.to_argv())
+        assert args.coupling == spec.coupling and args.no_swaps == spec.no_swaps
+        assert args.converge_first == spec.converge_first and args.out == str(tmp_path / pipeline.run_name(row))
+        assert TrainSettings.from_args(args) == settings
+    assert pipeline.run_name("w/o saving local reassignments") == "wo_saving_local_reassignments"
+    with pytest.raises(ValueError, match="unknown row 'OT-CFM'"):
+        pipeline.row_settings("OT-CFM", TrainSettings(), tmp_path)
+
+
+def test_paper_rows_and_side_by_side_join_on_method_solver_and_nfe() -> None:
+    paper = paper_rows("5", "cifar10")
+    assert {"w/o saving local reassignments", "fixed source w/o reassignments"} <= {r["method"] for r in paper}
+    ours = [
+        {"method": "w/o saving local reassignments", "solver": "midpoint-4", "nfe": 8, "fid": 9.0},
+        {"method": "w/o saving local reassignments", "solver": "dopri5", "nfe": 77.0, "fid": 5.0},
+        {"method": "w/o saving local reassignments", "solver": "euler-8", "nfe": 8, "fid": 9.0},
+    ]
+    joined = pipeline.side_by_side(ours, paper)
+    assert [r["paper_fid"] for r in joined] == [8.69, 4.52, None]
+    assert [r["paper_provenance"] for r in joined] == ["secondary+authors_plot", "secondary+authors_plot", None]
+
+
+def test_a_failed_training_run_reports_the_command_and_its_error(tmp_path: Path) -> None:
+    with pytest.raises(pipeline.TrainingFailed, match="unknown model 'resnet'"):
+        pipeline.launch_training(TrainSettings(out=str(tmp_path / "run"), model="resnet", train=TrainConfig(steps=1)))
+
+
+def test_a_failed_data_prep_script_reports_the_command_and_its_error(tmp_path: Path) -> None:
+    with pytest.raises(pipeline.ScriptFailed, match=r"(?s)data_prep/imagenet.py --source .*is not a folder"):
+        pipeline.run_script(
+            "data_prep/imagenet.py", ["--source", tmp_path / "nowhere", "--resolution", 32, "--out", tmp_path / "out"]
+        )
+    assert "usage" in pipeline.run_script("data_prep/imagenet.py", ["--help"])
+
+
+def test_evaluating_a_release_without_its_reference_names_the_dataset(tmp_path: Path) -> None:
+    fabricate.write_fake_release(tmp_path, "imagenet64")
+    loaded = load_released("imagenet64", cache_dir=tmp_path, offline=True, preset="tiny")
+    with pytest.raises(ValueError, match=r"no FID reference for dataset\(s\) \['imagenet64'\]"):
+        pipeline.evaluate_releases(
+            {"imagenet64": loaded}, 4, {"imagenet32": "imagenet32_train"}, {}, seed=0, device="cpu"
+        )

@@ -1,0 +1,237 @@
+"""The training loop: exact resume from atomic checkpoints, clear errors, and torchrun DDP on CPU (gloo)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from lib import REPO_ROOT, toy
+from lib.checkpoints import TrainCheckpointError, read_training_checkpoint, save_checkpoint
+from lib.couplings import LoomCoupling, make_coupling
+from lib.models import MLP
+from lib.train import TrainConfig, TrainSettings, parse_args, train_flow
+
+CONFIG = TrainConfig(steps=24, batch_size=16, lr=1e-3, warmup_steps=5, seed=3, log_every=4, progress=False)
+
+
+def run(steps: int, checkpoint: Path | None = None, coupling_name: str = "loom"):
+    """Train a fresh MLP for ``steps`` on 100 moons points; returns (result, coupling)."""
+    data = toy.sample_toy("moons", 100, seed=1)
+    torch.manual_seed(0)
+    model = MLP(2, hidden=32, depth=2)
+    coupling = make_coupling(coupling_name, len(data), num_caches=2, seed=5)
+    return train_flow(model, data, coupling, replace(CONFIG, steps=steps), checkpoint=checkpoint), coupling
+
+
+@pytest.mark.parametrize("coupling_name", ["loom", "minibatch_ot"])
+def test_resume_is_exact(tmp_path: Path, coupling_name: str) -> None:
+    """12 steps + resume + 12 steps gives bit-identical weights, EMA, seed table and history to 24 steps."""
+    straight, straight_coupling = run(24, coupling_name=coupling_name)
+    path = tmp_path / "checkpoint.pt"
+    run(12, path, coupling_name)  # steps 1..12 (crosses an epoch boundary: 100 // 16 = 6 batches per epoch)
+    assert read_training_checkpoint(path)["global_step"] == 12
+    resumed, resumed_coupling = run(24, path, coupling_name)  # a fresh process would do exactly this
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values()):
+        assert torch.equal(a, b)
+    assert straight.history == resumed.history
+    if coupling_name == "loom":
+        assert torch.equal(straight_coupling.seeds, resumed_coupling.seeds)
+    assert read_training_checkpoint(path)["global_step"] == 24
+
+
+def test_checkpoint_is_written_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"format": "x", "payload": torch.arange(10)})
+    save_checkpoint(path, {"format": "x", "payload": torch.arange(20)})
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temporary file left behind
+    assert torch.equal(torch.load(path)["payload"], torch.arange(20))
+
+
+def test_bad_checkpoints_name_the_problem_and_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    run(4, path)
+    with pytest.raises(TrainCheckpointError, match="other settings.*lr: 0.001 -> 0.01"):
+        data = toy.sample_toy("moons", 100, seed=1)
+        train_flow(
+            MLP(2, hidden=32, depth=2),
+            data,
+            make_coupling("loom", 100, num_caches=2),
+            replace(CONFIG, lr=1e-2),
+            checkpoint=path,
+        )
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(TrainCheckpointError, match="truncated"):
+        read_training_checkpoint(truncated)
+    released = tmp_path / "released.pt"
+    torch.save({"model": {}, "optimizer": {}, "lr_scheduler": {}, "global_step": 1}, released)
+    with pytest.raises(TrainCheckpointError, match="load_released_unet"):
+        read_training_checkpoint(released)
+    with pytest.raises(TrainCheckpointError, match="no checkpoint at"):
+        read_training_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_loom_checkpoint_does_not_resume_another_coupling(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    run(4, path, "loom")
+    with pytest.raises(ValueError, match="coupling state is for 'loom'"):
+        run(8, path, "minibatch_ot")
+
+
+def _train_cli(out: Path, nproc: int, batch_size: int) -> None:
+    cli = [
+        "-m",
+        "lib.train",
+        "--dataset",
+        "digits",
+        "--model",
+        "mlp",
+        "--coupling",
+        "loom",
+        "--steps",
+        "8",
+        "--batch-size",
+        str(batch_size),
+        "--seed",
+        "2",
+        "--out",
+        str(out),
+        "--dump-seeds",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
+    done = subprocess.run(
+        [sys.executable, *launcher, *cli],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_share_one_assignment(tmp_path: Path) -> None:
+    """torchrun --nproc_per_node=2 (gloo): both ranks end with the same seed table, the seed multiset is
+    unchanged, and it equals one process with the same global batch (one assignment on the gathered batch)."""
+    _train_cli(tmp_path / "ddp", nproc=2, batch_size=16)
+    _train_cli(tmp_path / "single", nproc=1, batch_size=32)
+    rank0, rank1 = (torch.load(tmp_path / "ddp" / f"seeds_rank{r}.pt") for r in (0, 1))
+    single = torch.load(tmp_path / "single" / "seeds_rank0.pt")
+    initial = LoomCoupling(len(single), 1, seed=2).seeds
+    assert torch.equal(rank0, rank1)
+    assert torch.equal(rank0.flatten().sort().values, initial.flatten().sort().values)
+    assert not torch.equal(rank0, initial)  # the assignment really re-paired
+    assert torch.equal(rank0, single)
+    assert read_training_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["world_size"] == 2
+
+
+def test_cli_trains_on_an_hdf5_file_and_an_image_folder(tmp_path: Path) -> None:
+    """lib.train reads the kit's on-disk formats: HDF5 images and an ImageFolder tree."""
+    from PIL import Image
+
+    from lib.datasets import write_hdf5_images
+    from lib.train import main
+
+    write_hdf5_images(tmp_path / "images.h5", torch.randint(0, 256, (24, 3, 8, 8), dtype=torch.uint8))
+    assert (
+        main(
+            [
+                "--dataset",
+                "hdf5",
+                "--root",
+                str(tmp_path / "images.h5"),
+                "--flip",
+                "--steps",
+                "2",
+                "--batch-size",
+                "8",
+                "--out",
+                str(tmp_path / "h5run"),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    for label in ("a", "b"):
+        (tmp_path / "folder" / label).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (12, 10), (40 * i, 10, 200)).save(tmp_path / "folder" / label / f"{i}.png")
+    assert (
+        main(
+            [
+                "--dataset",
+                "imagefolder",
+                "--root",
+                str(tmp_path / "folder"),
+                "--resolution",
+                "8",
+                "--steps",
+                "2",
+                "--batch-size",
+                "8",
+                "--out",
+                str(tmp_path / "folderrun"),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert read_training_checkpoint(tmp_path / "folderrun" / "checkpoint.pt")["global_step"] == 2
+    with pytest.raises(SystemExit, match="needs --resolution"):
+        main(["--dataset", "imagefolder", "--root", str(tmp_path / "folder"), "--out", str(tmp_path / "x")])
+
+
+def test_released_config_fills_defaults_and_flags_override_it(tmp_path: Path) -> None:
+    from lib.paper import RELEASED_CONFIGS
+    from lib.train import parse_args, steps_for_epochs
+
+    args = parse_args(["--config", "cifar10", "--out", str(tmp_path), "--lr", "1e-3"])
+    assert (args.model, args.batch_size, args.caches, args.warmup_steps, args.flip) == ("cifar10", 32, 4, 5000, True)
+    assert args.lr == 1e-3 and args.ema_decay == 0.9999
+    assert set(RELEASED_CONFIGS) == {"cifar10", "imagenet32", "imagenet64", "ffhq256_latent"}
+    assert steps_for_epochs(1000, 100_000, 128) == 781_000  # 781 full batches per epoch of 100k flipped images
+
+
+def test_train_after_convergence_runs_on_a_dataset_as_on_a_tensor() -> None:
+    from lib.couplings import converge_pairing
+    from lib.datasets import TensorImages
+
+    images = torch.rand(40, 1, 4, 4) * 2 - 1
+    dataset = TensorImages(images)
+    on_tensor, on_dataset = LoomCoupling(40, seed=1), LoomCoupling(40, seed=1)
+    history = converge_pairing(on_tensor, images, 8, seed=0)
+    assert history == converge_pairing(on_dataset, dataset, 8, seed=0, fetch=lambda i: dataset.get_batch(i)[1])
+    assert torch.equal(on_tensor.seeds, on_dataset.seeds) and history[-1]["swaps"] == 0
+    coupling = LoomCoupling(40, seed=1)
+    train_flow(
+        MLP(16, hidden=8, depth=1), dataset, coupling, replace(CONFIG, steps=2, batch_size=8, converge_first=True)
+    )
+    assert torch.equal(coupling.seeds.flatten().sort().values, on_tensor.seeds.flatten().sort().values)
+
+
+def test_train_settings_spell_lib_train_options_and_parse_back() -> None:
+    settings = TrainSettings(
+        out="out",
+        coupling="loom",
+        no_swaps=True,
+        flip=True,
+        train=TrainConfig(batch_size=32, bf16=False, progress=False),
+    )
+    argv = settings.to_argv()
+    assert argv == ["--out", "out", "--flip", "--no-swaps", "--batch-size", "32", "--no-progress"]
+    assert TrainSettings.from_args(parse_args(argv)) == settings

@@ -1,0 +1,61 @@
+"""papermill smoke run of notebook 09 (performance) with tiny parameters, then assertions on the tables it wrote.
+
+Timings are not asserted (speed is reported in results/, never tested); what must hold is that every table and
+figure is written, every part is timed, and the conclusion is the one built from the written rows.
+"""
+
+from __future__ import annotations
+import csv
+import json
+from pathlib import Path
+import pytest
+
+from lib.kit.results import read_table
+from lib.experiments import benchmarks
+from lib.kit import reproduce
+
+
+pytestmark = pytest.mark.slow
+
+
+TINY_09 = {"SHAPES": [[2], [3, 8, 8]], "BATCH_SIZES": [8, 16], "NUM_EXAMPLES": 64, "STEPS": 1, "WARMUP": 0,
+           "ASSIGN_SIZES": [8, 16, 32], "ASSIGN_STEPS": 1, "FIT_MIN_SIZE": 8, "SOLVERS": ["euler-1", "midpoint-1"],
+           "SAMPLE_BATCH": 4, "SAMPLE_STEPS": 1, "STEP_BATCH": 8, "STEP_STEPS": 1, "SHARE_BATCH_SIZES": [8, 16],
+           "SHARE_STEPS": 1, "TABLE_EXAMPLES": {"cifar10": 1000, "imagenet32": 2000}}
+
+
+
+
+def test_09_performance_writes_every_table_and_its_conclusion(tmp_path: Path, run_tiny) -> None:
+    folder = run_tiny("09_performance", tmp_path, **TINY_09)
+    run = json.loads((folder / "run.json").read_text())
+    for figure in ("coupling_breakdown", "assignment_fit", "share_and_throughput"):
+        assert {f"{figure}.png", f"{figure}.pdf"} <= set(run["files"])
+
+    breakdown = read_table(folder / "coupling_breakdown.csv")
+    assert [(r["shape"], int(r["batch_size"])) for r in breakdown] == [("2", 8), ("2", 16), ("3x8x8", 8), ("3x8x8", 16)]
+    timed = [benchmarks.column(p) for p in benchmarks.LOOM_PARTS] + ["independent_ms", "minibatch_ot_ms", "loom_ms"]
+    assert all(float(r[c]) > 0 for r in breakdown for c in timed)
+
+    assignment = read_table(folder / "assignment_scaling.csv")
+    assert [int(r["m"]) for r in assignment] == [8, 16, 32] and all(float(r["assignment_ms"]) > 0 for r in assignment)
+    fit = read_table(folder / "assignment_fit.csv")[0]
+    refit = benchmarks.fit_power_law([8, 16, 32], [float(r["assignment_ms"]) for r in assignment])
+    assert abs(float(fit["exponent"]) - refit.exponent) < 1e-9 and int(fit["points"]) == 3
+
+    sampling = read_table(folder / "sampling_throughput.csv")
+    assert [(r["solver"], int(r["nfe"])) for r in sampling] == [("euler-1", 1), ("midpoint-1", 2)]
+    training = read_table(folder / "training_step_per_preset.csv")
+    assert [(r["preset"], r["coupling"]) for r in training] == [("digits", c) for c in benchmarks.COUPLINGS]
+    assert all(float(r["peak_rss_mib"]) > 0 for r in training)
+
+    share = read_table(folder / "coupling_share.csv")
+    assert [int(r["batch_size"]) for r in share] == [8, 16] and all(0 < float(r["coupling_share"]) < 1 for r in share)
+    memory = {r["dataset"]: r for r in read_table(folder / "seed_table_memory.csv")}
+    assert float(memory["cifar10"]["seed_bytes_per_example"]) == 32 and memory["imagenet32"]["num_caches"] == "1"
+
+    conclusion = json.loads((folder / "conclusion.json").read_text())
+    assert conclusion["share_last"] == {"batch_size": 16, "share": float(share[-1]["coupling_share"])}
+    assert abs(conclusion["assignment_exponent"] - refit.exponent) < 1e-9
+    assert conclusion["text"] == (folder / "conclusion.md").read_text()
+    assert f"at batch {share[0]['batch_size']}" in conclusion["text"] and "not measured" in conclusion["text"]

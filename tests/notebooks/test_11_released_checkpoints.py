@@ -1,0 +1,31 @@
+"""papermill smoke run of 11_released_checkpoints on fake releases in a fabricated Hugging Face cache: the fetch,
+load (the latent release with its decoder) and evaluate path, every row beside the paper's."""
+
+from __future__ import annotations
+from pathlib import Path
+import pytest
+
+from lib.kit.results import read_table
+from lib.fabricate import FAKE_NOTE
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_11_released_checkpoints_fake_reflow_and_latent_releases(tmp_path: Path, run_tiny) -> None:
+    folder = run_tiny("11_released_checkpoints", tmp_path, RUNS_DIR=str(tmp_path / "runs"),
+                      RELEASES=["cifar10_reflow", "ffhq256"], NUM_FID_SAMPLES=8, FAKE_REFERENCE=8, GRID_IMAGES=4)
+    rows = read_table(folder / "released_vs_paper.csv")
+    assert [(r["dataset"], r["release"], r["method"], r["solver"]) for r in rows] == [
+        ("cifar10", "cifar10_reflow", "LOOM-CFM + 1 Reflow", s) for s in ("euler-1", "euler-2", "midpoint-1")] + [
+        ("ffhq256_latent", "ffhq256", "LOOM-CFM", s) for s in ("midpoint-1", "midpoint-2", "midpoint-4", "dopri5")]
+    assert [float(r["nfe"]) for r in rows[:-1]] == [1, 2, 2, 2, 4, 8] and float(rows[-1]["nfe"]) >= 6
+    assert [float(r["paper_fid"]) for r in rows] == [7.63, 4.49, 4.49, 14.89, 6.76, 5.50, 4.77]
+    assert all(r["paper_provenance"].startswith("secondary") for r in rows)
+    assert all(r["release_weights"] == FAKE_NOTE and r["kind"] == "released" for r in rows)
+    assert all(float(r["fid"]) >= 0 and r["feature_extractor"].endswith("not_inception") for r in rows)
+    assert all("hf_cache/models--cvg-unibe--loom-cfm_" in r["checkpoint"] for r in rows)  # through the hub cache
+    releases = {r["release"]: r for r in read_table(folder / "releases.csv")}
+    assert releases["ffhq256"]["example_shape"] == "[4, 8, 8]" and releases["ffhq256"]["image_shape"] == "[3, 64, 64]"
+    assert releases["ffhq256"]["latent"] == "True" and releases["cifar10_reflow"]["image_shape"] == "[3, 32, 32]"
+    assert {"samples_cifar10_reflow.png", "samples_ffhq256.png"} <= {p.name for p in folder.iterdir()}
