@@ -492,13 +492,16 @@ def dose_runs(
     eval_steps: Sequence[int],
     seeds: Sequence[int],
     fixed_caches: Sequence[int] = (),
+    independent: bool = True,
     **common: Any,
 ) -> list[StudyRun]:
-    """Part 1: the same model and budget with I-CFM, minibatch OT, LOOM at each cache count and the fixed source."""
+    """Part 1: the same model and budget with I-CFM (unless ``independent`` is False), minibatch OT, LOOM at each
+    cache count and the fixed source at each of ``fixed_caches``, for each seed."""
     runs = []
     for seed in seeds:
         base = StudyRun(eval_steps=tuple(eval_steps), seed=seed, **common)
-        runs += [replace(base, coupling="independent"), base.reference()]
+        runs += [replace(base, coupling="independent")] if independent else []
+        runs += [base.reference()]
         runs += [replace(base, caches=c) for c in caches]
         runs += [replace(base, caches=c, no_swaps=True) for c in fixed_caches]
     return runs
