@@ -626,6 +626,7 @@ def ratio_to_reference(
             rows.append(
                 {
                     "label": run.label,
+                    "plain_loom": run.label == f"LOOM {run.caches}c",
                     "task": record["task"],
                     **run.setting,
                     "caches": run.caches,
@@ -664,26 +665,42 @@ def boundary_crossings(
     threshold: float,
     group: Sequence[str] = ("label", "task", "model", "hidden", "batch_size", "seed"),
 ) -> list[dict[str, Any]]:
-    """Per curve (one run: its ratio against V over the eval steps): the V at which the ratio first reaches
-    ``threshold`` ("crossed": False and V None when it never does within the run; ``max_v`` says how far it went)."""
+    """Per curve, the V at which the ratio first reaches ``threshold`` ("crossed": False and V None when it never
+    does; ``max_v`` says how far the curve went), with the measured V just below and at the crossing.
+
+    A curve is the rows sharing ``group``: by default one run over its eval steps; grouped by ("step", "seed") over
+    LOOM runs of several cache counts, it is the ratio against V at one training step (the boundary at that step).
+    """
     curves: dict[tuple, list[tuple[float, float]]] = {}
     for r in ratios:
         curves.setdefault(tuple(r[k] for k in group), []).append((r["visits_per_noise"], r["ratio"]))
     rows = []
     for key, points in curves.items():
         v = crossing(points, threshold)
+        above = next((p[0] for p in sorted(points) if p[1] >= threshold), None)
+        below = max((p[0] for p in points if above is not None and p[0] < above), default=None)
         rows.append(
             {
                 **dict(zip(group, key)),
                 "threshold": threshold,
                 "boundary_v": v,
                 "crossed": v is not None,
+                "v_below": below,
+                "v_above": above,
                 "max_v": max(p[0] for p in points),
                 "min_v": min(p[0] for p in points),
                 "max_ratio": max(p[1] for p in points),
             }
         )
     return rows
+
+
+def boundary_by_step(ratios: Sequence[Mapping[str, Any]], threshold: float) -> list[dict[str, Any]]:
+    """The boundary at each training step and seed: across the plain LOOM runs (one per cache count), the V at
+    which the ratio to minibatch OT first reaches ``threshold``. Runs with more caches reach a given V later in
+    training, so this separates the boundary from how far training has come."""
+    plain = [r for r in ratios if r["plain_loom"]]
+    return sorted(boundary_crossings(plain, threshold, group=("step", "seed")), key=lambda r: (r["step"], r["seed"]))
 
 
 def summarise_boundary(crossings: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

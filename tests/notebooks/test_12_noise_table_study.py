@@ -62,10 +62,16 @@ def test_12_noise_table_study_writes_consistent_tables(tmp_path: Path, run_tiny)
         assert float(r["ratio"]) == pytest.approx(fd[r["label"], step, "midpoint-6"] / fd["OT", step, "midpoint-6"])
         caches = int(r["label"].split()[1][:-1])
         assert float(r["visits_per_noise"]) == pytest.approx(step * 32 / (64 * caches))  # V = S B / (N C)
-    # THRESHOLD 0.5: every curve crosses at its first point, so the boundary is the median of the first V's.
+    # THRESHOLD 0.5: every curve crosses at its first point. Per run: at its first step; per step (across the
+    # plain LOOM runs of 1 and 2 caches): at the smaller V, that of 2 caches. The rule's boundary is the last step's.
     boundary = json.loads((folder / "boundary.json").read_text())
-    assert boundary["crossed"] == boundary["curves"] == 3
-    assert boundary["boundary_v"] == pytest.approx(10.0) and boundary["low_v"] == pytest.approx(5.0)
+    assert boundary["per_run"]["crossed"] == boundary["per_run"]["curves"] == 3
+    assert boundary["per_run"]["boundary_v"] == pytest.approx(10.0) and boundary["per_run"]["low_v"] == pytest.approx(
+        5.0
+    )
+    by_step = {int(r["step"]): float(r["boundary_v"]) for r in read_csv(folder / "dose_boundary_by_step.csv")}
+    assert by_step == {20: pytest.approx(5.0), 40: pytest.approx(10.0)}
+    assert boundary["step"] == 40 and boundary["boundary_v"] == pytest.approx(10.0) and boundary["crossed"] == 1
     rule = json.loads((folder / "rule.json").read_text())
     cifar = next(p for p in rule["predictions"] if p["config"] == "cifar10")
     assert cifar["v_at_paper_caches"] == pytest.approx(125.0)
