@@ -43,13 +43,15 @@ from lib.experiments.ablations import as_model_input, build_model, digits_split,
 from lib.experiments.convergence import global_optimum
 from lib.fid import DigitsClassifier, digits_frechet_distance, train_digits_classifier
 from lib.metrics import w2
-from lib.paper import TABLE5_BATCH, sweep_label
-from lib.solvers import integrate
+from lib.paper import COUPLING_ROWS, TABLE5_BATCH, sweep_label
+from lib.solvers import FIXED_GRID, integrate
 from lib.train import TrainConfig, train_flow
 
 DATASETS: tuple[str, ...] = ("digits", "gmm")
 GMM_TRAIN = 1024  # Gaussian-mixture training points unless a run's subset says otherwise
 REFERENCE = "minibatch_ot"  # the table-free coupling each table run is compared with (same per-batch assignment)
+# The paper's row of that coupling in Table 5 ("w/o saving local reassignments")
+COUPLING_ROWS_OT = next(label for label, row in COUPLING_ROWS.items() if row.coupling == REFERENCE)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -830,14 +832,45 @@ def released_predictions(configs: Mapping[str, Mapping[str, Any]], boundary: Map
 
 
 def paper_cache_sweep(table5: Sequence[Mapping[str, str]], epochs: int, flip: bool = True) -> list[dict[str, Any]]:
-    """The paper's Table 5 cache sweep at batch 128 (rows of lib.paper.paper_rows("5", "cifar10")) with the V of
-    each row: caches, V, the paper's FID per solver ("paper_fid_midpoint_12", "paper_fid_dopri5", ...)."""
+    """The paper's Table 5 cache sweep at batch 128 (rows of lib.paper.paper_rows("5", "cifar10")) beside its own
+    minibatch OT row ("w/o saving local reassignments", the same trainer with fresh noise): per cache count and
+    solver the V, the FIDs and their ratio, the quantity notebook 12 measures on digits."""
     labels = {sweep_label(c, TABLE5_BATCH): c for c in range(1, 65)}
-    rows: dict[int, dict[str, Any]] = {}
+
+    def solver_of(r: Mapping[str, str]) -> str:
+        return "dopri5" if r["solver"] == "dopri5" else f"{r['solver']}-{int(r['nfe']) // FIXED_GRID[r['solver']]}"
+
+    reference = {solver_of(r): float(r["fid"]) for r in table5 if r["method"] == COUPLING_ROWS_OT}
+    rows = []
     for r in table5:
         caches = labels.get(r["method"])
-        if caches is None:
+        if caches is None or solver_of(r) not in reference:
             continue
-        row = rows.setdefault(caches, {"caches": caches, "v": epochs * visits_per_epoch(flip) / caches})
-        row["paper_fid_dopri5" if r["solver"] == "dopri5" else f"paper_fid_{r['solver']}_{r['nfe']}"] = float(r["fid"])
-    return [rows[c] for c in sorted(rows)]
+        ot = reference[solver_of(r)]
+        rows.append(
+            {
+                "caches": caches,
+                "v": epochs * visits_per_epoch(flip) / caches,
+                "solver": solver_of(r),
+                "paper_fid": float(r["fid"]),
+                "paper_ot_fid": ot,
+                "ratio": float(r["fid"]) / ot,
+            }
+        )
+    return sorted(rows, key=lambda r: (r["solver"], r["caches"]))
+
+
+def paper_boundary(sweep: Sequence[Mapping[str, Any]], threshold: float) -> list[dict[str, Any]]:
+    """Per solver, the V at which the paper's own cache sweep crosses ``threshold`` (its boundary on CIFAR-10)."""
+    by_solver: dict[str, list[tuple[float, float]]] = {}
+    for r in sweep:
+        by_solver.setdefault(r["solver"], []).append((r["v"], r["ratio"]))
+    return [
+        {
+            "solver": solver,
+            "threshold": threshold,
+            "boundary_v": crossing(points, threshold),
+            "v_range": f"{min(p[0] for p in points):.0f}-{max(p[0] for p in points):.0f}",
+        }
+        for solver, points in sorted(by_solver.items())
+    ]

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from lib.paper import paper_rows
+
 pytestmark = pytest.mark.slow
 
 TINY_12 = {
@@ -76,7 +78,11 @@ def test_12_noise_table_study_writes_consistent_tables(tmp_path: Path, run_tiny)
     cifar = next(p for p in rule["predictions"] if p["config"] == "cifar10")
     assert cifar["v_at_paper_caches"] == pytest.approx(125.0)
     assert cifar["caches_needed"] == math.ceil(500 / boundary["boundary_v"])
-    assert [s["caches"] for s in rule["paper_cache_sweep"]] == [2, 3, 4]
+    assert {s["caches"] for s in rule["paper_cache_sweep"]} == {2, 3, 4}
+    fid = {(r["method"], r["solver"]): float(r["fid"]) for r in paper_rows("5", "cifar10")}
+    cifar_dopri5 = {r["caches"]: r["ratio"] for r in rule["paper_cache_sweep"] if r["solver"] == "dopri5"}
+    expected = fid["LOOM-CFM 4 caches bs128", "dopri5"] / fid["w/o saving local reassignments", "dopri5"]
+    assert cifar_dopri5[4] == pytest.approx(expected)  # Table 5's 4-cache row over its own minibatch OT row
 
     # Memorisation diagnostics are distances relative to held-out data: positive, and absent without a table.
     diagnostics = read_csv(folder / "dose_diagnostics.csv")
