@@ -93,7 +93,17 @@ def run_notebook(name: str, parameters: dict[str, Any], results_dir: str | Path 
             f"notebook {name} failed in cell {err.cell_index} (execution count {err.exec_count}): "
             f"{err.ename}: {err.evalue}\nexecuted copy with the traceback: {output}"
         ) from None
+    strip_machine_paths(output)
     return output
+
+
+def strip_machine_paths(executed: Path) -> None:
+    """Write the executed copy without this machine's folders: the checkout becomes ``.`` and the Python
+    environment ``<python>``, so results/ carries no absolute path of the machine that ran it."""
+    text = executed.read_text()
+    for folder, name in ((str(REPO_ROOT), "."), (sys.prefix, "<python>")):
+        text = text.replace(folder, name)
+    executed.write_text(text)
 
 
 def select(notebooks: dict[str, dict[str, Any]], only: list[str] | None) -> dict[str, dict[str, Any]]:
