@@ -874,3 +874,22 @@ def paper_boundary(sweep: Sequence[Mapping[str, Any]], threshold: float) -> list
         }
         for solver, points in sorted(by_solver.items())
     ]
+
+
+REFERENCE_ROWS = ("no fix", "I-CFM", "minibatch OT")  # the rows of the fix table that are not fixes
+
+
+def best_fix(rows: Sequence[Mapping[str, Any]], high: str, low: str, metric: str = "fd") -> dict[str, Any]:
+    """The fix with the best ``metric`` at ``high`` (many steps) among those at least as good as minibatch OT at
+    ``low`` (the few-step advantage LOOM exists for); if none keeps it, the best at ``high`` overall.
+
+    rows: :func:`fix_table` rows. Returns the row with ``keeps_few_step_advantage`` added.
+    """
+    ot = next(r for r in rows if r["fix"] == "minibatch OT")
+    fixes = [dict(r) for r in rows if r["fix"] not in REFERENCE_ROWS]
+    if not fixes:
+        raise ValueError("the fix table has no fixes, only the reference rows")
+    for r in fixes:
+        r["keeps_few_step_advantage"] = r[f"{metric}_{low}"] <= ot[f"{metric}_{low}"]
+    keeping = [r for r in fixes if r["keeps_few_step_advantage"]] or fixes
+    return min(keeping, key=lambda r: r[f"{metric}_{high}"])
