@@ -514,6 +514,11 @@ def digits_train_size(split_seed: int = 0) -> int:
     return len(digits_split(split_seed)[0])
 
 
+def num_examples_of(run: StudyRun) -> int:
+    """N, the training examples of a run (its subset, else all training digits or GMM_TRAIN mixture points)."""
+    return run.subset or (GMM_TRAIN if run.dataset == "gmm" else digits_train_size())
+
+
 def capacity_runs(
     models: Sequence[tuple[str, int]],
     subsets: Sequence[int],
@@ -525,7 +530,9 @@ def capacity_runs(
     (0: all), evaluated at the steps where the table reaches each V."""
     runs = []
     for (model, hidden), subset, seed in ((m, s, seed) for m in models for s in subsets for seed in seeds):
-        steps = steps_for_visits(visits, subset or digits_train_size(), common.get("batch_size", 128))
+        steps = steps_for_visits(
+            visits, subset or digits_train_size(), common.get("batch_size", 128)
+        )  # N of the subset
         loom = StudyRun(model=model, hidden=hidden, subset=subset, eval_steps=steps, seed=seed, **common)
         runs += [loom, loom.reference()]
     return runs
@@ -731,6 +738,27 @@ def caches_needed(steps: int, global_batch: int, num_examples: int, boundary_v: 
     return max(1, math.ceil(steps * global_batch / (num_examples * boundary_v)))
 
 
+def effective_visits(run: StudyRun, num_examples: int, step: int) -> float:
+    """Expected visits per distinct stored noise after ``step`` steps, counting every noise a fix ever draws.
+
+    Plain LOOM (and jitter, which perturbs the stored noise it still visits): V = step x B / (N x C). Periodic redraw
+    every K epochs: the visits a table gets before it is replaced, K x (N // B) x B / (N x C). Per-visit refresh with
+    probability phi: all visits over all noises drawn, step x B / (N x C + step x B x phi). Mixing with probability p:
+    only the table rows visit, V (1 - p). A growing table's is measured instead (its ``visits_per_noise``).
+    """
+    visits = step * run.batch_size
+    if run.visit_cap:
+        raise ValueError("a growing table's visits per stored noise are measured (visits_per_noise), not derived")
+    v = visits / (num_examples * run.caches)
+    if run.redraw_every_epochs:
+        v = min(
+            v, run.redraw_every_epochs * (num_examples // run.batch_size) * run.batch_size / (num_examples * run.caches)
+        )
+    if run.refresh_prob:
+        v = visits / (num_examples * run.caches + visits * run.refresh_prob)
+    return v * (1 - run.mix_prob)
+
+
 def fix_name(run: StudyRun, base: StudyRun, fixes: Mapping[str, Mapping[str, Any]]) -> str | None:
     """Which row of the fix table a run is: a fix's name, "no fix", "I-CFM", "minibatch OT", or None."""
     base = replace(base, seed=run.seed)
@@ -771,6 +799,13 @@ def fix_table(
             row[f"{metric}_{solver}"] = float(values.mean())
             row[f"{metric}_{solver}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else None
         diags = [rec["diagnostics"] for _, rec in members]
+        run, record = members[0]
+        if run.table:
+            row["effective_visits_per_noise"] = (
+                diags[0]["visits_per_noise"]
+                if run.visit_cap
+                else effective_visits(run, num_examples_of(run), record["step"])
+            )
         for key in ("fresh_nn_ratio", "fresh_nn_copy_fraction", "table_pair_ratio", "curvature", "stored_noises"):
             vals = [d[key] for d in diags if d.get(key) is not None]
             row[key] = float(np.mean(vals)) if vals else None
