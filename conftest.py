@@ -10,6 +10,8 @@ import shutil
 import tempfile
 
 if "LOOM_RESULTS" not in os.environ:
-    os.environ["LOOM_RESULTS"] = tempfile.mkdtemp(prefix="loom-test-results-")
-    atexit.register(shutil.rmtree, os.environ["LOOM_RESULTS"], ignore_errors=True)
+    # <scratch>/results beside <scratch>/runs: the notebooks keep their training runs beside their results.
+    scratch = tempfile.mkdtemp(prefix="loom-test-")
+    os.environ["LOOM_RESULTS"] = os.path.join(scratch, "results")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -1,22 +1,25 @@
-"""CIFAR-10: download (torchvision, MD5-checked) and clean-fid's reference statistics, then verify.
+"""CIFAR-10: download (torchvision, MD5-checked) and what every FID protocol needs offline, then verify.
 
     python data_prep/cifar10.py --root data            # online: fetch everything, then verify
     python data_prep/cifar10.py --root data --offline  # only verify what is already there
 
 The canonical format is torchvision's own (``<root>/cifar-10-batches-py``), which
-``lib.datasets.CIFAR10Images`` reads. The FID reference is clean-fid's precomputed CIFAR-10 train
-statistics at 32x32, mode "clean" (clean-fid's protocol; the paper's own is torcheval's, see
-lib/reference/paper_setup.md), stored in clean-fid's stats folder.
+``lib.datasets.CIFAR10Images`` reads. For the FID protocols of lib.fid: clean-fid's precomputed CIFAR-10
+train statistics at 32x32 for both clean-fid protocols (modes "clean" and "legacy_tensorflow", stored in
+clean-fid's stats folder), and torchvision's Inception-v3 weights for the paper's protocol ("paper-torcheval",
+whose reference is the test split itself), stored in the torch hub cache.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from torch.hub import get_dir
+
+from lib import cli
 from lib.datasets import CIFAR10_FOLDER, read_cifar10
-from lib.fid import cleanfid_stats_dir
+from lib.fid import CLEANFID_MODES, TORCHVISION_WEIGHTS, cleanfid_stats_dir
 
 SPLIT_SIZES = {"train": 50_000, "test": 10_000}
 
@@ -30,11 +33,20 @@ def download(root: Path) -> None:
 
 
 def fetch_fid_stats() -> Path:
-    """clean-fid's precomputed CIFAR-10 train statistics (32x32, clean mode) into its stats folder -> that folder."""
+    """clean-fid's precomputed CIFAR-10 train statistics (32x32) of every clean-fid protocol's mode into its
+    stats folder -> that folder."""
     from cleanfid import fid
 
-    fid.get_reference_statistics("cifar10", 32, mode="clean", split="train")
+    for mode in CLEANFID_MODES.values():
+        fid.get_reference_statistics("cifar10", 32, mode=mode, split="train")
     return cleanfid_stats_dir()
+
+
+def fetch_torchvision_inception() -> Path:
+    """The paper protocol's Inception-v3 weights (torchvision, as torcheval loads them) into the torch hub cache
+    -> the file."""
+    TORCHVISION_WEIGHTS.get_state_dict(progress=True)  # downloads once; later calls read the cache
+    return Path(get_dir()) / "checkpoints" / Path(TORCHVISION_WEIGHTS.url).name
 
 
 def verify(root: Path, expect_full: bool = True) -> dict[str, int]:
@@ -57,7 +69,12 @@ def verify(root: Path, expect_full: bool = True) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """``python data_prep/cifar10.py``: an expected error is one line and status 2 (lib.cli)."""
+    return cli.run(cifar10_command, argv)
+
+
+def cifar10_command(argv: list[str]) -> int:
+    parser = cli.parser("python data_prep/cifar10.py", __doc__)
     parser.add_argument("--root", type=Path, default=Path("data"), help="folder to hold cifar-10-batches-py")
     parser.add_argument("--offline", action="store_true", help="do not download; only verify")
     parser.add_argument(
@@ -67,13 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if not args.offline:
-        download(args.root)
+        download(args.root)  # torchvision checks every file's MD5 against the official one
         print(f"FID reference statistics: {fetch_fid_stats()}")
-    try:
-        counts = verify(args.root, expect_full=not args.allow_subset)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        print(f"Inception-v3 weights of the paper's FID protocol: {fetch_torchvision_inception()}")
+    counts = verify(args.root, expect_full=not args.allow_subset)
     print(f"CIFAR-10 ready in {args.root / CIFAR10_FOLDER}: {counts}")
     return 0
 

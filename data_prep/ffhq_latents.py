@@ -19,9 +19,11 @@ extra examples: shard k holds images [k S, k S + n) as rows 0 .. n-1 and the enc
 as rows n .. 2n-1 (attrs ``flipped_copies`` = True; ``--no-flips`` leaves them out). Train on such files without
 ``--flip`` (``--config ffhq256_latent`` does); lib.datasets.HDF5Images refuses flip=True on them.
 
-Resumable: shard k is a fixed slice of the sorted image list, written atomically, so rerunning the same command
-after an interruption keeps the finished shards (checked against this run's settings) and writes the missing
-ones: no duplicates, no gaps. Later shards reuse the scale stored in shard 0.
+Resumable: shard k is a fixed slice of the sorted image list, written atomically and listed in ``manifest.json``
+(lib.shards) with the settings and its checksum, so rerunning the same command after an interruption keeps the
+finished shards and writes the missing ones: no duplicates, no gaps. Later shards reuse the scale stored in shard
+0. A rerun with other settings (autoencoder, resolution, flips, batch size, shard size, source images, device) is
+refused with the differences; ``--overwrite`` deletes the shards and starts over.
 """
 
 from __future__ import annotations
@@ -32,49 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from lib import cli
 from lib.autoencoder import DEFAULT_AUTOENCODER, encode_mean
 from lib.checkpoints import load_autoencoder
-from lib.datasets import DatasetFormatError, fit_resolution, uint8_to_unit, write_hdf5_latents
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-# Attributes a finished shard must share with this run to be kept (anything else means another dataset).
-SETTINGS = ("autoencoder", "resolution", "flipped_copies", "num_source_images", "shard_size")
-
-
-def image_files(source: Path) -> list[Path]:
-    """Every image file under ``source`` (any depth), sorted by relative path. None -> FileNotFoundError."""
-    if not source.is_dir():
-        raise FileNotFoundError(f"--source {source} is not a folder of FFHQ images")
-    files = sorted(
-        (p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-        key=lambda p: p.relative_to(source).as_posix(),
-    )
-    if not files:
-        raise FileNotFoundError(
-            f"no {'/'.join(IMAGE_SUFFIXES)} files under {source}; point --source at the FFHQ "
-            "images (e.g. images1024x1024/ of the official release)"
-        )
-    return files
-
-
-def read_image(path: Path, resolution: int) -> Tensor:
-    """One image file -> uint8 (3, resolution, resolution) RGB, centre-cropped and resized."""
-    from torchvision.transforms.functional import pil_to_tensor
-
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")  # decodes the whole file: a truncated one fails here
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DatasetFormatError(
-            f"{path} is not a readable image ({err}); re-download it or remove it from --source"
-        ) from err
-    return pil_to_tensor(fit_resolution(image, resolution))
+from lib.datasets import DatasetFormatError, image_files, read_image, uint8_to_unit, write_hdf5_latents
+from lib.files import FolderLock
+from lib.progress import progress
+from lib.shards import ShardFolder, source_fingerprint
 
 
 def autoencoder_source(autoencoder: str) -> str:
@@ -95,35 +64,19 @@ def shard_path(out: Path, k: int) -> Path:
     return out / f"ffhq_latents_{k:05d}.h5"
 
 
-def stored_settings(path: Path) -> tuple[dict[str, Any], float]:
-    """A finished shard's settings (SETTINGS attrs of /latents) and its scale."""
+def stored_scale(path: Path) -> float:
+    """The latent scale a finished shard 0 recorded (later shards reuse it)."""
     try:
         with h5py.File(path, "r") as f:
-            attrs = f["latents"].attrs
-            return {k: _plain(attrs.get(k)) for k in SETTINGS}, float(attrs["scale"])
+            return float(f["latents"].attrs["scale"])
     except (OSError, KeyError) as err:
-        raise DatasetFormatError(f"{path} is not a latent shard of this script ({err}); delete it and rerun") from err
-
-
-def _plain(value: Any) -> Any:
-    """h5py attribute -> a plain Python value comparable with this run's settings."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def check_shard(path: Path, settings: dict[str, Any]) -> float:
-    """Keep a finished shard only if it was made with this run's settings -> its scale."""
-    stored, scale = stored_settings(path)
-    changed = {k: (stored[k], settings[k]) for k in SETTINGS if stored[k] != settings[k]}
-    if changed:
-        detail = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in changed.items())
         raise DatasetFormatError(
-            f"{path} was made with other settings ({detail}); use another --out or delete its shards to start over"
-        )
-    return scale
+            f"{path} is not a latent shard of this script ({err}); rerun with --overwrite"
+        ) from err
 
 
 def encode_shard(
-    ae: Any, files: list[Path], resolution: int, batch_size: int, flips: bool, device: str, bar: tqdm
+    ae: Any, files: list[Path], resolution: int, batch_size: int, flips: bool, device: str, bar: Any
 ) -> tuple[Tensor, float]:
     """Encode one shard's images -> (rows (n or 2n, C, h, w): originals then flips, std of the first batch)."""
     originals, flipped = [], []
@@ -146,44 +99,57 @@ def prepare(
     shard_size: int = 10_000,
     flips: bool = True,
     device: str = "cpu",
+    overwrite: bool = False,
 ) -> list[Path]:
-    """Write the missing shards of ``source``'s latents under ``out`` -> every shard path, in order."""
+    """Write the missing shards of ``source``'s latents under ``out`` (holding the folder) -> every shard path."""
     if batch_size < 1 or shard_size < 1 or resolution < 1:
         raise ValueError("--batch-size, --shard-size and --resolution must be positive")
-    files = image_files(source)
-    settings = {
+    files = image_files(source, "FFHQ images")
+    attrs = {
         "autoencoder": autoencoder_source(autoencoder),
         "resolution": resolution,
         "flipped_copies": flips,
         "num_source_images": len(files),
         "shard_size": shard_size,
     }
+    settings = {
+        **attrs,
+        "source": str(source.resolve()),
+        "source_files": source_fingerprint(files, source),
+        "batch_size": batch_size,  # the scale is the std of the first batch
+        "device": torch.device(device).type,
+    }
     parts = [files[first : first + shard_size] for first in range(0, len(files), shard_size)]
     paths = [shard_path(out, k) for k in range(len(parts))]
-    scales = {path: check_shard(path, settings) for path in paths if path.exists()}
-    scale = scales.get(paths[0])  # the first batch lies in shard 0
-    ae = load_autoencoder(autoencoder).to(device) if len(scales) < len(paths) else None
-    bar = tqdm(
-        total=len(files),
-        initial=sum(len(part) for path, part in zip(paths, parts) if path in scales),
-        unit="img",
-        desc="encode",
-    )
-    for k, (path, shard_files) in enumerate(zip(paths, parts)):
-        if path in scales:
-            continue
-        first = k * shard_size
-        latents, first_std = encode_shard(ae, shard_files, resolution, batch_size, flips, device, bar)
-        scale = first_std if scale is None else scale
-        write_hdf5_latents(
-            path, latents, scale, attrs={**settings, "first_image": first, "num_images": len(shard_files)}
+    with FolderLock(out, "data prep"):
+        manifest = ShardFolder(out, "data_prep/ffhq_latents.py", settings, "ffhq_latents_*.h5", overwrite)
+        done = [manifest.done(path) for path in paths]
+        scale = stored_scale(paths[0]) if done[0] else None  # the first batch lies in shard 0
+        ae = load_autoencoder(autoencoder).to(device) if not all(done) else None
+        bar = progress(
+            total=len(files), initial=sum(len(part) for part, d in zip(parts, done) if d), unit="img", desc="encode"
         )
-    bar.close()
+        for k, (path, shard_files) in enumerate(zip(paths, parts)):
+            if done[k]:
+                continue
+            latents, first_std = encode_shard(ae, shard_files, resolution, batch_size, flips, device, bar)
+            scale = first_std if scale is None else scale
+            write_hdf5_latents(
+                path, latents, scale, attrs={**attrs, "first_image": k * shard_size, "num_images": len(shard_files)}
+            )
+            manifest.record(path, len(latents))
+        bar.close()
+        manifest.finish(paths)
     return paths
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """``python data_prep/ffhq_latents.py``: an expected error is one line and status 2 (lib.cli)."""
+    return cli.run(latents_command, argv)
+
+
+def latents_command(argv: list[str]) -> int:
+    p = cli.parser("python data_prep/ffhq_latents.py", __doc__)
     p.add_argument("--source", type=Path, required=True, help="folder of FFHQ images (any depth)")
     p.add_argument("--out", type=Path, required=True, help="output folder of ffhq_latents_<k>.h5 shards")
     p.add_argument(
@@ -191,9 +157,18 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_AUTOENCODER,
         help="hub id (cached / downloaded once), a save_pretrained folder or an LDM weights file",
     )
-    p.add_argument("--resolution", type=int, default=256, help="images are centre-cropped and resized to this")
-    p.add_argument("--batch-size", type=int, default=32, help="images per encoder call; the first batch sets the scale")
-    p.add_argument("--shard-size", type=int, default=10_000, help="source images per shard (x2 rows with flips)")
+    p.add_argument(
+        "--resolution", type=cli.positive_int, default=256, help="images are centre-cropped and resized to this"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=cli.positive_int,
+        default=32,
+        help="images per encoder call; the first batch sets the scale",
+    )
+    p.add_argument(
+        "--shard-size", type=cli.positive_int, default=10_000, help="source images per shard (x2 rows with flips)"
+    )
     p.add_argument(
         "--flips",
         action=argparse.BooleanOptionalAction,
@@ -201,21 +176,20 @@ def main(argv: list[str] | None = None) -> int:
         help="also encode the horizontally flipped images, stored as extra examples (paper)",
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--overwrite", action="store_true", help="delete the shards of another run in --out and start over")
     args = p.parse_args(argv)
-    try:
-        paths = prepare(
-            args.source,
-            args.out,
-            args.autoencoder,
-            args.resolution,
-            args.batch_size,
-            args.shard_size,
-            args.flips,
-            args.device,
-        )
-    except (FileNotFoundError, DatasetFormatError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    device = cli.check_device(args.device)
+    paths = prepare(
+        args.source,
+        args.out,
+        args.autoencoder,
+        args.resolution,
+        args.batch_size,
+        args.shard_size,
+        args.flips,
+        str(device),
+        args.overwrite,
+    )
     print(f"{len(paths)} shard(s) in {args.out}")
     return 0
 

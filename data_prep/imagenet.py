@@ -10,13 +10,14 @@ Sources:
     python data_prep/imagenet.py --source ~/imagenet/train --resolution 64 --out data/imagenet64
     python data_prep/imagenet.py ... --fid-stats          # also clean-fid reference statistics (online: Inception)
 
-Idempotent: a shard already written is skipped, so an interrupted run is resumed by running it again
-(shards are written atomically). Labels are stored 0-based.
+Resumable: shards are written atomically and listed in ``<out>/<split>/manifest.json`` (lib.shards) with the
+settings and each shard's checksum, so an interrupted run resumes by running it again (listed shards are kept). A
+rerun with other settings (another --shard-size, source or resolution) is refused with the differences;
+``--overwrite`` deletes the shards and starts over. Labels are stored 0-based.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import zipfile
 from collections.abc import Iterator
@@ -24,10 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from lib import cli
 from lib.datasets import DatasetFormatError, HDF5Images, ImageFolderImages, to_uint8, write_hdf5_images
 from lib.fid import make_reference_stats
+from lib.files import FolderLock
+from lib.progress import progress
+from lib.shards import ShardFolder, source_fingerprint
 
 
 def npz_batch_files(source: Path, split: str) -> list[Path]:
@@ -78,12 +83,14 @@ def folder_chunks(source: Path, resolution: int, chunk: int = 10_000) -> Iterato
 
 
 def write_shards(
-    chunks: Iterator[tuple[np.ndarray, np.ndarray]], out: Path, shard_size: int, prefix: str
+    chunks: Iterator[tuple[np.ndarray, np.ndarray]], out: Path, shard_size: int, prefix: str, manifest: ShardFolder
 ) -> list[Path]:
     """Re-cut a stream of (images, labels) into shards of ``shard_size`` images: out/<prefix>_<k>.h5.
 
-    A shard that already exists is kept (its images are still read to keep the cut aligned).
+    A shard ``manifest`` lists is kept (its images are still read to keep the cut aligned); each new one is recorded.
     """
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be a positive number of images, got {shard_size}")
     shards, images, labels = [], [], []
     pending = 0
 
@@ -91,12 +98,13 @@ def write_shards(
         nonlocal images, labels, pending
         x, y = np.concatenate(images), np.concatenate(labels)
         path = out / f"{prefix}_{len(shards):05d}.h5"
-        if not path.exists():
+        if not manifest.done(path):
             write_hdf5_images(path, x[:n], y[:n])
+            manifest.record(path, n)
         shards.append(path)
         images, labels, pending = [x[n:]], [y[n:]], len(x) - n
 
-    for x, y in tqdm(chunks, desc=f"{prefix} shards", unit="file"):
+    for x, y in progress(chunks, desc=f"{prefix} shards", unit="file"):
         images.append(x)
         labels.append(y)
         pending += len(x)
@@ -104,7 +112,26 @@ def write_shards(
             flush(shard_size)
     if pending:
         flush(pending)
+    manifest.finish(shards)
     return shards
+
+
+def source_settings(source: Path, resolution: int, split: str, shard_size: int) -> dict[str, object]:
+    """What the shards depend on, for the manifest: the source (its files' names and sizes), resolution, split, cut."""
+    from_npz = any(source.glob("*.npz"))
+    files = (
+        npz_batch_files(source, split)
+        if from_npz
+        else [p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS]
+    )
+    return {
+        "source": str(source.resolve()),
+        "source_kind": "npz" if from_npz else "image folder",
+        "source_files": source_fingerprint(files, source),
+        "resolution": resolution,
+        "split": split,
+        "shard_size": shard_size,
+    }
 
 
 def write_fid_stats(shards: Path, resolution: int, split: str, count: int, seed: int = 0) -> Path:
@@ -115,36 +142,42 @@ def write_fid_stats(shards: Path, resolution: int, split: str, count: int, seed:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """``python data_prep/imagenet.py``: an expected error is one line and status 2 (lib.cli)."""
+    return cli.run(imagenet_command, argv)
+
+
+def imagenet_command(argv: list[str]) -> int:
+    p = cli.parser("python data_prep/imagenet.py", __doc__)
     p.add_argument("--source", type=Path, required=True, help="folder of official .npz batches, or an ImageFolder tree")
     p.add_argument("--resolution", type=int, required=True, choices=[32, 64])
     p.add_argument("--out", type=Path, required=True, help="output folder of HDF5 shards")
     p.add_argument("--split", default="train", choices=["train", "val"])
-    p.add_argument("--shard-size", type=int, default=100_000, help="images per shard")
+    p.add_argument("--shard-size", type=cli.positive_int, default=100_000, help="images per shard")
     p.add_argument(
         "--fid-stats",
         action="store_true",
         help="also store clean-fid reference statistics imagenet<res>_<split> (Inception: online once)",
     )
-    p.add_argument("--fid-images", type=int, default=50_000, help="random images the FID statistics use")
+    p.add_argument("--fid-images", type=cli.positive_int, default=50_000, help="random images the FID statistics use")
+    p.add_argument("--overwrite", action="store_true", help="delete the shards of another run in --out and start over")
     args = p.parse_args(argv)
     if not args.source.is_dir():
-        print(f"error: --source {args.source} is not a folder", file=sys.stderr)
-        return 1
-    try:
-        from_npz = any(args.source.glob("*.npz"))
+        raise FileNotFoundError(f"--source {args.source} is not a folder")
+    out = args.out / args.split
+    settings = source_settings(args.source, args.resolution, args.split, args.shard_size)
+    with FolderLock(out, "data prep"):
+        manifest = ShardFolder(
+            out, "data_prep/imagenet.py", settings, f"imagenet{args.resolution}_*.h5", args.overwrite
+        )
         chunks = (
             npz_chunks(args.source, args.split, args.resolution)
-            if from_npz
+            if settings["source_kind"] == "npz"
             else folder_chunks(args.source, args.resolution)
         )
-        shards = write_shards(chunks, args.out / args.split, args.shard_size, f"imagenet{args.resolution}_{args.split}")
-    except (FileNotFoundError, DatasetFormatError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"{len(shards)} shard(s) in {args.out / args.split}")
+        shards = write_shards(chunks, out, args.shard_size, f"imagenet{args.resolution}_{args.split}", manifest)
+    print(f"{len(shards)} shard(s) in {out}")
     if args.fid_stats:
-        print(f"FID stats: {write_fid_stats(args.out / args.split, args.resolution, args.split, args.fid_images)}")
+        print(f"FID stats: {write_fid_stats(out, args.resolution, args.split, args.fid_images)}")
     return 0
 
 

@@ -3,7 +3,10 @@
 Pair i of run seed s starts from the noise of lib.sample.image_seeds(s, i, 1): the seed is stored, not
 the noise, and regenerates it exactly on the same device type. Shard k holds pairs
 [k * shard_size, (k + 1) * shard_size), so an interrupted run resumes by running it again: finished
-shards are kept, missing ones are made, and no pair is duplicated or skipped.
+shards are kept, missing ones are made, and no pair is duplicated or skipped. ``manifest.json`` (lib.shards)
+records the settings (the teacher's SHA-256 among them) and every shard's checksum: a rerun with other settings is
+refused with the differences (``--overwrite`` deletes the shards and starts over), and lib.train checks the
+shards against it before training.
 
     python data_prep/reflow_pairs.py --checkpoint runs/cifar10_loom/checkpoint.pt --num 1000000 \\
         --solver dopri5 --out data/reflow_cifar10
@@ -11,7 +14,6 @@ shards are kept, missing ones are made, and no pair is duplicated or skipped.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -19,11 +21,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from lib.checkpoints import LoadedModel, load_model
+from lib import cli
+from lib.checkpoints import LoadedModel, checkpoint_file, load_model
 from lib.datasets import atomic_write_hdf5
+from lib.files import FolderLock, sha256_file
+from lib.progress import progress
 from lib.sample import generate, image_seeds
+from lib.shards import ShardFolder
+from lib.solvers import parse_solver
 
 
 def shard_path(out: Path, k: int) -> Path:
@@ -43,6 +49,23 @@ def write_shard(path: Path, seeds: np.ndarray, samples: np.ndarray, solver: str,
     return atomic_write_hdf5(path, fill)
 
 
+def pair_settings(
+    checkpoint: Path, num: int, solver: str, seed: int, shard_size: int, batch_size: int, device: str
+) -> dict[str, object]:
+    """What the pairs depend on, as the manifest records it (the batch size too: an adaptive solver steps the
+    whole batch together)."""
+    return {
+        "teacher": str(checkpoint.resolve()),
+        "teacher_sha256": sha256_file(checkpoint),
+        "num": num,
+        "solver": parse_solver(solver).label,
+        "seed": seed,
+        "shard_size": shard_size,
+        "batch_size": batch_size,
+        "noise_device_type": torch.device(device).type,
+    }
+
+
 def make_pairs(
     loaded: LoadedModel,
     out: Path,
@@ -52,18 +75,26 @@ def make_pairs(
     shard_size: int = 50_000,
     batch_size: int = 256,
     device: str = "cpu",
+    manifest: ShardFolder | None = None,
 ) -> list[Path]:
-    """Write the shards of ``num`` pairs that are missing -> every shard path, in order."""
+    """Write the shards of ``num`` pairs that are missing -> every shard path, in order.
+
+    manifest: the output folder's manifest (the command line's); shards it lists are kept, new ones recorded.
+    """
+    if num < 1 or shard_size < 1 or batch_size < 1:
+        raise ValueError(
+            f"--num, --shard-size and --batch-size must be positive, got {num}, {shard_size}, {batch_size}"
+        )
+    if len(loaded.shape) != 3:
+        raise ValueError(f"reflow pairs are images (C, H, W); this model makes {loaded.shape}")
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for k in tqdm(range(math.ceil(num / shard_size)), desc="reflow shards"):
+    for k in progress(range(math.ceil(num / shard_size)), desc="reflow shards"):
         path = shard_path(out, k)
         paths.append(path)
-        if path.exists():
+        if manifest.done(path) if manifest is not None else path.exists():
             continue
         start, count = k * shard_size, min(shard_size, num - k * shard_size)
-        if len(loaded.shape) != 3:
-            raise ValueError(f"reflow pairs are images (C, H, W); this model makes {loaded.shape}")
         samples = torch.cat([x for x, _ in generate(loaded, count, solver, seed, batch_size, device, start=start)])
         write_shard(
             path,
@@ -72,32 +103,56 @@ def make_pairs(
             solver,
             torch.device(device).type,
         )
+        if manifest is not None:
+            manifest.record(path, count)
+    if manifest is not None:
+        manifest.finish(paths)
     return paths
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """``python data_prep/reflow_pairs.py``: an expected error is one line and status 2 (lib.cli)."""
+    return cli.run(pairs_command, argv)
+
+
+def pairs_command(argv: list[str]) -> int:
+    p = cli.parser("python data_prep/reflow_pairs.py", __doc__)
     p.add_argument(
         "--checkpoint", required=True, help="the teacher: a lib.train checkpoint, a released .pt or released:<name>"
     )
-    p.add_argument("--num", type=int, required=True, help="number of pairs (paper: 1,000,000)")
+    p.add_argument("--num", type=cli.positive_int, required=True, help="number of pairs (paper: 1,000,000)")
     p.add_argument("--solver", default="dopri5", help="how the teacher integrates (spec string)")
     p.add_argument("--seed", type=int, default=0, help="run seed: fixes every pair's noise")
-    p.add_argument("--shard-size", type=int, default=50_000)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--shard-size", type=cli.positive_int, default=50_000)
+    p.add_argument("--batch-size", type=cli.positive_int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow a teacher file that pickles Python objects (runs code on load: only files you trust)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="delete the shards of another run in --out and start over")
     p.add_argument("--out", type=Path, required=True, help="folder of pairs_<k>.h5 shards")
     args = p.parse_args(argv)
-    paths = make_pairs(
-        load_model(args.checkpoint),
-        args.out,
-        args.num,
-        args.solver,
-        args.seed,
-        args.shard_size,
-        args.batch_size,
-        args.device,
+    device = cli.check_device(args.device)
+    checkpoint = checkpoint_file(args.checkpoint)
+    settings = pair_settings(
+        checkpoint, args.num, args.solver, args.seed, args.shard_size, args.batch_size, args.device
     )
+    with FolderLock(args.out, "data prep"):
+        manifest = ShardFolder(args.out, "data_prep/reflow_pairs.py", settings, "pairs_*.h5", args.overwrite)
+        loaded = load_model(checkpoint, trusted=args.trust_checkpoint)
+        paths = make_pairs(
+            loaded,
+            args.out,
+            args.num,
+            args.solver,
+            args.seed,
+            args.shard_size,
+            args.batch_size,
+            str(device),
+            manifest,
+        )
     print(f"{args.num} pairs in {len(paths)} shard(s) under {args.out}")
     return 0
 

@@ -43,6 +43,7 @@ from lib.autoencoder import (
     autoencoder_from_ldm,
     diffusers_to_ldm,
 )
+from lib.files import atomic_write_stream
 from lib.models import MLP, CheckpointError
 from lib.paper import RELEASED_PRESETS, RELEASED_REPOS
 from lib.unet import PRESETS, UNet, UNetConfig, build_unet, diff_state, resolve_config
@@ -95,17 +96,10 @@ def read_checkpoint(path: str | os.PathLike[str], trusted: bool = False) -> Any:
 def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically: a temporary file in the same folder, synced, then renamed.
 
-    A crash leaves either the previous checkpoint or the new one, never a torn file.
+    A crash leaves either the previous checkpoint or the new one, never a torn file (lib.files.atomic_write; the
+    temporary file a kill leaves is removed when lib.train next holds the folder).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(dict(state), f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_stream(path, lambda f: torch.save(dict(state), f))
 
 
 def _refuse_lfs_pointer(path: Path) -> None:
@@ -128,9 +122,14 @@ def _corrupt(path: Path, err: BaseException) -> CheckpointError:
 
 
 def _last_line(err: BaseException) -> str:
-    """The informative part of torch's multi-paragraph errors, shortened."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    informative = [ln for ln in lines if "Unsupported" in ln or "error" in ln.lower()]
+    """The informative part of torch's multi-paragraph errors, shortened: the global a refused file pickles
+    ("Unsupported global: GLOBAL builtins.exec"), else the first line that names an error."""
+    text = str(err)
+    refused = re.search(r"Unsupported global: GLOBAL [\w.]+", text)
+    if refused:
+        return refused.group(0)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    informative = [ln for ln in lines if "error" in ln.lower()]
     return (informative or lines or [""])[0][:200]
 
 
@@ -435,9 +434,7 @@ def load_model(path: str | os.PathLike[str], use_ema: bool = True, trusted: bool
     ``decoder``: a released checkpoint from its ``ae.*`` weights and ``ae.scale``, a kit checkpoint trained on
     HDF5 latents from the autoencoder source and scale it recorded.
     """
-    if str(path).startswith(RELEASED_PREFIX):
-        path = fetch_released(str(path)[len(RELEASED_PREFIX) :])
-    path = Path(path)
+    path = checkpoint_file(path)
     state = load_checkpoint_state(path, trusted)
     if state.get("format") == KIT_FORMAT:
         weights = ema_weights(state) if use_ema else state["model"]
@@ -485,6 +482,13 @@ def load_model(path: str | os.PathLike[str], use_ema: bool = True, trusted: bool
 # ---------------------------------------------------------------------------------------------------------
 # The five releases through huggingface_hub
 # ---------------------------------------------------------------------------------------------------------
+def checkpoint_file(checkpoint: str | os.PathLike[str]) -> Path:
+    """A checkpoint argument -> its file: a path as it is, ``released:<name>`` fetched (:func:`fetch_released`)."""
+    if str(checkpoint).startswith(RELEASED_PREFIX):
+        return fetch_released(str(checkpoint)[len(RELEASED_PREFIX) :])
+    return Path(checkpoint)
+
+
 def check_release_name(name: str) -> str:
     """The release's repository id; an unknown name raises ValueError listing the five."""
     if name not in RELEASED_REPOS:

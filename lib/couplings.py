@@ -72,32 +72,40 @@ def cost_matrix(x: Tensor, z: Tensor, cost: CostName = "l2", exact: bool = False
 
     x: (B, *shape) data, z: (B', *shape) noise -> (B, B') on x's device.
     ``l2`` is the plain Euclidean distance (what the released code minimises); ``sqeuclidean`` is
-    the squared distance of the paper's objective. The training path uses float32 and the fast
-    ||x||^2 + ||z||^2 - 2 x.z form; ``exact`` (metrics) uses float64 and direct differences, which
-    stay accurate for near-identical points.
+    the squared distance of the paper's objective. The training path is one float32 matrix product,
+    ||x||^2 + ||z||^2 - 2 x.z with the norms computed first (:func:`squared_distances`); ``exact``
+    (metrics) uses float64 and direct differences, which stay accurate for near-identical points.
     """
     check_cost(cost)
-    dtype, mode = (
-        (torch.float64, "donot_use_mm_for_euclid_dist")
-        if exact
-        else (torch.float32, "use_mm_for_euclid_dist_if_necessary")
-    )
-    d = torch.cdist(x.flatten(1).to(dtype), z.flatten(1).to(dtype), compute_mode=mode)
-    return d if cost == "l2" else d.square()
+    if exact:
+        d = torch.cdist(x.flatten(1).double(), z.flatten(1).double(), compute_mode="donot_use_mm_for_euclid_dist")
+        return d if cost == "l2" else d.square()
+    d2 = squared_distances(x.flatten(1).float(), z.flatten(1).float())
+    return d2.sqrt_() if cost == "l2" else d2
 
 
-def exact_assignment(costs: Tensor) -> np.ndarray:
+def squared_distances(x: Tensor, z: Tensor) -> Tensor:
+    """||x_i - z_j||^2 for x (B, D), z (B', D) float32 -> (B, B') as ONE matrix product (addmm) onto the outer sum
+    of the precomputed squared norms: no (B, B', D) difference and no padded copies of x and z (torch.cdist's
+    matrix-product path concatenates both); clamped at 0, which float32 cancellation can undershoot."""
+    norms = torch.linalg.vector_norm(x, dim=1).square_()[:, None] + torch.linalg.vector_norm(z, dim=1).square_()
+    return torch.addmm(norms, x, z.T, alpha=-2.0).clamp_min_(0.0)
+
+
+def exact_assignment(costs: Tensor | np.ndarray) -> np.ndarray:
     """Exact minimum-cost assignment of a square cost matrix (Hungarian / LAPJV via scipy).
 
-    costs: (B, B) -> perm (B,) int64 with data row i paired to noise column perm[i].
-    Solved in float64 on the CPU: scipy has no GPU path and B is at most a few thousand.
+    costs: (B, B) tensor (any device) or host array -> perm (B,) int64 with data row i paired to noise column
+    perm[i]. scipy solves on the CPU in float64 (it widens float32 itself: one conversion, no round trip through
+    a float64 tensor) and releases the GIL while it works, so a pairing thread runs beside the training step.
     """
-    if costs.ndim != 2 or costs.shape[0] != costs.shape[1]:
-        raise ValueError(f"exact_assignment needs a square cost matrix, got shape {tuple(costs.shape)}")
-    rows, cols = linear_sum_assignment(costs.detach().double().cpu().numpy())
+    host = costs.detach().cpu().numpy() if isinstance(costs, Tensor) else np.asarray(costs)
+    if host.ndim != 2 or host.shape[0] != host.shape[1]:
+        raise ValueError(f"exact_assignment needs a square cost matrix, got shape {tuple(host.shape)}")
+    rows, cols = linear_sum_assignment(host)
     perm = np.empty_like(cols)
     perm[rows] = cols
-    return perm.astype(np.int64)
+    return perm.astype(np.int64, copy=False)
 
 
 def check_cost(cost: str) -> None:
@@ -125,16 +133,20 @@ def noise_from_seeds(seeds: Tensor, shape: tuple[int, ...], device: torch.device
 
     seeds: (B,) int64 -> z: (B, *shape) float32 on ``device``; row b is N(0, I) drawn by a
     ``torch.Generator`` on ``device`` seeded with seeds[b]. The same seed gives the same noise on
-    every call on the same device type (CPU and CUDA generators use different algorithms). One
-    generator is re-seeded per row: on 2 CPU cores this is 4x faster than a batched counter-based
-    hash written in torch ops, and on a GPU it costs one small kernel per row.
+    every call on the same device type (CPU and CUDA generators use different algorithms).
+
+    One generator is re-seeded per row, writing straight into the row. On the CPU this is the released code's
+    noise bit for bit, and its cost is the drawing itself (mt19937 and Box-Muller, as for one batched
+    ``torch.randn`` of the same size; re-seeding is under a tenth of it), so no batched form could be both
+    faster and identical. On CUDA each row is one small Philox kernel launch (about B launches a step); a batched
+    CUDA form would change every CUDA seed's noise, and with it reflow pairs generated on a GPU, so it is not done.
     """
     device = torch.device(device)
     z = torch.empty((len(seeds), *shape), device=device)
     generator = torch.Generator(device=device)
-    for row, seed in enumerate(seeds.tolist()):
+    for row, seed in zip(z.unbind(0), seeds.tolist()):
         generator.manual_seed(seed)
-        torch.randn(shape, generator=generator, device=device, out=z[row])
+        torch.randn(shape, generator=generator, device=device, out=row)
     return z
 
 
@@ -171,15 +183,18 @@ def _no_lap(part: str) -> None:
 
 
 def _assign(x: Tensor, z: Tensor, cost: CostName, lap: Lap = _no_lap) -> tuple[np.ndarray, CouplingStats]:
-    """Solve the exact assignment of noise z to data x; return perm and the step's statistics."""
-    costs = cost_matrix(x, z, cost)
+    """Solve the exact assignment of noise z to data x; return perm and the step's statistics.
+
+    The cost matrix reaches the host once; the assignment and the statistics both read that copy.
+    """
+    costs = cost_matrix(x, z, cost).cpu().numpy()
     lap("cost matrix")
     perm = exact_assignment(costs)
     lap("assignment")
-    rows = torch.arange(len(perm), device=costs.device)
-    before = costs.diagonal().mean().item()
-    after = costs[rows, torch.as_tensor(perm, device=costs.device)].mean().item()
-    swaps = int((perm != np.arange(len(perm))).sum())
+    rows = np.arange(len(perm))
+    before = float(costs[rows, rows].mean(dtype=np.float64))
+    after = float(costs[rows, perm].mean(dtype=np.float64))
+    swaps = int((perm != rows).sum())
     return perm, CouplingStats(swaps=swaps, cost_before=before, cost_after=after)
 
 
@@ -430,8 +445,20 @@ class LoomCoupling(Coupling):
     def noise(
         self, index: Tensor, cache: int = 0, device: torch.device | str = "cpu", shape: tuple[int, ...] = ()
     ) -> Tensor:
-        """The noise currently paired with examples ``index`` (B,) in ``cache`` -> (B, *shape)."""
-        return noise_from_seeds(self.seeds[index.cpu(), cache], shape, device)
+        """The noise currently paired with examples ``index`` (B,) in ``cache`` -> (B, *shape).
+
+        With seed_init="first_visit" a slot not visited yet has no noise: ValueError naming the examples.
+        """
+        seeds = self.seeds[index.cpu(), cache]
+        unseen = seeds == self.UNSEEN
+        if bool(unseen.any()):
+            examples = index.cpu()[unseen]
+            raise ValueError(
+                f"{len(examples)} example(s) (e.g. {examples[:5].tolist()}) have no noise in cache {cache} yet: with "
+                "seed_init='first_visit' a seed is drawn when the example is first paired; pair them first (an epoch "
+                "of training or converge_pairing), or use seed_init='upfront'"
+            )
+        return noise_from_seeds(seeds, shape, device)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -549,7 +576,8 @@ def make_coupling(
 def total_pairing_cost(coupling: LoomCoupling, data: Tensor, cost: CostName | None = None) -> float:
     """Mean cost over all (example, cache) pairs of the table: the quantity Theorem 1 says never rises.
 
-    data: (N, *shape) with data[i] the example of index i.
+    data: (N, *shape) with data[i] the example of index i. Raises ValueError while a first-visit table still has
+    unvisited slots (see :meth:`LoomCoupling.noise`).
     """
     cost = cost or coupling.cost
     total = 0.0

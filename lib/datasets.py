@@ -12,9 +12,9 @@ Every dataset here is a ``torch.utils.data.Dataset`` of ``N`` unflipped examples
   The default collate would fail loudly on the tuple, not silently mis-batch.
 
 Classes: :class:`TensorImages` (an in-memory tensor), :class:`DigitsImages` (scikit-learn's 8x8 digits),
-:class:`CIFAR10Images`, :class:`ImageFolderImages`, :class:`HDF5Images`; :func:`make_dataset` builds one
-by name. All share :class:`IndexedImages`, which implements the flip-as-index logic once; a dataset only
-says how to load unflipped examples.
+:class:`CIFAR10Images`, :class:`ImageFolderImages`, :class:`ImageFiles` (any folder of image files),
+:class:`HDF5Images`; :func:`make_dataset` builds one by name. All share :class:`IndexedImages`, which
+implements the flip-as-index logic once; a dataset only says how to load unflipped examples.
 
 Canonical HDF5 layout (written by :func:`write_hdf5_images` / :func:`write_hdf5_latents`, read by
 :class:`HDF5Images`); one file, or a directory of ``*.h5`` shards read in sorted name order as one dataset::
@@ -52,9 +52,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lib.files import atomic_write
+from lib.shards import Verify, verify_folder
 from lib.toy import digits_split_indices, digits_vectors
 
 PathLike = str | os.PathLike[str]
@@ -387,11 +390,63 @@ class ImageFolderImages(IndexedImages):
         )
 
     def load_example(self, k: int) -> Tensor:
-        from torchvision.transforms.functional import pil_to_tensor
-
         path, _ = self.folder.samples[k]
-        image = fit_resolution(self.folder.loader(path), self.resolution)  # loader converts to RGB
-        return uint8_to_unit(pil_to_tensor(image))
+        return uint8_to_unit(read_image(Path(path), self.resolution))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Image files in any folder layout
+# ---------------------------------------------------------------------------------------------------------
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def image_files(root: PathLike, what: str = "images") -> list[Path]:
+    """Every image file under ``root`` (any depth), sorted by relative path. None -> FileNotFoundError that
+    calls the expected content ``what`` ("FFHQ images")."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder of {what}")
+    files = sorted(
+        (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
+    if not files:
+        raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} files under {root}: expected a folder of {what}")
+    return files
+
+
+def read_image(path: Path, resolution: int) -> Tensor:
+    """One image file -> uint8 (3, resolution, resolution) RGB, centre-cropped and resized."""
+    from torchvision.transforms.functional import pil_to_tensor
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")  # decodes the whole file: a truncated one fails here
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DatasetFormatError(f"{path} is not a readable image ({err}); re-download it or remove it") from err
+    return pil_to_tensor(fit_resolution(image, resolution))
+
+
+class ImageFiles(IndexedImages):
+    """Every image file under ``root`` at any depth (a flat folder of PNGs, FFHQ's 00000/ .. 69000/), in
+    sorted path order, as RGB (3, resolution, resolution) in [-1, 1], centre-cropped and resized; no labels.
+    ``resolution`` None: the shorter side of the first image.
+
+    Unlike :class:`ImageFolderImages` it needs no class subfolders: an FID reference or an unlabelled
+    dataset. Images are decoded per item.
+    """
+
+    def __init__(self, root: PathLike, resolution: int | None = None, flip: bool = False) -> None:
+        self.root, self.files = Path(root), image_files(root)
+        if resolution is None:
+            with Image.open(self.files[0]) as first:
+                resolution = min(first.size)
+        if resolution < 1:
+            raise ValueError(f"resolution must be a positive int, got {resolution}")
+        super().__init__(len(self.files), (3, resolution, resolution), flip)
+
+    def load_example(self, k: int) -> Tensor:
+        return uint8_to_unit(read_image(self.files[k], self.image_shape[1]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -538,6 +593,11 @@ class HDF5Images(IndexedImages):
 
     Files are validated (and labels read) on construction, then opened lazily, once per process, on first
     access: h5py handles must not cross a fork, so DataLoader workers open their own.
+
+    verify: a shard directory made by data prep is checked against its manifest (lib.shards): "cheap" (default:
+    finished run, the listed shards with their sizes and counts), "full" (also every SHA-256) or "none". A shard
+    that fails raises lib.shards.ShardCheckFailed naming it. A single file, or a directory without a manifest, is
+    read as it is (``full`` refuses a directory without one).
     """
 
     def __init__(
@@ -546,8 +606,11 @@ class HDF5Images(IndexedImages):
         key: Literal["images", "latents"] | None = None,
         flip: bool = True,
         resolution: int | None = None,
+        verify: Verify = "cheap",
     ) -> None:
         shards = [_inspect_hdf5(p, key, resolution) for p in hdf5_shard_paths(path)]
+        if Path(path).is_dir():
+            verify_folder(Path(path), [s.path for s in shards], {s.path: s.length for s in shards}, verify)
         _check_shards_agree(shards)
         self.path, self.shards = Path(path), shards
         self.key, self.scale = shards[0].key, shards[0].scale
@@ -610,16 +673,11 @@ def atomic_write_hdf5(path: PathLike, fill: Callable[[Any], None]) -> Path:
     """Write an HDF5 file via a temporary sibling and os.replace, so readers never see a partial file."""
     import h5py
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # not *.h5: a shard directory never lists it
-    try:
+    def write(tmp: Path) -> None:  # lib.files names it .<name>.<pid>.tmp: a shard directory never lists it
         with h5py.File(tmp, "w") as f:
             fill(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+
+    return atomic_write(path, write)
 
 
 def _as_numpy(x: Tensor | np.ndarray) -> np.ndarray:

@@ -1,8 +1,8 @@
 """torch.distributed glue for `torchrun -m lib.train` (gloo on CPU, nccl on CUDA).
 
-LOOM under data parallelism (paper_setup.md): every rank all-gathers the data of the global batch,
-solves ONE assignment on it and keeps its own slice. Because every rank runs the same coupling
-step on the same inputs, the seed tables stay identical without ever being communicated.
+LOOM under data parallelism (paper_setup.md): every rank has the data of the whole global batch (it fetches it
+itself, or all-gathers every rank's slice), solves ONE assignment on it and keeps its own slice. Because every rank
+runs the same coupling step on the same inputs, the seed tables stay identical without ever being communicated.
 """
 
 from __future__ import annotations
@@ -48,13 +48,31 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_gather_cat(local: Tensor) -> Tensor:
-    """Concatenate every rank's (b, *shape) tensor in rank order -> (world * b, *shape); identity alone."""
+def all_gather_cat(local: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:
+    """Concatenate every rank's (b, *shape) tensor in rank order -> (world * b, *shape); identity alone.
+    ``group``: a process group of all ranks (default: the world's)."""
     if world_size() == 1:
         return local
     parts = [torch.empty_like(local) for _ in range(world_size())]
-    dist.all_gather(parts, local.contiguous())
+    dist.all_gather(parts, local.contiguous(), group=group)
     return torch.cat(parts)
+
+
+_PAIRING_GROUP: list[dist.ProcessGroup] = []
+
+
+def pairing_group() -> dist.ProcessGroup | None:
+    """A second process group of all ranks, for the data the pairing gathers (None alone).
+
+    The pairing may run in a background thread while the training step all-reduces gradients on the world's group;
+    collectives of two threads on one group could interleave differently on different ranks, so the pairing has
+    its own group (made on first use: every rank pairs the same batches in the same order, so all make it together).
+    """
+    if world_size() == 1:
+        return None
+    if not _PAIRING_GROUP:
+        _PAIRING_GROUP.append(dist.new_group(list(range(world_size()))))
+    return _PAIRING_GROUP[0]
 
 
 def rank_slice(global_batch: int) -> slice:
@@ -63,6 +81,40 @@ def rank_slice(global_batch: int) -> slice:
     return slice(rank() * share, (rank() + 1) * share)
 
 
+_CONTROL: dist.ProcessGroup | None = None  # see _control_group
+
+
+def _control_group() -> dist.ProcessGroup | None:
+    """A gloo group for small CPU messages (stop and checkpoint flags, RNG states): under nccl they would need GPU
+    tensors and a device sync every step. None means the default group (already gloo)."""
+    global _CONTROL
+    if _CONTROL is None and dist.get_backend() != "gloo":
+        _CONTROL = dist.new_group(backend="gloo")  # collective: every rank reaches the first call at the same step
+    return _CONTROL
+
+
+def any_rank(flags: list[bool]) -> list[bool]:
+    """Flag-wise OR over the ranks (one small all-reduce on the CPU): every rank gets the same answer, so all of
+    them act on it at the same step. Alone: ``flags`` unchanged."""
+    if world_size() == 1:
+        return list(flags)
+    votes = torch.tensor(flags, dtype=torch.int32)
+    dist.all_reduce(votes, op=dist.ReduceOp.MAX, group=_control_group())
+    return [bool(v) for v in votes]
+
+
+def gather_rows(local: Tensor) -> Tensor:
+    """Every rank's CPU tensor (same shape and dtype) -> (world, *shape) in rank order, on every rank."""
+    if world_size() == 1:
+        return local[None].clone()
+    parts = [torch.empty_like(local) for _ in range(world_size())]
+    dist.all_gather(parts, local.contiguous(), group=_control_group())
+    return torch.stack(parts)
+
+
 def shutdown() -> None:
+    global _CONTROL
+    _PAIRING_GROUP.clear()
     if dist.is_initialized():
         dist.destroy_process_group()
+    _CONTROL = None

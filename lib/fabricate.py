@@ -8,8 +8,10 @@ run end to end offline; numbers made from them test the pipeline and are never c
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,15 +34,21 @@ PathLike = str | os.PathLike[str]
 # Datasets in their official formats
 # ---------------------------------------------------------------------------------------------------------
 def fabricate_cifar10(root: Path, num_train: int, num_test: int, seed: int = 0) -> Path:
-    """A small CIFAR-10 in the official on-disk format under ``root`` (kept if already there) -> root."""
-    if not (root / CIFAR10_FOLDER / "data_batch_1").is_file():
+    """A small CIFAR-10 in the official on-disk format under ``root`` -> root. A copy made earlier with the same
+    sizes and seed (recorded in ``root/fabricated.json``) is kept; one made with others is written anew."""
+    made = {"num_train": num_train, "num_test": num_test, "seed": seed}
+    record = root / "fabricated.json"
+    if not (record.is_file() and json.loads(record.read_text()) == made):
         write_fake_cifar10(root, num_train=num_train, num_test=num_test, seed=seed)
+        record.write_text(json.dumps(made) + "\n")
     return root
 
 
 def write_reference_folder(images: Tensor, folder: Path) -> Path:
-    """uint8 images (N, 3, H, W) -> PNG files in ``folder`` (a clean-fid folder reference) -> folder."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """uint8 images (N, 3, H, W) -> PNG files in ``folder`` (a clean-fid folder reference) -> folder. Images an
+    earlier call left there are removed first, so the folder holds exactly these."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     for i, image in enumerate(images):
         save_image(image.float() / 255, folder / f"{i:06d}.png")
     return folder

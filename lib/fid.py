@@ -1,22 +1,32 @@
-"""FID through clean-fid with the protocol beside every number, and a Frechet distance for 8x8 digits.
+"""FID under named protocols, with everything that defines the protocol beside every number, and a Frechet
+distance for 8x8 digits.
 
 The Frechet distance between Gaussians fitted to features of two image sets is
 
     d^2 = ||mu_1 - mu_2||^2 + Tr(Sigma_1 + Sigma_2 - 2 (Sigma_1 Sigma_2)^{1/2}).
 
-clean-fid does all of the work: its resizing (``mode``), Inception weights, precomputed reference statistics,
-feature loops (``get_model_features``, ``get_folder_features``) and ``frechet_distance``. This module only
-adapts our samplers to clean-fid's generator convention, stores custom reference statistics under clean-fid's
-own file names, turns offline failures into errors that say what to do, and returns an :class:`FIDResult`
-whose :class:`FIDProtocol` records what produced the number.
+Protocols are not interchangeable (lib/reference/paper_setup.md, "Evaluation protocol"), so each has a name:
 
-Protocols are not interchangeable (see lib/reference/paper_setup.md, "Evaluation protocol"): the paper's released
-code uses torcheval (torchvision's Inception, test-split references); torchcfm uses clean-fid's TF-Inception
-against the 50k CIFAR-10 training-set statistics with ``mode="legacy_tensorflow"``, and EDM the same Inception
-and reference with its own code. Compare only numbers whose protocols agree.
+- ``paper-torcheval``: the paper's released evaluation. torcheval's ``FrechetInceptionDistance`` (torchvision's
+  ImageNet Inception-v3, which applies its own input transform after a bilinear resize to 299) fed images in
+  [0, 1]; reference images of the test/validation split drawn WITH replacement by
+  ``RandomSampler(replacement=True, num_samples=N_ref, generator=torch.Generator().manual_seed(42))``, N_ref the
+  split's size up to 50,000 (CIFAR-10: 10,000 draws from the 10,000 test images, about 6.3k distinct).
+- ``clean-fid-clean``: clean-fid's TF-Inception, ``mode="clean"``, usually against training-set statistics
+  (the kit's default).
+- ``clean-fid-legacy-tf``: the same with ``mode="legacy_tensorflow"``: what torchcfm and EDM report (50k samples
+  against the CIFAR-10 training-set statistics).
 
-    result = fid_from_generator(lambda b: sample_images(b), 50_000, "cifar10", dataset_res=32, device="cuda")
-    result.as_dict()   # {"fid": ..., "library": "clean-fid", "mode": "clean", "reference": ..., ...}
+For clean-fid, clean-fid does the work: its resizing (``mode``), Inception weights, precomputed reference
+statistics, feature loops and ``frechet_distance``; this module adapts our samplers to its generator convention
+and stores custom statistics under its file names. For the paper's protocol, torcheval does the work; this
+module draws the reference images and feeds both sets in [0, 1]. Either way offline failures become errors
+that say what to do, and the :class:`FIDResult` carries an :class:`FIDProtocol` recording what produced it.
+
+    result = fid_from_generator(lambda b: sample_images(b), 50_000, "cifar10", dataset_res=32, device="cuda",
+                                protocol="clean-fid-legacy-tf")
+    result.as_dict()   # {"fid": ..., "fid_protocol": "clean-fid-legacy-tf", "library": "clean-fid", ...}
+    paper = fid_from_generator(generate, 50_000, "data", protocol="paper-torcheval", dataset_res=32)  # CIFAR root
 
 For CPU runs, :class:`RandomConvFeatures` (a fixed random conv net, NOT Inception) stands in for Inception,
 and :func:`digits_frechet_distance` scores 8x8 digits with the features of a small trained classifier.
@@ -39,17 +49,42 @@ import torch
 import torch.nn.functional as F
 from cleanfid import fid as cleanfid_fid
 from torch import Tensor, nn
+from torch.utils.data import RandomSampler
+from torchvision.models import Inception_V3_Weights
+from tqdm.auto import tqdm
 
+from lib.datasets import CIFAR10_FOLDER, CIFAR10Images, HDF5Images, ImageFiles, IndexedImages, hdf5_shard_paths
+from lib.paper import FID_MAX_REFERENCE, FID_REFERENCE_SEED
 from lib.toy import digits_split_indices, digits_vectors
+
+with warnings.catch_warnings():  # cheap (~0.1 s once torchvision is loaded)
+    # torcheval 0.0.7 decorates one of its classification metrics with torch.jit.script, deprecated in torch 2.14.
+    warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
+    from torcheval.metrics import FrechetInceptionDistance
+
+# The named protocols (module docstring); clean-fid's are a mode of the same library.
+PAPER_PROTOCOL = "paper-torcheval"
+CLEANFID_MODES = {"clean-fid-clean": "clean", "clean-fid-legacy-tf": "legacy_tensorflow"}  # name -> clean-fid mode
+PROTOCOLS = (PAPER_PROTOCOL, *CLEANFID_MODES)
+DEFAULT_PROTOCOL = "clean-fid-clean"
 
 LIBRARY = "clean-fid"
 INCEPTION = "inception_v3"  # clean-fid's name for its TF-Inception (the one in its stats file names)
+TORCHEVAL = "torcheval"
+TORCHVISION_WEIGHTS = Inception_V3_Weights.DEFAULT  # what torcheval's FIDInceptionV3(weights="DEFAULT") loads
+TORCHVISION_INCEPTION = f"torchvision_inception_v3_{TORCHVISION_WEIGHTS.name}"
+# What each library's feature network is fed, recorded with every number.
+CLEANFID_INPUT = "0..255: [-1, 1] samples clipped and quantised to uint8 (as saved PNGs)"
+PAPER_INPUT = "[0, 1] float32: (x + 1) / 2 of [-1, 1] samples, clipped, not quantised"
+PAPER_RESIZE = "bilinear resize to 299x299 (torcheval FIDInceptionV3), then the network's own input transform"
+INJECTED_RESIZE = "none: an injected network gets the images as they are (torcheval resizes only for its Inception)"
 # clean-fid's precomputed files hold only mu and sigma; the sizes of the splits they were computed on.
 PRECOMPUTED_SIZES = {("cifar10", "train"): 50_000, ("cifar10", "test"): 10_000}
 # Samplers overshoot [-1, 1] a little and are clipped (as EDM and torchcfm do); far outside means a wrong range.
 RANGE_LIMIT = 2.0
 
-# A feature extractor maps (B, 3, H, W) float images in 0..255 to (B, F) features and has a ``name``.
+# A feature extractor maps (B, 3, H, W) float images to (B, F) features (clean-fid: 0..255; paper protocol:
+# [0, 1], and then it must be an nn.Module with ``feature_dim``) and has a ``name``.
 FeatureExtractor = Callable[[Tensor], Tensor]
 GenerateFn = Callable[[int], Tensor]  # generate(batch_size) -> (batch_size, 3, H, W) in [-1, 1]
 
@@ -61,13 +96,17 @@ GenerateFn = Callable[[int], Tensor]  # generate(batch_size) -> (batch_size, 3, 
 class FIDProtocol:
     """Everything that makes two FID numbers comparable or not."""
 
-    library: str  # "clean-fid"
+    name: str  # the named protocol, one of PROTOCOLS (a row's "fid_protocol" column)
+    library: str  # "clean-fid" or "torcheval"
     library_version: str
-    mode: str  # clean-fid's resize mode: "clean", "legacy_tensorflow" or "legacy_pytorch"
-    feature_extractor: str  # "inception_v3" or a custom extractor's name
-    reference: str  # e.g. "cifar10 train 32 stats (clean-fid precomputed)"
+    mode: str  # preprocessing: clean-fid's resize mode ("clean", "legacy_tensorflow"), or torcheval's resize
+    feature_extractor: str  # "inception_v3" (TF), "torchvision_inception_v3_IMAGENET1K_V1" or a custom name
+    input_range: str  # what the feature network is fed (CLEANFID_INPUT, PAPER_INPUT)
+    reference: str  # e.g. "cifar10 train 32 stats (clean-fid precomputed)", "CIFAR-10 test split at data"
+    reference_split: str  # "train", "test", ... or "unstated" (a folder or custom statistics)
+    num_reference: int | None  # reference images counted (with repeats); None when a statistics file does not say
+    reference_draw: str  # how the reference images were chosen, e.g. "with replacement, ..., seed 42"
     num_generated: int
-    num_reference: int | None  # None when the statistics file does not say
     note: str  # how far the number can be compared with others
 
 
@@ -79,19 +118,39 @@ class FIDResult:
     protocol: FIDProtocol
 
     def as_dict(self) -> dict[str, object]:
-        """Flat dict for JSON and CSV rows: ``{"fid": ..., "library": ..., "mode": ..., ...}``."""
-        return {"fid": self.fid, **asdict(self.protocol)}
+        """Flat dict for JSON and CSV rows: ``{"fid": ..., "fid_protocol": <name>, "library": ..., ...}``
+        (the protocol's name as "fid_protocol", unambiguous beside a row's other columns)."""
+        fields = asdict(self.protocol)
+        return {"fid": self.fid, "fid_protocol": fields.pop("name"), **fields}
 
 
-def _protocol_note(extractor_name: str, mode: str) -> str:
-    if extractor_name != INCEPTION:
+def check_protocol(protocol: str) -> str:
+    """A protocol name, checked against PROTOCOLS (before any sampling is spent) -> the name."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(
+            f"unknown FID protocol {protocol!r}; use one of {list(PROTOCOLS)} ({PAPER_PROTOCOL}: the "
+            "paper's torcheval FID against test/validation images; clean-fid-*: TF-Inception against "
+            "training-set statistics)"
+        )
+    return protocol
+
+
+def _protocol_note(extractor_name: str, protocol: str) -> str:
+    if extractor_name not in (INCEPTION, TORCHVISION_INCEPTION):
         return (
             f"features from {extractor_name!r}, NOT Inception: comparable only with numbers made with the "
-            "same extractor and reference, never with the paper or any published FID"
+            "same extractor, protocol and reference, never with the paper or any published FID"
+        )
+    if protocol == PAPER_PROTOCOL:
+        return (
+            "the paper's protocol (torcheval, torchvision Inception fed [0, 1] images, test/validation images "
+            f"drawn with replacement, seed {FID_REFERENCE_SEED}): comparable with the paper's numbers at the same "
+            "reference split and 50,000 samples; never with clean-fid numbers"
         )
     return (
-        f"clean-fid TF-Inception FID, mode {mode!r}: comparable with clean-fid numbers of the same mode and "
-        "reference (torchcfm: 'legacy_tensorflow', cifar10 train), not with the paper's torcheval numbers"
+        f"clean-fid TF-Inception FID, protocol {protocol!r}: comparable with clean-fid numbers of the same mode "
+        "and reference (torchcfm and EDM: clean-fid-legacy-tf, cifar10 train), not with the paper's torcheval "
+        "numbers"
     )
 
 
@@ -101,17 +160,20 @@ def _protocol_note(extractor_name: str, mode: str) -> str:
 class RandomConvFeatures(nn.Module):
     """A fixed random-init conv net for offline tests and quick profiles. NOT Inception.
 
-    (B, 3, H, W) float images in 0..255 -> (B, 6 + 14 * width) features: the per-channel spatial mean and std
-    of the images (pooled to ``size`` x ``size``) and of three ReLU conv layers (widths w, 2w, 4w; strides
+    (B, 3, H, W) float images in 0..white -> (B, 6 + 14 * width) features: the per-channel spatial mean and
+    std of the images (pooled to ``size`` x ``size``) and of three ReLU conv layers (widths w, 2w, 4w; strides
     1, 2, 2). The first layer is high-pass so that pixel noise shows. The weights depend only on ``seed``;
     ``name`` records seed, width and size (the stats file name depends on it) and says plainly that these
-    numbers are not comparable with the paper or any Inception FID.
+    numbers are not comparable with the paper or any Inception FID. ``white``: the input value of a white
+    pixel, 255 for clean-fid's 0..255 images, 1 for the paper protocol's [0, 1] (:func:`feature_network`
+    picks it); the same images give the same features either way.
     """
 
-    def __init__(self, seed: int = 0, width: int = 4, size: int = 32) -> None:
+    def __init__(self, seed: int = 0, width: int = 4, size: int = 32, white: float = 255.0) -> None:
         super().__init__()
         self.name = f"random_conv_seed{seed}_w{width}_r{size}_not_inception"
         self.size = size
+        self.white = white
         self.feature_dim = 6 + 14 * width
         self.convs = nn.ModuleList(
             [
@@ -132,9 +194,9 @@ class RandomConvFeatures(nn.Module):
         self.eval()
 
     def forward(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) in 0..255 -> (B, 6 + 14 * width)."""
+        """(B, 3, H, W) in 0..white -> (B, 6 + 14 * width)."""
         # Pool to a fixed size first: clean mode hands over 299x299 and legacy_tensorflow the raw images.
-        x = F.adaptive_avg_pool2d(images.float() / 127.5 - 1, self.size)
+        x = F.adaptive_avg_pool2d(images.float() * (2 / self.white) - 1, self.size)
         stats = [x.mean(dim=(2, 3)), x.std(dim=(2, 3))]
         for conv in self.convs:
             x = F.relu(conv(x))
@@ -142,9 +204,19 @@ class RandomConvFeatures(nn.Module):
         return torch.cat(stats, dim=1)
 
 
-def _extractor_name(feature_extractor: FeatureExtractor | None) -> str:
+def feature_network(features: str, protocol: str) -> FeatureExtractor | None:
+    """``features`` "inception" -> None (the protocol's own Inception), "random" -> :class:`RandomConvFeatures`
+    taking the protocol's input range (offline; NOT comparable with any published FID)."""
+    if features not in ("inception", "random"):
+        raise ValueError(f"features must be 'inception' or 'random' (offline stand-in), got {features!r}")
+    if features == "inception":
+        return None
+    return RandomConvFeatures(white=1.0 if check_protocol(protocol) == PAPER_PROTOCOL else 255.0)
+
+
+def _extractor_name(feature_extractor: FeatureExtractor | None, default: str = INCEPTION) -> str:
     if feature_extractor is None:
-        return INCEPTION
+        return default
     name = getattr(feature_extractor, "name", None)
     if not isinstance(name, str) or not name:
         raise TypeError(
@@ -382,6 +454,8 @@ class _Reference:
     sigma: np.ndarray
     description: str
     count: int | None
+    split: str = "unstated"
+    draw: str = "every image once"
 
 
 def _missing_stats_message(reference: str, custom: Path, precomputed: str, cause: object) -> str:
@@ -413,7 +487,12 @@ def _dataset_reference(
     except OSError as err:  # offline (URLError) or unknown name (HTTP 404)
         raise FileNotFoundError(_missing_stats_message(name, custom, precomputed, err)) from err
     return _Reference(
-        mu, sigma, f"{name} {split} {res} stats (clean-fid precomputed)", PRECOMPUTED_SIZES.get((name, split))
+        mu,
+        sigma,
+        f"{name} {split} {res} stats (clean-fid precomputed)",
+        PRECOMPUTED_SIZES.get((name, split)),
+        split,
+        "every image of the split once (precomputed)",
     )
 
 
@@ -452,39 +531,195 @@ def _reference(
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The paper's protocol: torcheval, [0, 1] images, test/validation references drawn with replacement
+# ---------------------------------------------------------------------------------------------------------
+def to_unit_range(images: Tensor) -> Tensor:
+    """(B, C, H, W) in [-1, 1] -> float32 in [0, 1]: (x + 1) / 2, clipped (samplers overshoot a little).
+
+    The one conversion of the paper protocol: generated and reference images both pass here exactly once.
+    """
+    return ((images.detach().float() + 1) / 2).clamp(0, 1)
+
+
+def reference_draw(num_images: int, num_draws: int, seed: int = FID_REFERENCE_SEED) -> Tensor:
+    """Indices (num_draws,) int64 into ``num_images`` reference images, drawn WITH replacement by torch's
+    ``RandomSampler(replacement=True, num_samples=num_draws)`` with a generator seeded with ``seed``.
+
+    A private generator: the global RNG is neither used nor changed.
+    """
+    if num_images < 1 or num_draws < 2:
+        raise ValueError(
+            f"the reference draw needs images and at least 2 draws, got {num_images} images, {num_draws} draws"
+        )
+    sampler = RandomSampler(
+        range(num_images), replacement=True, num_samples=num_draws, generator=torch.Generator().manual_seed(seed)
+    )
+    return torch.tensor(list(sampler), dtype=torch.int64)
+
+
+def _not_a_split_message(reference: object) -> str:
+    return (
+        f"the paper protocol ({PAPER_PROTOCOL}) compares with images of the test/validation split, and "
+        f"{reference!r} is none: pass the CIFAR-10 root (the folder holding {CIFAR10_FOLDER}; its test split "
+        "is read), an HDF5 file or folder of *.h5 shards of the validation split (as data_prep/imagenet.py "
+        "--split val writes them), a folder of image files, or a lib.datasets dataset (flip=False). "
+        "clean-fid's named statistics (such as 'cifar10') belong to the clean-fid-* protocols"
+    )
+
+
+def _split_images(
+    reference: str | os.PathLike[str] | IndexedImages, image_size: int | None
+) -> tuple[IndexedImages, str, str]:
+    """The paper protocol's reference -> (images (N items of (3, H, W) in [-1, 1]), description, split)."""
+    if isinstance(reference, IndexedImages):
+        if reference.flip:
+            raise ValueError(
+                "the reference dataset must have flip=False: the paper draws from the split's images, "
+                "not from their flipped copies"
+            )
+        split = ("train" if reference.train else "test") if isinstance(reference, CIFAR10Images) else "unstated"
+        return reference, f"{type(reference).__name__} ({len(reference)} images)", split
+    path = Path(reference)
+    if (path / CIFAR10_FOLDER).is_dir():
+        return CIFAR10Images(path, train=False, flip=False), f"CIFAR-10 test split at {path}", "test"
+    if path.suffix == ".h5" or (path.is_dir() and any(path.glob("*.h5"))):
+        shards = hdf5_shard_paths(path)
+        return HDF5Images(path, key="images", flip=False), f"HDF5 images {path} ({len(shards)} file(s))", "unstated"
+    if path.is_dir():
+        return ImageFiles(path, image_size), f"image folder {path}", "unstated"
+    raise FileNotFoundError(_not_a_split_message(reference))
+
+
+def _torcheval_metric(feature_extractor: FeatureExtractor | None, device: torch.device) -> FrechetInceptionDistance:
+    """torcheval's FID metric with its torchvision Inception (downloaded weights) or an injected network."""
+    if feature_extractor is None:
+        try:
+            return FrechetInceptionDistance(device=device)
+        except OSError as err:  # urllib's URLError is an OSError
+            raise RuntimeError(
+                f"torcheval's default feature network is torchvision's Inception-v3 ({TORCHVISION_WEIGHTS}); "
+                f"torchvision downloads its weights ({TORCHVISION_WEIGHTS.meta['_file_size']:.0f} MB) from "
+                f"{TORCHVISION_WEIGHTS.url} into the torch hub cache {Path(torch.hub.get_dir()) / 'checkpoints'} "
+                f"on first use, and that failed ({err}). Run once while online (python data_prep/cifar10.py fetches "
+                "it), or copy the file into that folder (TORCH_HOME moves the cache); for an offline number that "
+                "is NOT comparable with the paper pass feature_extractor=feature_network('random', "
+                f"'{PAPER_PROTOCOL}')"
+            ) from err
+    feature_dim = getattr(feature_extractor, "feature_dim", None)
+    if not isinstance(feature_extractor, nn.Module) or not isinstance(feature_dim, int):
+        raise TypeError(
+            "the paper protocol's feature network must be an nn.Module with an int `feature_dim` "
+            "(torcheval's FrechetInceptionDistance(model=..., feature_dim=...))"
+        )
+    return FrechetInceptionDistance(model=feature_extractor, feature_dim=feature_dim, device=device)
+
+
+def _paper_fid(
+    generate: GenerateFn,
+    num_samples: int,
+    reference: str | os.PathLike[str] | IndexedImages,
+    *,
+    image_size: int | None,
+    feature_extractor: FeatureExtractor | None,
+    num_reference: int | None,
+    batch_size: int,
+    device: torch.device,
+    verbose: bool,
+) -> FIDResult:
+    """The paper's protocol (module docstring): reference features first, so a bad reference costs no sampling."""
+    model_name = _extractor_name(feature_extractor, TORCHVISION_INCEPTION)
+    images, description, split = _split_images(reference, image_size)
+    metric = _torcheval_metric(feature_extractor, device)
+    draws = reference_draw(len(images), num_reference or min(len(images), FID_MAX_REFERENCE))
+    for chunk in tqdm(draws.split(batch_size), desc="reference", disable=not verbose):
+        _, x = images.get_batch(chunk)
+        metric.update(to_unit_range(_check_images(x, len(chunk), None, source="reference images")), is_real=True)
+    made = 0
+    with tqdm(total=num_samples, desc="generated", disable=not verbose) as bar:
+        while made < num_samples:
+            count = min(batch_size, num_samples - made)
+            metric.update(to_unit_range(_check_images(generate(count), count, image_size)), is_real=False)
+            made += count
+            bar.update(count)
+    protocol = FIDProtocol(
+        name=PAPER_PROTOCOL,
+        library=TORCHEVAL,
+        library_version=metadata.version(TORCHEVAL),
+        mode=PAPER_RESIZE if feature_extractor is None else INJECTED_RESIZE,
+        feature_extractor=model_name,
+        input_range=PAPER_INPUT,
+        reference=description,
+        reference_split=split,
+        num_reference=len(draws),
+        reference_draw=(
+            f"with replacement: RandomSampler(replacement=True, num_samples={len(draws)}) seeded "
+            f"{FID_REFERENCE_SEED}, {len(draws.unique())} distinct of {len(images)} images"
+        ),
+        num_generated=made,
+        note=_protocol_note(model_name, PAPER_PROTOCOL),
+    )
+    return FIDResult(float(metric.compute()), protocol)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # FID of a sampler
 # ---------------------------------------------------------------------------------------------------------
 def fid_from_generator(
     generate: GenerateFn,
     num_samples: int,
-    reference: str | os.PathLike[str],
+    reference: str | os.PathLike[str] | IndexedImages,
     *,
+    protocol: str = DEFAULT_PROTOCOL,
     dataset_res: int | None = None,
     dataset_split: str = "train",
     feature_extractor: FeatureExtractor | None = None,
-    mode: str = "clean",
+    num_reference: int | None = None,
     stats_dir: str | os.PathLike[str] | None = None,
     batch_size: int = 100,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
     verbose: bool = False,
 ) -> FIDResult:
-    """FID of ``num_samples`` images from ``generate(batch_size) -> (batch_size, 3, H, W)`` in [-1, 1].
+    """FID of ``num_samples`` images from ``generate(batch_size) -> (batch_size, 3, H, W)`` in [-1, 1] under the
+    named ``protocol`` (one of PROTOCOLS), checked, with its reference, before any sampling.
 
-    reference, looked up in this order:
+    reference, for ``paper-torcheval``: images of the test/validation split, drawn with replacement
+    (``num_reference`` draws; default the split's size up to 50,000): the CIFAR-10 root (its test split), an
+    HDF5 images file or shard folder, a folder of image files (resized to ``dataset_res``), or a
+    lib.datasets dataset with flip=False.
+    reference, for ``clean-fid-*``, looked up in this order:
       - an image folder (a Path, or a str containing "/"): its statistics are computed with the same
         extractor and mode;
       - custom statistics made by :func:`make_reference_stats` (in ``stats_dir`` or clean-fid's folder);
       - a clean-fid dataset name such as "cifar10" with ``dataset_res`` (32) and ``dataset_split``: clean-fid's
-        precomputed statistics, downloaded once into clean-fid's stats folder. torchcfm's protocol is 50_000
-        samples against "cifar10" train with mode="legacy_tensorflow".
-    feature_extractor: None for clean-fid's TF-Inception, or e.g. :class:`RandomConvFeatures` offline.
-    Images are checked (shape, and size ``dataset_res`` when given), clipped to [-1, 1] and quantised to 0..255
-    as when saved to PNG, then go through clean-fid's resize (``mode``) and feature loop.
+        precomputed statistics, downloaded once into clean-fid's stats folder. torchcfm's and EDM's protocol is
+        clean-fid-legacy-tf, 50_000 samples against "cifar10" train.
+    feature_extractor: None for the protocol's Inception, or a stand-in such as ``feature_network("random",
+    protocol)`` offline. Images are checked (shape, and size ``dataset_res`` when given); clean-fid gets them
+    clipped and quantised to 0..255 as saved PNGs, torcheval in [0, 1] (:func:`to_unit_range`).
     """
+    check_protocol(protocol)
     if num_samples < 2:
         raise ValueError(f"FID needs at least 2 samples for a covariance, got num_samples={num_samples}")
     device = torch.device(device)
+    if protocol == PAPER_PROTOCOL:
+        return _paper_fid(
+            generate,
+            num_samples,
+            reference,
+            image_size=dataset_res,
+            feature_extractor=feature_extractor,
+            num_reference=num_reference,
+            batch_size=batch_size,
+            device=device,
+            verbose=verbose,
+        )
+    if num_reference is not None or isinstance(reference, IndexedImages):
+        raise ValueError(
+            f"{protocol} uses every image of its reference (statistics, or a folder): num_reference "
+            f"and dataset references belong to the {PAPER_PROTOCOL} protocol"
+        )
+    mode = CLEANFID_MODES[protocol]
     model_name = _extractor_name(feature_extractor)
     model = _feature_model(feature_extractor, mode, device)
     # The reference first: a missing one fails before any sampling is spent.
@@ -513,17 +748,21 @@ def fid_from_generator(
     )
     mu, sigma = gaussian_stats(features)
     score = _frechet_distance(mu, sigma, ref.mu, ref.sigma)
-    protocol = FIDProtocol(
+    result = FIDProtocol(
+        name=protocol,
         library=LIBRARY,
         library_version=metadata.version(LIBRARY),
         mode=mode,
         feature_extractor=model_name,
+        input_range=CLEANFID_INPUT,
         reference=ref.description,
-        num_generated=len(features),
+        reference_split=ref.split,
         num_reference=ref.count,
-        note=_protocol_note(model_name, mode),
+        reference_draw=ref.draw,
+        num_generated=len(features),
+        note=_protocol_note(model_name, protocol),
     )
-    return FIDResult(score, protocol)
+    return FIDResult(score, result)
 
 
 # ---------------------------------------------------------------------------------------------------------

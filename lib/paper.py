@@ -2,8 +2,9 @@
 
 The lowest layer of lib: it imports nothing from the kit, and everything else reads these facts from here.
 Where a fact comes from: ``lib/reference/paper_setup.md`` (settings, epoch accounting, protocol),
-``lib/reference/paper_results.csv`` (the FIDs of Tables 1, 2, 3, 5 with their provenance) and
-``lib/reference/released_checkpoint_keys.json`` (the released state-dict layout).
+``lib/reference/paper_results.csv`` (the FIDs of Tables 1, 2, 3, 5 with their provenance),
+``lib/reference/released_checkpoint_keys.json`` (the released state-dict layout) and
+``lib/reference/official_measurements.md`` (the released code's coupling step, measured beside the kit).
 
 - :func:`paper_results`, :func:`paper_rows`, :data:`TABLES`: the paper's numbers and its table titles.
 - :func:`same_setting`: whether a kit result (solver, true NFE) is the setting of a paper row.
@@ -12,6 +13,10 @@ Where a fact comes from: ``lib/reference/paper_setup.md`` (settings, epoch accou
 - :data:`RELEASED_CONFIGS`: the released training configs (lib.train ``--config``).
 - :data:`RELEASED_REPOS`, :data:`RELEASED_PRESETS`, :data:`PAPER_EVALUATION`: the five released checkpoints,
   the architecture each loads into and how the paper evaluates it.
+- :data:`FID_REFERENCE_SEED`, :data:`FID_MAX_REFERENCE`: the reference draw of the paper's FID protocol
+  (lib.fid's ``paper-torcheval``).
+- :data:`RELEASED_COUPLING_STEP`, :data:`RELEASED_COUPLING_SETTING`: the released code's LOOM coupling step, as
+  measured (notebook 09 sets the kit's step beside it).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from typing import Any
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 PAPER_RESULTS = REFERENCE_DIR / "paper_results.csv"
 RELEASED_KEYS = REFERENCE_DIR / "released_checkpoint_keys.json"
+OFFICIAL_MEASUREMENTS = REFERENCE_DIR / "official_measurements.md"
+OFFICIAL_MEASUREMENTS_SOURCE = "lib/reference/official_measurements.md (released code, commit 213f24f)"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -243,6 +250,11 @@ PAPER_EVALUATION: dict[str, PaperEvaluation] = {
         "3", "ffhq256_latent", "LOOM-CFM", ("midpoint-1", "midpoint-2", "midpoint-4", "dopri5"), 256
     ),
 }
+# The paper's FID (released evaluation code): torcheval, reference images of the test/validation split drawn with
+# replacement by a RandomSampler seeded with 42, 10,000 draws from CIFAR-10's 10,000 test images, 50,000 from the
+# validation split elsewhere: as many draws as the split has images, at most 50,000.
+FID_REFERENCE_SEED = 42
+FID_MAX_REFERENCE = 50_000
 # Names the kit uses for a dataset besides paper_results.csv's (release names, data-prep names).
 DATASET_ALIASES: dict[str, str] = {
     **{name: spec.dataset for name, spec in PAPER_EVALUATION.items()},
@@ -253,3 +265,30 @@ DATASET_ALIASES: dict[str, str] = {
 def paper_dataset(name: str) -> str:
     """A release, data-prep or paper dataset name -> the dataset name of paper_results.csv."""
     return DATASET_ALIASES.get(name, name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The released implementation's coupling step, measured beside the kit (official_measurements.md; never re-run here:
+# the released code is GPL-3.0 and is not copied into the kit)
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReleasedStepTiming:
+    """One measured range of the released seed-cached OT coupling's step (ms), in RELEASED_COUPLING_SETTING."""
+
+    measured: str
+    torch_threads: int
+    low_ms: float
+    high_ms: float
+
+
+RELEASED_COUPLING_SETTING: dict[str, Any] = {
+    "batch_size": 128,
+    "shape": (3, 32, 32),
+    "num_examples": 50_000,
+    "caches": 1,
+}
+RELEASED_COUPLING_STEP: tuple[ReleasedStepTiming, ...] = (
+    ReleasedStepTiming("released LOOM coupling step, loaded 2-core machine", 1, 870.0, 1050.0),
+    ReleasedStepTiming("released LOOM coupling step, loaded 2-core machine", 2, 710.0, 960.0),
+    ReleasedStepTiming("released LOOM coupling step, idle machine (earlier measurement)", 2, 322.0, 322.0),
+)

@@ -9,7 +9,6 @@ lib.couplings' noise_from_seeds), so the same image comes out whatever the batch
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -20,9 +19,10 @@ import torch
 from torch import Tensor
 from torchvision.utils import save_image
 
+from lib import cli
 from lib.checkpoints import LoadedModel, load_model
 from lib.couplings import SEED_HIGH, noise_from_seeds
-from lib.solvers import integrate
+from lib.solvers import integrate, parse_solver
 
 # Image i of run seed s has noise seed (s * RUN_STRIDE + i) mod 2**32 (the generator's seed space, see
 # lib.couplings.SEED_HIGH): distinct within a run, and runs s != s' start ~10**9 seeds apart.
@@ -68,6 +68,17 @@ def generate(
         yield result.x.cpu(), result.nfe
 
 
+def as_images(samples: Tensor) -> Tensor:
+    """Samples -> (N, C, H, W) to draw: images as they are, flat vectors of a square length (digits' 64) as one-channel
+    square images, other vectors as one-pixel-high strips."""
+    if samples.ndim == 4:
+        return samples
+    side = math.isqrt(samples.shape[1])
+    if side * side == samples.shape[1]:
+        return samples.reshape(len(samples), 1, side, side)
+    return samples[:, None, None, :]
+
+
 def save_grid(images: Tensor, path: str | os.PathLike[str]) -> Path:
     """Images (N, C, H, W) in [-1, 1] -> a square-ish PNG grid at ``path``."""
     path = Path(path)
@@ -76,15 +87,27 @@ def save_grid(images: Tensor, path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def check_output(path: Path) -> Path:
+    """``--out``: a .pt tensor file or an image PIL can write (by its suffix); ValueError otherwise."""
+    from PIL import Image
+
+    if path.suffix.lower() != ".pt" and path.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"--out {path}: give a .pt file (the images as a tensor) or an image such as .png")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m lib.sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """``python -m lib.sample``: an expected error is one line and status 2 (lib.cli)."""
+    return cli.run(sample_command, argv)
+
+
+def sample_command(argv: list[str]) -> int:
+    p = cli.parser("python -m lib.sample", __doc__)
     p.add_argument("--checkpoint", required=True, help="a lib.train checkpoint, a released .pt, or released:<name>")
     p.add_argument("--solver", default="midpoint-4", help="euler-K, midpoint-K, rk4-K or dopri5")
-    p.add_argument("--num", type=int, default=64, help="number of images")
+    p.add_argument("--num", type=cli.positive_int, default=64, help="number of images")
     p.add_argument("--seed", type=int, default=0, help="run seed (fixes every image's noise)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=cli.positive_int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--raw-weights", action="store_true", help="kit checkpoints: the raw weights, not the EMA")
     p.add_argument(
@@ -94,14 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", type=Path, required=True, help="PNG grid (images) or .pt tensor file")
     args = p.parse_args(argv)
+    parse_solver(args.solver)  # a typo fails here, before the model is loaded
+    device, out = cli.check_device(args.device), check_output(args.out)
     loaded = load_model(args.checkpoint, use_ema=not args.raw_weights, trusted=args.trust_checkpoint)
-    batches = list(generate(loaded, args.num, args.solver, args.seed, args.batch_size, args.device))
+    batches = list(generate(loaded, args.num, args.solver, args.seed, args.batch_size, device))
     images = torch.cat([to_images(loaded, x) for x, _ in batches])
-    if args.out.suffix == ".pt":
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(images, args.out)
+    if out.suffix == ".pt":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(images, out)
     else:
-        save_grid(images if images.ndim == 4 else images[:, None, None, :], args.out)
+        save_grid(as_images(images), out)
     print(
         json.dumps(
             {
@@ -110,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 "nfe_per_batch": [n for _, n in batches],
                 "num": args.num,
                 "seed": args.seed,
-                "out": str(args.out),
+                "out": str(out),
             }
         )
     )

@@ -3,7 +3,11 @@
 A solver is named by a spec string: ``euler-8``, ``midpoint-6``, ``rk4-2`` (fixed uniform grid of k
 steps) or ``dopri5`` (adaptive, atol = rtol = 1e-5 unless given). Every call returns the TRUE number
 of network evaluations, counted by wrapping the model: midpoint with k steps costs 2k, rk4 4k, and
-dopri5 whatever it really used. The released code logs solver steps instead; never report those.
+dopri5 whatever it really used. The released code logs solver steps instead; never report those as NFE.
+The steps come back too, counted by torchdiffeq's step callbacks: a fixed grid takes its k steps, all
+accepted; dopri5 attempts steps and rejects some. torchdiffeq 0.2.5's dopri5 makes exactly
+6 x attempted + 2 network calls (one call for f(t0), one to pick the first step size, six new stages per
+attempted step thanks to first-same-as-last), so the paper's adaptive "NFE" may be steps, not calls.
 """
 
 from __future__ import annotations
@@ -42,13 +46,25 @@ class SolverSpec:
 
 @dataclass
 class SampleResult:
-    """x: (B, *shape) samples at t = 1; nfe: true network calls; trajectory: (T, B, *shape) at ``times``."""
+    """x: (B, *shape) samples at t = 1; nfe: true network calls; steps_attempted / steps_accepted: the
+    solver's steps (fixed grid: both k; dopri5: attempted = accepted + rejected); trajectory: (T, B, *shape)
+    at ``times``."""
 
     x: Tensor
     nfe: int
     spec: SolverSpec
+    steps_attempted: int
+    steps_accepted: int
     times: Tensor | None = None
     trajectory: Tensor | None = None
+
+    def cost(self) -> dict[str, int]:
+        """What the sampling spent, as the columns of every result row: true network calls and solver steps."""
+        return {
+            "nfe": self.nfe,
+            "solver_steps_accepted": self.steps_accepted,
+            "solver_steps_attempted": self.steps_attempted,
+        }
 
 
 def parse_solver(spec: str | SolverSpec) -> SolverSpec:
@@ -77,16 +93,42 @@ def solver_for_nfe(method: str, nfe: int) -> SolverSpec:
 
 
 class CountingField(torch.nn.Module):
-    """Wraps a velocity field as torchdiffeq's f(t, x) and counts every call (the true NFE)."""
+    """Wraps a velocity field as torchdiffeq's f(t, x) and counts every call (the true NFE) and every step
+    the solver starts (torchdiffeq calls ``callback_step`` before each step, fixed grid or adaptive)."""
 
     def __init__(self, model: VelocityField) -> None:
         super().__init__()
         self.model = model
         self.calls = 0
+        self.steps_attempted = 0
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         self.calls += 1
         return self.model(x, t.expand(x.shape[0]).to(x.dtype))
+
+    def callback_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        self.steps_attempted += 1
+
+    @property
+    def steps_accepted(self) -> int:
+        """A fixed grid accepts every step it takes."""
+        return self.steps_attempted
+
+
+class AdaptiveCountingField(CountingField):
+    """CountingField for adaptive solvers: also counts accepted steps (torchdiffeq's ``callback_accept_step``;
+    fixed-grid solvers do not support it and would warn, hence a separate class)."""
+
+    def __init__(self, model: VelocityField) -> None:
+        super().__init__(model)
+        self.accepted = 0
+
+    def callback_accept_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        self.accepted += 1
+
+    @property
+    def steps_accepted(self) -> int:
+        return self.accepted
 
 
 @torch.no_grad()
@@ -99,7 +141,7 @@ def integrate(
     (T, B, *shape); for dopri5 the trajectory holds only t = 0 and t = 1.
     """
     spec = parse_solver(solver)
-    field = CountingField(model)
+    field = AdaptiveCountingField(model) if spec.method in ADAPTIVE else CountingField(model)
     steps = spec.steps or 1
     times = torch.linspace(0.0, 1.0, steps + 1, device=z.device, dtype=z.dtype)
     options = {"atol": spec.atol, "rtol": spec.rtol} if spec.method in ADAPTIVE else {}
@@ -108,6 +150,8 @@ def integrate(
         x=trajectory[-1],
         nfe=field.calls,
         spec=spec,
+        steps_attempted=field.steps_attempted,
+        steps_accepted=field.steps_accepted,
         times=times if return_trajectory else None,
         trajectory=trajectory if return_trajectory else None,
     )

@@ -1,14 +1,20 @@
 """One training loop for conditional flow matching with any coupling, in-process or under torchrun.
 
 Per step (:func:`train_step`, paper Algorithm 1 around the CFM update): draw the next global batch of example
-indices from a shuffled epoch, gather the batch's data from every rank, let the coupling pair noise with it (LOOM
-writes its seeds back here, identically on every rank), keep this rank's slice, take an Adam step on the CFM loss
-(DDP averages the gradients), update the EMA. Adam with linear warm-up then constant lr and gradient-norm
-clipping, as in the released configs.
+indices from a shuffled epoch, fetch the whole batch's data on every rank (or gather every rank's slice), let the
+coupling pair noise with it (LOOM writes its seeds back here, identically on every rank), draw its time samples,
+keep this rank's slice, take an Adam step on the CFM loss (DDP averages the gradients), update the EMA. Adam with
+linear warm-up then constant lr and gradient-norm clipping, as in the released configs. Everything up to the time
+samples needs no weights (:func:`prepare_batch`): by default a background thread does it for the next batches
+while the current one trains (lib.pairing), giving bit-for-bit the same run as pairing inside the step.
 
 Checkpoints hold everything the next step depends on (weights, EMA, optimizer, scheduler, the coupling's seed
-table and generator, RNG states, the rest of the current epoch), are written atomically (lib.checkpoints), and
-resume exactly: N steps + resume + N steps == 2N straight steps.
+table and generator, every rank's RNG states, the rest of the current epoch), are written atomically
+(lib.checkpoints), and resume exactly: N steps + resume + N steps == 2N straight steps. They are written every
+``checkpoint_minutes`` (default 30), every ``checkpoint_every`` steps if set, at the end, and when SIGINT or SIGTERM
+arrives (the step finishes, the checkpoint is written, the run exits saying how to resume; lib.runfolder). A resume
+refuses any change of a setting that shapes the result, listing the differences, and ``--steps`` below the
+checkpoint's step. The command line holds its run folder (lib.files.FolderLock): a second run into it is refused.
 
 Settings: :class:`TrainConfig` (the optimisation, used in-process by notebooks 01-04) inside :class:`TrainSettings`
 (everything ``python -m lib.train`` takes: data, model, coupling, run folder). Notebooks 05-08 launch the same
@@ -24,6 +30,8 @@ import argparse
 import copy
 import json
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -32,11 +40,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm.auto import tqdm
 
-from lib import distributed
+from lib import cli, distributed
 from lib.checkpoints import (
     KIT_FORMAT,
+    RELEASED_PREFIX,
     TrainCheckpointError,
     build_model,
     load_model,
@@ -55,10 +63,22 @@ from lib.couplings import (
     make_coupling,
 )
 from lib.datasets import DATASETS, HDF5Images, IndexedImages, make_dataset, read_pair_seeds
+from lib.files import write_json
 from lib.flow import cfm_loss, sample_time
+from lib.pairing import PAIRED_AHEAD, PAIRING_CHOICES, PairedBatch, Pairing, resolve_pairing
 from lib.paper import RELEASED_CONFIGS
+from lib.progress import progress
+from lib.runfolder import (
+    CheckpointSchedule,
+    StopSignals,
+    TrainingInterrupted,
+    hold_run_folder,
+    settings_differences,
+)
+from lib.unet import PRESETS
 
 Data = Tensor | IndexedImages  # (N, *shape) in memory, or a dataset of the kit
+RANK_DATA: tuple[str, ...] = ("fetch", "gather")  # how each rank gets the global batch's data under torchrun
 
 
 def _setting(default: Any, help: str) -> Any:  # noqa: A002 - the argparse word
@@ -82,12 +102,72 @@ class TrainConfig:
     redraw_every_epochs: int = _setting(0, ">0: LOOM redraws all seeds this often (the appendix's rejected variant)")
     converge_first: bool = _setting(False, "train after convergence: re-pair without training until no swaps")
     progress: bool = _setting(True, "show a tqdm progress bar")
-    checkpoint_every: int = _setting(0, "steps between checkpoints (0: only at the end)")
+    checkpoint_every: int = _setting(0, "also checkpoint every this many steps (0: off)")
+    checkpoint_minutes: float = _setting(
+        30.0, "checkpoint when this many minutes passed since the last one (0: off); always at the end and on Ctrl-C"
+    )
     bf16: bool = _setting(False, "bf16 autocast for the forward pass on CUDA (ignored on the CPU)")
+    pairing: str = _setting(
+        "auto",
+        f"{', '.join(PAIRING_CHOICES)}: pipelined pairs the next batches (data, noise, LOOM's write-back, times) in "
+        "a background thread while the current step trains, synchronous inside the step (the same run bit for bit); "
+        "auto pipelines on CUDA or when torch leaves a core free (e.g. torch.set_num_threads(1)), else synchronous",
+    )
+    rank_data: str = _setting(
+        "fetch",
+        f"{' or '.join(RANK_DATA)} (torchrun): every rank fetches the whole global batch and pairs it itself, or "
+        "fetches its slice and all-gathers the data; the same pairs either way",
+    )
+
+    def __post_init__(self) -> None:
+        refuse_out_of_range(
+            self,
+            steps=(lambda v: v >= 1, "at least 1"),
+            batch_size=(lambda v: v >= 1, "a positive integer"),
+            lr=(lambda v: v > 0, "positive"),
+            warmup_steps=(lambda v: v >= 0, "0 or more"),
+            grad_clip=(lambda v: v > 0, "positive"),
+            ema_decay=(lambda v: 0 <= v < 1, "in [0, 1)"),
+            sigma=(lambda v: v >= 0, "0 or more"),
+            log_every=(lambda v: v >= 1, "a positive integer"),
+            redraw_every_epochs=(lambda v: v >= 0, "0 or more"),
+            checkpoint_every=(lambda v: v >= 0, "0 (off) or more"),
+            checkpoint_minutes=(lambda v: v >= 0, "0 (off) or more"),
+            pairing=(lambda v: v in PAIRING_CHOICES, f"one of {', '.join(PAIRING_CHOICES)}"),
+            rank_data=(lambda v: v in RANK_DATA, f"one of {', '.join(RANK_DATA)}"),
+        )
 
 
-# Settings a resumed run may change: they do not alter the trajectory of the weights.
-RESUMABLE_CHANGES = frozenset({"steps", "progress", "log_every", "checkpoint_every"})
+def refuse_out_of_range(settings: object, **rules: tuple[Callable[[Any], bool], str]) -> None:
+    """ValueError naming every setting (as its flag) that breaks its rule: rules {name: (ok(value), "must be ...")}."""
+    bad = [
+        f"--{name.replace('_', '-')} must be {text}, got {getattr(settings, name)!r}"
+        for name, (ok, text) in rules.items()
+        if not ok(getattr(settings, name))
+    ]
+    if bad:
+        raise ValueError("; ".join(bad))
+
+
+# Settings a resumed run may change: they do not alter the trajectory of the weights (lib.train main compares all
+# the others, lib.runfolder.settings_differences).
+RESUMABLE_CHANGES = frozenset(
+    {
+        "steps",
+        "epochs",
+        "progress",
+        "log_every",
+        "checkpoint_every",
+        "checkpoint_minutes",
+        "out",
+        "config",
+        "dump_seeds",
+        "trust_checkpoint",
+        "verify_data",
+        "pairing",
+        "rank_data",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -112,9 +192,25 @@ class TrainSettings:
     no_swaps: bool = _setting(False, "loom: keep each example's noise fixed (fixed source w/o reassignments)")
     reflow: bool = _setting(False, "--root holds reflow pairs (data_prep/reflow_pairs.py): each sample keeps its noise")
     init: str = _setting("", "start from these weights (a kit or released checkpoint, or released:<name>; EMA)")
+    trust_checkpoint: bool = _setting(
+        False, "--init may pickle Python objects (runs code on load: only a file you wrote or trust)"
+    )
+    verify_data: bool = _setting(False, "hdf5: check every shard's SHA-256 against its manifest before training")
     dump_seeds: bool = _setting(False, "each rank saves its final seed table as seeds_rank<r>.pt (checks)")
     device: str = _setting("", "cpu or cuda (default: cuda when available)")
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        refuse_out_of_range(
+            self,
+            epochs=(lambda v: v >= 0, "0 (use --steps) or more"),
+            dataset=(lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
+            resolution=(lambda v: v >= 0, "0 (as stored) or more"),
+            model=(lambda v: v == "mlp" or v in PRESETS, f"mlp or one of {', '.join(PRESETS)}"),
+            coupling=(lambda v: v in COUPLINGS, f"one of {', '.join(COUPLINGS)}"),
+            caches=(lambda v: v >= 1, "a positive integer"),
+            cost=(lambda v: v in COST_NAMES, f"one of {', '.join(COST_NAMES)}"),
+        )
 
     def to_argv(self) -> list[str]:
         """The command line that parses back into these settings: every setting that differs from its default."""
@@ -141,6 +237,9 @@ def _flat_items(settings: TrainSettings) -> list[tuple[str, Any, Any]]:
     """(name, value, default) of every command-line setting, TrainConfig's flattened in."""
     items = [(f.name, getattr(settings, f.name), f.default) for f in fields(TrainSettings) if f.name != "train"]
     return items + [(f.name, getattr(settings.train, f.name), f.default) for f in fields(TrainConfig)]
+
+
+SETTING_DEFAULTS = {name: default for name, _, default in _flat_items(TrainSettings())}
 
 
 @dataclass
@@ -178,6 +277,7 @@ class Trainer:
     config: TrainConfig
     device: torch.device
     history: list[dict[str, float]] = field(default_factory=list)
+    pairing: Pairing = field(init=False)  # the batches in training order, paired ahead or in the step
 
 
 def make_ema(model: nn.Module, decay: float) -> AveragedModel:
@@ -203,43 +303,114 @@ def fetch_batch(data: Data, index: Tensor, device: torch.device) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
-    """Refuse to resume with settings that would change the run (anything but RESUMABLE_CHANGES)."""
-    now = asdict(config)
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+def run_settings(
+    config: TrainConfig, data: Data, coupling: Coupling, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Every setting that defines a run, as used: ``extra`` (lib.train main: all of TrainSettings, resolved) overlaid
+    with the optimisation, the coupling as built, the data's size and latents, and the number of ranks.
+
+    Saved in every checkpoint and compared on resume (:func:`open_checkpoint`); main writes it as config.json.
+    """
+    loom = (  # a coupling without a seed table has no caches, swaps switch or seed init (None: not used)
+        {"caches": coupling.num_caches, "no_swaps": coupling.no_swaps, "seed_init": coupling.seed_init}
+        if isinstance(coupling, LoomCoupling)
+        else {"caches": None, "no_swaps": None, "seed_init": None}
+    )
+    return {
+        **(extra or {}),
+        **asdict(config),
+        "coupling": coupling.name,
+        "cost": coupling.cost,
+        **loom,
+        "num_examples": len(data),
+        "world_size": distributed.world_size(),
+        "latent": latent_source(data),
+    }
+
+
+def open_checkpoint(path: Path, settings: dict[str, Any], steps: int) -> dict[str, Any] | None:
+    """The checkpoint to resume from (None if there is none yet), read once.
+
+    Refused (TrainCheckpointError): a checkpoint written with other settings (every difference listed, anything
+    outside RESUMABLE_CHANGES), or one already past ``steps``.
+    """
+    if not path.exists():
+        return None
+    state = read_training_checkpoint(path)
+    saved = state.get("settings")
+    if saved is None:  # written before checkpoints recorded every setting: compare what it has
+        saved = {**state["config"], "world_size": state["world_size"], "latent": state.get("latent")}
+        settings = {k: v for k, v in settings.items() if k in saved}
+    changed = settings_differences(saved, settings, RESUMABLE_CHANGES, SETTING_DEFAULTS)
     if changed:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
         raise TrainCheckpointError(
-            f"{path} was written with other settings ({detail}); resume with the "
-            "checkpoint's settings or start a new run in another folder"
+            f"{path} was trained with other settings ({'; '.join(changed)}). Resume with the settings it was "
+            f"trained with (the run's config.json), or start a new run in another folder"
         )
+    if state["global_step"] > steps:
+        raise TrainCheckpointError(
+            f"{path} is already at step {state['global_step']}, past --steps {steps}: pass --steps "
+            f"{state['global_step']} or more to continue this run, or train the shorter run in another folder"
+        )
+    return state
 
 
-def checkpoint_state(trainer: Trainer) -> dict[str, Any]:
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s own randomness (dropout, the path's sigma noise). Rank 0 uses ``seed`` itself, so
+    one process is unchanged; other ranks step by an odd constant modulo 2**32, because torch's CPU generator
+    (mt19937) keeps only a seed's low 32 bits, and an odd step never maps two ranks to one seed."""
+    return (seed + rank * 0x9E3779B9) % 2**32
+
+
+def checkpoint_state(trainer: Trainer, settings: dict[str, Any]) -> dict[str, Any]:
     """Everything the next step depends on. ``model``/``optimizer``/``lr_scheduler``/``global_step`` keep the
-    released checkpoints' names, so lib.checkpoints reads the model of these files as of released ones."""
+    released checkpoints' names, so lib.checkpoints reads the model of these files as of released ones.
+
+    Collective under torchrun: every rank's RNG states are gathered as rows (world, ...) of ``torch_rng`` /
+    ``cuda_rng``, since each rank draws its own dropout. The pairing is paused meanwhile: the loop position and the
+    coupling are those after the last batch paired, and ``pending`` holds the batches paired but not yet trained
+    (none when pairing is synchronous).
+    """
+    with trainer.pairing.paused() as pending:
+        return _state_now(trainer, settings, pending)
+
+
+def _state_now(trainer: Trainer, settings: dict[str, Any], pending: list[PairedBatch]) -> dict[str, Any]:
+    """:func:`checkpoint_state` with the pairing held still."""
     loop = trainer.loop
+    cuda = trainer.device.type == "cuda"
     return {
         "format": KIT_FORMAT,
+        "settings": settings,
         "config": asdict(trainer.config),
         "world_size": distributed.world_size(),
+        "latent": settings.get("latent"),
         "global_step": loop.step,
         "epoch": loop.epoch,
         "batches": [b.clone() for b in loop.batches],
         "generator": loop.generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "torch_rng": distributed.gather_rows(torch.get_rng_state()),
+        "cuda_rng": distributed.gather_rows(torch.cuda.get_rng_state(trainer.device)) if cuda else None,
         "model": trainer.model.state_dict(),
         "ema": trainer.ema.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "lr_scheduler": trainer.scheduler.state_dict(),
         "coupling": trainer.coupling.state_dict(),
+        "pending": [batch.state() for batch in pending],
         "history": list(trainer.history),
     }
 
 
+def write_checkpoint(trainer: Trainer, path: Path, settings: dict[str, Any]) -> None:
+    """Every rank contributes its RNG states, rank 0 writes the file (atomically), the others wait for it."""
+    state = checkpoint_state(trainer, settings)
+    if distributed.is_main():
+        save_checkpoint(path, state)
+    distributed.barrier()
+
+
 def restore(state: dict[str, Any], trainer: Trainer) -> None:
-    """Load a :func:`checkpoint_state` dict back into a trainer (in place)."""
+    """Load a :func:`checkpoint_state` dict back into a trainer (in place); this rank takes its own RNG row."""
     if state["world_size"] != distributed.world_size():
         raise TrainCheckpointError(
             f"checkpoint was written by {state['world_size']} rank(s), this run has "
@@ -253,10 +424,17 @@ def restore(state: dict[str, Any], trainer: Trainer) -> None:
     loop = trainer.loop
     loop.step, loop.epoch, loop.batches = state["global_step"], state["epoch"], list(state["batches"])
     loop.generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    # A row is a view into the (world, n) tensor; set_rng_state reads the storage from its start, so copy the row.
+    rank, cuda_rng = distributed.rank(), state["cuda_rng"]
+    torch.set_rng_state(state["torch_rng"][rank].clone() if state["torch_rng"].ndim == 2 else state["torch_rng"])
+    if isinstance(cuda_rng, Tensor) and trainer.device.type == "cuda":
+        torch.cuda.set_rng_state(cuda_rng[rank].clone(), trainer.device)
+    elif isinstance(cuda_rng, list) and cuda_rng and torch.cuda.is_available():  # written before per-rank states
+        torch.cuda.set_rng_state_all(cuda_rng)
     trainer.history[:] = state["history"]
+    trainer.pairing.ready.clear()
+    for batch in state.get("pending", []):  # paired before the checkpoint, not trained: their data is fetched again
+        trainer.pairing.ready.append(PairedBatch.from_state(batch, fetch_global(trainer, batch["index"])))
 
 
 def latent_source(data: Data) -> dict[str, Any] | None:
@@ -278,7 +456,7 @@ def latent_source(data: Data) -> dict[str, Any] | None:
 def build_trainer(model: nn.Module, data: Data, coupling: Coupling, config: TrainConfig) -> Trainer:
     """Optimizer, warm-up schedule, EMA and loop position for training ``model`` (DDP-wrapped under torchrun)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    return Trainer(
+    trainer = Trainer(
         model=model,
         net=DistributedDataParallel(model) if distributed.world_size() > 1 else model,
         ema=make_ema(model, config.ema_decay),
@@ -290,6 +468,11 @@ def build_trainer(model: nn.Module, data: Data, coupling: Coupling, config: Trai
         config=config,
         device=next(model.parameters()).device,
     )
+    if config.rank_data == "gather":
+        distributed.pairing_group()  # made here, by every rank together, before any pairing thread runs
+    ahead = PAIRED_AHEAD if resolve_pairing(config.pairing, trainer.device) == "pipelined" else 0
+    trainer.pairing = Pairing(lambda: prepare_batch(trainer), ahead, device=trainer.device)
+    return trainer
 
 
 def next_batch(trainer: Trainer) -> Tensor:
@@ -308,26 +491,46 @@ def next_batch(trainer: Trainer) -> Tensor:
     return loop.batches.pop(0)
 
 
-def cfm_step(trainer: Trainer, index: Tensor) -> tuple[Tensor, CouplingStats]:
-    """Loss of this rank's slice of the global batch ``index`` (B,) after the coupling re-paired it.
+def fetch_global(trainer: Trainer, index: Tensor) -> Tensor:
+    """The data of the global batch ``index`` (B,) -> (B, *shape) on the trainer's device, on every rank.
 
-    Every rank gathers the whole batch, so the coupling solves one B x B assignment and its state
-    (LOOM's seed table) evolves identically everywhere; time samples are drawn for the whole batch too,
-    so a run on W ranks sees the same pairs and times as one process with the global batch.
+    ``rank_data`` "fetch": every rank reads the whole batch itself (no communication, so a pairing thread can do it
+    beside DDP's gradient all-reduce); "gather": each rank reads its slice and the slices are all-gathered (on a
+    process group of their own, lib.distributed.pairing_group, for the same reason).
     """
-    device, config = trainer.device, trainer.config
+    if trainer.config.rank_data == "fetch" or distributed.world_size() == 1:
+        return fetch_batch(trainer.data, index, trainer.device)
     mine = distributed.rank_slice(len(index))
-    x = distributed.all_gather_cat(fetch_batch(trainer.data, index[mine], device))
-    pair = trainer.coupling(x, index)
-    t = sample_time(len(index), device, trainer.loop.generator)[mine]
+    return distributed.all_gather_cat(
+        fetch_batch(trainer.data, index[mine], trainer.device), distributed.pairing_group()
+    )
+
+
+def prepare_batch(trainer: Trainer) -> PairedBatch:
+    """The next global batch, paired: indices, data, the coupling's noise (LOOM writes its seeds back here) and
+    time samples. Needs no weights, so lib.pairing may run it ahead of the training step.
+
+    Every rank pairs the whole batch, so the coupling solves one B x B assignment and its state (LOOM's seed table)
+    evolves identically everywhere; time samples are drawn for the whole batch too, so a run on W ranks sees the
+    same pairs and times as one process with the global batch.
+    """
+    index = next_batch(trainer)
+    pair = trainer.coupling(fetch_global(trainer, index), index)
+    t = sample_time(len(index), trainer.device, trainer.loop.generator)
+    return PairedBatch(index=index, epoch=trainer.loop.epoch, z=pair.z, x=pair.x, t=t, stats=pair.stats)
+
+
+def cfm_step(trainer: Trainer, batch: PairedBatch) -> Tensor:
+    """CFM loss of this rank's slice of a paired global batch."""
+    mine, config, device = distributed.rank_slice(len(batch.index)), trainer.config, trainer.device
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda"):
-        loss = cfm_loss(trainer.net, pair.z[mine], pair.x[mine], t, config.sigma)
-    return loss, pair.stats
+        return cfm_loss(trainer.net, batch.z[mine], batch.x[mine], batch.t[mine], config.sigma)
 
 
-def train_step(trainer: Trainer, index: Tensor) -> tuple[Tensor, CouplingStats]:
-    """One optimiser step on the global batch ``index`` (B,): pair, CFM loss, backward, clip, Adam, warm-up, EMA."""
-    loss, stats = cfm_step(trainer, index)
+def train_step(trainer: Trainer, batch: PairedBatch) -> tuple[Tensor, CouplingStats]:
+    """One optimiser step on a paired global batch (:func:`prepare_batch`): CFM loss, backward, clip, Adam, warm-up,
+    EMA. Returns the loss and what the coupling did."""
+    loss, stats = cfm_step(trainer, batch), batch.stats
     trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.config.grad_clip)
@@ -337,90 +540,106 @@ def train_step(trainer: Trainer, index: Tensor) -> tuple[Tensor, CouplingStats]:
     return loss, stats
 
 
+def check_global_batch(global_batch: int, num_examples: int) -> None:
+    """A global batch (batch_size x ranks) must fit in the data: each epoch is a whole number of batches."""
+    if global_batch > num_examples:
+        raise ValueError(
+            f"the global batch {global_batch} (--batch-size x ranks) exceeds the {num_examples} examples of the "
+            "data; lower --batch-size"
+        )
+
+
 def train_flow(
     model: nn.Module,
     data: Data,
     coupling: Coupling,
     config: TrainConfig,
     checkpoint: str | os.PathLike[str] | None = None,
+    settings: dict[str, Any] | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data`` (example i = data[i]), pairing noise through ``coupling``.
 
-    checkpoint: a file path; if it exists the run resumes from it exactly, and it is (re)written every
-    ``config.checkpoint_every`` steps and at the end. Under torchrun every rank calls this with the
-    same arguments; ``model`` is wrapped in DDP here. Dropout and the path's noise draw from torch's global
-    RNG, seeded with ``config.seed`` inside a fork: the caller's RNG state is left as it was.
+    checkpoint: a file path; if it exists the run resumes from it exactly (refusing other settings, see
+    :func:`open_checkpoint`), and it is written on the schedule of ``config`` (lib.runfolder.CheckpointSchedule), at
+    the end, and on SIGINT/SIGTERM, which then raise lib.runfolder.TrainingInterrupted after the write.
+    settings: the run's settings beyond ``config`` (:func:`run_settings`' ``extra``), saved and compared on resume.
+    resume: the checkpoint's state when the caller already read it with :func:`open_checkpoint` (read once).
+
+    Under torchrun every rank calls this with the same arguments; ``model`` is wrapped in DDP here. Dropout and the
+    path's noise draw from torch's global RNG, seeded per rank (:func:`rank_seed`) inside a fork: the caller's RNG
+    state is left as it was.
     """
-    num_examples, global_batch = len(data), config.batch_size * distributed.world_size()
-    if global_batch > num_examples:
-        raise ValueError(f"global batch {global_batch} (batch_size x ranks) exceeds the {num_examples} examples")
+    global_batch = config.batch_size * distributed.world_size()
+    check_global_batch(global_batch, len(data))
+    path = Path(checkpoint) if checkpoint is not None else None
+    run = run_settings(config, data, coupling, settings)
+    if resume is None and path is not None:
+        resume = open_checkpoint(path, run, config.steps)
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(config.seed)
+        torch.manual_seed(rank_seed(config.seed, distributed.rank()))
         trainer = build_trainer(model, data, coupling, config)
-        _resume_or_converge(trainer, Path(checkpoint) if checkpoint is not None else None, global_batch)
-        _run(trainer, Path(checkpoint) if checkpoint is not None else None)
+        if resume is not None:
+            restore(resume, trainer)
+        elif config.converge_first:
+            _converge_first(trainer, global_batch)
+        with trainer.pairing.start(config.steps - trainer.loop.step):  # pairs ahead in a thread until the end
+            _run(trainer, path, run)
     return TrainResult(
         model=model, ema=copy.deepcopy(trainer.ema.module).eval(), history=trainer.history, config=asdict(config)
     )
 
 
-def _resume_or_converge(trainer: Trainer, path: Path | None, global_batch: int) -> None:
-    """Resume from ``path`` if it exists (refusing changed settings), else converge the pairing first if asked."""
-    latent = latent_source(trainer.data)
-    if path is not None and path.exists():
-        state = read_training_checkpoint(path)
-        check_resumable(state["config"], trainer.config, path)
-        if state.get("latent") != latent:
-            raise TrainCheckpointError(
-                f"{path} was trained on latents {state.get('latent')}, this data is {latent}; "
-                "resume on the same latents or start a new run in another folder"
-            )
-        restore(state, trainer)
-    elif trainer.config.converge_first:
-        if not isinstance(trainer.coupling, LoomCoupling):
-            raise ValueError("converge_first needs the loom coupling")
-        # Every rank re-pairs the same global batches with the same seeds: the tables stay identical.
-        converge_pairing(
-            trainer.coupling,
-            trainer.data,
-            global_batch,
-            seed=trainer.config.seed,
-            fetch=lambda index: fetch_batch(trainer.data, index, trainer.device),
-        )
+def _converge_first(trainer: Trainer, global_batch: int) -> None:
+    """Train after convergence: re-pair without training until an epoch makes no swap."""
+    if not isinstance(trainer.coupling, LoomCoupling):
+        raise ValueError("converge_first needs the loom coupling")
+    # Every rank re-pairs the same global batches with the same seeds: the tables stay identical.
+    converge_pairing(
+        trainer.coupling,
+        trainer.data,
+        global_batch,
+        seed=trainer.config.seed,
+        fetch=lambda index: fetch_batch(trainer.data, index, trainer.device),
+    )
 
 
-def _run(trainer: Trainer, path: Path | None) -> None:
-    """Steps loop.step + 1 .. config.steps, logging every ``log_every`` and checkpointing as configured."""
+def _run(trainer: Trainer, path: Path | None, settings: dict[str, Any]) -> None:
+    """Steps loop.step + 1 .. config.steps, logging every ``log_every`` and checkpointing on schedule (with a path)."""
     config, loop = trainer.config, trainer.loop
-    latent = latent_source(trainer.data)
-    bar = tqdm(
+    bar = progress(
         range(loop.step + 1, config.steps + 1),
         disable=not config.progress or not distributed.is_main(),
         desc=trainer.coupling.name,
         initial=loop.step,
         total=config.steps,
     )
-    for step in bar:
-        loss, stats = train_step(trainer, next_batch(trainer))
-        loop.step = step
-        if step % config.log_every == 0 or step == config.steps:
-            trainer.history.append(
-                {
-                    "step": step,
-                    "epoch": loop.epoch,
-                    "loss": loss.item(),
-                    "swaps": stats.swaps,
-                    "cost_before": stats.cost_before,
-                    "cost_after": stats.cost_after,
-                }
-            )
-        if path is not None and (
-            step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0)
-        ):
-            if distributed.is_main():
-                save_checkpoint(path, {**checkpoint_state(trainer), "latent": latent})
-            distributed.barrier()
+    with StopSignals(enabled=path is not None) as signals:
+        schedule = CheckpointSchedule(config.checkpoint_every, config.checkpoint_minutes, config.steps, signals)
+        for step in bar:
+            batch = trainer.pairing.next()
+            loss, stats = train_step(trainer, batch)
+            loop.step = step
+            if step % config.log_every == 0 or step == config.steps:
+                trainer.history.append(
+                    {
+                        "step": step,
+                        "epoch": batch.epoch,
+                        "loss": loss.item(),
+                        "swaps": stats.swaps,
+                        "cost_before": stats.cost_before,
+                        "cost_after": stats.cost_after,
+                    }
+                )
+            if path is None:
+                continue
+            save, stop = schedule.decide(step)
+            if save:
+                write_checkpoint(trainer, path, settings)
+            if stop:
+                bar.close()
+                raise schedule.interrupted(step, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,9 +664,7 @@ def _add_flags(p: argparse.ArgumentParser, cls: type) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line; ``--config NAME`` first fills in a released config, explicit flags override it."""
-    p = argparse.ArgumentParser(
-        prog="python -m lib.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = cli.parser("python -m lib.train", __doc__)
     _add_flags(p, TrainSettings)
     _add_flags(p, TrainConfig)
     chosen, _ = p.parse_known_args(argv)
@@ -470,7 +687,7 @@ def initial_model(settings: TrainSettings, example_shape: tuple[int, ...]) -> nn
     """--init's weights (architecture read off them) or a fresh --model."""
     if not settings.init:
         return build_model(settings.model, example_shape)
-    loaded = load_model(settings.init)
+    loaded = load_model(settings.init, trusted=settings.trust_checkpoint)
     if loaded.shape != example_shape:
         raise ValueError(f"--init {settings.init} makes {loaded.shape} examples but the data has {example_shape}")
     return loaded.model.train()
@@ -492,26 +709,71 @@ def dataset_kwargs(settings: TrainSettings) -> dict[str, Any]:
     if settings.dataset == "digits":
         return {"split": "train", "flip": settings.flip}
     if not settings.root:
-        raise SystemExit(f"--dataset {settings.dataset} needs --root (the data folder or file)")
+        raise ValueError(f"--dataset {settings.dataset} needs --root (the data folder or file)")
     if settings.dataset == "imagefolder" and not settings.resolution:
-        raise SystemExit("--dataset imagefolder needs --resolution (images are resized and centre-cropped to it)")
+        raise ValueError("--dataset imagefolder needs --resolution (images are resized and centre-cropped to it)")
     if settings.reflow and (settings.dataset != "hdf5" or settings.flip):
-        raise SystemExit("--reflow reads the pair shards: use --dataset hdf5 without --flip")
+        raise ValueError("--reflow reads the pair shards: use --dataset hdf5 without --flip")
     resolution = settings.resolution or None
     if settings.dataset == "hdf5":
-        return {"path": settings.root, "flip": settings.flip, "resolution": resolution}
+        verify = "full" if settings.verify_data else "cheap"
+        return {"path": settings.root, "flip": settings.flip, "resolution": resolution, "verify": verify}
     if settings.dataset == "imagefolder":
         return {"root": settings.root, "flip": settings.flip, "resolution": resolution}
     return {"root": settings.root, "flip": settings.flip}
 
 
-def main(argv: list[str] | None = None) -> int:
-    settings = TrainSettings.from_args(parse_args(argv))
+def absolute(path: str) -> str:
+    """A path setting as an absolute path (so a rerun from another folder compares equal); "" and
+    ``released:<name>`` unchanged."""
+    return str(Path(path).resolve()) if path and not path.startswith(RELEASED_PREFIX) else path
+
+
+def command_settings(settings: TrainSettings, config: TrainConfig, data: Data, device: torch.device) -> dict[str, Any]:
+    """The command line's settings as used: every TrainSettings field (``steps`` from ``--epochs`` resolved), paths
+    absolute, the device type, the example shape. :func:`run_settings` adds what the built objects say."""
+    return {
+        **{name: value for name, value, _ in _flat_items(replace(settings, train=config))},
+        "root": absolute(settings.root),
+        "init": absolute(settings.init),
+        "device": device.type,
+        "example_shape": list(data[0][1].shape),
+    }
+
+
+def training_device(settings: TrainSettings) -> torch.device:
+    """Join torchrun's process group (if launched by it) -> this rank's device, ``--device`` checked."""
     device = distributed.init_from_env()
-    if settings.device:
-        device = torch.device(settings.device)
+    return cli.check_device(settings.device) if settings.device else device
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lib.train`` / ``torchrun -m lib.train``: an expected error is one line and status 2 (lib.cli); an
+    interrupted run saves its checkpoint and exits with 128 + the signal's number, saying how to resume."""
+    return cli.run(train_command, argv)
+
+
+def train_command(argv: list[str]) -> int:
+    settings = TrainSettings.from_args(parse_args(argv))
+    device = training_device(settings)
+    try:
+        with hold_run_folder(Path(settings.out)):
+            train_in_folder(settings, device)
+    except TrainingInterrupted as stop:
+        if distributed.is_main():
+            print(stop, file=sys.stderr, flush=True)
+        return stop.exit_code
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+def train_in_folder(settings: TrainSettings, device: torch.device) -> None:
+    """Train (or resume) the run of ``settings`` in its folder: checks first, then config.json, then the steps."""
+    out = Path(settings.out)
     data = make_dataset(settings.dataset, **dataset_kwargs(settings))
     config = settings.train
+    check_global_batch(config.batch_size * distributed.world_size(), len(data))
     if settings.epochs:
         config = replace(
             config, steps=steps_for_epochs(settings.epochs, len(data), config.batch_size * distributed.world_size())
@@ -530,25 +792,19 @@ def main(argv: list[str] | None = None) -> int:
             no_swaps=settings.no_swaps,
         )
     )
-    out = Path(settings.out)
+    run = run_settings(config, data, coupling, command_settings(settings, config, data, device))
+    path = out / "checkpoint.pt"
+    state = open_checkpoint(path, run, config.steps)  # refuses other settings before anything is written
     if distributed.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        run_config = {
-            **{name: value for name, value, _ in _flat_items(replace(settings, train=config))},
-            "world_size": distributed.world_size(),
-            "num_examples": len(data),
-            "device": str(device),
-            "latent": latent_source(data),
-        }
-        (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
-        print(json.dumps(run_config), flush=True)
-    result = train_flow(model, data, coupling, config, checkpoint=out / "checkpoint.pt")
+        write_json(out / "config.json", run)  # only now: the settings really used
+        print(json.dumps(run), flush=True)
+        if state is not None:
+            print(f"resuming {path} at step {state['global_step']} of {config.steps}", flush=True)
+    result = train_flow(model, data, coupling, config, checkpoint=path, settings=run, resume=state)
     if distributed.is_main():
-        (out / "history.json").write_text(json.dumps(result.history) + "\n")
+        write_json(out / "history.json", result.history, indent=None)
     if settings.dump_seeds and isinstance(coupling, LoomCoupling):
         torch.save(coupling.seeds, out / f"seeds_rank{distributed.rank()}.pt")
-    distributed.shutdown()
-    return 0
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ the kit's conventions, profiles that only name real parameters, CI running the R
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import tomllib
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 from lib import REPO_ROOT
-from lib.kit import reproduce
+from lib.kit import profiles, reproduce
 
 ROOT = REPO_ROOT
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -64,29 +65,29 @@ def test_notebook_is_committed_clean_and_follows_the_conventions(path: Path) -> 
 
 
 def test_profiles_name_existing_notebooks_and_parameters() -> None:
-    quick, paper = reproduce.load_profile("quick"), reproduce.load_profile("paper")
-    assert list(quick)[-1] == reproduce.TABLES_NOTEBOOK and list(quick)[:-1] == sorted(
-        set(quick) - {reproduce.TABLES_NOTEBOOK}
+    quick, paper = profiles.load_profile("quick"), profiles.load_profile("paper")
+    assert list(quick)[-1] == profiles.TABLES_NOTEBOOK and list(quick)[:-1] == sorted(
+        set(quick) - {profiles.TABLES_NOTEBOOK}
     )
     assert set(paper) >= set(quick)
     for profile in (quick, paper):
         for name, params in profile.items():
-            reproduce.check_parameters(reproduce.notebook_path(name), params)
+            profiles.check_parameters(name, params)
     assert all(params.get("QUICK") is False for params in paper.values())
 
 
 def test_unknown_papermill_parameter_is_refused_with_the_fix() -> None:
     with pytest.raises(ValueError, match=r"has no parameter\(s\) \['STEPZ'\].*Fix the name"):
-        reproduce.check_parameters(reproduce.notebook_path("03_toy_generation"), {"STEPZ": 10})
+        profiles.check_parameters("03_toy_generation", {"STEPZ": 10})
 
 
 def test_unknown_profile_or_notebook_names_the_known_ones() -> None:
-    with pytest.raises(SystemExit, match="unknown profile 'fast'"):
-        reproduce.load_profile("fast")
-    with pytest.raises(FileNotFoundError, match="known notebooks"):
-        reproduce.notebook_path("99_missing")
-    with pytest.raises(SystemExit, match="matches none"):
-        reproduce.select(reproduce.load_profile("quick"), ["42"])
+    with pytest.raises(profiles.ProfileError, match="unknown profile 'fast'"):
+        profiles.load_profile("fast")
+    with pytest.raises(profiles.ProfileError, match="known notebooks"):
+        profiles.notebook_path("99_missing")
+    with pytest.raises(profiles.ProfileError, match="--only 42 matches no notebook"):
+        reproduce.select(profiles.load_profile("quick"), ["42"])
 
 
 def test_results_on_main_carry_their_provenance() -> None:
@@ -96,3 +97,17 @@ def test_results_on_main_carry_their_provenance() -> None:
         for key in ("parameters", "profile", "git_commit", "versions", "device", "seed", "wall_time_s", "files"):
             assert key in run, f"{run_json} lacks {key}"
         assert all((run_json.parent / f).exists() for f in run["files"]), f"{run_json} lists a missing file"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_assert_says_what_was_expected_and_measured(path: Path) -> None:
+    """A failed claim must read as more than ``AssertionError:``: every assert in a notebook carries a message."""
+    nb = nbformat.read(path, as_version=4)
+    bare = [
+        f"cell {i}, line {node.lineno}: {ast.get_source_segment(cell.source, node)}"
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code"
+        for node in ast.walk(ast.parse(cell.source))
+        if isinstance(node, ast.Assert) and node.msg is None
+    ]
+    assert bare == [], f"asserts without a message (expected vs measured): {bare}"

@@ -187,7 +187,7 @@ def evaluate_model(
 ) -> list[dict[str, object]]:
     """One row per solver: samples from noise z (M, *shape) scored against reference (M, 64).
 
-    Row: solver, method, nfe (TRUE network calls), fd, w2.
+    Row: solver, method, nfe (TRUE network calls), solver_steps_accepted, solver_steps_attempted, fd, w2.
     """
     rows: list[dict[str, object]] = []
     for spec in specs:
@@ -196,7 +196,7 @@ def evaluate_model(
             {
                 "solver": result.spec.label,
                 "method": result.spec.method,
-                "nfe": result.nfe,
+                **result.cost(),
                 **score_samples(result.x, reference, classifier),
             }
         )

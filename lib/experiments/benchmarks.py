@@ -25,31 +25,30 @@ import math
 import resource
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lib import distributed
 from lib.checkpoints import build_model
 from lib.couplings import (
     COUPLINGS,
-    SEED_HIGH,
     LoomCoupling,
     cost_matrix,
     epoch_batches,
     exact_assignment,
     make_coupling,
-    noise_from_seeds,
 )
-from lib.paper import RELEASED_CONFIGS
+from lib.pairing import PAIRING_MODES, check_pairing_mode
+from lib.paper import OFFICIAL_MEASUREMENTS_SOURCE, RELEASED_CONFIGS, RELEASED_COUPLING_STEP
 from lib.solvers import integrate, parse_solver
-from lib.train import TrainConfig, build_trainer, train_step
+from lib.toy import sample_toy
+from lib.train import RANK_DATA, Data, TrainConfig, Trainer, build_trainer, fetch_global, train_step
 from lib.unet import PRESETS
 
 MAX_DISTINCT_BATCHES = 8  # data tensors materialised per benchmark; later steps reuse them with new indices
@@ -163,55 +162,23 @@ def _batches(setting: CouplingBenchmark) -> list[tuple[torch.Tensor, torch.Tenso
     return [(data[i % len(data)], indices[i % len(indices)]) for i in range(count)]
 
 
-def file_per_example_step(folder: Path, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """The approach we replace: each example's noise lives in its own file, read and rewritten every step.
-
-    x: (B, *shape), index: (B,) -> z (B, *shape) re-paired by exact assignment, files rewritten.
-    """
-    z = torch.stack([torch.load(folder / f"{i}.pt") for i in index.tolist()])
-    perm = exact_assignment(cost_matrix(x, z))
-    z = z[torch.as_tensor(perm)]
-    for i, noise in zip(index.tolist(), z):
-        torch.save(noise.clone(), folder / f"{i}.pt")
-    return z
-
-
-def seed_files(folder: Path, setting: CouplingBenchmark, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """One noise file per example touched by ``batches`` (the untouched 50k would only cost disk)."""
-    for i in torch.cat([index for _, index in batches]).unique().tolist():
-        torch.save(torch.randn(setting.shape), folder / f"{i}.pt")
-
-
 def time_couplings(setting: CouplingBenchmark) -> list[dict[str, object]]:
-    """One row per contender: median ms per step and its ratio to the independent coupling.
+    """One row per coupling and per part of a LOOM step: median ms per step and its ratio to the independent
+    coupling. The parts come from the real LOOM step's timing hook (:func:`loom_breakdown`), not from copies."""
+    row = loom_breakdown(setting)
+    base = float(row["independent_ms"])
+    timed = [(name, float(row[f"{name}_ms"])) for name in COUPLINGS]
+    timed += [(f"loom part: {part}", float(row[column(part)])) for part in LOOM_PARTS]
+    return [{"part": name, "ms_per_step": ms, "ratio_to_independent": ms / base} for name, ms in timed]
 
-    Contenders: the three couplings, LOOM with one file per example (the approach replaced), and
-    the parts of a LOOM step (noise from seeds, cost matrix, exact assignment) next to torch.randn.
-    """
-    batches = _batches(setting)
-    coupling = {name: make_coupling(name, setting.num_examples, seed=setting.seed) for name in COUPLINGS}
-    x, _ = batches[0]
-    seeds = torch.randint(SEED_HIGH, (setting.batch_size,), generator=torch.Generator().manual_seed(1))
-    z = noise_from_seeds(seeds, setting.shape, setting.device)
-    costs = cost_matrix(x, z)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        seed_files(folder, setting, batches)
-        fns: dict[str, Callable[[int], object]] = {
-            **{name: (lambda step, c=c: c(*batches[step])) for name, c in coupling.items()},
-            "loom with one file per example": lambda step: file_per_example_step(folder, *batches[step]),
-            "loom part: noise from seeds": lambda step: noise_from_seeds(seeds, setting.shape, setting.device),
-            "independent part: torch.randn": lambda step: torch.randn(x.shape, device=x.device),
-            "loom part: cost matrix (cdist)": lambda step: cost_matrix(x, z),
-            "loom part: exact assignment (scipy)": lambda step: exact_assignment(costs),
-        }
-        medians = interleaved_median_ms(fns, setting.steps, setting.warmup)
-    base = medians["independent"]
-    return [{"part": name, "ms_per_step": ms, "ratio_to_independent": ms / base} for name, ms in medians.items()]
+
+SYNC_COUPLING_TARGET = 1.8  # issue 13: a synchronous LOOM coupling step at most 1.8x an independent one
+# Issue 13: a pipelined LOOM training step over the independent coupling's, per model (lib.checkpoints name).
+TRAINING_TARGETS: dict[str, float] = {"digits": 1.05, "mlp": 1.10}
 
 
 def summary(rows: list[dict[str, object]], setting: CouplingBenchmark) -> dict[str, object]:
-    """The headline ratios and whether the issue's target (LOOM <= 2x independent) is met."""
+    """The headline ratios and whether issue 13's target (a LOOM step at most 1.8x an independent one) is met."""
     ms = {r["part"]: r["ms_per_step"] for r in rows}
     return {
         **asdict(setting),
@@ -222,8 +189,8 @@ def summary(rows: list[dict[str, object]], setting: CouplingBenchmark) -> dict[s
         "loom_over_independent": ms["loom"] / ms["independent"],
         "minibatch_ot_over_independent": ms["minibatch_ot"] / ms["independent"],
         "loom_over_minibatch_ot": ms["loom"] / ms["minibatch_ot"],
-        "file_per_example_over_loom": ms["loom with one file per example"] / ms["loom"],
-        "target_loom_at_most_2x_independent": ms["loom"] / ms["independent"] <= 2.0,
+        "target_loom_over_independent": SYNC_COUPLING_TARGET,
+        "target_met": ms["loom"] / ms["independent"] <= SYNC_COUPLING_TARGET,
     }
 
 
@@ -474,77 +441,107 @@ def time_sampling(
     ]
 
 
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch threads (None: as set), restoring the setting after."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _training_turn(trainer: Trainer, block: int) -> None:
+    """``block`` real training steps (lib.train.train_step on the trainer's next paired batch), the pairing thread
+    let go for exactly this turn: it may pair ahead while these steps train, and the turn ends only when the batch
+    it is pairing is done. So every contender's pairing is paid inside its own turns, never during another's."""
+    trainer.pairing.resume()
+    for _ in range(block):
+        train_step(trainer, trainer.pairing.next())
+    trainer.pairing.pause()
+
+
 def time_training_steps(
     model: torch.nn.Module,
     data: torch.Tensor,
     batch_size: int,
     steps: int,
     warmup: int = 3,
+    block: int = 2,
     seed: int = 0,
     bf16: bool = False,
     couplings: Sequence[str] = COUPLINGS,
+    pairings: Sequence[str] = PAIRING_MODES,
+    threads: int | None = None,
+    compile_backend: str = "",
 ) -> list[dict[str, object]]:
-    """Median ms of one full training step (lib.train.train_step: coupling, CFM loss, backward, clipping, Adam,
-    warm-up schedule, EMA) per coupling, and of the coupling alone, taking turns every step.
-    data: (N, *shape) on the model's device.
+    """Median ms of one full training step (lib.train: the pairing of the next batch, CFM loss, backward, clipping,
+    Adam, warm-up schedule, EMA) per coupling x pairing mode, and of each coupling step alone, taking turns.
 
-    Rows: part ("<coupling>: training step" or "<coupling>: coupling alone"), ms_per_step, and
-    ratio_to_independent (training steps) or share_of_step (coupling alone). ``couplings`` must
-    include "independent" (the base of the ratios). The caller's global RNG is left as it was.
+    data: (N, *shape) on the model's device. Each turn is ``block`` consecutive steps of one contender (its time / block
+    is one sample), so a pipelined contender runs as in training: pairing the next batch while this one trains.
+    ``threads``: torch threads during the timing (1: the model on one core, a pipelined pairing on the other).
+    ``compile_backend``: train through ``torch.compile(model, backend=...)`` ("inductor" on a GPU; "" not compiled).
+    Rows (one per coupling x pairing): coupling, pairing, step_ms, images_per_s, ratio_to_independent (to the
+    independent coupling's synchronous step, or its first pairing mode timed), coupling_ms (that coupling's step
+    alone), share_of_step (coupling_ms / step_ms). The caller's global RNG is left as it was.
     """
     if "independent" not in couplings or not set(couplings) <= set(COUPLINGS):
         raise ValueError(f"couplings must be a subset of {COUPLINGS} that includes 'independent', got {couplings}")
+    for mode in pairings:
+        check_pairing_mode(mode)
     device = next(model.parameters()).device
     check_bf16(device, bf16)
     config = TrainConfig(batch_size=batch_size, lr=1e-4, seed=seed, bf16=bf16, progress=False)
     generator = torch.Generator().manual_seed(seed)
     batches = [epoch_batches(len(data), batch_size, generator)[0] for _ in range(steps + warmup)]
-    fns: dict[str, Callable[[int], object]] = {}
+    trainers = {
+        (name, mode): build_trainer(
+            copy.deepcopy(model), data, make_coupling(name, len(data), seed=seed), replace(config, pairing=mode)
+        )
+        for name in couplings
+        for mode in pairings
+    }
+    if compile_backend:
+        for trainer in trainers.values():
+            trainer.net = torch.compile(trainer.net, backend=compile_backend)
+    fns: dict[str, Callable[[int], object]] = {
+        f"{name} ({mode})": (lambda step, trainer=trainer: _training_turn(trainer, block))
+        for (name, mode), trainer in trainers.items()
+    }
     for name in couplings:
-        trainer = build_trainer(copy.deepcopy(model), data, make_coupling(name, len(data), seed=seed), config)
-        shadow = make_coupling(name, len(data), seed=seed)  # its own state, so timing it leaves training intact
-        fns[f"{name}: training step"] = lambda step, trainer=trainer: train_step(trainer, batches[step])
-        fns[f"{name}: coupling alone"] = lambda step, c=shadow: c(data[batches[step]], batches[step])
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        medians = interleaved_median_ms(fns, steps, warmup)
-    base = medians["independent: training step"]
+        alone = make_coupling(name, len(data), seed=seed)  # its own state, so timing it leaves training intact
+        fns[f"{name} alone"] = lambda step, c=alone: [c(data[batches[step]], batches[step]) for _ in range(block)]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch_threads(threads):
+        for trainer in trainers.values():
+            trainer.pairing.start((steps + warmup) * block)
+            trainer.pairing.pause()  # paired only inside its own turns
+        try:
+            medians = {k: v / block for k, v in interleaved_median_ms(fns, steps, warmup).items()}
+        finally:
+            for trainer in trainers.values():
+                trainer.pairing.resume()
+                trainer.pairing.stop()
+    base = medians[f"independent ({'synchronous' if 'synchronous' in pairings else pairings[0]})"]
     rows: list[dict[str, object]] = []
-    for name in couplings:
-        step_ms, coupling_ms = medians[f"{name}: training step"], medians[f"{name}: coupling alone"]
+    for name, mode in trainers:
+        step_ms, coupling_ms = medians[f"{name} ({mode})"], medians[f"{name} alone"]
         rows.append(
-            {
-                "part": f"{name}: training step",
-                "ms_per_step": step_ms,
-                "ratio_to_independent": step_ms / base,
-                "images_per_s": 1e3 * batch_size / step_ms,
-                "bf16": bf16,
-            }
-        )
-        rows.append(
-            {"part": f"{name}: coupling alone", "ms_per_step": coupling_ms, "share_of_step": coupling_ms / step_ms}
-        )
-    return rows
-
-
-def per_coupling(rows: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
-    """:func:`time_training_steps` rows -> one row per coupling: step_ms, images_per_s, ratio_to_independent,
-    coupling_ms, share_of_step."""
-    by_part = {str(r["part"]): r for r in rows}
-    names = [p.split(":")[0] for p in by_part if p.endswith(": training step")]
-    out = []
-    for name in names:
-        step, alone = by_part[f"{name}: training step"], by_part[f"{name}: coupling alone"]
-        out.append(
             {
                 "coupling": name,
-                "step_ms": step["ms_per_step"],
-                "images_per_s": step["images_per_s"],
-                "ratio_to_independent": step["ratio_to_independent"],
-                "coupling_ms": alone["ms_per_step"],
-                "share_of_step": alone["share_of_step"],
+                "pairing": mode,
+                "step_ms": step_ms,
+                "images_per_s": 1e3 * batch_size / step_ms,
+                "ratio_to_independent": step_ms / base,
+                "coupling_ms": coupling_ms,
+                "share_of_step": coupling_ms / step_ms,
+                "bf16": bf16,
+                "torch_threads": threads or torch.get_num_threads(),
             }
         )
-    return out
+    return rows
 
 
 def preset_data(preset: str, num: int, device: str, seed: int = 0) -> Tensor:
@@ -584,11 +581,12 @@ def time_presets(
     bf16: Sequence[bool] = (False,),
     seed: int = 0,
 ) -> list[dict[str, object]]:
-    """Training-step time of each UNet preset (x bf16 setting) with every coupling: one row per
-    (preset, bf16, coupling) from :func:`per_coupling`, plus params_m, batch_size and :func:`peak_memory`.
+    """Training-step time of each UNet preset (x bf16 setting) with every coupling, paired inside the step and
+    ahead of it: one row per (preset, bf16, coupling, pairing) of :func:`time_training_steps`, plus params_m,
+    batch_size and :func:`peak_memory`.
 
     ``batch_size`` 0 takes each preset's released per-GPU batch. bf16 applies on CUDA only. The peak CUDA
-    memory covers the whole timing, which holds one model + Adam copy per coupling (three).
+    memory covers the whole timing, which holds one model + Adam copy per contender (six).
     """
     rows = []
     for preset in presets:
@@ -598,16 +596,158 @@ def time_presets(
                 torch.cuda.reset_peak_memory_stats()
             model = build_model(preset, (), seed=seed).to(device)
             timed = time_training_steps(
-                model, preset_data(preset, 2 * b, device, seed), b, steps, warmup, seed=seed, bf16=half
+                model, preset_data(preset, 2 * b, device, seed), b, steps, warmup, block=1, seed=seed, bf16=half
             )
             memory = peak_memory(device)
             params_m = sum(p.numel() for p in model.parameters()) / 1e6
             rows += [
                 {"preset": preset, "device": device, "bf16": half, "batch_size": b, "params_m": params_m, **r, **memory}
-                for r in per_coupling(timed)
+                for r in timed
             ]
             del model, timed  # free the GPU memory before the next preset is built
     return rows
+
+
+def training_step_sweep(
+    models: Mapping[str, str],
+    batch_sizes: Sequence[int],
+    steps: int,
+    warmup: int = 1,
+    block: int = 2,
+    threads: int | None = 1,
+    device: str = "cpu",
+    seed: int = 0,
+) -> list[dict[str, object]]:
+    """Training-step wall time of each model x batch size with independent / minibatch OT / LOOM coupling, paired
+    synchronously and pipelined (:func:`time_training_steps`; ``threads`` 1: the model on one core, the pairing
+    thread on the other).
+
+    models: label -> a lib.checkpoints.build_model name ("mlp" trains on 2-D 8 Gaussians, a UNet preset on uniform
+    examples of its input shape); the data holds 4 batches, the seed table as many rows.
+    Rows: model, shape, batch_size, then :func:`time_training_steps`' columns.
+    """
+    rows = []
+    for label, name in models.items():
+        for b in batch_sizes:
+            data = sweep_data(name, 4 * b, device, seed)
+            model = build_model(name, tuple(data.shape[1:]), seed=seed).to(device)
+            timed = time_training_steps(model, data, b, steps, warmup, block, seed=seed, threads=threads)
+            rows += [{"model": label, "shape": shape_label(data.shape[1:]), "batch_size": b, **r} for r in timed]
+    return rows
+
+
+def sweep_data(name: str, num: int, device: str, seed: int = 0) -> Tensor:
+    """Training data of :func:`training_step_sweep`: 2-D 8 Gaussians for "mlp", else :func:`preset_data`."""
+    if name == "mlp":
+        return sample_toy("8gaussians", num, seed).to(device)
+    return preset_data(name, num, device, seed)
+
+
+def pipelined_ratios(rows: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
+    """Per model x batch size of :func:`training_step_sweep` rows: each coupling's pipelined and synchronous step
+    over the independent coupling's synchronous step (independent_ms), pipelined over synchronous, and the coupling
+    step alone (coupling_ms: a pipelined step cannot be shorter than it)."""
+    out = []
+    for key in dict.fromkeys((r["model"], r["batch_size"]) for r in rows):
+        ms = {(r["coupling"], r["pairing"]): float(r["step_ms"]) for r in rows if (r["model"], r["batch_size"]) == key}
+        base = ms[("independent", "synchronous")]
+        alone = {str(r["coupling"]): float(r["coupling_ms"]) for r in rows if (r["model"], r["batch_size"]) == key}
+        out += [
+            {
+                "model": key[0],
+                "batch_size": key[1],
+                "coupling": name,
+                "independent_ms": base,
+                "coupling_ms": alone[name],
+                "synchronous_over_independent": ms[(name, "synchronous")] / base,
+                "pipelined_over_independent": ms[(name, "pipelined")] / base,
+                "pipelined_over_synchronous": ms[(name, "pipelined")] / ms[(name, "synchronous")],
+            }
+            for name in dict.fromkeys(c for c, _ in ms)
+        ]
+    return out
+
+
+def global_batch_assignment(
+    ranks: Sequence[int],
+    per_rank_batch: int,
+    shape: Sequence[int] = (3, 32, 32),
+    steps: int = 3,
+    warmup: int = 1,
+    device: str = "cpu",
+    seed: int = 0,
+) -> list[dict[str, object]]:
+    """What one LOOM step's assignment costs when W ranks pair their global batch of W x ``per_rank_batch``
+    examples (simulated: the W-fold m on one process, as every rank solves it): :func:`assignment_scaling` at
+    m = W x per_rank_batch, with the ranks' count. Rows: ranks, per_rank_batch, then assignment_scaling's columns.
+    """
+    sizes = [w * per_rank_batch for w in ranks]
+    timed = assignment_scaling(sizes, shape, steps, warmup, device, seed)
+    return [{"ranks": w, "per_rank_batch": per_rank_batch, **r} for w, r in zip(ranks, timed)]
+
+
+def time_rank_data(
+    datasets: Mapping[str, Data], batch_size: int, steps: int, warmup: int = 1, seed: int = 0
+) -> list[dict[str, object]]:
+    """Under torchrun (every rank calls it alike): per dataset, median ms for this rank to hold the data of the
+    global batch (lib.train.fetch_global), fetched whole by every rank ("fetch") or fetched as this rank's slice and
+    all-gathered ("gather"), the two taking turns on the same batches.
+
+    Rows: dataset, shape, ranks, batch_size (per rank), global_batch, fetch_ms, gather_ms, gather_over_fetch.
+    """
+    rows = []
+    for label, data in datasets.items():
+        shape = tuple(data[0][1].shape) if not isinstance(data, Tensor) else tuple(data.shape[1:])
+        trainers = {
+            mode: build_trainer(
+                build_model("mlp", shape, hidden=8, seed=seed),
+                data,
+                make_coupling("independent", len(data), seed=seed),
+                TrainConfig(batch_size=batch_size, rank_data=mode, progress=False, seed=seed),
+            )
+            for mode in RANK_DATA
+        }
+        world = distributed.world_size()
+        generator = torch.Generator().manual_seed(seed)  # the same batches on every rank
+        batches = [epoch_batches(len(data), batch_size * world, generator)[0] for _ in range(steps + warmup)]
+        fns = {mode: (lambda step, t=t, b=batches: fetch_global(t, b[step])) for mode, t in trainers.items()}
+        ms = interleaved_median_ms(fns, steps, warmup)
+        rows.append(
+            {
+                "dataset": label,
+                "shape": shape_label(shape),
+                "ranks": world,
+                "batch_size": batch_size,
+                "global_batch": batch_size * world,
+                "fetch_ms": ms["fetch"],
+                "gather_ms": ms["gather"],
+                "gather_over_fetch": ms["gather"] / ms["fetch"],
+            }
+        )
+    return rows
+
+
+def released_comparison(kit_loom_ms: float, kit_torch_threads: int) -> list[dict[str, object]]:
+    """The released implementation's coupling step (measured facts cited from lib.paper.RELEASED_COUPLING_STEP,
+    lib/reference/official_measurements.md) beside the kit's LOOM coupling step measured now in the same setting.
+
+    Rows: measured (what the fact says), torch_threads, released_low_ms / released_high_ms (cited), kit_loom_ms
+    (measured here), released_over_kit_low / _high, source.
+    """
+    return [
+        {
+            "measured": fact.measured,
+            "torch_threads": fact.torch_threads,
+            "released_low_ms": fact.low_ms,
+            "released_high_ms": fact.high_ms,
+            "kit_loom_ms": kit_loom_ms,
+            "kit_torch_threads": kit_torch_threads,
+            "released_over_kit_low": fact.low_ms / kit_loom_ms,
+            "released_over_kit_high": fact.high_ms / kit_loom_ms,
+            "source": OFFICIAL_MEASUREMENTS_SOURCE,
+        }
+        for fact in RELEASED_COUPLING_STEP
+    ]
 
 
 def coupling_share_sweep(
@@ -628,19 +768,18 @@ def coupling_share_sweep(
     rows = []
     for b in batch_sizes:
         model = build_model(preset, (), seed=seed).to(device)
-        timed = per_coupling(
-            time_training_steps(
-                model,
-                preset_data(preset, 2 * b, device, seed),
-                b,
-                steps,
-                warmup,
-                seed=seed,
-                bf16=bf16,
-                couplings=("independent", "loom"),
-            )
+        independent, loom = time_training_steps(
+            model,
+            preset_data(preset, 2 * b, device, seed),
+            b,
+            steps,
+            warmup,
+            block=1,
+            seed=seed,
+            bf16=bf16,
+            couplings=("independent", "loom"),
+            pairings=("synchronous",),
         )
-        independent, loom = timed
         rows.append(
             {
                 "preset": preset,
@@ -701,9 +840,10 @@ def released_seed_tables(examples: Mapping[str, int]) -> list[dict[str, object]]
 # ---------------------------------------------------------------------------------------------
 
 FIXES: dict[str, str] = {
-    "assignment": "a GPU assignment solver (an auction algorithm, or entropic Sinkhorn iterations rounded to a "
-    "permutation) in place of scipy's exact CPU solver, or overlapping the CPU assignment of the next "
-    "batch with the GPU step of the current one (the pairing needs only data and seeds, not the weights)",
+    "assignment": "a faster exact solver (a LAPJV implementation with column reduction) or a GPU assignment solver "
+    "(an auction algorithm, or entropic Sinkhorn iterations rounded to a permutation) in place of scipy's exact CPU "
+    "solver; pairing the disjoint batches of an epoch on several CPU cores at once (pipelined pairing now overlaps one "
+    "batch's pairing with the previous step, but one pairing must still fit in one step)",
     "noise from seeds": "regenerating the batch's noise in one batched kernel (a counter-based generator keyed by "
     "the seeds) instead of re-seeding one generator per row",
     "cost matrix": "building the cost matrix on the GPU (one matrix product; bf16/tf32) and sending only it to the "
@@ -783,8 +923,11 @@ def conclusion_facts(
     fit: PowerLawFit,
     assignment_rows: Sequence[Mapping[str, object]],
     breakdown: Sequence[Mapping[str, object]],
+    training: Sequence[Mapping[str, object]] = (),
 ) -> dict[str, object]:
-    """The numbers the conclusion states, all taken from measured rows (JSON-ready)."""
+    """The numbers the conclusion states, all taken from measured rows (JSON-ready).
+
+    training: :func:`training_step_sweep` rows (the pipelined paragraph; left out when empty)."""
     ordered = sorted(share_rows, key=lambda r: int(r["batch_size"]))
     largest = max(assignment_rows, key=lambda r: int(r["m"]))
     fits = share_fits(ordered)
@@ -808,6 +951,8 @@ def conclusion_facts(
         "largest_m_assignment_ms": float(largest["assignment_ms"]),
         "largest_m_cost_matrix_ms": float(largest["cost_matrix_ms"]),
         "dominant_parts": dominant_parts(breakdown),
+        "pipelined": [r for r in pipelined_ratios(training) if r["coupling"] == "loom"] if training else [],
+        "training_threads": int(training[0]["torch_threads"]) if training else None,
     }
 
 
@@ -874,7 +1019,36 @@ def conclusion_text(facts: Mapping[str, object]) -> str:
         "",
         "**What would fix it** (named here, not measured): " + "; ".join(fix_order(facts)) + ".",
     ]
+    if facts.get("pipelined"):
+        lines[1:1] = ["", pipelined_paragraph(facts["pipelined"], int(facts["training_threads"]))]
     return "\n".join(lines) + "\n"
+
+
+def pipelined_paragraph(rows: Sequence[Mapping[str, object]], threads: int) -> str:
+    """Markdown: LOOM's training step paired ahead (and inside the step) over the independent coupling's step, per
+    model and batch size (:func:`pipelined_ratios` LOOM rows), naming the rows where pairing one batch takes longer
+    than an independent step, so that pipelining cannot hide it."""
+    parts = [
+        f"{r['model']} at batch {r['batch_size']}: {float(r['pipelined_over_independent']):.2f}x pipelined, "
+        f"{float(r['synchronous_over_independent']):.2f}x synchronous"
+        for r in rows
+    ]
+    bound = [
+        f"{r['model']} at batch {r['batch_size']} (LOOM's pairing {float(r['coupling_ms']):.1f} ms, an independent "
+        f"step {float(r['independent_ms']):.1f} ms)"
+        for r in rows
+        if float(r["coupling_ms"]) > float(r["independent_ms"])
+    ]
+    text = (
+        f"**Pairing ahead of the step** (the model on {threads} torch thread(s), the pairing thread on another core). "
+        "LOOM's training step over the independent coupling's: " + "; ".join(parts) + ". "
+    )
+    if bound:
+        return text + (
+            "Where one batch's pairing takes longer than a whole independent step, pipelining can hide only a step's "
+            "length of it, so the ratio stays above 1: " + "; ".join(bound) + "."
+        )
+    return text + "Everywhere measured, one batch's pairing fits within an independent step, so pipelining can hide it."
 
 
 def fix_order(facts: Mapping[str, object]) -> list[str]:

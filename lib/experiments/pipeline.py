@@ -7,11 +7,12 @@ the same code. The figures of these steps are drawn by lib.kit.figures.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from lib import REPO_ROOT
 from lib.checkpoints import RELEASED_PREFIX, LoadedModel
 from lib.evaluate import fid_rows, path_curvature
 from lib.fabricate import FAKE_NOTE
-from lib.fid import RandomConvFeatures
+from lib.fid import DEFAULT_PROTOCOL, PAPER_PROTOCOL, check_protocol, feature_network
 from lib.paper import COUPLING_ROWS, PAPER_EVALUATION, paper_rows, same_setting
 from lib.sample import generate, noise_for_images, to_images
 from lib.solvers import parse_solver
@@ -75,6 +76,22 @@ def side_by_side(ours: list[Mapping[str, Any]], paper: list[Mapping[str, str]]) 
     return rows
 
 
+def source_digest() -> str:
+    """A digest of lib's source code: a training run is reused only by the code that made it."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO_ROOT / "lib").rglob("*.py")):
+        digest.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def keyed(settings: TrainSettings, folder: Path) -> TrainSettings:
+    """``settings`` writing to ``<folder>-<key>``, the key a digest of the settings (the run folder aside) and of
+    lib's code: a rerun resumes or reuses a finished run only when both are the same, and trains afresh otherwise
+    (``runs/`` keeps the older runs; delete them at will)."""
+    described = json.dumps({**asdict(replace(settings, out="")), "code": source_digest()}, sort_keys=True)
+    return replace(settings, out=f"{folder}-{hashlib.sha256(described.encode()).hexdigest()[:10]}")
+
+
 def run_name(row: str) -> str:
     """A folder name for a table row: 'w/o saving local reassignments' -> 'wo_saving_local_reassignments'."""
     return "_".join("".join(c for c in word if c.isalnum()) for word in row.lower().split()).strip("_")
@@ -90,17 +107,17 @@ def read_history(checkpoint: Path) -> list[dict[str, float]]:
 # ---------------------------------------------------------------------------------------------------------
 def row_settings(row: str, settings: TrainSettings, runs: Path) -> TrainSettings:
     """``settings`` with the coupling switches of paper row ``row`` (lib.paper.COUPLING_ROWS), run in
-    ``runs/<run_name(row)>``."""
+    ``runs/<run_name(row)>-<key>`` (:func:`keyed`)."""
     if row not in COUPLING_ROWS:
         raise ValueError(f"unknown row {row!r}; rows are {sorted(COUPLING_ROWS)}")
     spec = COUPLING_ROWS[row]
-    return replace(
+    switched = replace(
         settings,
-        out=str(runs / run_name(row)),
         coupling=spec.coupling,
         no_swaps=spec.no_swaps,
         train=replace(settings.train, converge_first=spec.converge_first),
     )
+    return keyed(switched, runs / run_name(row))
 
 
 def train_rows(
@@ -136,13 +153,17 @@ def fid_table(
     features: str = "inception",
     dataset_res: int | None = 32,
     dataset_split: str = "train",
+    protocol: str = DEFAULT_PROTOCOL,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """FID of every model at every solver (true NFE checked against the grid) -> (our rows, rows joined
-    with the paper's). ``features="random"`` scores with lib.fid.RandomConvFeatures: offline, not comparable.
-    ``dataset_res`` / ``dataset_split`` pick clean-fid's precomputed statistics of a named dataset (cifar10 32
-    train, ffhq 256 trainval70k); the generated images must have that size (None: any size, for folder or
-    custom references)."""
-    extractor = RandomConvFeatures() if features == "random" else None
+    """FID of every model at every solver under the named ``protocol`` of lib.fid (true NFE checked against the
+    grid) -> (our rows, rows joined with the paper's). ``features="random"`` scores with lib.fid's random
+    stand-in network: offline, not comparable. ``dataset_res`` / ``dataset_split`` pick clean-fid's
+    precomputed statistics of a named dataset (cifar10 32 train, ffhq 256 trainval70k); the generated images
+    must have that size (None: any size). ``paper-torcheval`` references are split images (CIFAR-10 root, HDF5
+    shards, image folder); relative paths are taken from the repository, like the notebooks' parameters."""
+    extractor = feature_network(features, check_protocol(protocol))  # both checked before any sampling
+    if protocol == PAPER_PROTOCOL:
+        reference = str(REPO_ROOT / reference)  # an absolute reference stays as it is
     ours: list[dict[str, Any]] = []
     for name, loaded in models.items():
         ours += [
@@ -158,6 +179,7 @@ def fid_table(
                 dataset_res=dataset_res,
                 dataset_split=dataset_split,
                 feature_extractor=extractor,
+                protocol=protocol,
             )
         ]
     for row in ours:
@@ -192,12 +214,14 @@ def evaluate_releases(
     device: str,
     features: str = "inception",
     fake: bool = False,
+    protocol: str = DEFAULT_PROTOCOL,
 ) -> list[dict[str, Any]]:
     """FID of each release in ``models`` (name -> loaded) at its paper solvers (lib.paper.PAPER_EVALUATION),
     through :func:`fid_table` as our own runs are, joined with its paper rows.
 
     references / splits: by paper dataset (cifar10, imagenet32, imagenet64, ffhq256_latent), the FID reference
-    (clean-fid dataset name, custom stats name or image folder) and a named dataset's split (default "train").
+    (clean-fid dataset name, custom stats name or image folder; for protocol paper-torcheval the split's images:
+    CIFAR-10 root, HDF5 validation shards or image folder) and a named dataset's split (default "train").
     fake: files of lib.fabricate.write_fake_release: images of any size, every row labelled FAKE_NOTE.
     Returns rows {dataset, release, method, solver, nfe, fid, protocol..., paper_fid, paper_nfe, paper_provenance,
     release_weights}, the method named as the paper's row ("LOOM-CFM", "LOOM-CFM + 1 Reflow").
@@ -222,6 +246,7 @@ def evaluate_releases(
             features=features,
             dataset_res=None if fake else spec.resolution,
             dataset_split=splits.get(spec.dataset, "train"),
+            protocol=protocol,
         )
         rows += [
             {

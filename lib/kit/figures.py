@@ -1,32 +1,43 @@
-"""The paper's figures drawn from tables, so notebook 10 can redraw every one of them from results/ alone.
+"""Every figure of the kit, drawn from rows, so notebook 10 can redraw the paper's figures from results/ alone.
 
-Each figure has two halves: ``*_rows`` turns what a notebook computed (tensors) into plain table rows that
+Each paper figure has two halves: ``*_rows`` turns what a notebook computed (tensors) into plain table rows that
 :mod:`lib.kit.results` writes as CSV, and ``fig*`` draws a figure from such rows (as read back from the CSV: every
-value may arrive as a string). Notebook 01 draws Figs. 1, 2 and 5 through the same functions it feeds,
-so the figure in its folder and the one notebook 10 redraws are the same drawing of the same numbers.
+value may arrive as a string). The notebooks draw through the same functions notebook 10 redraws with, so the figure
+in a notebook's folder and the one notebook 10 redraws are the same drawing of the same numbers. The notebooks' own
+figures (toy paths, quality vs NFE, the performance plots) live here too, so a notebook cell is one call such as
+``run.save_figure(figures.fig6_convergence(rows, ...), "fig6_assignment_convergence")``. All of them use the style
+of :mod:`lib.kit.plots`.
 
 Figures (lib/reference/paper_setup.md, "Figures to regenerate"): 1 Gaussian paths, 2 a local reassignment,
 3 FID vs NFE, 4 curvature per step, 5 the polygon counterexample, 6 convergence of the assignment, 7 sample grids.
+Fig. 7 is composed from the plain grid images the image notebooks save with :func:`save_sample_grids`
+(``grid_<dataset>_<model>.png``, listed in ``sample_grids.csv``), as equal panels.
 """
 
 from __future__ import annotations
 
+import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib.image as mpimg
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, MaxNLocator
+from PIL import Image
 from torch import Tensor
-from torchvision.utils import make_grid
 
+from lib.experiments.benchmarks import LOOM_PARTS, SHARE_THRESHOLDS, PowerLawFit, column
 from lib.kit import plots
 from lib.kit.notebooks import grid_notebooks
-from lib.kit.results import read_table
+from lib.kit.results import Run, read_table
 from lib.kit.tables import is_comparable, run_folder
 from lib.paper import paper_results
+from lib.solvers import parse_solver
 
 Rows = Sequence[Mapping[str, Any]]
 
@@ -107,76 +118,113 @@ def _floats(rows: Rows, *keys: str) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The figures
+# The paper's figures
 # ---------------------------------------------------------------------------------------------------------
 def fig1_gaussian_paths(rows: Rows) -> Figure:
     """Fig. 1: per path set (rows of :func:`trajectory_rows`), x_1 against t on top and the 2-D paths below."""
     labels = list(dict.fromkeys(r["paths"] for r in rows))
-    fig, axes = plots.figure(len(labels), 2)
+    fig, axes = plots.figure(len(labels), 2, aspect=0.85)
     for col, label in enumerate(labels):
         trajectory, times = rows_to_trajectory(_select(rows, "paths", label))
         plots.draw_spacetime(axes[0][col], trajectory, times, label)
-        plots.draw_paths(axes[1][col], trajectory)
+        plots.draw_paths(axes[1][col], trajectory, f"2-D paths, {len(times) - 1} Euler steps")
+        if col:
+            axes[0][col].sharey(axes[0][0])
+            axes[0][col].set_ylabel("")
+    plots.legend_below(fig, axes[1])
     return fig
 
 
 def fig2_local_reassignment(rows: Rows) -> Figure:
     """Fig. 2: one panel per pairing (rows of :func:`pairing_rows`), the re-paired minibatch in orange."""
     panels = list(dict.fromkeys(r["panel"] for r in rows))
-    fig, axes = plots.figure(len(panels), size=3.6)
+    fig, axes = plots.figure(len(panels), aspect=1.0, size=3.4)
     for ax, panel in zip(axes[0], panels):
         x, z, highlight = rows_to_pairing(_select(rows, "panel", panel))
         plots.draw_pairing(ax, x, z, torch.arange(len(x)), highlight, panel)
+    plots.legend_below(fig, ncol=2)
     return fig
 
 
-def _fid_lines(ax: Any, rows: Rows, style: dict[str, Any], suffix: str, colors: dict[str, str]) -> None:
-    """FID against NFE, one line per method, the colour fixed per method across panels."""
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = sorted(
-            _floats([r for r in _select(rows, "method", method) if r["nfe"]], "nfe", "fid"), key=lambda r: r["nfe"]
-        )
-        if mine:
-            (line,) = ax.plot(
-                [r["nfe"] for r in mine],
-                [r["fid"] for r in mine],
-                label=f"{method}{suffix}",
-                color=colors.get(method),
-                **style,
+def _family(solver: object) -> str:
+    """A solver's family: "midpoint-4" -> "midpoint", "dopri5" -> "dopri5"."""
+    return str(solver).split("-")[0]
+
+
+def _draw_fid(ax: Axes, rows: Rows, linestyle: str = "-") -> list[float]:
+    """FID against NFE, one line per (method, fixed-grid solver family) in the method's look; adaptive (dopri5)
+    results as open markers at the NFE they really spent -> the NFE values drawn."""
+    drawn: list[float] = []
+    usable = _floats([r for r in rows if str(r.get("nfe", "")) != "" and str(r.get("fid", "")) != ""], "nfe", "fid")
+    for method in dict.fromkeys(r["method"] for r in usable):
+        style = plots.look(method)
+        ax.plot([], [], color=style.color, marker=style.marker, label=plots.method_label(method))  # legend entry
+        mine = sorted(_select(usable, "method", method), key=lambda r: r["nfe"])
+        for family in dict.fromkeys(_family(r["solver"]) for r in mine):
+            points = [r for r in mine if _family(r["solver"]) == family]
+            adaptive = family == "dopri5"
+            ax.plot(
+                [r["nfe"] for r in points],
+                [r["fid"] for r in points],
+                color=style.color,
+                marker=style.marker,
+                ms=5 if adaptive else 4,
+                ls="none" if adaptive else (linestyle if family != "euler" else ":"),
+                mfc="white" if adaptive else style.color,
             )
-            colors.setdefault(method, line.get_color())
+            drawn += [r["nfe"] for r in points]
+    return drawn
+
+
+def _fid_key(families: set[str], paper: bool = False) -> dict[str, Line2D]:
+    """Legend entries that explain the line styles of :func:`_draw_fid`."""
+    key: dict[str, Line2D] = {}
+    if "midpoint" in families:
+        key["midpoint (fixed grid)"] = plots.key_handle(ls="-")
+    if "euler" in families:
+        key["Euler (fixed grid)"] = plots.key_handle(ls=":")
+    if "dopri5" in families:
+        key["dopri5 (adaptive), open marker"] = plots.key_handle(ls="none", marker="o", mfc="white")
+    if paper:
+        key["the paper's numbers (dashed)"] = plots.key_handle(ls="--")
+    return key
 
 
 def fig3_fid_vs_nfe(ours: Rows, paper: Rows, comparable: bool, title: str = "") -> Figure:
-    """Fig. 3: FID against true NFE per method. ``comparable`` (paper profile, Inception features): ours solid
-    and the paper's dashed on one axis; otherwise two panels, since the values share no scale."""
-    fig, axes = plots.figure(1 if comparable else 2, size=4.2)
-    colors: dict[str, str] = {}
-    _fid_lines(axes[0][0], ours, {"marker": "o"}, " (kit)", colors)
-    _fid_lines(
-        axes[0][-1], [r for r in paper if r["method"] in colors], {"ls": "--", "marker": "x"}, " (paper)", colors
-    )
-    for ax, label in zip(axes[0], ["kit and paper" if comparable else "kit (not comparable with the paper)", "paper"]):
-        ax.set(xscale="log", xlabel="NFE (true network calls)", ylabel="FID", title=f"{title}: {label}")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # log axes over a short range crowd their minor labels
-        ax.legend(fontsize=6)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
+    """Fig. 3: FID against true NFE per method. ``comparable`` (paper profile, the paper's FID protocol, Inception
+    features): ours solid and the paper's dashed on one axis; otherwise two panels, since the values share no
+    scale."""
+    fig, axes = plots.figure(1 if comparable else 2, size=3.8)
+    methods = set(r["method"] for r in ours)
+    theirs = [r for r in paper if r["method"] in methods]
+    nfe = {0: _draw_fid(axes[0][0], ours)}
+    nfe.setdefault(len(axes[0]) - 1, []).extend(_draw_fid(axes[0][-1], theirs, "--"))
+    panels = ["the kit beside the paper"] if comparable else ["the kit (not comparable with the paper)", "the paper"]
+    for i, (ax, label) in enumerate(zip(axes[0], panels)):
+        ax.set(xlabel=plots.axis_label("nfe"), ylabel="FID", title=f"{title}: {label}" if title else label)
+        plots.log_axis(ax, "x", nfe[i])
+    families = {_family(r["solver"]) for r in [*ours, *theirs]}
+    plots.legend_below(fig, extra=_fid_key(families, paper=True))
     return fig
 
 
 def fig4_curvature(rows: Rows, group: str = "method", title: str = "") -> Figure:
     """Fig. 4: 1 - cos of consecutive velocities per Euler step, one line per ``group`` value."""
-    fig, axes = plots.figure(1, size=4.2)
+    fig, axes = plots.figure(1, size=4.4, aspect=0.7)
+    ax = axes[0][0]
     plots.draw_curves(
-        axes[0][0],
+        ax,
         _floats(rows, "step", "curvature"),
         "step",
         "curvature",
         group,
         title or "curvature per Euler step",
         logy=True,
+        legend=False,
     )
+    ax.set_xlabel("Euler step k")
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
+    plots.legend_below(fig, ncol=2)
     return fig
 
 
@@ -185,105 +233,412 @@ def fig5_polygon(pairings: Rows, sweep: Rows) -> Figure:
     minibatch size reaches (rows {batch_size, final_cost, global_optimum})."""
     panels = list(dict.fromkeys(r["panel"] for r in pairings))
     n = len(_select(pairings, "panel", panels[0]))
-    fig, axes = plots.figure(len(panels) + 1, size=3.4)
+    fig, axes = plots.figure(len(panels) + 1, size=3.0, aspect=1.0)
     for ax, panel in zip(axes[0], panels):
         x, z, _ = rows_to_pairing(_select(pairings, "panel", panel))
         plots.draw_pairing(ax, x, z, torch.arange(len(x)), title=panel)
     sweep = _floats(sweep, "batch_size", "final_cost", "global_optimum")
     ax = axes[0][-1]
+    style = plots.look("LOOM-CFM")
+    sizes = [r["batch_size"] for r in sweep]
     ax.plot(
-        [r["batch_size"] for r in sweep], [r["final_cost"] for r in sweep], marker="o", label="minibatch re-pairing"
+        sizes,
+        [r["final_cost"] for r in sweep],
+        marker=style.marker,
+        color=style.color,
+        label="cost minibatch re-pairing reaches",
     )
-    ax.axhline(sweep[0]["global_optimum"], ls="--", color="k", label="global optimum")
-    ax.set(xlabel="minibatch size m", ylabel="mean pairing cost", title=f"n = {n} examples")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    ax.axhline(sweep[0]["global_optimum"], ls="--", color=plots.REFERENCE_COLOR, label="global optimum (exact)")
+    ax.set(xlabel="minibatch size m", ylabel="mean pairing cost", title=f"n = {n} data points: cost by minibatch size")
+    plots.integer_ticks(ax, [m for m in sizes if m % 2 == 0 or len(sizes) <= 8])
+    plots.legend_below(fig)
     return fig
 
 
-def fig6_convergence(batch_sweep: Rows, size_sweep: Rows) -> Figure:
-    """Fig. 6: swaps per epoch and gap to the global optimum for several batch sizes (rows of notebook 02's
-    batch_size_sweep) and dataset sizes (its dataset_size_sweep)."""
-    fig, axes = plots.figure(2, 2, size=3.4)
-    batch = _floats(batch_sweep, "epoch", "swaps", "gap")
-    size = _floats(size_sweep, "epoch", "swaps_per_example", "gap")
-    plots.draw_curves(
-        axes[0][0], [r for r in batch if r["epoch"] > 0], "epoch", "swaps", "batch_size", "swaps per epoch", logy=True
-    )
-    plots.draw_curves(axes[0][1], batch, "epoch", "gap", "batch_size", "gap to global optimum", logy=True)
-    plots.draw_curves(
-        axes[1][0],
-        [r for r in size if r["epoch"] > 0],
-        "epoch",
-        "swaps_per_example",
-        "dataset_size",
-        "swaps per example",
-        logy=True,
-    )
-    plots.draw_curves(axes[1][1], size, "epoch", "gap", "dataset_size", "gap to global optimum", logy=True)
-    fig.tight_layout()
+def fig6_convergence(batch_sweep: Rows, size_sweep: Rows, cache_sweep: Rows = ()) -> Figure:
+    """Fig. 6: the pairing converging (notebook 02's tables). Top: on digits, the gap to the global optimum and the
+    swaps per epoch by batch size (batch_size_sweep), and the final gap beside the pairs minibatch OT-CFM trains on.
+    Bottom: the gap by number of noise caches (caches_sweep, if given) and, on a 2-D toy, the gap and the swaps per
+    example by dataset size (dataset_size_sweep)."""
+    batch = _floats(batch_sweep, "epoch", "swaps", "gap", "batch_size", "minibatch_ot_gap")
+    size = _floats(size_sweep, "epoch", "swaps_per_example", "gap", "dataset_size")
+    caches = _floats(cache_sweep, "epoch", "gap", "caches")
+    for rows, key in ((batch, "batch_size"), (size, "dataset_size"), (caches, "caches")):
+        for r in rows:
+            r[key] = int(r[key])
+    fig, rows = plots.panel_groups([[2, 1], [1, 2] if caches else [2]], size=3.2, aspect=0.78)
+    _draw_gap_and_swaps(rows[0][0], batch, "swaps", "batch_size", "digits")
+    final_fig, (final_ax,) = rows[0][1]
+    _draw_final_gaps(final_ax, batch)
+    plots.legend_below(final_fig, ncol=1)
+    if caches:
+        cache_fig, (cache_ax,) = rows[1][0]
+        plots.draw_curves(
+            cache_ax, caches, "epoch", "gap", "caches", "digits subset: by noise caches", True, legend=False
+        )
+        plots.legend_below(cache_fig, ncol=3)
+    _draw_gap_and_swaps(rows[1][-1], size, "swaps_per_example", "dataset_size", "2-D toy")
     return fig
+
+
+def _draw_gap_and_swaps(group: tuple[Any, list[Axes]], rows: Rows, swaps: str, by: str, data: str) -> None:
+    """A panel group (subfigure, two axes): the gap to the global optimum and the swaps against the epoch, one
+    line per value of ``by``, with the group's legend below it."""
+    container, (gap_ax, swaps_ax) = group
+    plots.draw_curves(gap_ax, rows, "epoch", "gap", by, f"{data}: gap to the global optimum", True, legend=False)
+    title = f"{data}: {plots.axis_label(swaps).replace(' and epoch', '')}"
+    plots.draw_curves(swaps_ax, [r for r in rows if r["epoch"] > 0], "epoch", swaps, by, title, True, legend=False)
+    plots.legend_below(container)
+
+
+def _draw_final_gaps(ax: Axes, batch: Rows) -> None:
+    """LOOM's gap after the last epoch against the batch size, beside the gap of minibatch OT-CFM's pairs."""
+    last = max(r["epoch"] for r in batch)
+    final = sorted((r for r in batch if r["epoch"] == last), key=lambda r: r["batch_size"])
+    sizes = [r["batch_size"] for r in final]
+    for key, name, label in (
+        ("gap", "LOOM-CFM", f"LOOM-CFM after {last:g} epochs"),
+        ("minibatch_ot_gap", "minibatch_ot", "minibatch OT-CFM (fresh noise)"),
+    ):
+        style = plots.look(name)
+        ax.plot(sizes, [r[key] for r in final], marker=style.marker, color=style.color, label=label)
+    ax.set(xlabel="batch size", ylabel=plots.axis_label("gap"), title="digits: after the last epoch")
+    plots.log_axis(ax, "x", sizes)
+    plots.log_axis(ax, "y")
 
 
 def fig7_sample_grids(grids: Mapping[str, Path]) -> Figure:
-    """Fig. 7: the sample-grid images the notebooks saved (PNG files), one panel per title, four per row."""
-    ncols = min(4, len(grids))
-    fig, axes = plots.figure(ncols, -(-len(grids) // ncols), size=4.0)
-    panels = [ax for row in axes for ax in row]
-    for ax, (title, path) in zip(panels, grids.items()):
-        ax.imshow(mpimg.imread(path))
-        ax.set_title(title, fontsize=7)
-    for ax in panels:
-        ax.axis("off")
-    return fig
+    """Fig. 7: the plain sample-grid images the notebooks saved (:func:`save_sample_grids`), as equal panels."""
+    return plots.draw_image_panels([(title, mpimg.imread(path)) for title, path in grids.items()])
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The image notebooks (05-08, 11): FID vs NFE with curvature, sample grids
+# ---------------------------------------------------------------------------------------------------------
 def fid_vs_nfe_figure(fid: Rows, curvature: Rows, features: str) -> Figure:
-    """Two panels: FID against true NFE per method (paper Fig. 3) and curvature per Euler step (Fig. 4)."""
-    fig, axes = plots.figure(2, size=3.6)
-    for method in dict.fromkeys(r["method"] for r in fid):
-        mine = [r for r in fid if r["method"] == method]
-        axes[0][0].plot([r["nfe"] for r in mine], [r["fid"] for r in mine], marker="o", label=method)
-    axes[0][0].set(
-        xscale="log", xlabel="NFE (true network calls)", ylabel=f"FID ({features} features)", title="FID vs NFE"
+    """Two panels: FID against true NFE per method (paper Fig. 3) and curvature per Euler step (Fig. 4).
+    FIDs of different protocols share no scale: rows of more than one protocol are refused."""
+    protocols = sorted({str(r.get("fid_protocol", "unrecorded")) for r in fid})
+    if len(protocols) > 1:
+        raise ValueError(f"FID rows of several protocols {protocols} cannot share one axis; plot each on its own")
+    fig, axes = plots.figure(2, size=3.4)
+    fid_ax, curvature_ax = axes[0]
+    nfe = _draw_fid(fid_ax, fid)
+    fid_ax.set(
+        xlabel=plots.axis_label("nfe"),
+        ylabel="FID",
+        title=f"FID vs NFE\n({', '.join(protocols)}, {features} features)",
     )
-    axes[0][0].legend(fontsize=6)
-    plots.draw_curves(axes[0][1], curvature, "step", "curvature", "method", "curvature per Euler step", logy=True)
-    fig.tight_layout()
+    plots.log_axis(fid_ax, "x", nfe)
+    if curvature:
+        plots.draw_curves(
+            curvature_ax,
+            _floats(curvature, "step", "curvature"),
+            "step",
+            "curvature",
+            "method",
+            "curvature per Euler step\n(the same noise for every model)",
+            logy=True,
+            legend=False,
+        )
+        curvature_ax.set_xlabel("Euler step k")
+        curvature_ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+    plots.legend_below(fig, extra=_fid_key({_family(r["solver"]) for r in fid}))
     return fig
 
 
-def sample_grids_figure(samples: Mapping[str, Tensor], solver: str) -> Figure:
-    """One panel per model of its samples (N, C, H, W) in [-1, 1] (lib.experiments.pipeline.grid_samples)."""
-    fig, axes = plots.figure(len(samples), size=3.0)
-    for ax, (name, images) in zip(axes[0], samples.items()):
-        grid = make_grid(images, nrow=max(1, int(len(images) ** 0.5)), normalize=True, value_range=(-1, 1))
-        ax.imshow(grid.permute(1, 2, 0).numpy())
-        ax.set_title(f"{name}\n{solver}", fontsize=7)
-        ax.axis("off")
+def _slug(name: str) -> str:
+    """A name as a file-name part: "w/o saving local reassignments" -> "w-o-saving-local-reassignments"."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def _grid_title(model: str, solver: str, dataset: str = "") -> str:
+    nfe = parse_solver(solver).expected_nfe
+    head = f"{plots.dataset_title(dataset)}: {model}" if dataset else model
+    return f"{head}\n{solver}" + (f", NFE {nfe}" if nfe else "")
+
+
+def sample_grids_figure(samples: Mapping[str, Tensor], solver: str, dataset: str = "") -> Figure:
+    """One equal panel per model of its samples (N, C, H, W) in [-1, 1] (lib.experiments.pipeline.grid_samples),
+    all drawn with ``solver``."""
+    return plots.draw_image_panels(
+        [(_grid_title(model, solver, dataset), plots.image_grid(images)) for model, images in samples.items()],
+        size=2.6,
+    )
+
+
+GRID_INDEX = "sample_grids"  # <GRID_INDEX>.csv in a notebook's folder lists its plain grids (the panels of Fig. 7)
+
+
+def save_sample_grids(
+    run: Run, samples: Mapping[str, Tensor], solver: str, dataset: str, name: str = "sample_grids"
+) -> None:
+    """Save the sample grids of a run: one plain PNG per model, ``grid_<dataset>_<model>.png`` (the equal panels
+    notebook 10 composes Fig. 7 from), listed with dataset, model, solver and NFE in ``sample_grids.csv`` (rows of
+    earlier calls in the same run kept), and the figure ``<name>`` of all of them, shown inline.
+
+    samples: {model (the paper's row name): images (N, C, H, W) in [-1, 1]}, all drawn with ``solver``.
+    """
+    rows = []
+    for model, images in samples.items():
+        file = f"grid_{_slug(dataset)}_{_slug(model)}.png"
+        Image.fromarray(plots.image_grid(images)).save(run.path(file))
+        rows.append(
+            {
+                "dataset": dataset,
+                "model": model,
+                "solver": solver,
+                "nfe": parse_solver(solver).expected_nfe or "",
+                "file": file,
+            }
+        )
+    index = run.staging / f"{GRID_INDEX}.csv"
+    new = {row["file"] for row in rows}
+    earlier = [r for r in read_table(index) if r["file"] not in new] if index.is_file() else []
+    run.write_table(GRID_INDEX, earlier + rows)
+    run.save_figure(sample_grids_figure(samples, solver, dataset), name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Notebook 03: 2-D toys
+# ---------------------------------------------------------------------------------------------------------
+def toy_paths_figure(paths: Mapping[tuple[str, str], Tensor], steps: int) -> Figure:
+    """Sampling paths per (toy, coupling) -> trajectory (T, B, 2): one row per toy, one column per coupling."""
+    toys = list(dict.fromkeys(t for t, _ in paths))
+    couplings = list(dict.fromkeys(c for _, c in paths))
+    fig, axes = plots.figure(len(couplings), len(toys), size=2.8, aspect=1.0)
+    for i, toy in enumerate(toys):
+        for j, coupling in enumerate(couplings):
+            trajectory = paths[toy, coupling]
+            plots.draw_paths(axes[i][j], trajectory, f"{toy}: {plots.method_label(coupling)}", trajectory.shape[1])
+    fig.suptitle(f"Sampling paths from the same noise, Euler with {steps} steps")
+    plots.legend_below(fig, axes[0])
+    return fig
+
+
+def w2_vs_nfe_figure(rows: Rows) -> Figure:
+    """W2 to held-out samples against NFE, one panel per toy, one line per coupling (rows of notebook 03's
+    w2_by_nfe: toy, coupling, solver, nfe, w2); adaptive (dopri5) results as open markers."""
+    toys = list(dict.fromkeys(r["toy"] for r in rows))
+    fig, axes = plots.figure(len(toys), size=3.2)
+    for ax, toy in zip(axes[0], toys):
+        mine = [{**r, "method": r["coupling"], "fid": r["w2"]} for r in _select(rows, "toy", toy)]
+        nfe = _draw_fid(ax, mine)
+        ax.set(xlabel=plots.axis_label("nfe"), ylabel=plots.axis_label("w2"), title=toy)
+        plots.log_axis(ax, "x", nfe)
+        plots.log_axis(ax, "y")
+    plots.legend_below(fig, extra=_fid_key({_family(r["solver"]) for r in rows}))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Notebook 04: digits
+# ---------------------------------------------------------------------------------------------------------
+def quality_vs_nfe_figure(metrics: Rows, floor: Mapping[str, float], methods: Sequence[str]) -> Figure:
+    """Frechet distance and W2 to held-out digits against NFE, one row of panels per fixed-grid solver in
+    ``methods``, one line per Table 5 row (rows {label, method, nfe, fd, w2}); the dotted floor is real training
+    digits scored like samples (``floor``: {fd, w2})."""
+    fig, axes = plots.figure(2, len(methods), size=3.3)
+    for i, method in enumerate(methods):
+        for j, metric in enumerate(["fd", "w2"]):
+            ax = axes[i][j]
+            sel = [r for r in metrics if r["method"] == method]
+            plots.draw_curves(ax, _floats(sel, "nfe", metric), "nfe", metric, "label", legend=False)
+            ax.axhline(
+                float(floor[metric]),
+                color=plots.REFERENCE_COLOR,
+                ls=":",
+                lw=1.2,
+                label="floor: real training digits scored like samples",
+            )
+            name = "Frechet distance" if metric == "fd" else "W2"
+            ax.set(xlabel=f"NFE ({method}, network calls)", title=f"{name}, {method} solver")
+            plots.log_axis(ax, "x", [float(r["nfe"]) for r in sel])
+            plots.log_axis(ax, "y")
+    plots.legend_below(fig, ncol=3)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Notebook 09: performance
+# ---------------------------------------------------------------------------------------------------------
+def coupling_breakdown_figure(breakdown: Rows) -> Figure:
+    """Per example shape: LOOM's coupling step split into its parts (stacked bars) and the total of each coupling
+    (lines), by batch size (rows of lib.experiments.benchmarks.coupling_sweep)."""
+    shapes = list(dict.fromkeys(r["shape"] for r in breakdown))
+    fig, axes = plots.figure(len(shapes), size=2.9, aspect=0.95)
+    parts = plots.sequence_looks(list(reversed(LOOM_PARTS)))
+    for ax, shape in zip(axes[0], shapes):
+        rows = _select(breakdown, "shape", shape)
+        x, bottom = list(range(len(rows))), [0.0] * len(rows)
+        for part in LOOM_PARTS:
+            heights = [float(r[column(part)]) for r in rows]
+            ax.bar(x, heights, bottom=bottom, color=parts[part].color, width=0.6, label=f"LOOM step: {part}")
+            bottom = [b + h for b, h in zip(bottom, heights)]
+        for name in ("independent", "minibatch_ot", "loom"):
+            style = plots.look(name)
+            ax.plot(
+                x,
+                [float(r[f"{name}_ms"]) for r in rows],
+                marker=style.marker,
+                color=style.color,
+                ls=":",
+                mec="white",
+                ms=6,
+                label=f"{plots.method_label(name)} (whole step)",
+            )
+        ax.set(
+            xticks=x,
+            xticklabels=[str(r["batch_size"]) for r in rows],
+            xlabel="batch size",
+            ylabel="ms per coupling step",
+            title=f"{shape} examples ({rows[0]['device']})",
+        )
+        plots.log_axis(ax, "y")
+        ax.xaxis.set_major_locator(FixedLocator(x))
+    plots.legend_below(fig, ncol=4)
+    return fig
+
+
+def assignment_fit_figure(assignment: Rows, fit: PowerLawFit, device: str) -> Figure:
+    """The exact assignment's time against m with its power-law fit, the cost matrix beside it (per device) and,
+    off the CPU, the transfer to the host (rows of lib.experiments.benchmarks.assignment_scaling)."""
+    fig, axes = plots.figure(1, size=4.0, aspect=0.85)
+    ax = axes[0][0]
+    devices = list(dict.fromkeys(r["device"] for r in assignment))
+    for k, dev in enumerate(devices):
+        rows = _floats(_select(assignment, "device", dev), "m", "cost_matrix_ms", "transfer_ms")
+        parts = [("cost_matrix_ms", "s", f"m x m cost matrix ({dev})")]
+        if dev != "cpu":
+            parts.append(("transfer_ms", "^", f"transfer {dev} -> host"))
+        for j, (key, marker, label) in enumerate(parts):
+            color = plots.OTHER_COLORS[(2 + k + 2 * j) % len(plots.OTHER_COLORS)]
+            ax.plot([r["m"] for r in rows], [r[key] for r in rows], marker=marker, ls="--", color=color, label=label)
+    rows = _floats(_select(assignment, "device", device), "m", "assignment_ms")
+    sizes = [r["m"] for r in rows]
+    ax.plot(sizes, [r["assignment_ms"] for r in rows], marker="o", color="k", label="exact assignment (scipy, CPU)")
+    fitted = [m for m in sizes if m >= fit.min_size]
+    ax.plot(
+        fitted,
+        [fit.predict(m) for m in fitted],
+        color=plots.look("LOOM-CFM").color,
+        lw=2.5,
+        alpha=0.6,
+        label=f"fit: {fit.constant:.2g} ms x m^{fit.exponent:.2f}",
+    )
+    ax.set(xlabel="m (OT batch size)", ylabel="ms per call", title="exact assignment vs batch size m")
+    plots.log_axis(ax, "x", sizes)
+    plots.log_axis(ax, "y")
+    plots.legend_below(fig, ncol=2)
+    return fig
+
+
+def share_and_throughput_figure(
+    share: Rows, sampling: Rows, training: Rows, share_preset: str, sample_preset: str, device: str
+) -> Figure:
+    """Three panels: LOOM's coupling as a share of a training step by batch size (rows of
+    coupling_share_sweep), sampling throughput per solver (time_sampling) and training throughput per preset and
+    coupling (time_presets)."""
+    fig, axes = plots.figure(3, size=3.2, aspect=0.95)
+    ax = axes[0][0]
+    share = _floats(share, "batch_size", "coupling_share")
+    sizes = [r["batch_size"] for r in share]
+    style = plots.look("LOOM-CFM")
+    ax.plot(
+        sizes,
+        [100 * r["coupling_share"] for r in share],
+        marker=style.marker,
+        color=style.color,
+        label="LOOM coupling share",
+    )
+    for t, ls in zip(SHARE_THRESHOLDS, ("--", "-.")):
+        ax.axhline(100 * t, color=plots.REFERENCE_COLOR, ls=ls, lw=0.9, label=f"{100 * t:g} % of the step")
+    ax.set(
+        xlabel="batch size",
+        ylabel="LOOM coupling, % of a training step",
+        title=f"coupling share, {share_preset} UNet ({device})",
+    )
+    plots.log_axis(ax, "x", sizes)
+    plots.log_axis(ax, "y")
+    plots.legend_below(fig, axes[0][:1], ncol=3)
+    ax = axes[0][1]
+    labels = [f"{r['solver']}{' bf16' if _truthy(r['bf16']) else ''}\nNFE {int(float(r['nfe']))}" for r in sampling]
+    ax.bar(labels, [float(r["images_per_s"]) for r in sampling], color="0.55", width=0.6)
+    batch = sampling[0]["batch_size"] if sampling else ""
+    ax.set(ylabel="images per second", title=f"sampling, {sample_preset} UNet, batch {batch}")
+    ax = axes[0][2]
+    ax.bar(
+        [
+            f"{r['preset']}{' bf16' if _truthy(r['bf16']) else ''}\n{plots.method_label(r['coupling'])}"
+            + (f",\n{r['pairing']}" if "pairing" in r else "")
+            for r in training
+        ],
+        [float(r["images_per_s"]) for r in training],
+        color=[plots.look(r["coupling"]).color for r in training],
+        width=0.6,
+    )
+    ax.set(ylabel="training images per second", title="training step per preset")
+    for ax in axes[0][1:]:
+        ax.grid(axis="x", visible=False)
+        ax.tick_params(axis="x", labelsize=7.5)
+    if len(training) > 4:  # every coupling paired two ways: the labels stand upright
+        axes[0][2].tick_params(axis="x", labelrotation=90, labelsize=6.5)
+    return fig
+
+
+def training_steps_figure(rows: Rows, device: str) -> Figure:
+    """One panel per model: ms per training step by batch size for each coupling (colour), paired inside the step
+    (dashed) or ahead of it (solid); rows of lib.experiments.benchmarks.training_step_sweep."""
+    rows = _floats(rows, "batch_size", "step_ms")
+    models = list(dict.fromkeys(str(r["model"]) for r in rows))
+    fig, axes = plots.figure(len(models), size=3.4, aspect=0.9)
+    for ax, model in zip(axes[0], models):
+        mine = _select(rows, "model", model)
+        for coupling in dict.fromkeys(str(r["coupling"]) for r in mine):
+            style = plots.look(coupling)
+            for pairing, ls in (("synchronous", "--"), ("pipelined", "-")):
+                line = [r for r in mine if (r["coupling"], r["pairing"]) == (coupling, pairing)]
+                ax.plot(
+                    [r["batch_size"] for r in line],
+                    [r["step_ms"] for r in line],
+                    marker=style.marker,
+                    color=style.color,
+                    ls=ls,
+                    label=f"{plots.method_label(coupling)}, {pairing}",
+                )
+        threads = int(float(mine[0]["torch_threads"]))
+        ax.set(xlabel="batch size", ylabel="ms per training step", title=f"{model} ({device}, {threads} torch thread)")
+        plots.log_axis(ax, "x", sorted({r["batch_size"] for r in mine}))
+        plots.log_axis(ax, "y")
+    plots.legend_below(fig, axes[0][:1], ncol=3)
     return fig
 
 
 # ---------------------------------------------------------------------------------------------------------
 # All of them from a results folder (notebook 10)
 # ---------------------------------------------------------------------------------------------------------
-GRID_FILES = ("sample_grids.png", "samples_*.png")  # one grid of all rows (05-08), or one per release (11)
-
-
 def sample_grid_files(root: Path) -> dict[str, Path]:
-    """{panel title: PNG} of every sample grid the image notebooks saved, from each notebook's preferred run."""
+    """{panel title: PNG} of every plain sample grid the image notebooks saved (their ``sample_grids.csv``), from
+    each notebook's preferred run."""
     grids: dict[str, Path] = {}
     for notebook in grid_notebooks():
         found = run_folder(root, notebook)
-        if found is None:
+        if found is None or not (found[1] / f"{GRID_INDEX}.csv").is_file():
             continue
-        for path in sorted(p for pattern in GRID_FILES for p in found[1].glob(pattern)):
-            grids[
-                f"{notebook} {path.stem.removeprefix('samples_').removeprefix('sample_grids')} ({found[0]})".replace(
-                    "  ", " "
-                )
-            ] = path
+        for r in read_table(found[1] / f"{GRID_INDEX}.csv"):
+            title = f"{_grid_title(r['model'], r['solver'], r['dataset'])} ({notebook[:2]}, {found[0]})"
+            grids[title] = found[1] / r["file"]
     return grids
+
+
+def _grid_sources(root: Path) -> list[str]:
+    """The source ("<notebook>, <profile> profile") of every image notebook whose grids :func:`sample_grid_files`
+    reads."""
+    return [
+        f"{notebook}, {found[0]} profile"
+        for notebook in grid_notebooks()
+        if (found := run_folder(root, notebook)) is not None and (found[1] / f"{GRID_INDEX}.csv").is_file()
+    ]
 
 
 def _csv(root: Path, notebook: str, *names: str) -> tuple[str, list[list[dict[str, str]]]] | None:
@@ -294,9 +649,16 @@ def _csv(root: Path, notebook: str, *names: str) -> tuple[str, list[list[dict[st
     return found[0], [read_table(found[1] / name) for name in names]
 
 
+def _source_title(fig: Figure, name: str, source: str) -> None:
+    """Name the figure and where its numbers come from above it, wrapped to the figure's width."""
+    width = int(fig.get_figwidth() * 72 / 5.2)
+    fig.suptitle("\n".join(textwrap.wrap(f"{name}, from {source}", width)), fontsize=8.5)
+
+
 def redraw_paper_figures(root: Path) -> tuple[dict[str, tuple[Figure, str]], dict[str, str]]:
     """Every figure of paper_setup.md that results/ has the numbers for -> ({name: (figure, source)},
-    {name: what is missing}). The source names the notebook and profile the numbers came from."""
+    {name: what is missing}). The source names the notebook and profile the numbers came from; each figure carries
+    its name and source as its title."""
     drawn: dict[str, tuple[Figure, str]] = {}
     missing: dict[str, str] = {}
 
@@ -330,12 +692,14 @@ def redraw_paper_figures(root: Path) -> tuple[dict[str, tuple[Figure, str]], dic
     add(
         "fig6_assignment_convergence",
         "02_assignment_convergence",
-        _csv(root, "02_assignment_convergence", "batch_size_sweep.csv", "dataset_size_sweep.csv"),
+        _csv(root, "02_assignment_convergence", "batch_size_sweep.csv", "dataset_size_sweep.csv", "caches_sweep.csv"),
         fig6_convergence,
     )
     grids = sample_grid_files(root)
     if grids:
-        drawn["fig7_sample_grids"] = (fig7_sample_grids(grids), ", ".join(grids))
+        drawn["fig7_sample_grids"] = (fig7_sample_grids(grids), "; ".join(_grid_sources(root)))
     else:
         missing["fig7_sample_grids"] = f"run one of {', '.join(grid_notebooks())} first"
+    for name, (fig, source) in drawn.items():
+        _source_title(fig, name, source)
     return drawn, missing

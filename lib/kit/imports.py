@@ -17,12 +17,13 @@ from pathlib import Path
 
 LIB = Path(__file__).resolve().parent.parent
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("paper", ("lib", "lib.paper")),
+    ("base", ("lib", "lib.files", "lib.cli", "lib.progress")),
+    ("paper", ("lib.paper",)),
     ("algorithm", ("lib.couplings", "lib.flow", "lib.solvers", "lib.metrics")),
     ("networks", ("lib.models", "lib.unet", "lib.autoencoder")),
-    ("data", ("lib.datasets", "lib.toy")),
+    ("data", ("lib.datasets", "lib.shards", "lib.toy")),
     ("checkpoints", ("lib.checkpoints", "lib.fabricate")),
-    ("training", ("lib.train", "lib.distributed")),
+    ("training", ("lib.train", "lib.pairing", "lib.runfolder", "lib.distributed")),
     ("inference", ("lib.sample", "lib.evaluate", "lib.fid")),
     ("experiments", ("lib.experiments",)),
     ("kit", ("lib.kit",)),

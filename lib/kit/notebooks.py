@@ -2,11 +2,14 @@
 
 Read by lib.kit.readme (the notebook index), lib.kit.tables (which result files hold FID rows beside the paper)
 and lib.kit.figures (which notebooks draw sample grids, Fig. 7). A new notebook gets one entry here.
+:func:`figures_not_shown` checks an executed notebook for figures that were drawn but not shown inline.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,7 @@ class NotebookInfo:
     fid_table: str = ""  # CSV of FID rows beside the paper's, read by lib.kit.tables ("": none)
     fid_dataset: str = ""  # their dataset (lib.paper names), "" when every row names its own
     sample_grids: bool = False  # saves sample grids (paper Fig. 7)
+    threads: int = 1  # torch threads of its kernel under lib.kit.reproduce (measured: README, "How long")
 
 
 NOTEBOOKS: dict[str, NotebookInfo] = {
@@ -78,7 +82,7 @@ NOTEBOOKS: dict[str, NotebookInfo] = {
     ),
     "09_performance": NotebookInfo(
         "- (reviewers' cost question)",
-        "coupling step parts, O(m^3) assignment fit, throughput, share of the step",
+        "coupling step parts, assignment fit, training step paired inside vs ahead of it, global batch, released code",
         "CPU or GPU",
         "est. ~15 min, one GPU",
     ),
@@ -110,3 +114,24 @@ def fid_sources() -> dict[str, NotebookInfo]:
 def grid_notebooks() -> list[str]:
     """The notebooks that save sample grids (paper Fig. 7)."""
     return [name for name, info in NOTEBOOKS.items() if info.sample_grids]
+
+
+# A notebook cell showing a figure calls one of these (lib.kit.results.Run.save_figure shows the saved PNG inline;
+# lib.kit.figures.save_sample_grids calls it).
+FIGURE_CALLS = ("save_figure(", "save_sample_grids(")
+
+
+def figures_not_shown(executed: str | Path) -> list[str]:
+    """Code cells of an executed notebook (.ipynb) with fewer image/png outputs than figure calls in their source
+    -> one line each ("cell 9: 2 figure calls, 1 image"); empty when every figure is shown inline."""
+    cells = json.loads(Path(executed).read_text())["cells"]
+    missing = []
+    for i, cell in enumerate(cells):
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"])
+        calls = sum(source.count(call) for call in FIGURE_CALLS)
+        images = sum("image/png" in output.get("data", {}) for output in cell.get("outputs", []))
+        if images < calls:
+            missing.append(f"cell {i}: {calls} figure calls, {images} images")
+    return missing

@@ -18,6 +18,7 @@ from pathlib import Path
 from lib import REPO_ROOT
 from lib.kit.notebooks import NOTEBOOKS
 from lib.kit.results import read_table
+from lib.kit.tables import REPRODUCED_WITHIN, counts
 from lib.paper import TABLES
 
 README = REPO_ROOT / "README.md"
@@ -28,15 +29,23 @@ def notebooks_on_disk() -> list[str]:
     return sorted(p.stem for p in (REPO_ROOT / "notebooks").glob("*.ipynb"))
 
 
+def machine(run: dict) -> str:
+    """The machine a run.json was measured on, in a few words: the GPU, or the CPU model and cores."""
+    device = run["device"]
+    if device.get("cuda_device"):
+        return device["cuda_device"]
+    model = device.get("cpu_model") or device.get("processor", "CPU")
+    return f"{model}, {device.get('cpu_count', '?')} cores"
+
+
 def _wall_time(results: Path, profile: str, notebook: str) -> str:
-    """Measured wall time of the notebook's last run in ``profile`` with its device, or '' if never run."""
+    """Measured wall time of the notebook's last published run in ``profile`` with its machine, or '' if never run."""
     path = results / profile / notebook / "run.json"
     if not path.is_file():
         return ""
     run = json.loads(path.read_text())
-    seconds, device = float(run["wall_time_s"]), run["device"]
-    where = device.get("cuda_device") or f"{device.get('cpu_count', '?')} CPU cores"
-    return (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min") + f" ({where})"
+    seconds = float(run["wall_time_s"])
+    return (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min") + f" ({machine(run)})"
 
 
 def notebook_index(results: Path) -> str:
@@ -56,40 +65,40 @@ def notebook_index(results: Path) -> str:
 
 
 def results_section(results: Path) -> str:
-    """Per paper table: how many numbers the kit has matched, and the rows with a kit value (from tables.csv)."""
+    """Per paper table: how many of its numbers the kit has reproduced (lib.kit.tables.counts, from tables.csv)."""
     path = results / "tables.csv"
     if not path.is_file():
         return "No results yet: run `make reproduce` (notebook 10 writes results/tables.md)."
     rows = read_table(path)
     parts = [
-        "Generated from [results/tables.md](results/tables.md) (full tables, protocols and provenance). "
-        "Quick-profile values test the pipeline on fabricated data and are never compared with the paper."
+        "Generated from [results/tables.md](results/tables.md) (full tables, protocols and provenance). A kit number "
+        "is compared with the paper's only when made the same way (paper profile, the paper's FID protocol); the "
+        "quick profile's pipeline checks are listed apart and never compared."
     ]
     for (table, dataset), title in TABLES.items():
         mine = [r for r in rows if r["table"] == table and r["dataset"] == dataset]
-        measured = [r for r in mine if r["status"] != "not run yet"]
-        key = lambda r: (r["method"], r["solver"], r["paper_nfe"])  # noqa: E731 - one paper number
-        paper_numbers = {key(r) for r in mine if r["paper_fid"]}
-        compared = {key(r) for r in mine if r["paper_fid"] and r["status"] == "paper profile"}
-        quick_only = {key(r) for r in mine if r["paper_fid"] and r["profile"] == "quick"} - compared
+        c = counts(mine)
+        quick = sum(r["profile"] == "quick" for r in mine)
         parts.append(
-            f"- **{title}**: {len(paper_numbers)} paper numbers: {len(compared)} matched by a paper-profile "
-            f"run, {len(quick_only)} by a quick-profile run only; {len(measured)} kit rows in all "
-            f"({', '.join(sorted({r['profile'] for r in measured})) or 'none'})."
+            f"- **{title}**: {c['paper_numbers']} paper numbers, {c['compared']} with a comparable kit number, "
+            f"{c['reproduced']} reproduced within {REPRODUCED_WITHIN:.0%}; {quick} quick-profile pipeline "
+            "checks."
         )
     return "\n".join(parts)
 
 
 def quick_total(results: Path) -> str:
-    """One sentence: how long the notebooks of the last quick run took together, and on what."""
-    runs = [json.loads(p.read_text()) for p in sorted((results / "quick").glob("*/run.json"))]
+    """One sentence: how long the notebooks of the published quick runs took together, and on what machine."""
+    # Notebooks only: command-line runs (lib.kit.benchmark's results/quick/benchmarks) are no notebook's time.
+    files = [p for p in sorted((results / "quick").glob("*/run.json")) if p.parent.name in NOTEBOOKS]
+    runs = [json.loads(p.read_text()) for p in files]
     if not runs:
         return "No quick run is recorded yet."
     minutes = sum(float(r["wall_time_s"]) for r in runs) / 60
-    cores = sorted({str(r["device"].get("cpu_count", "?")) for r in runs})
+    machines = ", ".join(sorted({machine(r) for r in runs}))
     return (
-        f"The last `make reproduce` (results/quick/*/run.json) spent {minutes:.0f} minutes in its {len(runs)} "
-        f"notebooks on {'/'.join(cores)} CPU cores."
+        f"The published quick runs (results/quick/*/run.json) took {minutes:.0f} minutes for their {len(runs)} "
+        f"notebooks on {machines}; timings change only when a notebook's results are republished."
     )
 
 
@@ -107,7 +116,7 @@ HEADLINES: tuple[tuple[str, str, str], ...] = (
         "coupling_cost.json",
         "one coupling step at batch {r[batch_size]} with 3x32x32 examples and a {r[num_examples]}-row seed table costs "
         "{r[loom_over_independent]:.2f}x an independent step and {r[loom_over_minibatch_ot]:.2f}x a minibatch OT step "
-        "on the CPU; one noise file per example would cost {r[file_per_example_over_loom]:.0f}x LOOM.",
+        "on the CPU.",
     ),
     (
         "03_toy_generation",
@@ -136,10 +145,17 @@ def headlines(results: Path) -> str:
     lines = []
     for notebook, name, sentence in HEADLINES:
         path = results / "quick" / notebook / name
-        text = sentence.format(r=json.loads(path.read_text())) if path.is_file() else f"not run yet ({name})"
-        lines.append(f"- `{notebook[:2]}`: " + " ".join(text.split()))
+        if not path.is_file():
+            lines.append(f"- `{notebook[:2]}`: not run yet ({name})")
+            continue
+        text = sentence.format(r=json.loads(path.read_text()))
+        run = path.with_name("run.json")
+        where = f" (measured on {machine(json.loads(run.read_text()))})" if run.is_file() and notebook in TIMED else ""
+        lines.append(f"- `{notebook[:2]}`: " + " ".join(text.split()) + where)
     return "\n".join(lines)
 
+
+TIMED = {"02_assignment_convergence", "04_digits", "09_performance"}  # their headlines hold timings
 
 SECTION_BUILDERS = {
     "quick-total": quick_total,

@@ -1,145 +1,290 @@
-"""Run the notebooks with papermill for a profile and save the executed copies beside their results.
+"""Run the notebooks with papermill for a profile, check the rerun against the committed results, publish changes.
 
-    python -m lib.kit.reproduce --profile quick            # every CPU-feasible notebook, minutes
-    python -m lib.kit.reproduce --profile paper --only 05  # the paper settings (GPUs), one notebook
-    python -m lib.kit.reproduce --list                     # notebooks and profiles
+    python -m lib.kit.reproduce                         # quick profile: rerun, compare, update what changed
+    python -m lib.kit.reproduce --profile paper --only 05   # the paper settings (GPUs), one notebook
+    python -m lib.kit.reproduce --verify                # rerun into a scratch folder and only compare (make verify)
+    python -m lib.kit.reproduce --verify --match-cpu    # ... with the committed runs' CPU capability
+    python -m lib.kit.reproduce --list                  # profiles, their notebooks and overrides
 
-Parameters come from ``lib/kit/profiles/<profile>.json`` (per notebook); the committed notebook defaults
-are the quick profile. Unknown parameters are refused before anything runs.
+Parameters come from lib.kit.profiles (the committed notebooks are the quick profile, ``profiles/paper.json``
+overrides them). Every notebook's parameters are checked before any notebook runs.
+
+Each notebook runs into a scratch copy of the results folder and is then compared with the committed results, value
+by value (lib.kit.verify): timings are reported, never judged. A folder whose metrics are the same (bit for bit, or
+within the stated tolerances) is left as committed, so a rerun on another machine changes no tracked file unless a
+metric really changed; a folder whose metrics changed, or that did not exist, replaces the committed one.
+``--refresh-timings`` publishes every rerun folder, timings included (an explicit benchmark run).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import papermill
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import default
 
-from lib import REPO_ROOT
-from lib.kit.results import results_root
+from lib import REPO_ROOT, cli
+from lib.kit import verify
+from lib.kit.notebooks import NOTEBOOKS
+from lib.kit.profiles import (
+    NOTEBOOKS_DIR,
+    ProfileError,
+    check_parameters,
+    load_profile,
+    notebook_defaults,
+    notebook_path,
+    profile_names,
+    resolve,
+)
+from lib.kit.results import replace_folder, results_root
 
-NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
-PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
-TABLES_NOTEBOOK = "10_paper_tables"  # reads what every other notebook wrote, so it always runs last
+# torch's, MKL's and oneDNN's names for a CPU capability recorded in run.json (torch.backends.cpu).
+CAPABILITY_ENVIRONMENT = {
+    "AVX2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "AVX512": {
+        "ATEN_CPU_CAPABILITY": "avx512",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+    },
+    "DEFAULT": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+}
 
 
 class NotebookFailed(RuntimeError):
     """A notebook raised: the message names the notebook, the cell and the executed copy."""
 
 
-def profile_names() -> list[str]:
-    """Profiles with a parameters file in lib/kit/profiles/."""
-    return sorted(p.stem for p in PROFILES_DIR.glob("*.json"))
+class IPCKernelManager(AsyncKernelManager):
+    """Kernels talk to papermill over local IPC sockets instead of TCP: no open port, no encryption warning."""
+
+    @default("transport")
+    def _default_transport(self) -> str:
+        return "ipc"
 
 
-def load_profile(profile: str) -> dict[str, dict[str, Any]]:
-    """The profile's notebooks in run order (by number, the tables notebook last), each with its overrides."""
-    path = PROFILES_DIR / f"{profile}.json"
-    if not path.exists():
-        raise SystemExit(f"unknown profile {profile!r}; use one of {profile_names()}")
-    notebooks = json.loads(path.read_text())["notebooks"]
-    return dict(sorted(notebooks.items(), key=lambda item: (item[0] == TABLES_NOTEBOOK, item[0])))
-
-
-def notebook_path(name: str) -> Path:
-    """notebooks/<name>.ipynb, with a clear error if it is missing."""
-    path = NOTEBOOKS_DIR / f"{name}.ipynb"
-    if not path.exists():
-        known = sorted(p.stem for p in NOTEBOOKS_DIR.glob("*.ipynb"))
-        raise FileNotFoundError(f"no notebook {path}; known notebooks: {known}")
-    return path
-
-
-def check_parameters(path: Path, parameters: dict[str, Any]) -> None:
-    """Refuse parameters the notebook's ``parameters`` cell does not define (papermill only warns)."""
-    known = papermill.inspect_notebook(str(path))
-    unknown = sorted(set(parameters) - set(known))
-    if unknown:
-        raise ValueError(
-            f"{path.name} has no parameter(s) {unknown}; its parameters are {sorted(known)}. "
-            "Fix the name in the profile file or on the command line."
-        )
+def run_profile(name: str, parameters: dict[str, Any]) -> str:
+    """The profile a run of ``name`` with injected ``parameters`` is filed under (as its kernel will decide)."""
+    return resolve(name, {**notebook_defaults(name), **parameters}).profile
 
 
 def run_notebook(name: str, parameters: dict[str, Any], results_dir: str | Path = "", progress: bool = False) -> Path:
-    """Execute one notebook with ``parameters``; return the executed copy's path.
+    """Execute one notebook with ``parameters`` -> the executed copy, saved in its results folder
+    ``<results>/<profile>/<name>/<name>.ipynb`` once the run has finished (an executed copy of a failed run is
+    ``<results>/<profile>/<name>.failed.ipynb``, named in the error).
 
-    The copy is saved in the notebook's results folder, results/<profile>/<name>/<name>.ipynb.
+    The kernel runs with ``NotebookInfo.threads`` torch threads (lib.kit.notebooks) and logged progress bars.
     """
     path = notebook_path(name)
     root = results_root(results_dir)
-    # the default root stays "" so run.json records no machine path; an explicit one is made absolute
-    # because the notebook runs with notebooks/ as its working directory
-    parameters = {**parameters, "RESULTS_DIR": str(Path(results_dir).resolve()) if results_dir else ""}
-    check_parameters(path, parameters)
-    profile = "quick" if parameters.get("QUICK", True) else "paper"
-    output = root / profile / name / f"{name}.ipynb"
-    output.parent.mkdir(parents=True, exist_ok=True)
+    check_parameters(name, parameters)
+    parameters = {**parameters, "RESULTS_DIR": str(root)}
+    folder = root / run_profile(name, parameters) / name
+    executing = folder.with_name(f".{name}.executing.ipynb")
+    executing.parent.mkdir(parents=True, exist_ok=True)
+    threads = str(NOTEBOOKS[name].threads)
     try:
-        papermill.execute_notebook(
-            str(path),
-            str(output),
-            parameters=parameters,
-            cwd=str(NOTEBOOKS_DIR),
-            progress_bar=progress,
-            kernel_name="python3",
-        )
+        with environment({"LOOM_PROGRESS": "log", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}):
+            papermill.execute_notebook(
+                str(path),
+                str(executing),
+                parameters=parameters,
+                cwd=str(NOTEBOOKS_DIR),
+                progress_bar=progress,
+                kernel_name="python3",
+                kernel_manager_class=f"{__name__}.IPCKernelManager",
+            )
     except papermill.PapermillExecutionError as err:
+        failed = folder.with_name(f"{name}.failed.ipynb")
+        os.replace(executing, failed)
         raise NotebookFailed(
             f"notebook {name} failed in cell {err.cell_index} (execution count {err.exec_count}): "
-            f"{err.ename}: {err.evalue}\nexecuted copy with the traceback: {output}"
+            f"{err.ename}: {err.evalue}\nexecuted copy with the traceback: {failed}"
         ) from None
+    output = folder / f"{name}.ipynb"
+    os.replace(executing, output)
     strip_machine_paths(output)
+    folder.with_name(f"{name}.failed.ipynb").unlink(missing_ok=True)
     return output
 
 
 def strip_machine_paths(executed: Path) -> None:
-    """Write the executed copy without this machine's folders: the checkout becomes ``.`` and the Python
-    environment ``<python>``, so results/ carries no absolute path of the machine that ran it."""
+    """Write the executed copy without this machine's folders (papermill records the notebook's path, tracebacks
+    and warnings theirs): the checkout becomes ``.`` and the Python environment ``<python>``."""
     text = executed.read_text()
     for folder, name in ((str(REPO_ROOT), "."), (sys.prefix, "<python>")):
         text = text.replace(folder, name)
     executed.write_text(text)
 
 
+@contextmanager
+def environment(variables: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for what this process starts (kernels, torchrun), then restore them."""
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def select(notebooks: dict[str, dict[str, Any]], only: list[str] | None) -> dict[str, dict[str, Any]]:
-    """Keep the notebooks whose name or number prefix is in ``only`` (all if empty)."""
-    if not only:
+    """Keep the notebooks whose name or number prefix is in ``only`` (all if None); every entry of ``only`` must
+    match a notebook, so a typo is refused instead of silently dropped."""
+    if only is None:
         return notebooks
-    chosen = {n: p for n, p in notebooks.items() if any(n == o or n.split("_")[0] == o for o in only)}
-    if not chosen:
-        raise SystemExit(f"--only {only} matches none of {list(notebooks)}")
-    return chosen
+
+    def matches(name: str, wanted: str) -> bool:
+        return name == wanted or name.split("_")[0] == wanted
+
+    unmatched = [o for o in only if not any(matches(n, o) for n in notebooks)]
+    if unmatched or not only:
+        raise ProfileError(
+            f"--only {' '.join(unmatched or only)} matches no notebook of this profile; use names or number "
+            f"prefixes of: {', '.join(notebooks)}"
+        )
+    return {n: p for n, p in notebooks.items() if any(matches(n, o) for o in only)}
+
+
+def capability_environment(capability: str | None) -> dict[str, str]:
+    """Environment that holds torch, MKL and oneDNN to a recorded CPU ``capability`` (None: the machine's own)."""
+    if capability is None:
+        return {}
+    if capability not in CAPABILITY_ENVIRONMENT:
+        raise ProfileError(f"cannot force CPU capability {capability!r}; torch knows {sorted(CAPABILITY_ENVIRONMENT)}")
+    return CAPABILITY_ENVIRONMENT[capability]
+
+
+def committed_capability(folder: Path) -> str | None:
+    """The CPU capability recorded in a committed run.json (None when there is none)."""
+    run = folder / "run.json"
+    return json.loads(run.read_text())["device"].get("torch_cpu_capability") if run.is_file() else None
+
+
+def _top_level_files(root: Path) -> set[str]:
+    return {p.name for p in root.glob("*") if p.is_file()}
+
+
+def rerun(
+    name: str, parameters: dict[str, Any], root: Path, profile: str, *, match_cpu: bool, progress: bool
+) -> tuple[Path, verify.Comparison]:
+    """Run ``name`` into a scratch copy of the results folder ``root`` and compare its folder with the committed one.
+
+    The scratch folder mirrors the repository (``<scratch>/results`` beside ``<scratch>/runs``), so the rerun trains
+    afresh and its result files name paths exactly as a run in the repository does. Returns the scratch results
+    folder (the caller publishes from it, then deletes its parent) and the comparison.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix=f"loom-rerun-{name}-")) / "results"
+    shutil.copytree(root, scratch)  # later notebooks (10) read what earlier ones wrote
+    committed = root / profile / name
+    with environment(capability_environment(committed_capability(committed) if match_cpu else None)):
+        run_notebook(name, parameters, scratch, progress=progress)
+    comparison = (
+        verify.compare_folders(scratch / profile / name, committed, name)
+        if committed.is_dir()
+        else verify.Comparison(name, missing=["(no committed results)"])
+    )
+    return scratch, comparison
+
+
+def publish(name: str, scratch: Path, root: Path, profile: str) -> None:
+    """Copy a rerun's folder (and the top-level files it rewrote, e.g. tables.md) from ``scratch`` into ``root``."""
+    staged = root / profile / f".{name}.publish"
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(scratch / profile / name, staged)
+    replace_folder(staged, root / profile / name)
+    for file in _top_level_files(scratch):
+        if not (root / file).is_file() or (root / file).read_bytes() != (scratch / file).read_bytes():
+            shutil.copy2(scratch / file, root / file)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m lib.kit.reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """``python -m lib.kit.reproduce``: an expected error is one line and status 2 (lib.cli)."""
+    return cli.run(reproduce_command, argv)
+
+
+def reproduce_command(argv: list[str]) -> int:
+    parser = cli.parser("python -m lib.kit.reproduce", __doc__)
     parser.add_argument("--profile", default="quick", help=f"one of {profile_names()} (default quick)")
-    parser.add_argument("--only", nargs="*", help="notebook names or number prefixes, e.g. 01 03")
+    parser.add_argument("--only", nargs="+", help="notebook names or number prefixes, e.g. 01 03")
     parser.add_argument("--results-dir", default="", help="results root (default: <repo>/results)")
-    parser.add_argument("--list", action="store_true", help="list the profile's notebooks and exit")
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="list the profile's notebooks (those of --only) with their parameter overrides",
+    )
+    parser.add_argument(
+        "--verify", action="store_true", help="only compare with the committed results; publish nothing"
+    )
+    parser.add_argument(
+        "--match-cpu",
+        action="store_true",
+        help="run with the CPU capability recorded in the committed run.json (bit-identical reruns)",
+    )
+    parser.add_argument(
+        "--refresh-timings",
+        action="store_true",
+        help="publish every rerun folder, even when only timings changed (an explicit benchmark run)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
     args = parser.parse_args(argv)
     notebooks = select(load_profile(args.profile), args.only)
     if args.list:
+        print(f"profile {args.profile} (profiles: {', '.join(profile_names())}):")
         for name, params in notebooks.items():
-            print(f"{name}: {json.dumps(params)}")
+            print(f"  {name}: {json.dumps(params) if params else '(the committed parameters)'}")
         return 0
-    for name, params in notebooks.items():
-        start = time.time()
-        print(f"[{args.profile}] {name} ...", flush=True)
+    for name, params in notebooks.items():  # every chosen notebook's parameters, before the first one runs
+        check_parameters(name, params)
+    return run_all(notebooks, args)
+
+
+def run_all(notebooks: dict[str, dict[str, Any]], args: argparse.Namespace) -> int:
+    """Rerun, compare and (unless --verify) publish every notebook; print a table. Exit status 1 when --verify
+    finds a real difference."""
+    root = results_root(args.results_dir)
+    started, comparisons = time.time(), []
+    for i, (name, params) in enumerate(notebooks.items(), start=1):
+        profile = run_profile(name, params)
+        print(
+            f"[{args.profile} {i}/{len(notebooks)}] {name} ({NOTEBOOKS[name].shows}); "
+            f"{(time.time() - started) / 60:.1f} min so far",
+            flush=True,
+        )
         try:
-            output = run_notebook(name, params, args.results_dir)
-        except (NotebookFailed, ValueError, FileNotFoundError) as err:
+            scratch, comparison = rerun(
+                name, params, root, profile, match_cpu=args.match_cpu, progress=not args.no_progress
+            )
+        except NotebookFailed as err:
             print(f"FAILED: {err}", file=sys.stderr)
             return 1
-        print(f"[{args.profile}] {name} done in {time.time() - start:.0f} s -> {output.parent}", flush=True)
-    return 0
+        comparisons.append(comparison)
+        # Within tolerance is the same result: only a real difference (or a new folder) is published.
+        publishing = not args.verify and (not comparison.ok or args.refresh_timings)
+        if publishing:
+            publish(name, scratch, root, profile)
+        shutil.rmtree(scratch.parent, ignore_errors=True)
+        verdict = "unchanged" if comparison.unchanged else "within tolerance" if comparison.ok else "changed"
+        print(
+            f"    {verdict}: {'published to' if publishing else 'left as committed in'} {root / profile / name}",
+            flush=True,
+        )
+    print(f"\n{len(notebooks)} notebook(s) in {(time.time() - started) / 60:.1f} min\n{verify.table(comparisons)}")
+    return 1 if args.verify and not all(c.ok for c in comparisons) else 0
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
-"""Write what a notebook measured under ``results/<profile>/<notebook>/`` with its provenance.
+"""Write what a notebook measured under ``results/<profile>/<notebook>/`` with its provenance; read it back.
 
-Layout of one run's folder:
-    metrics as CSV (tables: a list of rows) or JSON (a dict), figures as PNG + PDF, and ``run.json``
-    with the parameters, profile, git commit, package versions, device, seed, wall time and the list of
-    files written. Every number in results/ sits beside the run.json of the run that made it.
+Layout of one run's folder: metrics as CSV (tables: a list of rows) or JSON (a dict), figures as PNG + PDF, and
+``run.json`` with the parameters, profile, git commit, package versions, the hardware and software settings that
+decide bit-identity (CPU model and capability, BLAS/oneDNN ISA settings, threads, CUDA/cuDNN and determinism
+flags), seed, wall time and the files written. Every number in results/ sits beside the run.json of the run that
+made it.
+
+A run writes into a staging folder (``.<notebook>.partial`` beside the final one) and :meth:`Run.finish` swaps it
+in whole, so a folder never mixes two runs and an interrupted run leaves the previous results untouched. Paths under
+the repository are stored relative to it, so committed results hold nothing machine-specific.
 """
 
 from __future__ import annotations
@@ -12,17 +17,20 @@ import csv
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import torch
 
 from lib import REPO_ROOT
+from lib.kit import profiles
 
 PACKAGES = (
     "torch",
@@ -31,13 +39,22 @@ PACKAGES = (
     "scipy",
     "torchdiffeq",
     "clean-fid",
+    "torcheval",
     "scikit-learn",
     "h5py",
     "matplotlib",
     "papermill",
     "diffusers",
 )
-PARAMETER_TYPES = (bool, int, float, str, type(None), list, tuple, dict)
+# Environment variables that change which kernels torch, MKL and oneDNN run, hence the last bits of every number.
+ISA_VARIABLES = (
+    "ATEN_CPU_CAPABILITY",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
 
 
 def results_root(root: str | os.PathLike[str] = "") -> Path:
@@ -45,11 +62,21 @@ def results_root(root: str | os.PathLike[str] = "") -> Path:
     return Path(root or os.environ.get("LOOM_RESULTS", "") or REPO_ROOT / "results")
 
 
-def collect_parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
-    """The UPPER_CASE literals of a notebook's namespace (its parameters cell, after injection)."""
-    return {
-        k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_") and isinstance(v, PARAMETER_TYPES)
-    }
+def portable(value: Any, base: Path = REPO_ROOT) -> Any:
+    """``value`` with every absolute path under ``base`` (the folder holding ``results/`` and ``runs/``: the repository,
+    or a rerun's scratch folder) or under the repository made relative (recursively in containers), so a result
+    file reads the same whoever made it, wherever."""
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str):
+        for root in dict.fromkeys((Path(base), REPO_ROOT)):
+            value = value.replace(f"{root}/", "").replace(str(root), ".")
+        return value
+    if isinstance(value, Mapping):
+        return {k: portable(v, base) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v, base) for v in value]
+    return value
 
 
 def git_commit() -> str:
@@ -77,19 +104,52 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, platform.processor elsewhere)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def device_description() -> dict[str, Any]:
-    """Where the run computed ("cpu" or "cuda"), CPU model and thread count, and the GPU name if there is one."""
+    """Where the run computed and everything that decides whether a rerun matches it bit for bit."""
     info: dict[str, Any] = {
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "isa_environment": {name: os.environ[name] for name in ISA_VARIABLES if name in os.environ},
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
     }
     if torch.cuda.is_available():
-        info["cuda_device"] = torch.cuda.get_device_name(0)
-        info["cuda_device_count"] = torch.cuda.device_count()
+        info.update(
+            {
+                "cuda_device": torch.cuda.get_device_name(0),
+                "cuda_device_count": torch.cuda.device_count(),
+                "cuda_version": torch.version.cuda,
+                "cudnn_version": torch.backends.cudnn.version(),
+                "cudnn_deterministic": torch.backends.cudnn.deterministic,
+                "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+            }
+        )
     return info
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (JupyterLab or papermill), where figures are displayed inline."""
+    try:
+        from IPython import get_ipython  # IPython comes with the kernel; absent in plain scripts is fine
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
 @dataclass
@@ -100,15 +160,35 @@ class Run:
     profile: str
     parameters: dict[str, Any]
     seed: int
-    directory: Path
+    directory: Path  # the final folder; files are written to :attr:`staging` until finish()
     started: float = field(default_factory=time.time)
     commit: str = field(default_factory=git_commit)  # read at the start: the code that ran, not the code at finish
     files: list[str] = field(default_factory=list)
 
+    @property
+    def base(self) -> Path:
+        """The folder holding this run's results root and ``runs/``: the repository for ``<repo>/results``."""
+        return self.directory.parent.parent.parent
+
+    @property
+    def staging(self) -> Path:
+        """Where this run writes until :meth:`finish` swaps it in: ``.<notebook>.partial`` beside the final folder."""
+        return self.directory.with_name(f".{self.directory.name}.partial")
+
+    def runs_dir(self, runs: str = "") -> Path:
+        """Where this notebook keeps training runs and the data it makes: ``runs`` (RUNS_DIR) relative to the
+        repository if given, else ``runs/<profile>/<notebook>`` beside the results folder: the repository's
+        ``runs/`` for its results/, a scratch folder's own for a rerun or a test, so those never reuse what an
+        earlier run trained. Within a folder a training run is reused only with the same settings and code
+        (lib.experiments.pipeline.row_settings)."""
+        if runs:
+            return REPO_ROOT / runs
+        return self.base / "runs" / self.profile / self.notebook
+
     def path(self, name: str) -> Path:
         """A path inside this run's folder (recorded as written)."""
         self.files.append(name)
-        return self.directory / name
+        return self.staging / name
 
     def write_table(self, name: str, rows: Sequence[Mapping[str, Any]]) -> Path:
         """Write rows (dicts) as ``<name>.csv``; a key missing from a row is left empty in that row."""
@@ -119,30 +199,42 @@ class Run:
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fieldnames)
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(portable(dict(row), self.base) for row in rows)
         return path
 
     def write_json(self, name: str, data: Mapping[str, Any]) -> Path:
         """Write a dict of metrics as ``<name>.json``."""
         path = self.path(f"{name}.json")
-        path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+        path.write_text(json.dumps(portable(data, self.base), indent=2, default=float) + "\n")
         return path
 
-    def save_figure(self, fig: Any, name: str) -> list[Path]:
-        """Save a matplotlib figure as ``<name>.png`` and ``<name>.pdf``."""
+    def save_figure(self, fig: Any, name: str) -> None:
+        """Save a matplotlib figure as ``<name>.png`` and ``<name>.pdf`` and, in a notebook, show it inline.
+
+        The saved PNG is what is shown (so JupyterLab, the executed copy and results/ hold the same picture
+        whatever matplotlib backend is active); the figure is closed so it is not drawn a second time. Nothing is
+        returned, so a cell ending with this call shows the figure and no list of (staging) paths.
+        """
         paths = [self.path(f"{name}.{ext}") for ext in ("png", "pdf")]
         for p in paths:
             fig.savefig(
-                p, bbox_inches="tight", dpi=150, metadata={"CreationDate": None} if p.suffix == ".pdf" else None
+                p,
+                bbox_inches="tight",
+                dpi=150,
+                metadata={"CreationDate": None} if p.suffix == ".pdf" else {"Software": None},
             )
-        return paths
+        if in_notebook():
+            from IPython.display import Image, display  # only reached inside a kernel, where IPython is loaded
+
+            display(Image(filename=str(paths[0])))
+        plt.close(fig)
 
     def provenance(self) -> dict[str, Any]:
         """Everything needed to say where this folder's numbers came from."""
         return {
             "notebook": self.notebook,
             "profile": self.profile,
-            "parameters": self.parameters,
+            "parameters": portable(self.parameters, self.base),
             "seed": self.seed,
             "git_commit": self.commit,
             "versions": package_versions(),
@@ -152,44 +244,75 @@ class Run:
             "files": sorted(set(self.files)),
         }
 
-    def finish(self) -> Path:
-        """Write ``run.json``; returns its path."""
-        path = self.directory / "run.json"
-        path.write_text(json.dumps(self.provenance(), indent=2, default=str) + "\n")
-        return path
+    def finish(self) -> None:
+        """Write ``run.json``, swap the staging folder in for the previous results and say where they are."""
+        (self.staging / "run.json").write_text(json.dumps(self.provenance(), indent=2, default=str) + "\n")
+        replace_folder(self.staging, self.directory)
+        print(f"{len(set(self.files)) + 1} files in {portable(str(self.directory), self.base)}")
 
 
-def start_run(notebook: str, parameters: Mapping[str, Any], quiet: bool = False) -> Run:
-    """Open ``<results>/<profile>/<notebook>/`` for a notebook run and print its resolved config.
+def replace_folder(new: Path, final: Path) -> None:
+    """Put folder ``new`` in place of ``final`` by renames: at every moment ``final`` is the old or the new whole."""
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
 
-    parameters: the notebook's parameters (see :func:`collect_parameters`); ``QUICK`` picks the
-    profile name ("quick" or "paper"), ``SEED`` the seed, ``RESULTS_DIR`` the results root.
+
+def start_run(notebook: str, namespace: MutableMapping[str, Any], profile: str | None = None) -> Run:
+    """Open a run of ``notebook`` and print its resolved settings.
+
+    namespace: the notebook's ``globals()``. Its parameters are filed under the profile whose settings they are
+    (lib.kit.profiles.resolve); with ``QUICK = False`` set by hand the paper profile's overrides are applied to the
+    namespace first. ``profile`` given explicitly (command lines that are not notebooks, e.g. lib.kit.benchmark)
+    skips that resolution. ``SEED`` is the seed, ``RESULTS_DIR`` the results root.
     """
-    params = dict(parameters)
-    profile = "quick" if params.get("QUICK", True) else "paper"
-    seed = int(params.get("SEED", 0))
+    if profile is None:
+        resolved = profiles.resolve(notebook, {k: namespace[k] for k in profiles.notebook_defaults(notebook)})
+        namespace.update(resolved.applied)
+        params, profile = resolved.parameters, resolved.profile
+        _say_profile(notebook, resolved)
+    else:
+        params = dict(namespace)
     directory = results_root(params.get("RESULTS_DIR", "")) / profile / notebook
-    directory.mkdir(parents=True, exist_ok=True)
-    run = Run(notebook=notebook, profile=profile, parameters=params, seed=seed, directory=directory)
-    if not quiet:
-        shown = (
-            directory.relative_to(REPO_ROOT) if directory.is_relative_to(REPO_ROOT) else directory
-        )  # no machine path
-        print(
-            json.dumps(
-                {
-                    "notebook": notebook,
-                    "profile": profile,
-                    "results": str(shown),
-                    "parameters": params,
-                    "versions": package_versions(),
-                    "device": device_description(),
-                },
-                indent=1,
-                default=str,
-            )
+    run = Run(
+        notebook=notebook, profile=profile, parameters=params, seed=int(params.get("SEED", 0)), directory=directory
+    )
+    shutil.rmtree(run.staging, ignore_errors=True)  # what an interrupted earlier run left
+    run.staging.mkdir(parents=True)
+    print(
+        json.dumps(
+            {
+                "notebook": notebook,
+                "profile": profile,
+                "results": portable(str(directory), run.base),
+                "parameters": portable(params, run.base),
+                "versions": package_versions(),
+                "device": device_description(),
+            },
+            indent=1,
+            default=str,
         )
+    )
     return run
+
+
+def _say_profile(notebook: str, resolved: profiles.Resolved) -> None:
+    """Print what the resolution did: the overrides it applied, or why the run is a custom one."""
+    if resolved.applied:
+        print(
+            f"QUICK = False: applied the paper profile's settings of {notebook} "
+            f"(lib/kit/profiles/paper.json): {resolved.applied}"
+        )
+    if resolved.profile == "custom":
+        changed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in resolved.differences.items())
+        print(
+            f"These parameters differ from the {'quick' if resolved.parameters.get('QUICK', True) else 'paper'} "
+            f"profile ({changed}), so this run is filed under results/custom/{notebook}/, which no table reads. "
+            "For a profile run restore the committed values (quick) or set only QUICK = False (paper)."
+        )
 
 
 def read_table(path: str | os.PathLike[str]) -> list[dict[str, str]]:

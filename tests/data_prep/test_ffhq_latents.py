@@ -99,9 +99,9 @@ def test_resume_after_interruption_gives_identical_shards(
         return read(path, resolution)
 
     monkeypatch.setattr(prep, "read_image", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run(faces, tmp_path / "resumed")
-    assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == ["ffhq_latents_00000.h5"]  # no partial file
+    assert run(faces, tmp_path / "resumed") == 130  # Ctrl-C: one line, the shell's status for SIGINT
+    # no partial file, and the lock is released
+    assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == ["ffhq_latents_00000.h5", "manifest.json"]
     first = (tmp_path / "resumed" / "ffhq_latents_00000.h5").stat().st_mtime_ns
     monkeypatch.setattr(prep, "read_image", read)
     assert run(faces, tmp_path / "resumed") == 0
@@ -114,19 +114,19 @@ def test_resume_after_interruption_gives_identical_shards(
 
 def test_bad_inputs_name_the_problem(faces: tuple[Path, Path], tmp_path: Path, capsys) -> None:
     assert run(faces, tmp_path / "out", "--no-flips") == 0
-    assert run(faces, tmp_path / "out") == 1  # the same folder with flips: other settings
-    assert "flipped_copies: False there, True now" in capsys.readouterr().err
+    assert run(faces, tmp_path / "out") == 2  # the same folder with flips: other settings
+    assert "flipped_copies: False -> True" in capsys.readouterr().err
     broken = tmp_path / "broken"
     write_fake_faces(broken, 2, RES)
     (broken / "00001.png").write_bytes((broken / "00001.png").read_bytes()[:100])  # truncated download
-    assert run((broken, faces[1]), tmp_path / "o") == 1
+    assert run((broken, faces[1]), tmp_path / "o") == 2
     err = capsys.readouterr().err
     assert f"{broken / '00001.png'} is not a readable image" in err
-    assert run((tmp_path / "nowhere", faces[1]), tmp_path / "o") == 1
+    assert run((tmp_path / "nowhere", faces[1]), tmp_path / "o") == 2
     assert "is not a folder of FFHQ images" in capsys.readouterr().err
 
 
-def test_train_sample_and_evaluate_decode_the_latents(faces: tuple[Path, Path], tmp_path: Path) -> None:
+def test_train_sample_and_evaluate_decode_the_latents(faces: tuple[Path, Path], tmp_path: Path, capsys) -> None:
     assert run(faces, tmp_path / "latents") == 0
     argv = [
         "--dataset",
@@ -146,8 +146,8 @@ def test_train_sample_and_evaluate_decode_the_latents(faces: tuple[Path, Path], 
         "cpu",
         "--out",
     ]
-    with pytest.raises(ValueError, match="--no-flip"):
-        train.main([*argv, str(tmp_path / "flipped"), "--flip"])
+    assert train.main([*argv, str(tmp_path / "flipped"), "--flip"]) == 2
+    assert "load it with flip=False (lib.train: --no-flip)" in capsys.readouterr().err
     assert train.main([*argv, str(tmp_path / "run")]) == 0
     scale = HDF5Images(tmp_path / "latents", flip=False).scale
     latent = {"autoencoder": str(faces[1].resolve()), "scale": scale}

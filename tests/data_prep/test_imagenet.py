@@ -65,9 +65,9 @@ def test_image_folder_source(tmp_path: Path) -> None:
 def test_bad_inputs_name_the_file(tmp_path: Path, capsys) -> None:
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "train_data_batch_1.npz").write_bytes(b"not a zip")
-    assert prep.main(["--source", str(tmp_path / "src"), "--resolution", "32", "--out", str(tmp_path / "o")]) == 1
+    assert prep.main(["--source", str(tmp_path / "src"), "--resolution", "32", "--out", str(tmp_path / "o")]) == 2
     assert "train_data_batch_1.npz is not a downsampled-ImageNet batch" in capsys.readouterr().err
     write_fake_imagenet(tmp_path / "src64", [3], resolution=64)
-    assert prep.main(["--source", str(tmp_path / "src64"), "--resolution", "32", "--out", str(tmp_path / "o")]) == 1
+    assert prep.main(["--source", str(tmp_path / "src64"), "--resolution", "32", "--out", str(tmp_path / "o")]) == 2
     assert "is it the 32x32 release" in capsys.readouterr().err
-    assert prep.main(["--source", str(tmp_path / "nowhere"), "--resolution", "32", "--out", str(tmp_path / "o")]) == 1
+    assert prep.main(["--source", str(tmp_path / "nowhere"), "--resolution", "32", "--out", str(tmp_path / "o")]) == 2

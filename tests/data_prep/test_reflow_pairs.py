@@ -10,12 +10,11 @@ import torch
 
 from data_prep import reflow_pairs as prep
 from lib.checkpoints import load_model, read_training_checkpoint
-from lib.couplings import make_coupling, noise_from_seeds
+from lib.couplings import noise_from_seeds
 from lib.datasets import HDF5Images, read_pair_seeds
 from lib.sample import image_seeds
 from lib.solvers import integrate
-from lib.train import TrainConfig, main, train_flow
-from lib.unet import build_unet
+from lib.train import main
 
 
 def read_shards(folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -27,22 +26,8 @@ def read_shards(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(seeds), np.concatenate(samples)
 
 
-def teacher(tmp_path: Path) -> Path:
-    """A digits-UNet checkpoint trained for a few steps."""
-    checkpoint = tmp_path / "teacher.pt"
-    torch.manual_seed(0)
-    train_flow(
-        build_unet("digits"),
-        torch.rand(32, 1, 8, 8) * 2 - 1,
-        make_coupling("loom", 32),
-        TrainConfig(steps=3, batch_size=8, progress=False, ema_decay=0.5),
-        checkpoint=checkpoint,
-    )
-    return checkpoint
-
-
-def test_pairs_regenerate_from_their_seeds_and_resume_exactly(tmp_path: Path) -> None:
-    checkpoint = teacher(tmp_path)
+def test_pairs_regenerate_from_their_seeds_and_resume_exactly(tmp_path: Path, teacher_checkpoint: Path) -> None:
+    checkpoint = teacher_checkpoint
     argv = [
         "--checkpoint",
         str(checkpoint),
@@ -76,8 +61,8 @@ def test_pairs_regenerate_from_their_seeds_and_resume_exactly(tmp_path: Path) ->
         assert f.attrs["noise_device_type"] == "cpu" and f.attrs["solver"] == "euler-2"
 
 
-def test_reflow_fine_tunes_the_teacher_on_its_own_pairs(tmp_path: Path) -> None:
-    checkpoint = teacher(tmp_path)
+def test_reflow_fine_tunes_the_teacher_on_its_own_pairs(tmp_path: Path, teacher_checkpoint: Path) -> None:
+    checkpoint = teacher_checkpoint
     pairs = tmp_path / "pairs"
     assert (
         prep.main(

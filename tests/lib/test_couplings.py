@@ -105,6 +105,31 @@ def test_regenerating_a_seed_gives_the_same_noise_every_call():
     assert torch.equal(a, b) and torch.equal(a[0], a[2]) and not torch.equal(a[0], a[1])
 
 
+def test_cpu_noise_is_the_released_codes_noise_bit_for_bit():
+    """Row b is torch.randn from a CPU generator seeded with seeds[b] (how the released code draws an example's
+    noise; official_measurements.md: bit-identical), pinned to values recorded before the coupling was optimised."""
+    seeds = torch.tensor([0, 12345, 2**32 - 1])
+    z = noise_from_seeds(seeds, (3, 8), "cpu")  # 24 values: torch's vectorised path (16 or more)
+    for row, seed in zip(z, seeds.tolist()):
+        assert torch.equal(row, torch.randn((3, 8), generator=torch.Generator().manual_seed(seed)))
+    assert z[:, 0, :2].tolist() == [
+        [-1.1258398294448853, -1.152360200881958],
+        [-1.479807734489441, 0.48730599880218506],
+        [-2.664297580718994, -1.0910485982894897],
+    ]
+    assert noise_from_seeds(torch.tensor([7]), (2,), "cpu").tolist() == [[-0.1467950940132141, 0.7861412763595581]]
+
+
+def test_training_cost_matrix_is_the_exact_one_in_float32():
+    """One float32 matrix product over precomputed norms agrees with float64 direct differences, never negative."""
+    x, z = torch.rand(40, 3, 4, 4) * 2 - 1, torch.randn(50, 3, 4, 4)
+    for cost in ("l2", "sqeuclidean"):
+        fast, exact = cost_matrix(x, z, cost), cost_matrix(x, z, cost, exact=True)
+        assert fast.dtype == torch.float32 and exact.dtype == torch.float64 and fast.shape == (40, 50)
+        torch.testing.assert_close(fast.double(), exact, rtol=1e-5, atol=1e-5)
+    assert cost_matrix(x, x).min() >= 0 and cost_matrix(x, x).diagonal().max() < 1e-2  # cancellation clamped
+
+
 def test_seed_range_is_the_generators_real_seed_space():
     """torch's CPU generator ignores seed bits above 32, so the table draws from [0, 2**32) and no wider."""
     same = noise_from_seeds(torch.tensor([9, 9 + 2**32]), (8,), "cpu")
@@ -129,6 +154,21 @@ def test_first_visit_draws_seeds_lazily():
     assert (loom.seeds == LoomCoupling.UNSEEN).all()
     loom(data(40)[:8], torch.arange(8))
     assert (loom.seeds[:8] != LoomCoupling.UNSEEN).all() and (loom.seeds[8:] == LoomCoupling.UNSEEN).all()
+
+
+def test_first_visit_refuses_noise_of_unvisited_slots():
+    """An unvisited slot has no seed yet: its noise (and the table's total cost) is an error, not the noise of the
+    placeholder seed shared by every such slot."""
+    loom = LoomCoupling(40, 1, seed_init="first_visit")
+    x = data(40)
+    loom(x[:8], torch.arange(8))
+    assert loom.noise(torch.arange(8), 0, "cpu", (5,)).shape == (8, 5)
+    with pytest.raises(ValueError, match=r"2 example\(s\) \(e.g. \[8, 9\]\) have no noise in cache 0"):
+        loom.noise(torch.arange(6, 10), 0, "cpu", (5,))
+    with pytest.raises(ValueError, match="first_visit"):
+        total_pairing_cost(loom, x)
+    loom(x[8:], torch.arange(8, 40))
+    assert total_pairing_cost(loom, x) > 0
 
 
 def test_state_dict_round_trip_continues_identically():

@@ -17,6 +17,7 @@ from lib.datasets import (
     DatasetFormatError,
     DigitsImages,
     HDF5Images,
+    ImageFiles,
     ImageFolderImages,
     TensorImages,
     collate_indexed,
@@ -63,11 +64,12 @@ def datasets(tmp_path, fake_cifar):
         "digits": DigitsImages("test", flip=True),
         "cifar10": CIFAR10Images(fake_cifar, train=True, flip=True),
         "imagefolder": ImageFolderImages(tmp_path / "folder", resolution=16, flip=True),
+        "imagefiles": ImageFiles(tmp_path / "folder", flip=True),  # the same PNGs, no classes needed
         "hdf5": HDF5Images(tmp_path / "images.h5", flip=True),
     }
 
 
-KINDS = ["tensor", "digits", "cifar10", "imagefolder", "hdf5"]
+KINDS = ["tensor", "digits", "cifar10", "imagefolder", "imagefiles", "hdf5"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -243,6 +245,23 @@ def test_imagefolder_missing_or_empty_folder_is_named(tmp_path):
     (tmp_path / "empty_root" / "class_a").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="empty_root"):
         ImageFolderImages(tmp_path / "empty_root", resolution=8)
+
+
+def test_imagefiles_reads_any_layout_in_path_order_at_the_first_images_size(tmp_path):
+    images = random_uint8(4, h=16, w=16, seed=6)
+    write_pngs(tmp_path / "nested", images)  # cat/000, dog/001, cat/002, dog/003
+    for k, image in enumerate(images):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / f"flat_{k}.png")
+    nested = ImageFiles(tmp_path / "nested")
+    assert nested.image_shape == (3, 16, 16) and nested.labels is None and not nested.flip
+    assert [to_uint8(nested[k][1]).equal(images[i]) for k, i in enumerate([0, 2, 1, 3])] == [True] * 4
+    whole = ImageFiles(tmp_path, resolution=8)  # flat files after nested/, sorted by relative path
+    assert len(whole) == 8 and whole[0][1].shape == (3, 8, 8)
+    with pytest.raises(FileNotFoundError, match="missing is not a folder of images"):
+        ImageFiles(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no .png.* files under .*empty"):
+        ImageFiles(tmp_path / "empty")
 
 
 # ---------------------------------------------------------------------------------------------------------

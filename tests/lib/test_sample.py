@@ -50,3 +50,19 @@ def test_sample_cli_writes_a_grid(tmp_path: Path) -> None:
         == 0
     )
     assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_sample_cli_refuses_bad_arguments_before_loading(tmp_path: Path, capsys) -> None:
+    base = ["--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "grid.png")]
+    for argv, message in (
+        (["--num", "0"], "--num: must be a positive integer, got 0"),
+        (["--batch-size", "0"], "--batch-size: must be a positive integer, got 0"),
+        (["--solver", "rk45"], "unknown solver 'rk45'"),  # before the (missing) checkpoint is even looked at
+        (["--device", "tpu"], "--device 'tpu' is not a device: use cpu, cuda or cuda:<index>"),
+        (["--device", "meta"], "--device meta: the kit runs on cpu, cuda or mps"),
+        (["--out", str(tmp_path / "grid.txt")], "give a .pt file (the images as a tensor) or an image such as .png"),
+        ([], "no checkpoint file at"),
+    ):
+        assert sample.main([*base, *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err

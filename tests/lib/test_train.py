@@ -81,11 +81,11 @@ def test_bad_checkpoints_name_the_problem_and_the_fix(tmp_path: Path) -> None:
 def test_a_loom_checkpoint_does_not_resume_another_coupling(tmp_path: Path) -> None:
     path = tmp_path / "checkpoint.pt"
     run(4, path, "loom")
-    with pytest.raises(ValueError, match="coupling state is for 'loom'"):
+    with pytest.raises(TrainCheckpointError, match="other settings.*coupling: 'loom' -> 'minibatch_ot'"):
         run(8, path, "minibatch_ot")
 
 
-def _train_cli(out: Path, nproc: int, batch_size: int) -> None:
+def _train_cli(out: Path, nproc: int, batch_size: int, *flags: str) -> None:
     cli = [
         "-m",
         "lib.train",
@@ -107,6 +107,7 @@ def _train_cli(out: Path, nproc: int, batch_size: int) -> None:
         "--device",
         "cpu",
         "--no-progress",
+        *flags,
     ]
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
     done = subprocess.run(
@@ -121,11 +122,18 @@ def _train_cli(out: Path, nproc: int, batch_size: int) -> None:
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_share_one_assignment(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "flags",
+    [("--pairing", "pipelined"), ("--pairing", "synchronous", "--rank-data", "gather")],
+    ids=["pipelined, every rank fetches the global batch", "synchronous, all-gathered data"],
+)
+def test_torchrun_two_ranks_share_one_assignment(tmp_path: Path, flags: tuple[str, ...]) -> None:
     """torchrun --nproc_per_node=2 (gloo): both ranks end with the same seed table, the seed multiset is
-    unchanged, and it equals one process with the same global batch (one assignment on the gathered batch)."""
-    _train_cli(tmp_path / "ddp", nproc=2, batch_size=16)
-    _train_cli(tmp_path / "single", nproc=1, batch_size=32)
+    unchanged, and it equals one process with the same global batch (one assignment on the whole batch), whether
+    each rank fetches the whole batch and pairs it in a thread or the slices are all-gathered inside the step; the
+    checkpoint holds each rank's own RNG state."""
+    _train_cli(tmp_path / "ddp", 2, 16, *flags)
+    _train_cli(tmp_path / "single", 1, 32, "--pairing", "synchronous")
     rank0, rank1 = (torch.load(tmp_path / "ddp" / f"seeds_rank{r}.pt") for r in (0, 1))
     single = torch.load(tmp_path / "single" / "seeds_rank0.pt")
     initial = LoomCoupling(len(single), 1, seed=2).seeds
@@ -133,10 +141,14 @@ def test_torchrun_two_ranks_share_one_assignment(tmp_path: Path) -> None:
     assert torch.equal(rank0.flatten().sort().values, initial.flatten().sort().values)
     assert not torch.equal(rank0, initial)  # the assignment really re-paired
     assert torch.equal(rank0, single)
-    assert read_training_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["world_size"] == 2
+    state = read_training_checkpoint(tmp_path / "ddp" / "checkpoint.pt")
+    assert state["world_size"] == 2 and state["settings"]["world_size"] == 2
+    # Each rank's own RNG state is saved (its dropout and path noise differ from the other's); the seed tables
+    # above still match one process, the weights need not (other masks, gradients summed in another order).
+    assert state["torch_rng"].shape[0] == 2 and not torch.equal(state["torch_rng"][0], state["torch_rng"][1])
 
 
-def test_cli_trains_on_an_hdf5_file_and_an_image_folder(tmp_path: Path) -> None:
+def test_cli_trains_on_an_hdf5_file_and_an_image_folder(tmp_path: Path, capsys) -> None:
     """lib.train reads the kit's on-disk formats: HDF5 images and an ImageFolder tree."""
     from PIL import Image
 
@@ -192,8 +204,8 @@ def test_cli_trains_on_an_hdf5_file_and_an_image_folder(tmp_path: Path) -> None:
         == 0
     )
     assert read_training_checkpoint(tmp_path / "folderrun" / "checkpoint.pt")["global_step"] == 2
-    with pytest.raises(SystemExit, match="needs --resolution"):
-        main(["--dataset", "imagefolder", "--root", str(tmp_path / "folder"), "--out", str(tmp_path / "x")])
+    assert main(["--dataset", "imagefolder", "--root", str(tmp_path / "folder"), "--out", str(tmp_path / "x")]) == 2
+    assert "error: --dataset imagefolder needs --resolution" in capsys.readouterr().err
 
 
 def test_released_config_fills_defaults_and_flags_override_it(tmp_path: Path) -> None:
@@ -235,3 +247,41 @@ def test_train_settings_spell_lib_train_options_and_parse_back() -> None:
     argv = settings.to_argv()
     assert argv == ["--out", "out", "--flip", "--no-swaps", "--batch-size", "32", "--no-progress"]
     assert TrainSettings.from_args(parse_args(argv)) == settings
+
+
+def test_each_rank_draws_its_own_dropout_and_rank_0_keeps_the_seed() -> None:
+    """Per-rank seeds (lib.train.rank_seed): rank 0 draws exactly what --seed gives one process; the others draw
+    other numbers (torch's CPU generator keeps only 32 bits of a seed, so the ranks must differ in those)."""
+    from lib.train import rank_seed
+
+    streams = []
+    for rank in range(4):
+        generator = torch.Generator().manual_seed(rank_seed(7, rank))
+        streams.append(torch.rand(4, generator=generator))
+    assert torch.equal(streams[0], torch.rand(4, generator=torch.Generator().manual_seed(7)))
+    assert all(not torch.equal(streams[a], streams[b]) for a in range(4) for b in range(a))
+
+
+def test_a_checkpoint_of_an_earlier_kit_still_resumes_and_still_refuses_changes(tmp_path: Path) -> None:
+    """Checkpoints written before every setting was recorded (one RNG state, no "settings") resume exactly; what
+    they did record (the optimisation settings) is still compared."""
+    straight, _ = run(24)
+    path = tmp_path / "checkpoint.pt"
+    run(12, path)
+    state = read_training_checkpoint(path)
+    del state["settings"]
+    state["torch_rng"], state["cuda_rng"] = state["torch_rng"][0].clone(), []
+    save_checkpoint(path, state)
+    resumed, _ = run(24, path)
+    assert all(torch.equal(a, b) for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values()))
+    state = read_training_checkpoint(path)
+    del state["settings"]
+    save_checkpoint(path, state)
+    with pytest.raises(TrainCheckpointError, match="lr: 0.001 -> 0.01"):
+        train_flow(
+            MLP(2, hidden=32, depth=2),
+            toy.sample_toy("moons", 100, seed=1),
+            make_coupling("loom", 100, num_caches=2, seed=5),
+            replace(CONFIG, lr=1e-2, steps=30),
+            checkpoint=path,
+        )

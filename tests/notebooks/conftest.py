@@ -9,15 +9,23 @@ from pathlib import Path
 import pytest
 
 from lib.kit import reproduce
+from lib.kit.results import portable
+from lib.kit.notebooks import figures_not_shown
 
 
 def _run_tiny(name: str, tmp_path: Path, **parameters: object) -> Path:
-    """Execute notebook ``name`` with ``parameters`` into tmp_path; return its results folder."""
-    reproduce.run_notebook(name, parameters, results_dir=tmp_path)
-    folder = tmp_path / "quick" / name
+    """Execute notebook ``name`` with ``parameters`` into tmp_path; return its results folder. Checks run.json and
+    that the executed copy shows every figure it saved (an image/png output per figure call)."""
+    output = reproduce.run_notebook(name, parameters, results_dir=tmp_path)
+    folder = tmp_path / reproduce.run_profile(name, parameters) / name
+    assert output == folder / f"{name}.ipynb" and output.is_file()
     run = json.loads((folder / "run.json").read_text())
-    assert run["parameters"]["RESULTS_DIR"] == str(tmp_path) and run["wall_time_s"] > 0
-    assert all(run["parameters"][k] == v for k, v in parameters.items()), "injected parameters not recorded"
+    # run.json stores paths relative to the folder holding the results root (here tmp_path's parent).
+    assert run["parameters"]["RESULTS_DIR"] == portable(str(tmp_path), tmp_path.parent) and run["wall_time_s"] > 0
+    recorded = run["parameters"]
+    assert all(recorded[k] == portable(v, tmp_path.parent) for k, v in parameters.items()), "parameters not recorded"
+    unshown = figures_not_shown(output)
+    assert not unshown, f"{name}: every cell that draws a figure shows it inline; not shown: {unshown}"
     return folder
 
 

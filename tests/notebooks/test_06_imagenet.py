@@ -26,7 +26,8 @@ def test_06_imagenet_from_npz_batches_to_table_2(tmp_path: Path, run_tiny) -> No
     assert {r["dataset"] for r in rows} == {"imagenet32"}
     assert [r["paper_fid"] for r in rows] == ["", "", "", "13.47"]  # Table 2, LOOM-CFM at midpoint NFE 4
     assert all(float(r["fid"]) >= 0 and r["feature_extractor"].endswith("not_inception") for r in rows)
-    config = json.loads((tmp_path / "runs" / "loomcfm" / "config.json").read_text())
+    [config_file] = (tmp_path / "runs").glob("loomcfm-*/config.json")  # the row's run, keyed by settings and code
+    config = json.loads(config_file.read_text())
     assert config["dataset"] == "hdf5" and config["root"].endswith("imagenet32/train") and config["num_examples"] == 48
     assert {r["method"] for r in read_table(folder / "training_history.csv")} == {"w/o saving local reassignments", "LOOM-CFM"}
     assert len(read_table(folder / "curvature_per_step.csv")) == 2 * 19

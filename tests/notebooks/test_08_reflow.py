@@ -28,11 +28,13 @@ def test_08_reflow_teacher_pairs_student_and_table_1(tmp_path: Path, run_tiny) -
     assert {r["dataset"] for r in rows} == {"cifar10"}
     pairs = json.loads((folder / "pairs.json").read_text())
     assert pairs["pairs"] == 24 and pairs["shards"] == 3 and pairs["seed"] == 1
-    config = json.loads((runs / "reflow" / "config.json").read_text())
-    assert config["reflow"] and config["init"] == str(runs / "teacher" / "loomcfm" / "checkpoint.pt")
+    [reflow] = runs.glob("reflow-*")  # run folders are keyed by settings and code
+    [teacher_run] = (runs / "teacher").glob("loomcfm-*")
+    config = json.loads((reflow / "config.json").read_text())
+    assert config["reflow"] and config["init"] == str(teacher_run / "checkpoint.pt")
     history = read_table(folder / "training_history.csv")
     assert {r["method"] for r in history} == {"LOOM-CFM", "LOOM-CFM + 1 Reflow"}
     assert all(int(r["swaps"]) == 0 for r in history if r["method"] == "LOOM-CFM + 1 Reflow")  # fixed pairs
-    teacher, student = (load_model(runs / p / "checkpoint.pt").model for p in ("teacher/loomcfm", "reflow"))
+    teacher, student = (load_model(p / "checkpoint.pt").model for p in (teacher_run, reflow))
     assert any(not torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), student.state_dict().values()))
     assert len(read_table(folder / "curvature_per_step.csv")) == 2 * 19

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from lib import fabricate
-from lib.checkpoints import load_released
+from lib.checkpoints import LoadedModel, load_released
 from lib.experiments import pipeline
 from lib.paper import COUPLING_ROWS, paper_rows
 from lib.train import TrainConfig, TrainSettings, parse_args
@@ -18,9 +20,14 @@ def test_every_paper_row_is_a_valid_lib_train_command(tmp_path: Path) -> None:
         settings = pipeline.row_settings(row, TrainSettings(train=TrainConfig(steps=3)), tmp_path)
         args = parse_args(settings.to_argv())
         assert args.coupling == spec.coupling and args.no_swaps == spec.no_swaps
-        assert args.converge_first == spec.converge_first and args.out == str(tmp_path / pipeline.run_name(row))
+        assert args.converge_first == spec.converge_first and args.out.startswith(
+            str(tmp_path / pipeline.run_name(row))
+        )
         assert TrainSettings.from_args(args) == settings
     assert pipeline.run_name("w/o saving local reassignments") == "wo_saving_local_reassignments"
+    base = TrainSettings(train=TrainConfig(steps=3))
+    same, other = (pipeline.row_settings("LOOM-CFM", s, tmp_path) for s in (base, replace(base, caches=2)))
+    assert same.out == pipeline.row_settings("LOOM-CFM", base, tmp_path).out != other.out  # keyed by the settings
     with pytest.raises(ValueError, match="unknown row 'OT-CFM'"):
         pipeline.row_settings("OT-CFM", TrainSettings(), tmp_path)
 
@@ -39,8 +46,12 @@ def test_paper_rows_and_side_by_side_join_on_method_solver_and_nfe() -> None:
 
 
 def test_a_failed_training_run_reports_the_command_and_its_error(tmp_path: Path) -> None:
-    with pytest.raises(pipeline.TrainingFailed, match="unknown model 'resnet'"):
-        pipeline.launch_training(TrainSettings(out=str(tmp_path / "run"), model="resnet", train=TrainConfig(steps=1)))
+    missing = tmp_path / "nowhere.h5"
+    settings = TrainSettings(out=str(tmp_path / "run"), dataset="hdf5", root=str(missing), train=TrainConfig(steps=1))
+    with pytest.raises(pipeline.TrainingFailed, match=f"exited with 2:\nerror: HDF5 dataset {missing} does not exist"):
+        pipeline.launch_training(settings)
+    with pytest.raises(ValueError, match="--model must be mlp or one of"):  # refused before anything is launched
+        TrainSettings(model="resnet")
 
 
 def test_a_failed_data_prep_script_reports_the_command_and_its_error(tmp_path: Path) -> None:
@@ -58,3 +69,13 @@ def test_evaluating_a_release_without_its_reference_names_the_dataset(tmp_path: 
         pipeline.evaluate_releases(
             {"imagenet64": loaded}, 4, {"imagenet32": "imagenet32_train"}, {}, seed=0, device="cpu"
         )
+
+
+def test_fid_table_checks_the_protocol_before_sampling() -> None:
+    class Unsampled(torch.nn.Module):
+        def forward(self, x, t):
+            raise AssertionError("sampled before the protocol was checked")
+
+    models = {"m": LoadedModel(Unsampled(), (3, 32, 32), {})}
+    with pytest.raises(ValueError, match="unknown FID protocol 'torcheval'"):
+        pipeline.fid_table(models, ["euler-1"], 4, "cifar10", [], seed=0, device="cpu", protocol="torcheval")

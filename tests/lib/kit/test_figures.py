@@ -6,9 +6,10 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
-from lib.kit import figures
+from lib.kit import figures, results
 
 
 def write_run(root: Path, profile: str, notebook: str, name: str, rows: list[dict[str, object]]) -> None:
@@ -45,22 +46,52 @@ def test_redraw_names_what_is_missing(tmp_path: Path) -> None:
     }
 
 
-def test_sample_grids_of_every_image_notebook_are_collected(tmp_path: Path) -> None:
-    """Fig. 7 takes 05-08's one grid each and 11's grid per release, from the preferred profile."""
-    from PIL import Image
+def save_grids(root: Path, notebook: str, calls: list[tuple[str, dict[str, torch.Tensor], str]]) -> None:
+    """A finished run of ``notebook`` that saved sample grids: per call (dataset, {model: images}, figure name)."""
+    run = results.Run(notebook, "quick", {}, 0, root / "quick" / notebook)
+    run.staging.mkdir(parents=True)
+    for dataset, samples, name in calls:
+        figures.save_sample_grids(run, samples, "midpoint-6", dataset, name)
+    run.finish()
 
-    for notebook, names in [
-        ("05_cifar10", ["sample_grids"]),
-        ("11_released_checkpoints", ["samples_cifar10", "samples_ffhq256"]),
-    ]:
-        write_run(tmp_path, "quick", notebook, "unused.csv", [{"a": 1}])
-        for name in names:
-            Image.new("RGB", (8, 8)).save(tmp_path / "quick" / notebook / f"{name}.png")
+
+def test_sample_grids_of_every_image_notebook_are_collected_as_equal_panels(tmp_path: Path) -> None:
+    """Fig. 7 takes every plain grid 05-08 and 11 saved (11: one call per release), titled from their index, and
+    draws them as panels of one size whatever the images' sizes."""
+    images = lambda n, size: torch.rand(n, 3, size, size) * 2 - 1  # noqa: E731
+    save_grids(tmp_path, "05_cifar10", [("cifar10", {"I-CFM": images(16, 32), "LOOM-CFM": images(16, 32)}, "grids")])
+    save_grids(
+        tmp_path,
+        "11_released_checkpoints",
+        [
+            ("cifar10", {"LOOM-CFM (release)": images(9, 32)}, "samples_cifar10"),
+            ("ffhq256", {"LOOM-CFM (release)": images(4, 64)}, "samples_ffhq256"),
+        ],
+    )
+    folder = tmp_path / "quick" / "11_released_checkpoints"
+    assert {"grid_cifar10_loom-cfm-release.png", "grid_ffhq256_loom-cfm-release.png", "samples_ffhq256.png"} <= {
+        p.name for p in folder.iterdir()
+    }
     grids = figures.sample_grid_files(tmp_path)
     assert list(grids) == [
-        "05_cifar10 (quick)",
-        "11_released_checkpoints cifar10 (quick)",
-        "11_released_checkpoints ffhq256 (quick)",
+        "CIFAR-10: I-CFM\nmidpoint-6, NFE 12 (05, quick)",
+        "CIFAR-10: LOOM-CFM\nmidpoint-6, NFE 12 (05, quick)",
+        "CIFAR-10: LOOM-CFM (release)\nmidpoint-6, NFE 12 (11, quick)",
+        "FFHQ-256 (latent): LOOM-CFM (release)\nmidpoint-6, NFE 12 (11, quick)",
     ]
     drawn, missing = figures.redraw_paper_figures(tmp_path)
     assert "fig7_sample_grids" in drawn and "fig7_sample_grids" not in missing
+    fig = drawn["fig7_sample_grids"][0]
+    fig.canvas.draw()
+    sizes = {(round(ax.bbox.width), round(ax.bbox.height)) for ax in fig.axes if ax.images}
+    assert len([ax for ax in fig.axes if ax.images]) == 4 and len(sizes) == 1, f"panels of several sizes: {sizes}"
+
+
+def test_fid_vs_nfe_refuses_rows_of_several_protocols() -> None:
+    """FIDs of different protocols share no scale, so one axis never holds two."""
+    rows = [
+        {"method": "a", "nfe": 4, "fid": 1.0, "fid_protocol": "paper-torcheval"},
+        {"method": "a", "nfe": 8, "fid": 2.0, "fid_protocol": "clean-fid-clean"},
+    ]
+    with pytest.raises(ValueError, match="several protocols"):
+        figures.fid_vs_nfe_figure(rows, [], "random")

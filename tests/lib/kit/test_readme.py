@@ -1,16 +1,21 @@
 """The README keeps its promises: every notebook is in its index, every command it shows runs (--help) with
-flags that exist, and its generated sections say what results/ says."""
+flags that exist, every training line resumes by rerunning it, and its generated sections say what results/ says."""
 
 from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
 
 from lib import REPO_ROOT
 from lib.kit import readme
+from lib.train import main
 
 ROOT = REPO_ROOT
 
@@ -79,3 +84,61 @@ def test_every_command_shown_runs_and_its_flags_exist() -> None:
     for entry, flags in entries.items():
         unknown = sorted({f for f in flags if f not in helps[entry]})
         assert not unknown, f"`{' '.join(entry)}` has no option(s) {unknown}, but the README uses them"
+
+
+# The README's paths, where the resume test puts its fabricated stand-ins.
+PATH_FLAGS = ("--root", "--out", "--init", "--checkpoint")
+TINY = {"cifar10": "tiny", "imagenet32": "tiny", "ffhq256_latent": "tiny_latent"}  # --config -> a tiny preset
+
+
+def fabricate_readme_data(root: Path) -> None:
+    """What the README's training lines read, at toy size and in the real formats: CIFAR-10 pickles under data/,
+    ImageNet-32 shards made by data_prep/imagenet.py, FFHQ latents with encoded flips."""
+    from data_prep import imagenet
+    from lib.datasets import write_hdf5_latents
+    from lib.fabricate import write_fake_cifar10, write_fake_imagenet
+
+    write_fake_cifar10(root / "data", num_train=8, num_test=2)
+    write_fake_imagenet(root / "npz", [6])
+    argv = ["--source", str(root / "npz"), "--resolution", "32", "--out", str(root / "data" / "imagenet32")]
+    assert imagenet.main(argv) == 0
+    latents = torch.randn(8, 4, 8, 8)
+    write_hdf5_latents(root / "data" / "ffhq256_latents" / "l.h5", latents, 1.0, attrs={"flipped_copies": True})
+
+
+def tiny(words: list[str], root: Path) -> list[str]:
+    """A README command's arguments with its paths under ``root`` and a toy scale appended (later flags win)."""
+    args = python_entry(words)[1]
+    args = [str(root / a) if i and args[i - 1] in PATH_FLAGS else a for i, a in enumerate(args)]
+    if words[1:2] == ["data_prep/reflow_pairs.py"]:
+        return [*args, "--num", "4", "--shard-size", "2", "--solver", "euler-1", "--device", "cpu"]
+    scale = ["--steps", "4", "--epochs", "0", "--batch-size", "2", "--device", "cpu", "--no-progress"]
+    if "--config" in args:
+        scale += ["--model", TINY[args[args.index("--config") + 1]]]
+    return [*args, *scale]
+
+
+def test_every_training_command_resumes_by_rerunning_it(tmp_path: Path, interrupted_training, capsys) -> None:
+    """Each README training line, interrupted by Ctrl-C after step 2 of 4 and rerun unchanged, resumes from its
+    checkpoint and finishes (torchrun lines run as one process; the reflow line on pairs its data-prep line made)."""
+    from data_prep import reflow_pairs
+    from lib.checkpoints import read_training_checkpoint
+
+    fabricate_readme_data(tmp_path)
+    commands = [w for w in shell_commands(TEXT) if "lib.train" in w or w[1:2] == ["data_prep/reflow_pairs.py"]]
+    trained = 0
+    for words in commands:
+        argv = tiny(words, tmp_path)
+        if "lib.train" not in words:
+            assert reflow_pairs.main(argv) == 0, capsys.readouterr().err
+            continue
+        out = Path(argv[argv.index("--out") + 1])
+        shutil.rmtree(out, ignore_errors=True)  # two lines share runs/cifar10_loom
+        assert interrupted_training(argv, 2) == 130, (words, capsys.readouterr().err[-2000:])
+        assert "To resume, rerun the same command." in capsys.readouterr().err
+        assert read_training_checkpoint(out / "checkpoint.pt")["global_step"] == 2
+        assert main(argv) == 0, (words, capsys.readouterr().err[-2000:])
+        assert f"resuming {out / 'checkpoint.pt'} at step 2 of 4" in capsys.readouterr().out
+        assert read_training_checkpoint(out / "checkpoint.pt")["global_step"] == 4
+        trained += 1
+    assert trained == 5  # CIFAR-10 on one GPU and four, ImageNet-32 on two nodes, FFHQ latents, reflow

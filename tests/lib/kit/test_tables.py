@@ -20,17 +20,28 @@ def write_run(root: Path, profile: str, notebook: str, name: str, rows: list[dic
     (folder / "run.json").write_text(json.dumps({"git_commit": "abc", "wall_time_s": 1.0}))
 
 
-def fid_row(method: str, solver: str, nfe: float, fid: float, features: str) -> dict[str, object]:
+def fid_row(
+    method: str,
+    solver: str,
+    nfe: float,
+    fid: float,
+    features: str,
+    protocol: str = "paper-torcheval",
+    steps: tuple[float, float] = (0, 0),
+) -> dict[str, object]:
     return {
         "method": method,
         "solver": solver,
         "nfe": nfe,
+        "solver_steps_accepted": steps[0],
+        "solver_steps_attempted": steps[1],
         "fid": fid,
         "kind": "kit",
-        "library": "clean-fid",
+        "fid_protocol": protocol,
+        "library": "torcheval" if protocol == "paper-torcheval" else "clean-fid",
         "mode": "clean",
         "feature_extractor": features,
-        "reference": "cifar10 train",
+        "reference": "cifar10 test",
         "num_generated": 50000,
     }
 
@@ -52,8 +63,8 @@ def test_comparison_labels_quick_rows_and_compares_only_paper_profile_inception_
         "05_cifar10",
         "fid_vs_paper.csv",
         [
-            fid_row("LOOM-CFM", "midpoint-2", 4.0, 12.6, "inception_v3"),
-            fid_row("LOOM-CFM", "dopri5", 131.0, 4.5, "inception_v3"),
+            fid_row("LOOM-CFM", "midpoint-2", 4.0, 12.6, "torchvision_inception_v3_IMAGENET1K_V1", steps=(2, 2)),
+            fid_row("LOOM-CFM", "dopri5", 131.0, 4.5, "torchvision_inception_v3_IMAGENET1K_V1", steps=(18, 21.5)),
         ],
     )
     rows = tables.comparison(tmp_path)
@@ -66,11 +77,34 @@ def test_comparison_labels_quick_rows_and_compares_only_paper_profile_inception_
     assert by_profile["quick"]["difference"] == "" and by_profile["quick"]["status"].startswith("quick profile")
     dopri = [r for r in rows if r["table"] == "1" and r["method"] == "LOOM-CFM" and r["solver"] == "dopri5"]
     assert dopri[0]["kit_nfe"] == 131.0 and dopri[0]["paper_nfe"] == "134"  # adaptive: joined on the method
+    assert (dopri[0]["kit_steps_accepted"], dopri[0]["kit_steps_attempted"]) == (18, 21.5)
     assert [r["status"] for r in rows if r["method"] == "OT-CFM"] == ["not run yet"]
     kit_only = [r for r in rows if r["method"] == "I-CFM" and r["paper_fid"] == ""]
     assert len(kit_only) == 1 and kit_only[0]["table"] == "1"  # I-CFM is a Table 1 method, no midpoint number
     text = tables.markdown(rows)
     assert "## Table 2: ImageNet-64" in text and "not run yet" in text and "(quick)" in text
+    assert "| 131 | 18 / 22 | " in text and "| 4 | 2 / 2 | " in text  # true calls, then accepted / attempted steps
+
+
+def test_a_clean_fid_number_is_labelled_and_never_set_against_the_papers(tmp_path: Path) -> None:
+    """The paper's numbers are paper-torcheval FIDs: a clean-fid FID of the same model gets no difference."""
+    write_run(
+        tmp_path,
+        "paper",
+        "05_cifar10",
+        "fid_vs_paper.csv",
+        [
+            fid_row("LOOM-CFM", "midpoint-2", 4.0, 12.6, "inception_v3", protocol="clean-fid-legacy-tf"),
+            {**fid_row("LOOM-CFM", "midpoint-4", 8.0, 7.0, "inception_v3"), "fid_protocol": ""},
+        ],
+    )
+    rows = [r for r in tables.comparison(tmp_path) if r.get("profile") == "paper"]
+    assert [r["difference"] for r in rows] == ["", ""]
+    assert rows[0]["status"] == "paper profile, clean-fid-legacy-tf FID: not the paper's protocol, not comparable"
+    assert rows[1]["status"].startswith("paper profile, unrecorded FID")  # a row without a protocol name
+    assert rows[0]["protocol"].startswith("clean-fid-legacy-tf: clean-fid")
+    text = tables.markdown(rows)
+    assert "12.6 (other protocol)" in text and "| - | paper |" in text  # no kit - paper difference
 
 
 def test_a_table_without_run_json_has_no_provenance_and_is_left_out(tmp_path: Path) -> None:

@@ -1,0 +1,239 @@
+"""Files the kit writes so that nothing is lost or half-written: atomic writes, checksums, and a folder lock.
+
+- :func:`atomic_write` / :func:`write_json`: write through a temporary sibling (``.<name>.<pid>.tmp``), fsync, then
+  ``os.replace``, so a reader or a crash sees the old file or the new one, never a torn one. A kill between the two
+  leaves the temporary file; :func:`remove_stale_temps` deletes those when a process takes over the folder.
+- :func:`sha256_file`: the checksum data-prep manifests record per shard.
+- :class:`FolderLock`: one process writes a folder (a training run, a data-prep output) at a time. The lock file
+  ``<folder>/run.lock`` records pid, host and the process's start time; a lock whose process is gone (same host),
+  or whose heartbeat stopped (another host: the holder touches it every minute), is stale and taken over.
+
+    with FolderLock(out):        # FolderBusy (a FileExistsError) names the holder and the fix
+        remove_stale_temps(out)
+        write_json(out / "config.json", settings)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+LOCK_NAME = "run.lock"
+HEARTBEAT_S = 60.0  # the lock holder touches its lock this often
+STALE_AFTER_S = 600.0  # a lock of another host untouched this long belongs to a dead run
+TEMP_SUFFIX = ".tmp"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Atomic writes
+# ---------------------------------------------------------------------------------------------------------
+def temp_path(path: Path) -> Path:
+    """The temporary sibling a write of ``path`` goes through: hidden, this process's pid, never ``*.h5``/``*.pt``."""
+    return path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` to fill a temporary sibling, fsync it, then rename it over ``path`` -> path.
+
+    If ``write`` raises, the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_stream(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
+    """:func:`atomic_write` for writers that take an open binary file (``torch.save``)."""
+
+    def fill(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            write(f)
+
+    return atomic_write(path, fill)
+
+
+def write_json(path: str | os.PathLike[str], value: Any, indent: int | None = 2) -> Path:
+    """``value`` as JSON at ``path`` (indented unless ``indent`` is None), atomically."""
+    text = json.dumps(value, indent=indent, default=str) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files interrupted writes left in ``folder`` (``.<name>.<pid>.tmp``) -> what was removed.
+
+    Call it only while holding the folder (:class:`FolderLock`): a live writer's temporary file would go too.
+    """
+    removed = []
+    folder = Path(folder)
+    if folder.is_dir():
+        for tmp in folder.glob(f".*{TEMP_SUFFIX}"):
+            if tmp.is_file() and tmp.name.rsplit(".", 2)[-2].isdigit():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes, as hex (streamed: any size)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The folder lock
+# ---------------------------------------------------------------------------------------------------------
+class FolderBusy(FileExistsError):
+    """Another live process holds the folder; the message names it and what to do."""
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (Linux: clock ticks since boot, /proc/<pid>/stat field 22), or None if no such
+    process. Elsewhere a live pid gives "" (unknown start)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]  # fields after the command name; starttime is field 22
+    except FileNotFoundError:
+        return None
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return ""
+
+
+def lock_record() -> dict[str, Any]:
+    """This process: pid, host, start (see :func:`process_start`), when it took the lock."""
+    pid = os.getpid()
+    return {
+        "pid": pid,
+        "host": socket.gethostname(),
+        "start": process_start(pid),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def stale_reason(record: dict[str, Any], age_s: float) -> str | None:
+    """Why a lock ``record`` untouched for ``age_s`` seconds is stale, or None if its holder may be alive."""
+    if record.get("host") == socket.gethostname():
+        start = process_start(int(record.get("pid", -1)))
+        if start is None:
+            return f"process {record.get('pid')} is gone"
+        if record.get("start") and start and start != record.get("start"):
+            return f"process {record.get('pid')} is another process now (pid reused)"
+        return None
+    if age_s > STALE_AFTER_S:
+        return f"its heartbeat stopped {age_s / 60:.0f} minutes ago"
+    return None
+
+
+class FolderLock:
+    """Hold ``folder`` for this process (a context manager); see the module docstring.
+
+    A second holder gets :class:`FolderBusy` naming the holder (pid, host, since when) and the fix. A stale lock is
+    taken over; ``taken_over`` then says why it was stale, so the caller can tell the user.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], what: str = "run") -> None:
+        self.folder, self.what = Path(folder), what
+        self.path = self.folder / LOCK_NAME
+        self.record = lock_record()
+        self.taken_over: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> FolderLock:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):  # a lost race for a stale lock retries; a live holder refuses at once
+            if self._create():
+                self._start_heartbeat()
+                return self
+            self._take_over_or_refuse()
+        raise FolderBusy(f"{self.path}: could not take the lock (other processes keep racing for it); retry")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._holder() == self.record:  # never remove a lock another process took over
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.record, f)
+        return True
+
+    def _holder(self) -> dict[str, Any] | None:
+        """The lock file's record; {} if unreadable (torn by a crash between create and write), None if absent."""
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+
+    def _take_over_or_refuse(self) -> None:
+        holder = self._holder()
+        if holder is None:
+            return  # released meanwhile: try again
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return
+        reason = stale_reason(holder, age) if holder else "the lock file is empty or torn"
+        if reason is None:
+            raise FolderBusy(
+                f"{self.folder} is in use by another {self.what}: pid {holder.get('pid')} on {holder.get('host')} "
+                f"since {holder.get('since')} (lock {self.path}). Wait for it to finish, use another folder, or, if "
+                f"that process is dead, delete {self.path}"
+            )
+        # Move the stale lock aside (atomic: of two racers only one succeeds), then check it was the stale one.
+        aside = self.path.with_name(f".{LOCK_NAME}.{os.getpid()}.stale")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(aside.read_text()) != holder:  # another process took it over meanwhile: give it back
+                os.rename(aside, self.path)
+                return
+        aside.unlink(missing_ok=True)
+        self.taken_over = reason
+
+    def _start_heartbeat(self) -> None:
+        def beat() -> None:
+            while not self._stop.wait(HEARTBEAT_S):
+                with contextlib.suppress(OSError):
+                    os.utime(self.path)
+
+        self._thread = threading.Thread(target=beat, name=f"lock {self.path}", daemon=True)
+        self._thread.start()
