@@ -26,6 +26,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -100,6 +101,40 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> P
     temporary file a kill leaves is removed when lib.train next holds the folder).
     """
     return atomic_write_stream(path, lambda f: torch.save(dict(state), f))
+
+
+def kept_checkpoint_path(path: str | os.PathLike[str], step: int) -> Path:
+    """Where :func:`keep_checkpoint` keeps the copy of ``path`` at ``step``: checkpoint_step00001000.pt beside it."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_step{step:08d}{path.suffix}")
+
+
+def keep_checkpoint(path: str | os.PathLike[str], step: int) -> Path:
+    """Keep the checkpoint just written at ``path`` as :func:`kept_checkpoint_path` (step), atomically.
+
+    A hard link when the file system has them (no copy: the next save_checkpoint replaces ``path`` by a new file,
+    the kept name keeps the old one), else a copy; either way through a temporary name and a rename.
+    """
+    path, kept = Path(path), kept_checkpoint_path(path, step)
+    tmp = kept.with_name(f".{kept.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, kept)
+    return kept
+
+
+def kept_checkpoints(path: str | os.PathLike[str]) -> dict[int, Path]:
+    """{step: file} of the copies :func:`keep_checkpoint` kept of ``path``, by step."""
+    path = Path(path)
+    found = {}
+    for kept in path.parent.glob(f"{path.stem}_step*{path.suffix}"):
+        step = kept.name[len(path.stem) + len("_step") : -len(path.suffix)]
+        if step.isdigit():
+            found[int(step)] = kept
+    return dict(sorted(found.items()))
 
 
 def _refuse_lfs_pointer(path: Path) -> None:

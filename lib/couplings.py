@@ -596,8 +596,26 @@ def cost_matrix_diagonal(x: Tensor, z: Tensor, cost: CostName) -> Tensor:
 
 def epoch_batches(num_examples: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
     """One shuffled epoch of disjoint index batches (B,), the last partial batch dropped."""
-    order = torch.randperm(num_examples, generator=generator)
-    return [order[i : i + batch_size] for i in range(0, num_examples - batch_size + 1, batch_size)]
+    return _full_batches(torch.randperm(num_examples, generator=generator), batch_size)
+
+
+def flipped_epoch_batches(flip_pairs: Tensor, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """The released epoch: every image once, in shuffled order, as its unflipped or its flipped example with
+    probability 1/2 each, cut into disjoint batches (B,) with the last partial batch dropped.
+
+    flip_pairs: (images, 2) int64, row k = [example index of image k, of its flipped copy] (for a dataset of N
+    images with flips, [k, k + N]: lib.datasets.IndexedImages.flip_pairs). So an epoch is images // B steps while
+    each flipped copy keeps its own example index (its own seeds in LOOM's table). Both draws come from
+    ``generator``: the same generator state gives the same epoch (exact resume, identical DDP ranks).
+    """
+    order = torch.randperm(len(flip_pairs), generator=generator)
+    flipped = torch.randint(2, (len(flip_pairs),), generator=generator)
+    return _full_batches(flip_pairs[order, flipped], batch_size)
+
+
+def _full_batches(order: Tensor, batch_size: int) -> list[Tensor]:
+    """Consecutive disjoint batches (B,) of ``order`` (n,), the last partial batch dropped."""
+    return [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
 
 
 def converge_pairing(

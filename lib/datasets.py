@@ -6,6 +6,8 @@ Every dataset here is a ``torch.utils.data.Dataset`` of ``N`` unflipped examples
 - with ``flip=True`` the length is ``2N`` and index ``i + N`` is example ``i`` flipped horizontally.
   Flipping is deterministic, not random: as in the paper, each flipped copy is its own training example
   and owns its own noise seeds in LOOM's seed table, so the index must say which copy was drawn.
+  ``flip_pairs()`` lists each image's two examples; lib.train's epochs visit each image once, as one of them
+  drawn at random (the released pipeline).
 - ``get_batch(indices) -> (index (B,) int64, x (B, C, H, W))`` fetches a batch at once. It is also the
   dataset's ``__getitems__``, which torch's DataLoader calls (automatic batching), so pair a DataLoader with
   ``collate_fn=collate_indexed``, which passes that tuple through (and also stacks lists of ``(i, x)``).
@@ -79,6 +81,17 @@ def uint8_to_unit(x: Tensor) -> Tensor:
 def to_uint8(x: Tensor) -> Tensor:
     """Inverse of :func:`uint8_to_unit`: float in [-1, 1] (any shape) -> uint8, rounded and clipped."""
     return ((x.detach().float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def quantisation_change(samples: Tensor) -> dict[str, float]:
+    """What 8-bit storage (:func:`to_uint8`, then :func:`uint8_to_unit`) does to float samples in [-1, 1] (any
+    shape): the fraction of values clamped (outside [-1, 1]) and the RMS and largest absolute change."""
+    change = (uint8_to_unit(to_uint8(samples)) - samples.float()).abs()
+    return {
+        "clamped_fraction": float((samples.abs() > 1).float().mean()),
+        "quantisation_rms": float(change.square().mean().sqrt()),
+        "quantisation_max": float(change.max()),
+    }
 
 
 def unflip_index(i: int, num_examples: int) -> tuple[int, bool]:
@@ -168,6 +181,14 @@ class IndexedImages(Dataset, ABC):
         return index, x
 
     __getitems__ = get_batch  # torch's DataLoader fetches a whole batch through this hook
+
+    def flip_pairs(self) -> Tensor | None:
+        """Each image's two examples: (images, 2) int64 rows [unflipped index, flipped index], or None when the
+        dataset holds no flipped copies. Here row k is [k, k + N]; lib.train's epochs visit one of the two."""
+        if not self.flip:
+            return None
+        k = torch.arange(self.num_examples)
+        return torch.stack([k, k + self.num_examples], dim=1)
 
     def example_labels(self, index: Tensor) -> Tensor:
         """Labels of dataset indices (B,) (a flipped copy has its example's label) -> (B,) int64."""
@@ -629,6 +650,23 @@ class HDF5Images(IndexedImages):
         self._pid: int | None = None
         super().__init__(int(self._ends[-1]), shards[0].shape, flip, labels)
 
+    def flip_pairs(self) -> Tensor | None:
+        """As :meth:`IndexedImages.flip_pairs`; files with encoded flips (``flipped_copies``) pair row j of a shard of
+        2n rows with its flip, row j + n (data_prep/ffhq_latents.py's layout)."""
+        if not self.flipped_copies:
+            return super().flip_pairs()
+        pairs = []
+        for shard, end in zip(self.shards, self._ends.tolist()):
+            if shard.length % 2:
+                raise DatasetFormatError(
+                    f"{shard.path} says flipped_copies but has an odd number of rows ({shard.length}); "
+                    "re-encode it with data_prep/ffhq_latents.py"
+                )
+            half = shard.length // 2
+            first = torch.arange(end - shard.length, end - half)
+            pairs.append(torch.stack([first, first + half], dim=1))
+        return torch.cat(pairs)
+
     def _data(self, s: int) -> Any:
         """The h5py dataset of shard s, opened in this process on first use."""
         if self._pid != os.getpid():  # new process (a forked worker): never reuse the parent's handles
@@ -774,3 +812,26 @@ def read_pair_seeds(path: PathLike) -> tuple[Tensor, str]:
     if len(devices) != 1:
         raise DatasetFormatError(f"{path}: shards were made on different device types {sorted(devices)}")
     return torch.cat(seeds), devices.pop()
+
+
+def pair_storage(path: PathLike) -> dict[str, float | str]:
+    """How reflow pair shards (data_prep/reflow_pairs.py) store the teacher's samples: {store ("uint8": clamped
+    8-bit images as the released code, "float32": raw), and :func:`quantisation_change` of the raw samples over
+    all shards (means weighted by pairs, the largest change)}."""
+    import h5py
+
+    stats, sizes, stores = [], [], set()
+    for shard in hdf5_shard_paths(path):
+        with h5py.File(shard, "r") as f:
+            if "store" not in f.attrs:
+                raise DatasetFormatError(f"{shard} does not record its store: remake it with data_prep/reflow_pairs.py")
+            stats.append({k: float(f.attrs[k]) for k in ("clamped_fraction", "quantisation_rms", "quantisation_max")})
+            sizes.append(len(f["seeds"]))
+            stores.add(str(f.attrs["store"]))
+    weights = np.asarray(sizes) / sum(sizes)
+    return {
+        "store": ",".join(sorted(stores)),
+        "clamped_fraction": float(sum(w * s["clamped_fraction"] for w, s in zip(weights, stats))),
+        "quantisation_rms": float(np.sqrt(sum(w * s["quantisation_rms"] ** 2 for w, s in zip(weights, stats)))),
+        "quantisation_max": max(s["quantisation_max"] for s in stats),
+    }

@@ -8,9 +8,10 @@ Where a fact comes from: ``lib/reference/paper_setup.md`` (settings, epoch accou
 
 - :func:`paper_results`, :func:`paper_rows`, :data:`TABLES`: the paper's numbers and its table titles.
 - :func:`same_setting`: whether a kit result (solver, true NFE) is the setting of a paper row.
-- :data:`COUPLING_ROWS`, :func:`sweep_label`: the rows of Tables 1 and 5 as coupling switches.
+- :data:`COUPLING_ROWS`, :func:`sweep_label`, :func:`table5_sweep`: the rows of Tables 1 and 5 as coupling switches.
 - :data:`UNET_ARCHITECTURES`: the released UNets' hyper-parameters (lib.unet builds them).
-- :data:`RELEASED_CONFIGS`: the released training configs (lib.train ``--config``).
+- :data:`RELEASED_CONFIGS`, :data:`RELEASED_EPOCH_IMAGES`: the released training configs (lib.train ``--config``)
+  and the images one of their epochs visits (lib.train.released_steps turns both into optimiser steps).
 - :data:`RELEASED_REPOS`, :data:`RELEASED_PRESETS`, :data:`PAPER_EVALUATION`: the five released checkpoints,
   the architecture each loads into and how the paper evaluates it.
 - :data:`FID_REFERENCE_SEED`, :data:`FID_MAX_REFERENCE`: the reference draw of the paper's FID protocol
@@ -22,7 +23,8 @@ Where a fact comes from: ``lib/reference/paper_setup.md`` (settings, epoch accou
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,11 +95,30 @@ COUPLING_ROWS: dict[str, CouplingRow] = {
 }
 # Table 5's LOOM-CFM ("LOOM-CFM 4 caches bs128") is Table 1's LOOM-CFM run; its ablation rows change one switch.
 TABLE5_CACHES, TABLE5_BATCH = 4, 128
+# Table 5's sweeps: caches at OT batch TABLE5_BATCH, and OT batch sizes at TABLE5_CACHES caches.
+TABLE5_SWEEP_CACHES, TABLE5_SWEEP_BATCHES = (2, 3, 4), (32, 64, 128)
+# The rows whose FID the kit follows along training (convergence in training time, paper Sec. 3.3).
+TRAINING_CURVE_ROWS = ("I-CFM", "w/o saving local reassignments", "LOOM-CFM")
 
 
 def sweep_label(caches: int, batch_size: int) -> str:
     """Table 5's name of a LOOM-CFM run with ``caches`` caches at OT batch ``batch_size``."""
     return f"LOOM-CFM {caches} caches bs{batch_size}"
+
+
+def parse_sweep_label(label: str) -> tuple[int, int] | None:
+    """(caches, OT batch) of a :func:`sweep_label`, or None for any other row name."""
+    found = re.fullmatch(r"LOOM-CFM (\d+) caches bs(\d+)", label)
+    return (int(found[1]), int(found[2])) if found else None
+
+
+def table5_sweep(
+    caches: Sequence[int], batch_sizes: Sequence[int], main_caches: int, main_batch: int
+) -> list[tuple[int, int]]:
+    """Table 5's sweep as (caches, OT batch): each of ``caches`` at ``main_batch``, then each of ``batch_sizes`` at
+    ``main_caches``, without repeats and without the main run (main_caches, main_batch), which is LOOM-CFM's row."""
+    sweep = [(c, main_batch) for c in caches] + [(main_caches, b) for b in batch_sizes]
+    return [pair for pair in dict.fromkeys(sweep) if pair != (main_caches, main_batch)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -197,8 +218,36 @@ RELEASED_CONFIGS: dict[str, dict[str, Any]] = {
         "ema_decay": 0.9999,
         "sigma": 1e-7,
     },
+    # Reflow (Table 1's "LOOM-CFM + 1 Reflow"): fine-tune the trained CIFAR-10 model on 10^6 fixed (noise, sample)
+    # pairs (data_prep/reflow_pairs.py, pass them with --root and --init the teacher), batch 64 x 4 GPUs = 256.
+    "cifar10_reflow": {
+        "dataset": "hdf5",
+        "model": "cifar10",
+        "reflow": True,
+        "coupling": "independent",
+        "flip": False,
+        "batch_size": 64,
+        "lr": 2e-5,
+        "epochs": 200,
+        "caches": 1,
+        "ema_decay": 0.9999,
+        "sigma": 1e-7,
+    },
 }
 PAPER_GPUS = 4  # every released config ran on 4 GPUs: the OT batch is 4 x the per-GPU batch
+REFLOW_PAIRS = 1_000_000  # (noise, sample) pairs the released reflow model was fine-tuned on
+
+# Images one epoch of each released config visits. The released data pipeline has length N (images): each visit
+# flips the image with probability 1/2 and the flipped copy is its own example (index i + N), so an epoch is
+# N // global-batch steps, not 2N // global-batch (paper_setup.md, "Epochs"). FFHQ: its 70k images, whose encoded
+# flips are stored as extra examples; ImageNet: the 1,281,167 training images of the downsampled sets.
+RELEASED_EPOCH_IMAGES: dict[str, int] = {
+    "cifar10": 50_000,
+    "imagenet32": 1_281_167,
+    "imagenet64": 1_281_167,
+    "ffhq256_latent": 70_000,
+    "cifar10_reflow": REFLOW_PAIRS,
+}
 
 
 # ---------------------------------------------------------------------------------------------------------

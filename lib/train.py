@@ -1,12 +1,14 @@
 """One training loop for conditional flow matching with any coupling, in-process or under torchrun.
 
 Per step (:func:`train_step`, paper Algorithm 1 around the CFM update): draw the next global batch of example
-indices from a shuffled epoch, fetch the whole batch's data on every rank (or gather every rank's slice), let the
-coupling pair noise with it (LOOM writes its seeds back here, identically on every rank), draw its time samples,
-keep this rank's slice, take an Adam step on the CFM loss (DDP averages the gradients), update the EMA. Adam with
-linear warm-up then constant lr and gradient-norm clipping, as in the released configs. Everything up to the time
-samples needs no weights (:func:`prepare_batch`): by default a background thread does it for the next batches
-while the current one trains (lib.pairing), giving bit-for-bit the same run as pairing inside the step.
+indices from a shuffled epoch (as the released pipeline: each image once, its flipped copy i + N drawn with
+probability 1/2; ``enumerate_flips`` visits all 2N copies instead), fetch the whole batch's data on every rank (or
+gather every rank's slice), let the coupling pair noise with it (LOOM writes its seeds back here, identically on
+every rank), draw its time samples, keep this rank's slice, take an Adam step on the CFM loss (DDP averages the
+gradients), update the EMA. Adam with linear warm-up then constant lr and gradient-norm clipping, as in the
+released configs. Everything up to the time samples needs no weights (:func:`prepare_batch`): by default a
+background thread does it for the next batches while the current one trains (lib.pairing), giving bit-for-bit the
+same run as pairing inside the step.
 
 Checkpoints hold everything the next step depends on (weights, EMA, optimizer, scheduler, the coupling's seed
 table and generator, every rank's RNG states, the rest of the current epoch), are written atomically
@@ -47,6 +49,7 @@ from lib.checkpoints import (
     RELEASED_PREFIX,
     TrainCheckpointError,
     build_model,
+    keep_checkpoint,
     load_model,
     read_training_checkpoint,
     save_checkpoint,
@@ -60,13 +63,14 @@ from lib.couplings import (
     converge_pairing,
     epoch_batches,
     fixed_pairs_coupling,
+    flipped_epoch_batches,
     make_coupling,
 )
 from lib.datasets import DATASETS, HDF5Images, IndexedImages, make_dataset, read_pair_seeds
 from lib.files import write_json
 from lib.flow import cfm_loss, sample_time
 from lib.pairing import PAIRED_AHEAD, PAIRING_CHOICES, PairedBatch, Pairing, resolve_pairing
-from lib.paper import RELEASED_CONFIGS
+from lib.paper import PAPER_GPUS, RELEASED_CONFIGS, RELEASED_EPOCH_IMAGES
 from lib.progress import progress
 from lib.runfolder import (
     CheckpointSchedule,
@@ -106,6 +110,14 @@ class TrainConfig:
     checkpoint_minutes: float = _setting(
         30.0, "checkpoint when this many minutes passed since the last one (0: off); always at the end and on Ctrl-C"
     )
+    keep_checkpoints_every: int = _setting(
+        0, ">0: also keep a copy checkpoint_step<k>.pt every this many steps (FID along training)"
+    )
+    enumerate_flips: bool = _setting(
+        False,
+        "an epoch visits all 2N flipped copies (the kit's old epochs: twice the steps) instead of the released "
+        "pipeline's N images, each flipped with probability 1/2 and then drawn as example i + N",
+    )
     bf16: bool = _setting(False, "bf16 autocast for the forward pass on CUDA (ignored on the CPU)")
     pairing: str = _setting(
         "auto",
@@ -133,6 +145,7 @@ class TrainConfig:
             redraw_every_epochs=(lambda v: v >= 0, "0 or more"),
             checkpoint_every=(lambda v: v >= 0, "0 (off) or more"),
             checkpoint_minutes=(lambda v: v >= 0, "0 (off) or more"),
+            keep_checkpoints_every=(lambda v: v >= 0, "0 (off) or more"),
             pairing=(lambda v: v in PAIRING_CHOICES, f"one of {', '.join(PAIRING_CHOICES)}"),
             rank_data=(lambda v: v in RANK_DATA, f"one of {', '.join(RANK_DATA)}"),
         )
@@ -159,6 +172,7 @@ RESUMABLE_CHANGES = frozenset(
         "log_every",
         "checkpoint_every",
         "checkpoint_minutes",
+        "keep_checkpoints_every",
         "out",
         "config",
         "dump_seeds",
@@ -178,7 +192,9 @@ class TrainSettings:
 
     out: str = _setting("", "run folder: checkpoint.pt, config.json, history.json (required)")
     config: str = _setting("", f"start from a released training config: {', '.join(RELEASED_CONFIGS)}")
-    epochs: int = _setting(0, ">0: train this many epochs (sets --steps from the dataset size)")
+    epochs: int = _setting(
+        0, ">0: train this many epochs (sets --steps: epochs x images // global batch; see --enumerate-flips)"
+    )
     dataset: str = _setting("digits", f"dataset: {', '.join(DATASETS)}")
     root: str = _setting("", "dataset folder or file (cifar10: the folder holding cifar-10-batches-py)")
     resolution: int = _setting(0, "imagefolder: output size; hdf5: expected size (checked); 0: as stored")
@@ -487,8 +503,24 @@ def next_batch(trainer: Trainer) -> Tensor:
             and (loop.epoch - 1) % config.redraw_every_epochs == 0
         ):
             coupling.redraw()
-        loop.batches = epoch_batches(len(trainer.data), config.batch_size * distributed.world_size(), loop.generator)
+        global_batch, pairs = config.batch_size * distributed.world_size(), flip_pairs(trainer.data)
+        loop.batches = (
+            epoch_batches(len(trainer.data), global_batch, loop.generator)
+            if pairs is None or config.enumerate_flips
+            else flipped_epoch_batches(pairs, global_batch, loop.generator)
+        )
     return loop.batches.pop(0)
+
+
+def flip_pairs(data: Data) -> Tensor | None:
+    """Each image's (unflipped, flipped) example indices (images, 2), or None for data without flipped copies."""
+    return data.flip_pairs() if isinstance(data, IndexedImages) else None
+
+
+def epoch_examples(data: Data, enumerate_flips: bool = False) -> int:
+    """Examples one epoch visits: the images (each once, flipped or not), or every copy with ``enumerate_flips``."""
+    pairs = flip_pairs(data)
+    return len(data) if pairs is None or enumerate_flips else len(pairs)
 
 
 def fetch_global(trainer: Trainer, index: Tensor) -> Tensor:
@@ -571,7 +603,7 @@ def train_flow(
     state is left as it was.
     """
     global_batch = config.batch_size * distributed.world_size()
-    check_global_batch(global_batch, len(data))
+    check_global_batch(global_batch, epoch_examples(data, config.enumerate_flips))
     path = Path(checkpoint) if checkpoint is not None else None
     run = run_settings(config, data, coupling, settings)
     if resume is None and path is not None:
@@ -635,8 +667,11 @@ def _run(trainer: Trainer, path: Path | None, settings: dict[str, Any]) -> None:
             if path is None:
                 continue
             save, stop = schedule.decide(step)
-            if save:
+            keep = config.keep_checkpoints_every > 0 and step % config.keep_checkpoints_every == 0
+            if save or keep:
                 write_checkpoint(trainer, path, settings)
+            if keep and distributed.is_main():
+                keep_checkpoint(path, step)  # a step-numbered copy for FID along training
             if stop:
                 bar.close()
                 raise schedule.interrupted(step, path)
@@ -679,8 +714,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def steps_for_epochs(epochs: int, num_examples: int, global_batch: int) -> int:
-    """Optimiser steps of ``epochs`` passes with the last partial batch dropped (as lib.couplings.epoch_batches)."""
+    """Optimiser steps of ``epochs`` passes over ``num_examples`` (:func:`epoch_examples`) with the last partial
+    batch dropped (as lib.couplings.epoch_batches and flipped_epoch_batches)."""
     return epochs * (num_examples // global_batch)
+
+
+def released_steps(config: str) -> int:
+    """Optimiser steps of a released config (lib.paper.RELEASED_CONFIGS): its epochs over the images it visits per
+    epoch at its global batch (per-GPU batch x PAPER_GPUS), the last partial batch dropped. CIFAR-10: 1000 x
+    (50,000 // 128) = 390,000 (391,000 if the partial batch were kept)."""
+    settings = RELEASED_CONFIGS[config]
+    return steps_for_epochs(settings["epochs"], RELEASED_EPOCH_IMAGES[config], settings["batch_size"] * PAPER_GPUS)
 
 
 def initial_model(settings: TrainSettings, example_shape: tuple[int, ...]) -> nn.Module:
@@ -775,8 +819,9 @@ def train_in_folder(settings: TrainSettings, device: torch.device) -> None:
     config = settings.train
     check_global_batch(config.batch_size * distributed.world_size(), len(data))
     if settings.epochs:
+        visits = epoch_examples(data, config.enumerate_flips)
         config = replace(
-            config, steps=steps_for_epochs(settings.epochs, len(data), config.batch_size * distributed.world_size())
+            config, steps=steps_for_epochs(settings.epochs, visits, config.batch_size * distributed.world_size())
         )
     torch.manual_seed(config.seed)  # this process's RNG: the same initial weights on every rank
     model = initial_model(settings, tuple(data[0][1].shape)).to(device)

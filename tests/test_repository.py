@@ -76,6 +76,23 @@ def test_profiles_name_existing_notebooks_and_parameters() -> None:
     assert all(params.get("QUICK") is False for params in paper.values())
 
 
+def test_the_paper_profile_trains_the_released_epochs() -> None:
+    """Steps come from epochs (lib.train: epochs x images // global batch), never from a typed-in step count."""
+    from lib.paper import PAPER_GPUS, RELEASED_CONFIGS
+
+    paper = reproduce.load_profile("paper")
+    for notebook, config in (
+        ("05_cifar10", "cifar10"),
+        ("06_imagenet", "imagenet32"),
+        ("07_ffhq_latent", "ffhq256_latent"),
+    ):
+        params = paper[notebook]
+        assert "STEPS" not in params and params["EPOCHS"] == RELEASED_CONFIGS[config]["epochs"], notebook
+        assert (params["BATCH_SIZE"], params["NPROC"]) == (RELEASED_CONFIGS[config]["batch_size"], PAPER_GPUS)
+    reflow, released = paper["08_reflow"], RELEASED_CONFIGS["cifar10_reflow"]
+    assert (reflow["REFLOW_EPOCHS"], reflow["REFLOW_BATCH_SIZE"] * reflow["NPROC"]) == (released["epochs"], 256)
+
+
 def test_unknown_papermill_parameter_is_refused_with_the_fix() -> None:
     with pytest.raises(ValueError, match=r"has no parameter\(s\) \['STEPZ'\].*Fix the name"):
         profiles.check_parameters("03_toy_generation", {"STEPZ": 10})

@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -31,7 +31,7 @@ from lib.checkpoints import build_model as build_named_model
 from lib.couplings import make_coupling
 from lib.fid import DigitsClassifier, digits_frechet_distance
 from lib.metrics import w2
-from lib.paper import COUPLING_ROWS, TABLE5_BATCH, TABLE5_CACHES, paper_rows, sweep_label
+from lib.paper import COUPLING_ROWS, TABLE5_BATCH, TABLE5_CACHES, paper_rows, sweep_label, table5_sweep
 from lib.solvers import integrate, solver_for_nfe
 from lib.toy import digits_split_indices, digits_vectors
 from lib.train import TrainConfig, TrainResult, train_flow
@@ -51,11 +51,14 @@ class Ablation:
     batch_size: int = 128  # training and OT batch
     no_swaps: bool = False  # loom: never re-pair (fixed source w/o reassignments)
     converge_first: bool = False  # loom: converge the pairing before training (train after convergence)
+    cost: str = "l2"  # pairing cost (lib.couplings.COST_NAMES): l2 as the released code, sqeuclidean as the paper
 
     @property
     def paper_label(self) -> str | None:
         """The matching row label of the paper's Table 5 (a plain LOOM-CFM run is named by its caches and batch
-        there), or None (I-CFM is not in Table 5)."""
+        there), or None (I-CFM is not in Table 5, and every paper row pairs with the released code's l2 cost)."""
+        if self.cost != "l2":
+            return None
         if self.coupling == "loom" and not (self.no_swaps or self.converge_first):
             return sweep_label(self.num_caches, self.batch_size)
         return self.label if self.label in {r["method"] for r in paper_rows("5", "cifar10")} else None
@@ -97,11 +100,9 @@ def table5_ablations(
         )
         for r in COUPLING_ROWS.values()
     ]
-    sweep = [(c, main_batch) for c in caches] + [(main_caches, b) for b in batch_sizes]
-    for c, b in dict.fromkeys(sweep):
-        if (c, b) != (main_caches, main_batch):
-            rows.append(Ablation(sweep_label(c, b), "loom", c, b))
-    return rows
+    return rows + [
+        Ablation(sweep_label(c, b), "loom", c, b) for c, b in table5_sweep(caches, batch_sizes, main_caches, main_batch)
+    ]
 
 
 def digits_split(seed: int = 0, test_fraction: float = 0.2) -> tuple[Tensor, Tensor]:
@@ -143,7 +144,12 @@ def train_ablation(ablation: Ablation, train: Tensor, budget: AblationBudget) ->
     data = as_model_input(train, budget.model)
     model = build_model(budget.model, budget.hidden, budget.seed)
     coupling = make_coupling(
-        ablation.coupling, len(data), num_caches=ablation.num_caches, seed=budget.seed, no_swaps=ablation.no_swaps
+        ablation.coupling,
+        len(data),
+        num_caches=ablation.num_caches,
+        seed=budget.seed,
+        cost=ablation.cost,
+        no_swaps=ablation.no_swaps,
     )
     config = TrainConfig(
         steps=budget.steps,
@@ -159,6 +165,30 @@ def train_ablation(ablation: Ablation, train: Tensor, budget: AblationBudget) ->
     result: TrainResult = train_flow(model, data, coupling, config)
     seconds = (time.perf_counter() - start) / budget.steps
     return TrainedAblation(ablation, result.ema, seconds, result.history)
+
+
+def compare_costs(
+    trained: TrainedAblation,
+    train: Tensor,
+    budget: AblationBudget,
+    z: Tensor,
+    reference: Tensor,
+    specs: Sequence[str],
+    classifier: DigitsClassifier,
+) -> list[dict[str, object]]:
+    """Plain vs squared Euclidean pairing cost, judged by generation: train ``trained``'s row again with the other
+    cost (same budget, weights, data order and time samples), then score both at every solver from the same noise z
+    -> rows {label, cost, solver, method, nfe, fd, w2, final_cost} (final_cost in the row's own cost)."""
+    other = "sqeuclidean" if trained.ablation.cost == "l2" else "l2"
+    variant = replace(trained.ablation, label=f"{trained.ablation.label} ({other})", cost=other)
+    rows: list[dict[str, object]] = []
+    for run in (trained, train_ablation(variant, train, budget)):
+        final = run.history[-1]["cost_after"] if run.history else float("nan")
+        rows += [
+            {"label": run.ablation.label, "cost": run.ablation.cost, **row, "final_cost": final}
+            for row in evaluate_model(run.ema, z, reference, specs, classifier)
+        ]
+    return rows
 
 
 def solver_specs(nfes: Sequence[int], methods: Sequence[str], adaptive: bool = True) -> list[str]:

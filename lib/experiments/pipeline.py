@@ -11,7 +11,7 @@ import hashlib
 import json
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,21 @@ import torch
 from torch import Tensor
 
 from lib import REPO_ROOT
-from lib.checkpoints import RELEASED_PREFIX, LoadedModel
+from lib.checkpoints import RELEASED_PREFIX, LoadedModel, kept_checkpoints, load_model
+from lib.datasets import IndexedImages
 from lib.evaluate import fid_rows, path_curvature
+from lib.experiments.convergence import ConvergenceSetting, converge_table, subset_gaps
 from lib.fabricate import FAKE_NOTE
 from lib.fid import DEFAULT_PROTOCOL, PAPER_PROTOCOL, check_protocol, feature_network
-from lib.paper import COUPLING_ROWS, PAPER_EVALUATION, paper_rows, same_setting
+from lib.paper import (
+    COUPLING_ROWS,
+    PAPER_EVALUATION,
+    paper_rows,
+    parse_sweep_label,
+    same_setting,
+    sweep_label,
+    table5_sweep,
+)
 from lib.sample import generate, noise_for_images, to_images
 from lib.solvers import parse_solver
 from lib.train import TrainSettings
@@ -105,11 +115,27 @@ def read_history(checkpoint: Path) -> list[dict[str, float]]:
 # ---------------------------------------------------------------------------------------------------------
 # The steps every image notebook takes: train the rows, evaluate
 # ---------------------------------------------------------------------------------------------------------
-def row_settings(row: str, settings: TrainSettings, runs: Path) -> TrainSettings:
-    """``settings`` with the coupling switches of paper row ``row`` (lib.paper.COUPLING_ROWS), run in
-    ``runs/<run_name(row)>-<key>`` (:func:`keyed`)."""
+def row_settings(row: str, settings: TrainSettings, runs: Path, nproc: int = 1) -> TrainSettings:
+    """``settings`` with the coupling switches of paper row ``row``, run in ``runs/<run_name(row)>-<key>``
+    (:func:`keyed`): a row of lib.paper.COUPLING_ROWS, or a Table 5 sweep row (lib.paper.sweep_label, "LOOM-CFM 2
+    caches bs128": LOOM with those caches at that OT batch, split over ``nproc`` processes)."""
+    sweep = parse_sweep_label(row)
+    if sweep is not None:
+        caches, ot_batch = sweep
+        if ot_batch % nproc:
+            raise ValueError(f"{row}: OT batch {ot_batch} does not split over {nproc} processes; change NPROC")
+        swept = replace(
+            settings,
+            coupling="loom",
+            caches=caches,
+            no_swaps=False,
+            train=replace(settings.train, batch_size=ot_batch // nproc, converge_first=False),
+        )
+        return keyed(swept, runs / run_name(row))
     if row not in COUPLING_ROWS:
-        raise ValueError(f"unknown row {row!r}; rows are {sorted(COUPLING_ROWS)}")
+        raise ValueError(
+            f"unknown row {row!r}; rows are {sorted(COUPLING_ROWS)} or a {sweep_label(4, 128)!r} sweep row"
+        )
     spec = COUPLING_ROWS[row]
     switched = replace(
         settings,
@@ -120,15 +146,33 @@ def row_settings(row: str, settings: TrainSettings, runs: Path) -> TrainSettings
     return keyed(switched, runs / run_name(row))
 
 
+def table5_grid(
+    caches: Sequence[int], batch_sizes: Sequence[int], settings: TrainSettings, nproc: int = 1
+) -> list[str]:
+    """Table 5's sweep rows around the LOOM-CFM run of ``settings`` (its caches, OT batch = batch x ``nproc``):
+    each of ``caches`` at that OT batch and each OT batch of ``batch_sizes`` at its caches (lib.paper.table5_sweep),
+    as row names for :func:`train_rows`."""
+    main = (settings.caches, settings.train.batch_size * nproc)
+    return [sweep_label(c, b) for c, b in table5_sweep(caches, batch_sizes, *main)]
+
+
 def train_rows(
-    rows: Sequence[str], settings: TrainSettings, runs: Path, nproc: int = 1
+    rows: Sequence[str],
+    settings: TrainSettings,
+    runs: Path,
+    nproc: int = 1,
+    keep_rows: Collection[str] | None = None,
 ) -> tuple[dict[str, Path], list[dict[str, Any]]]:
     """Train one model per paper row (:func:`row_settings`; a rerun resumes) -> (checkpoint by row, training history
-    rows with "method")."""
+    rows with "method"). ``keep_rows``: only these rows keep step-numbered checkpoint copies
+    (``settings.train.keep_checkpoints_every``; a full checkpoint each, so not every row of a grid), None: all."""
     checkpoints: dict[str, Path] = {}
     history: list[dict[str, Any]] = []
     for row in rows:
-        checkpoints[row] = launch_training(row_settings(row, settings, runs), nproc)
+        chosen = row_settings(row, settings, runs, nproc)
+        if keep_rows is not None and row not in keep_rows:
+            chosen = replace(chosen, train=replace(chosen.train, keep_checkpoints_every=0))
+        checkpoints[row] = launch_training(chosen, nproc)
         history += [{"method": row, **record} for record in read_history(checkpoints[row])]
     return checkpoints, history
 
@@ -189,6 +233,62 @@ def fid_table(
                 f"{row['method']} {row['solver']}: counted {row['nfe']} network calls, expected {expected}"
             )
     return ours, side_by_side(ours, paper)
+
+
+def fid_vs_step(
+    checkpoints: Mapping[str, Path],
+    solver: str,
+    num_samples: int,
+    reference: str,
+    *,
+    seed: int,
+    device: str,
+    features: str = "inception",
+    dataset_res: int | None = 32,
+    dataset_split: str = "train",
+    protocol: str = DEFAULT_PROTOCOL,
+) -> list[dict[str, Any]]:
+    """FID along training (convergence in training time): every copy lib.train kept of each row's checkpoint
+    (``--keep-checkpoints-every``, lib.checkpoints.kept_checkpoints) at one ``solver`` -> rows {method, step, solver,
+    nfe, fid, protocol...}, by row then step. Every snapshot samples the same noise (``seed``)."""
+    rows: list[dict[str, Any]] = []
+    for name, checkpoint in checkpoints.items():
+        for step, path in kept_checkpoints(checkpoint).items():
+            ours, _ = fid_table(
+                {name: load_model(path)},
+                [solver],
+                num_samples,
+                reference,
+                [],
+                seed=seed,
+                device=device,
+                features=features,
+                dataset_res=dataset_res,
+                dataset_split=dataset_split,
+                protocol=protocol,
+            )
+            rows += [{"method": name, "step": step, **{k: v for k, v in r.items() if k != "method"}} for r in ours]
+    return rows
+
+
+def gap_at_scale(
+    data: IndexedImages,
+    setting: ConvergenceSetting,
+    subset_sizes: Sequence[int],
+    repeats: int,
+    device: str,
+) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
+    """The reviewers' "how far from the global optimum" on an image dataset: converge a seed table over all of
+    ``data``'s examples (flipped copies included) without training, then the gap of the initial and the converged
+    table on random subsets of their slots (lib.experiments.convergence) -> (convergence history per epoch, gap
+    rows {table, size, repeat, cost, optimum, gap})."""
+
+    def fetch(index: Tensor) -> Tensor:
+        return data.get_batch(index)[1].to(device)
+
+    loom, initial, history = converge_table(len(data), fetch, setting)
+    tables = {"initial": initial, "converged": loom.seeds}
+    return history, subset_gaps(tables, fetch, subset_sizes, repeats, setting.cost, setting.seed + 2)
 
 
 def curvature_rows(

@@ -614,6 +614,61 @@ def training_steps_figure(rows: Rows, device: str) -> Figure:
     return fig
 
 
+def training_pairing_figure(history: Rows, group: str = "method") -> Figure:
+    """The appendix's convergence of the assignment during training, at dataset scale: per logged step (lib.train's
+    history.json rows {step, swaps, cost_before, cost_after}), the swaps the step's assignment made and the mean
+    pairing cost of the batch before and after it, one line per ``group`` value."""
+    rows = _floats(history, "step", "swaps", "cost_before", "cost_after")
+    fig, axes = plots.figure(3, size=3.4)
+    for ax, key, title in zip(
+        axes[0],
+        ("swaps", "cost_before", "cost_after"),
+        ("swaps per step", "pairing cost before the assignment", "pairing cost after the assignment"),
+    ):
+        plots.draw_curves(ax, rows, "step", key, group, title, legend=False)
+        ax.set(xlabel="training step", ylabel="swaps" if key == "swaps" else "batch mean pairing cost")
+    plots.legend_below(fig, axes[0][:1])
+    return fig
+
+
+def fid_vs_step_figure(rows: Rows, features: str) -> Figure:
+    """Convergence in training time: FID of the kept checkpoints against the training step, one line per method
+    (rows of lib.experiments.pipeline.fid_vs_step)."""
+    fig, axes = plots.figure(1, size=4.2)
+    ax = axes[0][0]
+    solver = ", ".join(dict.fromkeys(str(r["solver"]) for r in rows))
+    plots.draw_curves(
+        ax, _floats(rows, "step", "fid"), "step", "fid", "method", f"FID along training ({solver})", legend=False
+    )
+    ax.set(xlabel="training step", ylabel=f"FID ({features} features)")
+    plots.legend_below(fig)
+    return fig
+
+
+def subset_gap_figure(history: Rows, gaps: Rows) -> Figure:
+    """The gap to the optimum at dataset scale: swaps per epoch while a seed table converges without training
+    (rows {epoch, swaps}), and the mean gap of the initial and the converged table on random subsets of their slots
+    against the subset size (rows of lib.experiments.convergence.mean_gaps)."""
+    fig, axes = plots.figure(2, size=3.4)
+    ax = axes[0][0]
+    converge = _floats(history, "epoch", "swaps")
+    ax.plot(
+        [r["epoch"] for r in converge],
+        [max(r["swaps"], 0.5) for r in converge],
+        marker="o",
+        ms=3,
+        color=plots.look("LOOM-CFM").color,
+    )
+    ax.set(xlabel="epoch (re-pairing only)", ylabel="swaps (0 drawn at 0.5)", title="seed table converging")
+    plots.log_axis(ax, "y")
+    gaps = _floats(gaps, "size", "gap")
+    plots.draw_curves(axes[0][1], gaps, "size", "gap", "table", "gap on random subsets", legend=False)
+    axes[0][1].set(xlabel="subset size (table slots)", ylabel="(cost - optimum) / optimum")
+    plots.log_axis(axes[0][1], "x", sorted({r["size"] for r in gaps}))
+    plots.legend_below(fig, axes[0][1:])
+    return fig
+
+
 # ---------------------------------------------------------------------------------------------------------
 # All of them from a results folder (notebook 10)
 # ---------------------------------------------------------------------------------------------------------

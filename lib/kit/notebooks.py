@@ -40,16 +40,16 @@ NOTEBOOKS: dict[str, NotebookInfo] = {
         "est. ~10 min, CPU",
     ),
     "03_toy_generation": NotebookInfo(
-        "-", "I-CFM vs minibatch OT vs LOOM on 2-D toys: W2 by NFE", "CPU", "est. ~20 min, CPU"
+        "-", "I-CFM vs minibatch OT vs LOOM on 2-D toys: W2 by NFE; plain vs squared cost", "CPU", "est. ~20 min, CPU"
     ),
     "04_digits": NotebookInfo(
         "Table 5, Fig. 4 (digits scale)", "the ablation rows on scikit-learn digits", "CPU", "est. ~35 min, 2 CPU cores"
     ),
     "05_cifar10": NotebookInfo(
-        "Table 1, 5; Fig. 3, 4, 7",
-        "ablation rows via torchrun, FID vs NFE beside the paper",
+        "Table 1, 5; Fig. 3, 4, 6, 7",
+        "ablation rows and Table 5's grid via torchrun, FID vs NFE and along training, gap at CIFAR scale",
         "GPUs",
-        "est. ~17 h per row on 4 GPUs (paper: 17.3 h)",
+        "est. ~17 h per row on 4 GPUs (390,000 steps; paper: 17.3 h)",
         "fid_vs_paper.csv",
         "cifar10",
         sample_grids=True,

@@ -72,6 +72,17 @@ class IPCKernelManager(AsyncKernelManager):
     def _default_transport(self) -> str:
         return "ipc"
 
+    @default("ip")
+    def _default_ip(self) -> str:
+        # jupyter_client's default ("kernel-ipc" in the working directory) lets two kernels started at once, such as
+        # two pytest workers' notebooks, pick the same socket files and read each other's messages ("Invalid
+        # Signature"); a private folder per kernel keeps them apart and out of the repository.
+        return str(Path(tempfile.mkdtemp(prefix="loom-kernel-")) / "kernel")
+
+    def cleanup_ipc_files(self) -> None:
+        super().cleanup_ipc_files()
+        shutil.rmtree(Path(self.ip).parent, ignore_errors=True)
+
 
 def run_profile(name: str, parameters: dict[str, Any]) -> str:
     """The profile a run of ``name`` with injected ``parameters`` is filed under (as its kernel will decide)."""

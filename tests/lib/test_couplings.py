@@ -12,6 +12,7 @@ from lib.couplings import (
     cost_matrix,
     epoch_batches,
     exact_assignment,
+    flipped_epoch_batches,
     make_coupling,
     noise_from_seeds,
     total_pairing_cost,
@@ -212,3 +213,41 @@ def test_fixed_pairs_coupling_gives_each_example_its_own_noise():
     out = coupling(x, index)
     assert torch.equal(out.z, noise_from_seeds(seeds[index], (5,), "cpu")) and out.stats.swaps == 0
     assert torch.equal(coupling.seeds[:, 0], seeds)
+
+
+def _flip_pairs(n):
+    """Images k of a flipped dataset of n images: examples [k, k + n] (lib.datasets.IndexedImages.flip_pairs)."""
+    return torch.stack([torch.arange(n), torch.arange(n) + n], dim=1)
+
+
+def test_a_released_epoch_visits_each_image_once_as_itself_or_its_flipped_copy():
+    n = 600
+    epoch = torch.cat(flipped_epoch_batches(_flip_pairs(n), 50, torch.Generator().manual_seed(0)))
+    assert len(epoch) == n and sorted((epoch % n).tolist()) == list(range(n))  # each image exactly once
+    assert 0 < int((epoch >= n).sum()) < n  # some as the flipped copy i + N, some as themselves
+    # The last partial batch is dropped, as in epoch_batches: 600 images at batch 128 are 4 steps of distinct images.
+    batches = flipped_epoch_batches(_flip_pairs(n), 128, torch.Generator().manual_seed(0))
+    assert [len(b) for b in batches] == [128] * 4 and len(set((torch.cat(batches) % n).tolist())) == 512
+    # The epoch depends only on the generator's state: every DDP rank (same seed) and a resumed run draw the same.
+    again = torch.cat(flipped_epoch_batches(_flip_pairs(n), 50, torch.Generator().manual_seed(0)))
+    assert torch.equal(epoch, again)
+
+
+def test_flipped_and_unflipped_copies_are_drawn_equally_often():
+    """Over E epochs of N images each image is drawn flipped Binomial(E, 1/2) times. Two checks at fixed seeds:
+    the overall flipped fraction is within 5 standard errors of 1/2 (E N = 200,000 draws: |p - 1/2| < 0.0056), and
+    a chi-square test (N degrees of freedom) of the per-image flipped/unflipped counts against E/2 each does not
+    reject (p > 0.001)."""
+    from scipy.stats import chisquare
+
+    n, epochs = 500, 400
+    generator = torch.Generator().manual_seed(1)
+    flipped = torch.zeros(n)
+    for _ in range(epochs):
+        epoch = torch.cat(flipped_epoch_batches(_flip_pairs(n), 100, generator))
+        flipped[epoch[epoch >= n] - n] += 1
+    draws = n * epochs
+    tolerance = 5 * (0.25 / draws) ** 0.5
+    assert abs(float(flipped.sum()) / draws - 0.5) < tolerance
+    counts = torch.stack([flipped, epochs - flipped], dim=1).flatten().numpy()
+    assert chisquare(counts, [epochs / 2] * len(counts), ddof=n - 1).pvalue > 1e-3

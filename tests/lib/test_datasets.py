@@ -94,6 +94,27 @@ def test_index_plus_n_is_the_flipped_example(datasets, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_flip_pairs_name_each_image_and_its_flipped_copy(datasets, kind):
+    ds = datasets[kind]
+    n = ds.num_examples
+    assert torch.equal(ds.flip_pairs(), torch.stack([torch.arange(n), torch.arange(n) + n], dim=1))
+    assert TensorImages(random_uint8(3), flip=False).flip_pairs() is None
+
+
+def test_flip_pairs_of_encoded_flips_follow_each_shards_layout(tmp_path):
+    """data_prep/ffhq_latents.py: a shard of n images holds their latents as rows 0..n-1 and the encodings of their
+    flips as rows n..2n-1; flip_pairs pairs row j with row j + n of the same shard."""
+    for name, n in (("a.h5", 3), ("b.h5", 2)):
+        latents = torch.randn(2 * n, 4, 2, 2)
+        write_hdf5_latents(tmp_path / name, latents, scale=1.0, attrs={"flipped_copies": True})
+    ds = HDF5Images(tmp_path, flip=False)
+    assert ds.flip_pairs().tolist() == [[0, 3], [1, 4], [2, 5], [6, 8], [7, 9]]
+    write_hdf5_latents(tmp_path / "odd" / "c.h5", torch.randn(3, 4, 2, 2), scale=1.0, attrs={"flipped_copies": True})
+    with pytest.raises(DatasetFormatError, match="odd number of rows"):
+        HDF5Images(tmp_path / "odd", flip=False).flip_pairs()
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_getitems_equals_stacked_getitem(datasets, kind):
     ds = datasets[kind]
     n = ds.num_examples

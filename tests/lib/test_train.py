@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import replace
@@ -104,6 +105,7 @@ def _train_cli(out: Path, nproc: int, batch_size: int, *flags: str) -> None:
         "--out",
         str(out),
         "--dump-seeds",
+        "--flip",  # the released epochs: each image once, flipped at random from the loop generator
         "--device",
         "cpu",
         "--no-progress",
@@ -131,7 +133,7 @@ def test_torchrun_two_ranks_share_one_assignment(tmp_path: Path, flags: tuple[st
     """torchrun --nproc_per_node=2 (gloo): both ranks end with the same seed table, the seed multiset is
     unchanged, and it equals one process with the same global batch (one assignment on the whole batch), whether
     each rank fetches the whole batch and pairs it in a thread or the slices are all-gathered inside the step; the
-    checkpoint holds each rank's own RNG state."""
+    checkpoint holds each rank's own RNG state; every rank draws the same random flips."""
     _train_cli(tmp_path / "ddp", 2, 16, *flags)
     _train_cli(tmp_path / "single", 1, 32, "--pairing", "synchronous")
     rank0, rank1 = (torch.load(tmp_path / "ddp" / f"seeds_rank{r}.pt") for r in (0, 1))
@@ -215,8 +217,92 @@ def test_released_config_fills_defaults_and_flags_override_it(tmp_path: Path) ->
     args = parse_args(["--config", "cifar10", "--out", str(tmp_path), "--lr", "1e-3"])
     assert (args.model, args.batch_size, args.caches, args.warmup_steps, args.flip) == ("cifar10", 32, 4, 5000, True)
     assert args.lr == 1e-3 and args.ema_decay == 0.9999
-    assert set(RELEASED_CONFIGS) == {"cifar10", "imagenet32", "imagenet64", "ffhq256_latent"}
-    assert steps_for_epochs(1000, 100_000, 128) == 781_000  # 781 full batches per epoch of 100k flipped images
+    assert set(RELEASED_CONFIGS) == {"cifar10", "imagenet32", "imagenet64", "ffhq256_latent", "cifar10_reflow"}
+    assert steps_for_epochs(1000, 50_000, 128) == 390_000  # 390 full batches per epoch of 50k images
+    args = parse_args(["--config", "cifar10_reflow", "--out", str(tmp_path), "--root", "pairs", "--init", "t.pt"])
+    assert (args.dataset, args.reflow, args.coupling, args.flip, args.lr, args.epochs) == (
+        "hdf5",
+        True,
+        "independent",
+        False,
+        2e-5,
+        200,
+    )
+
+
+def test_released_step_counts_follow_the_released_epochs() -> None:
+    """epochs x (images // global batch), the last partial batch dropped: CIFAR-10 1000 x (50,000 // 128) =
+    390,000 (391,000 if the partial batch were kept; the kit's epochs drop it). Written out by hand from
+    paper_setup.md, not computed by the code under test."""
+    from lib.paper import PAPER_GPUS, RELEASED_CONFIGS
+    from lib.train import released_steps
+
+    assert PAPER_GPUS * RELEASED_CONFIGS["cifar10_reflow"]["batch_size"] == 256  # reflow's global batch
+    assert {name: released_steps(name) for name in RELEASED_CONFIGS} == {
+        "cifar10": 390_000,  # 1000 x 390 (50,000 images, batch 32 x 4)
+        "imagenet32": 500_400,  # 200 x 2502 (1,281,167 images, batch 128 x 4)
+        "imagenet64": 7_673_375,  # 575 x 13345 (batch 24 x 4)
+        "ffhq256_latent": 273_000,  # 500 x 546 (70,000 images, batch 32 x 4)
+        "cifar10_reflow": 781_200,  # 200 x 3906 (10^6 pairs, batch 64 x 4)
+    }
+
+
+def test_epochs_visit_images_not_copies_unless_asked(tmp_path: Path) -> None:
+    """--epochs counts images (each visited once, flipped or not); --enumerate-flips counts all 2N copies."""
+    from lib.datasets import write_hdf5_images
+    from lib.train import main
+
+    write_hdf5_images(tmp_path / "images.h5", torch.randint(0, 256, (20, 3, 4, 4), dtype=torch.uint8))
+    common = ["--dataset", "hdf5", "--root", str(tmp_path / "images.h5"), "--flip", "--epochs", "2"]
+    common += ["--batch-size", "6", "--device", "cpu", "--no-progress", "--log-every", "1"]
+    assert main([*common, "--out", str(tmp_path / "released")]) == 0
+    assert main([*common, "--enumerate-flips", "--out", str(tmp_path / "enumerated")]) == 0
+    released = json.loads((tmp_path / "released" / "config.json").read_text())
+    enumerated = json.loads((tmp_path / "enumerated" / "config.json").read_text())
+    assert (released["steps"], enumerated["steps"]) == (2 * (20 // 6), 2 * (40 // 6))
+    epochs = [r["epoch"] for r in json.loads((tmp_path / "released" / "history.json").read_text())]
+    assert epochs == [1, 1, 1, 2, 2, 2]
+
+
+def test_resume_is_exact_with_random_flips(tmp_path: Path) -> None:
+    """The flips of an epoch come from the loop generator saved in the checkpoint: resuming mid-epoch replays them."""
+    from lib.datasets import TensorImages
+
+    images = TensorImages(torch.rand(30, 1, 2, 2) * 2 - 1, flip=True)
+
+    def flipped_run(steps: int, checkpoint: Path | None = None):
+        torch.manual_seed(0)
+        coupling = make_coupling("loom", len(images), seed=5)
+        config = replace(CONFIG, steps=steps, batch_size=8, log_every=1)  # 3 steps per epoch of 30 images
+        return train_flow(MLP(4, hidden=16, depth=1), images, coupling, config, checkpoint=checkpoint), coupling
+
+    straight, straight_coupling = flipped_run(10)
+    path = tmp_path / "checkpoint.pt"
+    flipped_run(4, path)  # stops one step into the second epoch
+    resumed, resumed_coupling = flipped_run(10, path)
+    assert straight.history == resumed.history and [r["epoch"] for r in straight.history][-1] == 4
+    assert torch.equal(straight_coupling.seeds, resumed_coupling.seeds)
+    for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_kept_checkpoints_are_step_numbered_copies(tmp_path: Path) -> None:
+    """keep_checkpoints_every keeps checkpoint_step<k>.pt beside checkpoint.pt, each the state at step k."""
+    from lib.checkpoints import kept_checkpoints
+
+    data = toy.sample_toy("moons", 100, seed=1)
+    config = replace(CONFIG, steps=10, keep_checkpoints_every=4)
+    train_flow(
+        MLP(2, hidden=8, depth=1), data, make_coupling("loom", 100), config, checkpoint=tmp_path / "checkpoint.pt"
+    )
+    kept = kept_checkpoints(tmp_path / "checkpoint.pt")
+    assert list(kept) == [4, 8] and [p.name for p in kept.values()] == [
+        "checkpoint_step00000004.pt",
+        "checkpoint_step00000008.pt",
+    ]
+    assert [read_training_checkpoint(p)["global_step"] for p in kept.values()] == [4, 8]
+    assert read_training_checkpoint(tmp_path / "checkpoint.pt")["global_step"] == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", *[p.name for p in kept.values()]]
 
 
 def test_train_after_convergence_runs_on_a_dataset_as_on_a_tensor() -> None:

@@ -45,3 +45,9 @@ def test_04_digits_notebook_writes_every_row_with_true_nfe(tmp_path: Path, run_t
     assert len(curvature) == 3 * (TINY_04["CURVATURE_STEPS"] - 1)
     assert read_table(folder / "ordering_vs_paper.csv")
     assert {"quality_vs_nfe.png", "curvature_per_step.png", "claims.json"} <= {p.name for p in folder.iterdir()}
+    # Plain vs squared Euclidean cost: LOOM-CFM retrained with the squared cost, both scored at every solver.
+    costs = read_table(folder / "cost_choice_digits.csv")
+    assert [(r["label"], r["cost"]) for r in costs][:: len(costs) // 2] == [
+        ("LOOM-CFM", "l2"), ("LOOM-CFM (sqeuclidean)", "sqeuclidean")]
+    assert {r["solver"] for r in costs} == {r["solver"] for r in metrics}
+    assert all(float(r["fd"]) > 0 and float(r["w2"]) > 0 for r in costs)

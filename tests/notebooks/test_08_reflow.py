@@ -28,6 +28,10 @@ def test_08_reflow_teacher_pairs_student_and_table_1(tmp_path: Path, run_tiny) -
     assert {r["dataset"] for r in rows} == {"cifar10"}
     pairs = json.loads((folder / "pairs.json").read_text())
     assert pairs["pairs"] == 24 and pairs["shards"] == 3 and pairs["seed"] == 1
+    # Stored as the released code stores them (clamped 8-bit images), with what that changed measured.
+    assert pairs["store"] == "uint8" and pairs["reflow_global_batch"] == 8
+    assert 0 <= pairs["clamped_fraction"] <= 1 and 0 < pairs["quantisation_rms"] <= pairs["quantisation_max"]
+    assert (folder / "training_pairing.png").is_file()
     [reflow] = runs.glob("reflow-*")  # run folders are keyed by settings and code
     [teacher_run] = (runs / "teacher").glob("loomcfm-*")
     config = json.loads((reflow / "config.json").read_text())

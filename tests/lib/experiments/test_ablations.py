@@ -136,6 +136,27 @@ def test_train_ablation_runs_each_switch_and_evaluates_with_true_nfe(label: str)
     assert all(math.isfinite(r["fd"]) and r["fd"] > 0 and r["w2"] > 0 for r in rows)
 
 
+def test_compare_costs_trains_the_other_cost_from_the_same_start_and_scores_both() -> None:
+    train, test = ablations.digits_split(0)
+    row = next(r for r in ablations.table5_ablations([], [], 2, 64) if r.label == "LOOM-CFM")
+    budget = AblationBudget(steps=4, hidden=16, ema_decay=0.5)
+    trained = ablations.train_ablation(row, train, budget)
+    z = torch.randn(test[:80].shape, generator=torch.Generator().manual_seed(1))
+    rows = ablations.compare_costs(
+        trained, train, budget, z, test[:80], ["euler-1", "midpoint-1"], train_digits_classifier(0)
+    )
+    assert [(r["label"], r["cost"], r["solver"]) for r in rows] == [
+        ("LOOM-CFM", "l2", "euler-1"),
+        ("LOOM-CFM", "l2", "midpoint-1"),
+        ("LOOM-CFM (sqeuclidean)", "sqeuclidean", "euler-1"),
+        ("LOOM-CFM (sqeuclidean)", "sqeuclidean", "midpoint-1"),
+    ]
+    assert all(r["fd"] > 0 and r["w2"] > 0 and r["final_cost"] > 0 for r in rows)
+    # The squared cost's pairing cost is about the square of the plain one (images of 64 values in [-1, 1]).
+    assert rows[2]["final_cost"] > 4 * rows[0]["final_cost"]
+    assert Ablation("x", "loom", cost="sqeuclidean").paper_label is None  # no paper row pairs by the squared cost
+
+
 def test_unet_model_trains_and_samples_on_images() -> None:
     train, test = ablations.digits_split(0)
     row = ablations.table5_ablations([], [], 1, 32)[-1]

@@ -32,6 +32,24 @@ def test_every_paper_row_is_a_valid_lib_train_command(tmp_path: Path) -> None:
         pipeline.row_settings("OT-CFM", TrainSettings(), tmp_path)
 
 
+def test_table5_grid_rows_are_lib_train_commands_at_their_caches_and_ot_batch(tmp_path: Path) -> None:
+    settings = TrainSettings(caches=4, train=TrainConfig(steps=3, batch_size=32, converge_first=True))
+    grid = pipeline.table5_grid([2, 3, 4], [32, 64, 128], settings, nproc=4)
+    assert grid == [
+        "LOOM-CFM 2 caches bs128",
+        "LOOM-CFM 3 caches bs128",
+        "LOOM-CFM 4 caches bs32",
+        "LOOM-CFM 4 caches bs64",
+    ]
+    assert {r["method"] for r in paper_rows("5", "cifar10")} >= set(grid)  # they join Table 5's rows
+    row = pipeline.row_settings("LOOM-CFM 4 caches bs64", settings, tmp_path, nproc=4)
+    args = parse_args(row.to_argv())
+    assert (args.coupling, args.caches, args.batch_size, args.converge_first) == ("loom", 4, 16, False)
+    assert args.out.startswith(str(tmp_path / "loomcfm_4_caches_bs64") + "-")  # keyed by settings and code
+    with pytest.raises(ValueError, match="OT batch 64 does not split over 3 processes"):
+        pipeline.row_settings("LOOM-CFM 4 caches bs64", settings, tmp_path, nproc=3)
+
+
 def test_paper_rows_and_side_by_side_join_on_method_solver_and_nfe() -> None:
     paper = paper_rows("5", "cifar10")
     assert {"w/o saving local reassignments", "fixed source w/o reassignments"} <= {r["method"] for r in paper}

@@ -88,7 +88,8 @@ def test_every_command_shown_runs_and_its_flags_exist() -> None:
 
 # The README's paths, where the resume test puts its fabricated stand-ins.
 PATH_FLAGS = ("--root", "--out", "--init", "--checkpoint")
-TINY = {"cifar10": "tiny", "imagenet32": "tiny", "ffhq256_latent": "tiny_latent"}  # --config -> a tiny preset
+# --config -> a tiny preset
+TINY = {"cifar10": "tiny", "cifar10_reflow": "tiny", "imagenet32": "tiny", "ffhq256_latent": "tiny_latent"}
 
 
 def fabricate_readme_data(root: Path) -> None:
