@@ -928,3 +928,8 @@ def best_fix(rows: Sequence[Mapping[str, Any]], high: str, low: str, metric: str
         r["keeps_few_step_advantage"] = r[f"{metric}_{low}"] <= ot[f"{metric}_{low}"]
     keeping = [r for r in fixes if r["keeps_few_step_advantage"]] or fixes
     return min(keeping, key=lambda r: r[f"{metric}_{high}"])
+
+
+def worst_table(ratio: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The plain LOOM evaluation (a :func:`ratio_to_reference` row) with the highest ratio to the reference."""
+    return dict(max((r for r in ratio if r["plain_loom"]), key=lambda r: r["ratio"]))
