@@ -879,7 +879,10 @@ def study_capacity_figure(ratio: Rows, crossings: Rows, threshold: float, solver
         crossings, "hidden", "subset", "seed", "num_examples", "boundary_v", "max_v", "params_per_stored_number"
     )
     names = [f"{r['model']}{int(r['hidden']) or ''} N={int(r['num_examples'])}" for r in crossings]
-    looks = {name: plots.look(name) for name in names}
+    order = sorted(range(len(names)), key=lambda i: crossings[i]["params_per_stored_number"])
+    shades = plots.sequence_looks([names[i] for i in order])
+    unet = plots.sequence_looks([names[i] for i in order], plots.look("I-CFM").color)  # the UNet in another hue
+    looks = {n: (shades if r["model"] == "mlp" else unet)[n] for r, n in zip(crossings, names)}
     fig, axes = plots.figure(2, size=3.6)
     ax = axes[0][0]
     for r, name in zip(crossings, names):
@@ -900,7 +903,7 @@ def study_capacity_figure(ratio: Rows, crossings: Rows, threshold: float, solver
     plots.log_axis(ax, "y", RATIO_TICKS)
     ax.set(
         xlabel="V = visits per stored noise",
-        ylabel=f"fresh-noise fd / minibatch OT's ({solver})",
+        ylabel=f"fresh fd / minibatch OT's ({solver})",
         title=f"capacity: 1-cache LOOM (dashed: {threshold:g})",
     )
     ax = axes[0][1]
@@ -916,7 +919,7 @@ def study_capacity_figure(ratio: Rows, crossings: Rows, threshold: float, solver
     plots.log_axis(ax, "y")
     ax.set(
         xlabel="parameters per stored noise number",
-        ylabel="V* (triangle: not reached by the last V)",
+        ylabel="V* (triangles: last V, not reached)",
         title="boundary vs capacity",
     )
     plots.legend_below(fig, axes[0][:1])
@@ -952,7 +955,7 @@ def study_dimension_figure(ratio: Rows, threshold: float, solver: str, seed: obj
     )
     axes[0][1].set(
         xlabel="V = visits per stored noise",
-        ylabel="table-noise sample to its pair / held-out distance",
+        ylabel="table_pair_ratio (0: exact copies)",
         title="table-noise samples vs their pair",
     )
     plots.legend_below(fig, axes[0][:1])
@@ -968,8 +971,12 @@ def study_fixes_figure(fixes: Rows, solvers: Sequence[str] = ()) -> Figure:
     reference = {"no fix": "LOOM-CFM", "minibatch OT": "minibatch_ot", "I-CFM": "I-CFM"}
     fig, axes = plots.figure(1, size=4.4)
     ax = axes[0][0]
+    colors, markers = plots.OTHER_COLORS[1:], "Xh*<>pd8D"  # each fix its own colour and marker
+    fixes_only = [str(r["fix"]) for r in rows if r["fix"] not in reference]
     for r in rows:
-        style = plots.look(reference.get(str(r["fix"]), str(r["fix"])))
+        fix = str(r["fix"])
+        i = fixes_only.index(fix) if fix in fixes_only else 0
+        style = plots.look(reference[fix]) if fix in reference else plots.Look(colors[i % 7], markers[i % 9])
         pts = sorted((r[f"nfe_{s}"], r[f"fd_{s}"]) for s in solvers)
         ax.plot(
             [p[0] for p in pts],
