@@ -8,7 +8,8 @@ plus :class:`CouplingStats` (swaps, mean pairing cost before and after the assig
 - :class:`MinibatchOTCoupling`   fresh noise, exact assignment inside the batch (OT-CFM); forgets.
 - :class:`LoomCoupling`          each example owns ``num_caches`` noise seeds; the exact assignment
   permutes the chosen seeds and writes them back, so pairings improve across batches (LOOM-CFM,
-  Algorithm 1 of the paper).
+  Algorithm 1 of the paper). Options against a finite noise table overfitting (notebook 12): per-visit
+  refresh, mixing in fresh noise, jitter, growing caches; :meth:`LoomCoupling.redraw` for periodic redraw.
 
 All randomness comes from a generator the coupling owns and saves in ``state_dict()``: two couplings
 built with the same seed and fed the same batches return identical noise and seed tables. That is
@@ -17,6 +18,7 @@ what makes resume exact and lets every DDP rank run the same assignment on the a
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,11 +43,14 @@ class CouplingStats:
     swaps: number of batch rows whose noise changed partner (0 for couplings without assignment).
     cost_before / cost_after: mean pairing cost of the batch before and after the assignment, in the
     coupling's cost (``l2``: ||x - z||, ``sqeuclidean``: ||x - z||^2).
+    fresh_rows: LOOM only, rows whose noise was not a stored one as it was: refreshed or mixed in
+    (jitter, which touches every row, is not counted).
     """
 
     swaps: int
     cost_before: float
     cost_after: float
+    fresh_rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,20 @@ def _fresh_noise(like: Tensor, generator: torch.Generator) -> Tensor:
     return torch.randn(like.shape, generator=device_generator, device=like.device)
 
 
+def visits_per_noise(steps: int, global_batch: int, num_examples: int, num_caches: int) -> float:
+    """V = steps x global batch / (examples x caches): how often training sees each stored noise.
+
+    The quantity notebook 12 studies: a finite LOOM table overfits once V passes a boundary. With
+    random flips as extra examples, ``num_examples`` counts the flipped copies (each owns its seeds).
+    """
+    if min(steps, global_batch, num_examples, num_caches) < 1:
+        raise ValueError(
+            f"need positive steps, batch, examples and caches, got {steps}, {global_batch}, "
+            f"{num_examples}, {num_caches}"
+        )
+    return steps * global_batch / (num_examples * num_caches)
+
+
 Lap = Callable[[str], None]  # called with a sub-step's name right after it finishes (timing hooks)
 
 
@@ -257,10 +276,28 @@ class LoomCoupling(Coupling):
     ``seed_init`` draws the seeds "upfront" or at an example's "first_visit" (the paper's wording;
     same distribution, but the table then says which examples have been seen). :meth:`redraw`
     replaces every seed (the appendix's periodic refresh).
+
+    Options against the table overfitting (all off by default; off, the coupling draws exactly what it
+    drew before they existed). Each keeps the returned noise exactly N(0, I):
+      ``refresh_prob`` phi: each visit replaces the chosen slot's seed by a fresh one with probability phi,
+        before the assignment (the appendix's per-visit refresh); only those slots change in the multiset.
+      ``mix_prob`` p: each row gets fresh noise instead of its stored one with probability p; the fresh
+        rows are paired among themselves by an exact assignment and nothing of theirs is stored, the
+        table rows re-pair among themselves as usual (the multiset does not change).
+      ``jitter`` eps: the returned noise is sqrt(1 - eps^2) z + eps xi with fresh xi, after the
+        assignment of the stored z. The jittered noise does not take part in the assignment: the table
+        then converges as plain LOOM does (Theorem 1: its cost never rises), and the write-back does not
+        depend on throwaway noise; eps is small, so the jittered pairs stay close to the optimal ones.
+      ``visit_cap`` K with ``max_caches``: an example whose visits reach K per stored noise gets one
+        more cache slot with a fresh seed (up to ``max_caches``), so visits per stored noise stay <= K
+        (growing caches); the multiset only gains seeds.
+    ``visits`` (N,) counts each example's visits; ``active`` (N,) its caches in use (all ``num_caches``
+    unless the table grows; slots beyond are UNSEEN and never used).
     """
 
     name = "loom"
-    UNSEEN = -1  # marks a table slot whose seed is drawn at first visit
+    UNSEEN = -1  # marks a table slot whose seed is drawn at first visit (or a growing table's unused slot)
+    OPTIONS = ("refresh_prob", "mix_prob", "jitter", "visit_cap")  # settings a saved state must agree on
 
     def __init__(
         self,
@@ -270,15 +307,25 @@ class LoomCoupling(Coupling):
         cost: CostName = "l2",
         no_swaps: bool = False,
         seed_init: Literal["upfront", "first_visit"] = "upfront",
+        refresh_prob: float = 0.0,
+        mix_prob: float = 0.0,
+        jitter: float = 0.0,
+        visit_cap: float = 0.0,
+        max_caches: int = 0,
     ) -> None:
         super().__init__(seed=seed, cost=cost)
         if num_examples < 1 or num_caches < 1:
             raise ValueError(f"need num_examples >= 1 and num_caches >= 1, got {num_examples}, {num_caches}")
         if seed_init not in ("upfront", "first_visit"):
             raise ValueError(f"unknown seed_init {seed_init!r}; use 'upfront' or 'first_visit'")
+        check_table_options(num_caches, refresh_prob, mix_prob, jitter, visit_cap, max_caches)
         self.no_swaps = no_swaps
         self.seed_init = seed_init
-        self.seeds = torch.full((num_examples, num_caches), self.UNSEEN, dtype=torch.int64)
+        self.refresh_prob, self.mix_prob, self.jitter, self.visit_cap = refresh_prob, mix_prob, jitter, visit_cap
+        width = max_caches if visit_cap else num_caches
+        self.seeds = torch.full((num_examples, width), self.UNSEEN, dtype=torch.int64)
+        self.active = torch.full((num_examples,), num_caches, dtype=torch.int64)
+        self.visits = torch.zeros(num_examples, dtype=torch.int64)
         if seed_init == "upfront":
             self.redraw()
 
@@ -288,15 +335,33 @@ class LoomCoupling(Coupling):
 
     @property
     def num_caches(self) -> int:
+        """Columns of the seed table (a growing table's maximum; ``active`` says how many are in use)."""
         return self.seeds.shape[1]
 
-    def redraw(self) -> None:
-        """Replace every seed in the table by a fresh one (the only operation that changes the multiset)."""
-        self.seeds = torch.randint(SEED_HIGH, self.seeds.shape, generator=self.generator)
+    @property
+    def grows(self) -> bool:
+        return self.visit_cap > 0
 
-    def choose_caches(self, batch_size: int) -> Tensor:
-        """Step 1a: one cache per batch row, uniformly at random -> (B,) int64."""
-        return torch.randint(self.num_caches, (batch_size,), generator=self.generator)
+    def redraw(self) -> None:
+        """Replace every seed in use by a fresh one (periodic redraw; a growing table's unused slots stay unused)."""
+        fresh = torch.randint(SEED_HIGH, self.seeds.shape, generator=self.generator)
+        if self.grows:
+            fresh[self.stored_slots(as_mask=True).logical_not()] = self.UNSEEN
+        self.seeds = fresh
+
+    def stored_slots(self, as_mask: bool = False) -> Tensor:
+        """Slots in use: a (N, num_caches) bool mask, or their (example, cache) pairs (K, 2), cache-major."""
+        mask = torch.arange(self.num_caches)[None, :] < self.active[:, None]
+        return mask if as_mask else mask.t().nonzero()[:, [1, 0]]
+
+    def choose_caches(self, batch_size: int, index: Tensor | None = None) -> Tensor:
+        """Step 1a: one cache per batch row, uniformly among the example's caches in use -> (B,) int64."""
+        if not self.grows:
+            return torch.randint(self.num_caches, (batch_size,), generator=self.generator)
+        if index is None:
+            raise ValueError("a growing table chooses among each example's own caches: pass index")
+        u = torch.rand(batch_size, generator=self.generator)
+        return (u * self.active[index]).long().clamp_max(self.active[index] - 1)
 
     def pair(self, x: Tensor, index: Tensor) -> CoupledBatch:
         index = index.cpu().long()
@@ -305,19 +370,70 @@ class LoomCoupling(Coupling):
                 f"example index out of range [0, {self.num_examples}): build LoomCoupling with "
                 "num_examples = len(dataset) (flipped copies included)"
             )
-        caches = self.choose_caches(len(index))
+        self.visits[index] += 1
+        if self.grows:
+            self._grow(index)
+        caches = self.choose_caches(len(index), index)
         self._draw_unseen(index, caches)
+        refreshed = self._refresh(index, caches)
+        table = self._mixed_rows(len(index)).logical_not()
         seeds = self.seeds[index, caches]
-        z = noise_from_seeds(seeds, tuple(x.shape[1:]), x.device)  # step 1b
+        z = noise_from_seeds(seeds[table], tuple(x.shape[1:]), x.device)  # step 1b
         self.lap("noise from seeds")
         if self.no_swaps:
-            cost = cost_matrix_diagonal(x, z, self.cost).mean().item()
-            return CoupledBatch(z=z, x=x, stats=CouplingStats(0, cost, cost))
-        perm, stats = _assign(x, z, self.cost, self.lap)  # step 2
-        self.seeds[index, caches] = seeds[torch.as_tensor(perm)]  # step 3: write the seeds back
-        z = z[torch.as_tensor(perm, device=z.device)]  # step 4: the re-paired batch
-        self.lap("write-back")
-        return CoupledBatch(z=z, x=x, stats=stats)
+            cost = cost_matrix_diagonal(x[table.to(x.device)], z, self.cost).mean().item()
+            stats = CouplingStats(0, cost, cost)
+        else:
+            perm, stats = _assign(x[table.to(x.device)], z, self.cost, self.lap)  # step 2
+            self.seeds[index[table], caches[table]] = seeds[table][torch.as_tensor(perm)]  # step 3: write back
+            z = z[torch.as_tensor(perm, device=z.device)]  # step 4: the re-paired batch
+            self.lap("write-back")
+        if not bool(table.all()):
+            z = self._with_fresh_rows(x, z, table)
+        if self.jitter:
+            z = math.sqrt(1.0 - self.jitter**2) * z + self.jitter * _fresh_noise(z, self.generator)
+        fresh_rows = int((~table).sum()) + int((refreshed & table).sum())
+        return CoupledBatch(z=z, x=x, stats=CouplingStats(stats.swaps, stats.cost_before, stats.cost_after, fresh_rows))
+
+    def _grow(self, index: Tensor) -> None:
+        """Give each example of ``index`` whose visits per stored noise passed ``visit_cap`` one more slot."""
+        full = (self.visits[index] > self.visit_cap * self.active[index]) & (self.active[index] < self.num_caches)
+        grown = index[full]
+        if len(grown):
+            self.seeds[grown, self.active[grown]] = torch.randint(SEED_HIGH, (len(grown),), generator=self.generator)
+            self.active[grown] += 1
+
+    def _refresh(self, index: Tensor, caches: Tensor) -> Tensor:
+        """Per-visit refresh: with probability phi a chosen slot gets a fresh seed -> which rows (B,) bool."""
+        if not self.refresh_prob:
+            return torch.zeros(len(index), dtype=torch.bool)
+        refreshed = torch.rand(len(index), generator=self.generator) < self.refresh_prob
+        count = int(refreshed.sum())
+        if count:
+            self.seeds[index[refreshed], caches[refreshed]] = torch.randint(
+                SEED_HIGH, (count,), generator=self.generator
+            )
+        return refreshed
+
+    def _mixed_rows(self, batch_size: int) -> Tensor:
+        """Rows that get fresh noise instead of their stored one (probability ``mix_prob``) -> (B,) bool."""
+        if not self.mix_prob:
+            return torch.zeros(batch_size, dtype=torch.bool)
+        return torch.rand(batch_size, generator=self.generator) < self.mix_prob
+
+    def _with_fresh_rows(self, x: Tensor, z_table: Tensor, table: Tensor) -> Tensor:
+        """The batch's noise (B, *shape): the re-paired table noise in the table rows, fresh noise paired by
+        an exact assignment among the other rows (nothing of theirs is stored)."""
+        fresh_rows = (~table).to(x.device)
+        z = torch.empty_like(x, dtype=z_table.dtype)
+        z[table.to(x.device)] = z_table
+        x_fresh = x[fresh_rows]
+        fresh = _fresh_noise(x_fresh, self.generator)
+        if not self.no_swaps and len(x_fresh) > 1:
+            perm, _ = _assign(x_fresh, fresh, self.cost)
+            fresh = fresh[torch.as_tensor(perm, device=fresh.device)]
+        z[fresh_rows] = fresh
+        return z
 
     def _draw_unseen(self, index: Tensor, caches: Tensor) -> None:
         """Draw seeds for chosen slots never visited before (only with seed_init='first_visit')."""
@@ -350,6 +466,9 @@ class LoomCoupling(Coupling):
             "seeds": self.seeds.clone(),
             "no_swaps": self.no_swaps,
             "seed_init": self.seed_init,
+            "active": self.active.clone(),
+            "visits": self.visits.clone(),
+            **{name: getattr(self, name) for name in self.OPTIONS},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -360,9 +479,22 @@ class LoomCoupling(Coupling):
                 f"expects {tuple(self.seeds.shape)} (num_examples, num_caches); the dataset size, flip "
                 "setting or num_caches differs from the run that saved it"
             )
+        differ = [
+            f"{k}: saved {state.get(k, 0.0)!r}, here {getattr(self, k)!r}"
+            for k in self.OPTIONS
+            if state.get(k, 0.0) != getattr(self, k)
+        ]  # states saved before the options existed: all off
+        if differ:
+            raise ValueError(
+                f"the saved coupling used other table options ({'; '.join(differ)}); "
+                "build the coupling with the options of the run that saved it"
+            )
         self.seeds = state["seeds"].clone()
         self.no_swaps = state["no_swaps"]
         self.seed_init = state["seed_init"]
+        # States saved before visit counting: every slot in use, visits unknown (counted from here on).
+        self.active = state["active"].clone() if "active" in state else torch.full_like(self.active, self.num_caches)
+        self.visits = state["visits"].clone() if "visits" in state else torch.zeros_like(self.visits)
 
 
 def fixed_pairs_coupling(seeds: Tensor) -> LoomCoupling:
@@ -373,6 +505,25 @@ def fixed_pairs_coupling(seeds: Tensor) -> LoomCoupling:
     coupling = LoomCoupling(len(seeds), 1, no_swaps=True)
     coupling.seeds[:, 0] = seeds
     return coupling
+
+
+def check_table_options(
+    num_caches: int, refresh_prob: float, mix_prob: float, jitter: float, visit_cap: float, max_caches: int
+) -> None:
+    """Refuse table options out of range, naming the valid range."""
+    for name, value in (("refresh_prob", refresh_prob), ("mix_prob", mix_prob)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} is a probability, got {value}; use a value in [0, 1]")
+    if not 0.0 <= jitter < 1.0:
+        raise ValueError(f"jitter eps must be in [0, 1) (the stored noise keeps weight sqrt(1 - eps^2)), got {jitter}")
+    if visit_cap < 0:
+        raise ValueError(f"visit_cap must be >= 0 (0: the table does not grow), got {visit_cap}")
+    if visit_cap and max_caches <= num_caches:
+        raise ValueError(
+            f"a growing table (visit_cap {visit_cap}) needs max_caches > num_caches ({num_caches}), got {max_caches}"
+        )
+    if max_caches and not visit_cap:
+        raise ValueError("max_caches only applies to a growing table: set visit_cap too (or drop max_caches)")
 
 
 COUPLINGS: tuple[str, ...] = ("independent", "minibatch_ot", "loom")
@@ -387,14 +538,33 @@ def make_coupling(
     cost: CostName = "l2",
     no_swaps: bool = False,
     seed_init: Literal["upfront", "first_visit"] = "upfront",
+    refresh_prob: float = 0.0,
+    mix_prob: float = 0.0,
+    jitter: float = 0.0,
+    visit_cap: float = 0.0,
+    max_caches: int = 0,
 ) -> Coupling:
-    """Build a coupling by name ("independent", "minibatch_ot", "loom")."""
+    """Build a coupling by name ("independent", "minibatch_ot", "loom"); the table options are LOOM's."""
+    options = {
+        "refresh_prob": refresh_prob,
+        "mix_prob": mix_prob,
+        "jitter": jitter,
+        "visit_cap": visit_cap,
+        "max_caches": max_caches,
+    }
+    if name in ("independent", "minibatch_ot") and any(options.values()):
+        raise ValueError(
+            f"{sorted(k for k, v in options.items() if v)} are options of the loom noise table; "
+            f"{name!r} draws fresh noise every step"
+        )
     if name == "independent":
         return IndependentCoupling(seed=seed, cost=cost)
     if name == "minibatch_ot":
         return MinibatchOTCoupling(seed=seed, cost=cost)
     if name == "loom":
-        return LoomCoupling(num_examples, num_caches, seed=seed, cost=cost, no_swaps=no_swaps, seed_init=seed_init)
+        return LoomCoupling(
+            num_examples, num_caches, seed=seed, cost=cost, no_swaps=no_swaps, seed_init=seed_init, **options
+        )
     raise ValueError(f"unknown coupling {name!r}; use one of {COUPLINGS}")
 
 
@@ -410,12 +580,12 @@ def total_pairing_cost(coupling: LoomCoupling, data: Tensor, cost: CostName | No
     unvisited slots (see :meth:`LoomCoupling.noise`).
     """
     cost = cost or coupling.cost
-    index = torch.arange(coupling.num_examples)
     total = 0.0
     for cache in range(coupling.num_caches):
+        index = torch.nonzero(coupling.active > cache)[:, 0]  # every example, unless the table grows
         z = coupling.noise(index, cache, data.device, tuple(data.shape[1:]))
-        total += cost_matrix_diagonal(data, z, cost).sum().item()
-    return total / (coupling.num_examples * coupling.num_caches)
+        total += cost_matrix_diagonal(data[index.to(data.device)], z, cost).sum().item()
+    return total / int(coupling.active.sum())
 
 
 def cost_matrix_diagonal(x: Tensor, z: Tensor, cost: CostName) -> Tensor:

@@ -25,9 +25,10 @@ from typing import Any
 import matplotlib.image as mpimg
 import torch
 from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, MaxNLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 from PIL import Image
 from torch import Tensor
 
@@ -666,6 +667,333 @@ def subset_gap_figure(history: Rows, gaps: Rows) -> Figure:
     axes[0][1].set(xlabel="subset size (table slots)", ylabel="(cost - optimum) / optimum")
     plots.log_axis(axes[0][1], "x", sorted({r["size"] for r in gaps}))
     plots.legend_below(fig, axes[0][1:])
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Notebook 12: the noise-table study (rows of lib.experiments.study, as computed or read back from CSV)
+# ---------------------------------------------------------------------------------------------------------
+RATIO_TICKS = (0.5, 0.8, 1, 1.25, 2, 4, 8, 16, 32)  # ratios to the table-free reference worth labelling
+FD_TICKS = (5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+def _number(value: object) -> float:
+    """A value as a float; empty (CSV) or None -> nan."""
+    return float("nan") if value is None or value == "" else float(value)
+
+
+def _numbers(rows: Rows, *keys: str) -> list[dict[str, Any]]:
+    """Rows with ``keys`` converted by :func:`_number` (missing keys left out), so CSV strings and blanks draw."""
+    return [{**r, **{k: _number(r[k]) for k in keys if k in r}} for r in rows]
+
+
+def _caches(label: str) -> int:
+    """The cache count of a study run label ("LOOM 8c" -> 8)."""
+    return int(label.split()[1][:-1])
+
+
+def study_looks(labels: Sequence[str]) -> dict[str, tuple[plots.Look, str]]:
+    """{study run label: (look, line style)}: plain LOOM tables as shades of LOOM-CFM's colour by cache count (solid),
+    fixed-source tables in the fixed-source colour (dotted), I-CFM and minibatch OT in their own looks (dashed)."""
+    loom = sorted({_caches(x) for x in labels if x.startswith("LOOM ")})
+    shades = plots.sequence_looks(loom)
+    fixed = plots.look("fixed source w/o reassignments")
+    out: dict[str, tuple[plots.Look, str]] = {}
+    for label in labels:
+        if label.startswith("LOOM ") and label.split()[1][:-1].isdigit() and len(label.split()) == 2:
+            out[label] = (shades[_caches(label)], "-")
+        elif label.startswith("fixed "):
+            out[label] = (fixed, ":")
+        else:
+            name = {"OT": "minibatch_ot", "I-CFM": "I-CFM"}.get(label, label)
+            out[label] = (plots.look(name), "--")
+    return out
+
+
+def _study_label(label: str) -> str:
+    """A study run label in a legend ("OT" -> "minibatch OT", "LOOM 8c" -> "LOOM 8 caches")."""
+    if label == "OT":
+        return "minibatch OT"
+    parts = label.split()
+    if len(parts) >= 2 and parts[1].endswith("c") and parts[1][:-1].isdigit():
+        c = _caches(label)
+        parts[1] = f"{c} cache" + ("" if c == 1 else "s")
+    return " ".join(parts)
+
+
+def _sorted_points(rows: Rows, x: str, *ys: str) -> list[list[float]]:
+    """[xs, ys...] of ``rows`` sorted by x."""
+    pts = sorted(tuple(r[k] for k in (x, *ys)) for r in rows)
+    return [list(p) for p in zip(*pts)] if pts else [[] for _ in (x, *ys)]
+
+
+def study_boundary_figure(ratio: Rows, by_step: Rows, threshold: float, solver: str) -> Figure:
+    """Notebook 12, part 1: (a) each table run's fresh-noise score over the table-free reference's (minibatch OT)
+    against V, one line per run and seed (points: its evaluation steps), the threshold dashed; (b) the memorisation
+    signature against V: distance of table-noise samples to their paired example (circles) and of fresh samples to
+    the nearest one (triangles), over the held-out nearest-training distance, with minibatch OT's fresh level;
+    (c) every plain LOOM evaluation as (step, V) coloured by its ratio (diagonals: one cache count) and the boundary
+    V* per step and seed with the measured V either side.
+
+    ratio: rows of lib.experiments.study.ratio_to_reference for ``solver``; by_step: rows of
+    study.boundary_by_step at ``threshold``."""
+    ratio = _numbers(
+        ratio,
+        "visits_per_noise",
+        "ratio",
+        "table_pair_ratio",
+        "fresh_nn_ratio",
+        "reference_fresh_nn_ratio",
+        "step",
+        "caches",
+        "seed",
+    )
+    by_step = _numbers(by_step, "step", "seed", "boundary_v", "v_below", "v_above")
+    labels = list(dict.fromkeys(str(r["label"]) for r in ratio))
+    looks = study_looks(labels)
+    first_seed = min(r["seed"] for r in ratio)
+    fig, axes = plots.figure(3, size=4.0)
+    ax = axes[0][0]
+    for label, seed in dict.fromkeys((str(r["label"]), r["seed"]) for r in ratio):
+        style, ls = looks[label]
+        mine = [r for r in ratio if r["label"] == label and r["seed"] == seed]
+        xs, ys = _sorted_points(mine, "visits_per_noise", "ratio")
+        ax.plot(
+            xs,
+            ys,
+            marker=style.marker,
+            ms=3,
+            lw=1,
+            ls=ls,
+            color=style.color,
+            label=_study_label(label) if seed == first_seed else None,
+        )
+    ax.axhline(threshold, color=plots.REFERENCE_COLOR, ls="--", lw=1)
+    plots.log_axis(ax, "x")
+    ax.set_ylim(bottom=min([threshold / 1.5, *(r["ratio"] / 1.2 for r in ratio)]))
+    plots.log_axis(ax, "y", RATIO_TICKS)
+    ax.set(
+        xlabel="V = visits per stored noise",
+        ylabel=f"fresh-noise fd / minibatch OT's ({solver})",
+        title=f"each run (points: eval steps; dashed: {threshold:g})",
+    )
+    ax = axes[0][1]
+    for label in labels:
+        style, _ = looks[label]
+        xs, pair, fresh = _sorted_points(
+            [r for r in ratio if r["label"] == label], "visits_per_noise", "table_pair_ratio", "fresh_nn_ratio"
+        )
+        ax.plot(xs, pair, "o", ms=3.5, color=style.color)
+        ax.plot(xs, fresh, "^", ms=3.5, mfc="none", color=style.color)
+    ref = [r["reference_fresh_nn_ratio"] for r in ratio]
+    ax.axhline(sum(ref) / len(ref), color=plots.REFERENCE_COLOR, ls=":")
+    ax.axhline(1, color="k", lw=0.5)
+    plots.log_axis(ax, "x")
+    ax.set(
+        xlabel="V = visits per stored noise",
+        ylabel="distance / held-out nearest-training distance",
+        title="memorisation signature",
+    )
+    ax = axes[0][2]
+    points = [r for r in ratio if _truthy(r["plain_loom"])]
+    sc = ax.scatter(
+        [r["step"] for r in points],
+        [r["visits_per_noise"] for r in points],
+        c=[min(max(r["ratio"], 0.5), 4.0) for r in points],
+        cmap="coolwarm",
+        norm=LogNorm(0.5, 4),
+        s=25,
+        edgecolor="k",
+        lw=0.3,
+    )
+    bar = fig.colorbar(sc, ax=ax, label="fd ratio to minibatch OT (capped at 4)", shrink=0.8)
+    bar.set_ticks([0.5, 0.8, 1, 1.25, 2, 4])
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(plots.plain_number))
+    bar.ax.yaxis.set_minor_formatter(NullFormatter())
+    for c in sorted({int(r["caches"]) for r in points}):
+        xs, vs = _sorted_points([r for r in points if r["caches"] == c], "step", "visits_per_noise")
+        ax.plot(xs, vs, color="0.6", lw=0.5, zorder=0)
+        ax.annotate(f"{c}c", (xs[-1], vs[-1]), xytext=(3, 0), textcoords="offset points", fontsize=6, va="center")
+    for seed, marker in zip(sorted({r["seed"] for r in by_step}), "os^D"):
+        crossed = sorted((r for r in by_step if r["seed"] == seed and _truthy(r["crossed"])), key=lambda r: r["step"])
+        if not crossed:
+            continue
+        low = [r["boundary_v"] - (r["v_below"] if r["v_below"] == r["v_below"] else r["boundary_v"]) for r in crossed]
+        ax.errorbar(
+            [r["step"] for r in crossed],
+            [r["boundary_v"] for r in crossed],
+            fmt=marker + "-",
+            color="k",
+            ms=4,
+            lw=1,
+            capsize=2,
+            yerr=[low, [r["v_above"] - r["boundary_v"] for r in crossed]],
+            label=f"V* (seed {seed:g})",
+        )
+    plots.log_axis(ax, "x", sorted({r["step"] for r in ratio}))
+    plots.log_axis(ax, "y")
+    ax.set(
+        xlabel="training step",
+        ylabel="V (diagonals: one cache count)",
+        title=f"boundary V*: ratio {threshold:g} across caches",
+    )
+    keys = {
+        "table-noise sample to its pair": plots.key_handle(marker="o", ls="none"),
+        "fresh sample to nearest": plots.key_handle(marker="^", ls="none", mfc="none"),
+        "minibatch OT: fresh to nearest": plots.key_handle(color=plots.REFERENCE_COLOR, ls=":"),
+    }
+    plots.legend_below(fig, [axes[0][0], axes[0][2]], extra=keys)
+    return fig
+
+
+def study_quality_vs_step_figure(quality: Rows, solvers: Sequence[str], seed: object = None) -> Figure:
+    """Notebook 12, part 1: fresh-noise fd against the training step, one line per run, one panel per solver of
+    ``solvers`` (the few-step one and the boundary's); rows of lib.experiments.study.quality_rows, of ``seed``
+    (default: the smallest)."""
+    rows = _numbers(quality, "step", "fd", "seed")
+    seed = min(r["seed"] for r in rows) if seed is None else float(seed)
+    rows = [r for r in rows if r["seed"] == seed]
+    labels = list(dict.fromkeys(str(r["label"]) for r in rows))
+    looks = study_looks(labels)
+    fig, axes = plots.figure(len(solvers), size=3.8)
+    for ax, solver in zip(axes[0], solvers):
+        for label in labels:
+            style, ls = looks[label]
+            xs, ys = _sorted_points([r for r in rows if r["label"] == label and r["solver"] == solver], "step", "fd")
+            ax.plot(xs, ys, lw=1, marker=style.marker, ms=3, ls=ls, color=style.color, label=_study_label(label))
+        plots.log_axis(ax, "x", sorted({r["step"] for r in rows}))
+        plots.log_axis(ax, "y")
+        ax.set(xlabel="training step", ylabel="fresh-noise fd", title=f"quality vs step, {solver} (seed {seed:g})")
+    plots.legend_below(fig, axes[0][:1])
+    return fig
+
+
+def study_capacity_figure(ratio: Rows, crossings: Rows, threshold: float, solver: str) -> Figure:
+    """Notebook 12, part 2: (a) the 1-cache LOOM run's ratio to minibatch OT against V per model, width, subset and
+    seed; (b) its boundary V* (circles; triangles: not reached by the last V, drawn at that V) against parameters
+    per stored noise number. ratio: study.ratio_to_reference rows; crossings: study.boundary_crossings rows with
+    study.capacity_of's columns."""
+    key = ("model", "hidden", "subset", "seed")
+    ratio = _numbers(ratio, "visits_per_noise", "ratio", "hidden", "subset", "seed")
+    crossings = _numbers(
+        crossings, "hidden", "subset", "seed", "num_examples", "boundary_v", "max_v", "params_per_stored_number"
+    )
+    names = [f"{r['model']}{int(r['hidden']) or ''} N={int(r['num_examples'])}" for r in crossings]
+    order = sorted(range(len(names)), key=lambda i: crossings[i]["params_per_stored_number"])
+    shades = plots.sequence_looks([names[i] for i in order])
+    unet = plots.sequence_looks([names[i] for i in order], plots.look("I-CFM").color)  # the UNet in another hue
+    looks = {n: (shades if r["model"] == "mlp" else unet)[n] for r, n in zip(crossings, names)}
+    fig, axes = plots.figure(2, size=3.6)
+    ax = axes[0][0]
+    for r, name in zip(crossings, names):
+        xs, ys = _sorted_points([x for x in ratio if all(x[k] == r[k] for k in key)], "visits_per_noise", "ratio")
+        ax.plot(
+            xs,
+            ys,
+            marker=looks[name].marker,
+            ms=3,
+            lw=1,
+            ls="-" if r["model"] == "mlp" else "--",
+            color=looks[name].color,
+            label=name,
+        )
+    ax.axhline(threshold, color=plots.REFERENCE_COLOR, ls="--", lw=1)
+    plots.log_axis(ax, "x", sorted({r["visits_per_noise"] for r in ratio}))
+    ax.set_ylim(bottom=min([threshold / 1.5, *(r["ratio"] / 1.2 for r in ratio)]))
+    plots.log_axis(ax, "y", RATIO_TICKS)
+    ax.set(
+        xlabel="V = visits per stored noise",
+        ylabel=f"fresh fd / minibatch OT's ({solver})",
+        title=f"capacity: 1-cache LOOM (dashed: {threshold:g})",
+    )
+    ax = axes[0][1]
+    for r, name in zip(crossings, names):
+        crossed = _truthy(r["crossed"])
+        ax.scatter(
+            r["params_per_stored_number"],
+            r["boundary_v"] if crossed else r["max_v"],
+            marker="o" if crossed else "^",
+            color=looks[name].color,
+        )
+    plots.log_axis(ax, "x")
+    plots.log_axis(ax, "y")
+    ax.set(
+        xlabel="parameters per stored noise number",
+        ylabel="V* (triangles: last V, not reached)",
+        title="boundary vs capacity",
+    )
+    plots.legend_below(fig, axes[0][:1])
+    return fig
+
+
+def study_dimension_figure(ratio: Rows, threshold: float, solver: str, seed: object = None) -> Figure:
+    """Notebook 12, part 3: for Gaussian mixtures of each dimension, the 1-cache LOOM run's W2 over minibatch OT's
+    against V, and its table-noise samples' distance to their pair (table_pair_ratio); rows of
+    study.ratio_to_reference (metric w2) of ``seed`` (default: the smallest)."""
+    rows = _numbers(ratio, "dim", "seed", "visits_per_noise", "ratio", "table_pair_ratio")
+    seed = min(r["seed"] for r in rows) if seed is None else float(seed)
+    rows = [r for r in rows if r["seed"] == seed]
+    dims = sorted({r["dim"] for r in rows})
+    looks = plots.sequence_looks(dims)
+    fig, axes = plots.figure(2, size=3.6)
+    for dim in dims:
+        xs, ys, pair = _sorted_points(
+            [r for r in rows if r["dim"] == dim], "visits_per_noise", "ratio", "table_pair_ratio"
+        )
+        style = dict(marker=looks[dim].marker, ms=3, color=looks[dim].color, label=f"d = {dim:g}")
+        axes[0][0].plot(xs, ys, **style)
+        axes[0][1].plot(xs, pair, **style)
+    visits = sorted({r["visits_per_noise"] for r in rows})
+    axes[0][0].axhline(threshold, color=plots.REFERENCE_COLOR, ls="--", lw=1)
+    plots.log_axis(axes[0][0], "x", visits)
+    plots.log_axis(axes[0][1], "x", visits)
+    plots.log_axis(axes[0][1], "y")
+    axes[0][0].set(
+        xlabel="V = visits per stored noise",
+        ylabel=f"W2 / minibatch OT's ({solver})",
+        title=f"dimension: 1-cache LOOM (dashed: {threshold:g})",
+    )
+    axes[0][1].set(
+        xlabel="V = visits per stored noise",
+        ylabel="table_pair_ratio (0: exact copies)",
+        title="table-noise samples vs their pair",
+    )
+    plots.legend_below(fig, axes[0][:1])
+    return fig
+
+
+def study_fixes_figure(fixes: Rows, solvers: Sequence[str] = ()) -> Figure:
+    """Notebook 12, part 4: fresh-noise fd (seed mean) against NFE for each fix at the failing setting and the
+    reference rows (no fix, minibatch OT, I-CFM: dashed); rows of lib.experiments.study.fix_table, drawn at
+    ``solvers`` (default: every ``fd_<solver>`` column but the Euler ones)."""
+    solvers = list(solvers) or [k[3:] for k in fixes[0] if k.startswith("fd_") and not k[3:].startswith("euler")]
+    rows = _numbers(fixes, *(f"{p}_{s}" for s in solvers for p in ("nfe", "fd")))
+    reference = {"no fix": "LOOM-CFM", "minibatch OT": "minibatch_ot", "I-CFM": "I-CFM"}
+    fig, axes = plots.figure(1, size=4.4)
+    ax = axes[0][0]
+    colors, markers = plots.OTHER_COLORS[1:], "Xh*<>pd8D"  # each fix its own colour and marker
+    fixes_only = [str(r["fix"]) for r in rows if r["fix"] not in reference]
+    for r in rows:
+        fix = str(r["fix"])
+        i = fixes_only.index(fix) if fix in fixes_only else 0
+        style = plots.look(reference[fix]) if fix in reference else plots.Look(colors[i % 7], markers[i % 9])
+        pts = sorted((r[f"nfe_{s}"], r[f"fd_{s}"]) for s in solvers)
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            marker=style.marker,
+            ms=3,
+            color=style.color,
+            lw=1.5 if r["fix"] in reference else 1,
+            ls="--" if r["fix"] in reference else "-",
+            label=str(r["fix"]),
+        )
+    plots.log_axis(ax, "x", sorted({r[f"nfe_{s}"] for r in rows for s in solvers}))
+    plots.log_axis(ax, "y")
+    ax.set(
+        xlabel=f"NFE ({', '.join(solvers)})", ylabel="fresh-noise fd (seed mean)", title="fixes at the failing setting"
+    )
+    plots.legend_below(fig)
     return fig
 
 

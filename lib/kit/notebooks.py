@@ -98,6 +98,12 @@ NOTEBOOKS: dict[str, NotebookInfo] = {
         "released_vs_paper.csv",
         sample_grids=True,
     ),
+    "12_noise_table_study": NotebookInfo(
+        "- (beyond the paper: its Table 5 cache sweep)",
+        "when a finite noise table overfits (V = visits per stored noise), the boundary, the fixes, the rule",
+        "CPU",
+        "est. ~5 h of one CPU core, in resumable parts",
+    ),
 }
 
 

@@ -34,7 +34,7 @@ import papermill
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
 
-from lib import cli
+from lib import REPO_ROOT, cli
 from lib.kit import verify
 from lib.kit.notebooks import NOTEBOOKS
 from lib.kit.profiles import (
@@ -124,8 +124,18 @@ def run_notebook(name: str, parameters: dict[str, Any], results_dir: str | Path 
         ) from None
     output = folder / f"{name}.ipynb"
     os.replace(executing, output)
+    strip_machine_paths(output)
     folder.with_name(f"{name}.failed.ipynb").unlink(missing_ok=True)
     return output
+
+
+def strip_machine_paths(executed: Path) -> None:
+    """Write the executed copy without this machine's folders (papermill records the notebook's path, tracebacks
+    and warnings theirs): the checkout becomes ``.`` and the Python environment ``<python>``."""
+    text = executed.read_text()
+    for folder, name in ((str(REPO_ROOT), "."), (sys.prefix, "<python>")):
+        text = text.replace(folder, name)
+    executed.write_text(text)
 
 
 @contextmanager

@@ -162,6 +162,7 @@ class Run:
     seed: int
     directory: Path  # the final folder; files are written to :attr:`staging` until finish()
     started: float = field(default_factory=time.time)
+    commit: str = field(default_factory=git_commit)  # read at the start: the code that ran, not the code at finish
     files: list[str] = field(default_factory=list)
 
     @property
@@ -235,7 +236,7 @@ class Run:
             "profile": self.profile,
             "parameters": portable(self.parameters, self.base),
             "seed": self.seed,
-            "git_commit": git_commit(),
+            "git_commit": self.commit,
             "versions": package_versions(),
             "device": device_description(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),

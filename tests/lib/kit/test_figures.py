@@ -113,3 +113,66 @@ def test_training_figures_draw_from_rows_read_back_from_csv() -> None:
     ]
     fig = figures.subset_gap_figure([{"epoch": "1", "swaps": "5"}, {"epoch": "2", "swaps": "0"}], gaps)
     assert len(fig.axes[1].lines) == 2
+
+
+def test_noise_table_study_figures_draw_from_rows_read_back_from_csv() -> None:
+    """Notebook 12's five figures take lib.experiments.study rows as read back from CSV (strings, blanks)."""
+    ratio = [
+        {
+            "label": label,
+            "seed": "0",
+            "step": str(step),
+            "caches": str(caches),
+            "plain_loom": str(label.startswith("LOOM")),
+            "visits_per_noise": str(step * 2 / caches),
+            "ratio": str(0.9 + step / 100 / caches),
+            "table_pair_ratio": str(0.5 / caches),
+            "fresh_nn_ratio": "1.1",
+            "reference_fresh_nn_ratio": "1.05",
+        }
+        for label, caches in (("LOOM 1c", 1), ("LOOM 2c", 2), ("fixed 1c", 1))
+        for step in (20, 40)
+    ]
+    by_step = [
+        {"step": "20", "seed": "0", "crossed": "True", "boundary_v": "30.0", "v_below": "", "v_above": "40.0"},
+        {"step": "40", "seed": "0", "crossed": "False", "boundary_v": "", "v_below": "", "v_above": ""},
+    ]
+    fig = figures.study_boundary_figure(ratio, by_step, 1.25, "midpoint-6")
+    assert len(fig.axes[0].lines) == 4 and fig.legends  # 3 runs + the threshold; one legend below
+    assert fig.axes[0].get_legend() is None
+    quality = [
+        {"label": label, "seed": "0", "step": str(s), "solver": solver, "fd": str(10.0 + s)}
+        for label in ("I-CFM", "OT", "LOOM 1c", "fixed 1c")
+        for s in (20, 40)
+        for solver in ("euler-2", "midpoint-6")
+    ]
+    fig = figures.study_quality_vs_step_figure(quality, ("euler-2", "midpoint-6"))
+    assert [len(ax.lines) for ax in fig.axes] == [4, 4] and fig.legends
+    cap_ratio = [
+        {"model": "mlp", "hidden": str(h), "subset": "64", "seed": "0", "visits_per_noise": str(v), "ratio": str(r)}
+        for h in (16, 32)
+        for v, r in ((10, 1.0), (40, 1.5))
+    ]
+    cap_cross = [
+        {"model": "mlp", "hidden": str(h), "subset": "64", "seed": "0", "num_examples": "64", "crossed": str(c),
+         "boundary_v": "30.0" if c else "", "max_v": "40.0", "params_per_stored_number": str(h / 10)}
+        for h, c in ((16, True), (32, False))
+    ]  # fmt: skip
+    fig = figures.study_capacity_figure(cap_ratio, cap_cross, 1.25, "midpoint-6")
+    assert len(fig.axes[0].lines) == 3 and len(fig.axes[1].collections) == 2
+    dim_ratio = [
+        {"dim": str(d), "seed": "0", "visits_per_noise": str(v), "ratio": "1.1", "table_pair_ratio": str(0.1 * d)}
+        for d in (2, 16)
+        for v in (10, 40)
+    ]
+    fig = figures.study_dimension_figure(dim_ratio, 1.25, "w2")
+    assert [len(ax.lines) for ax in fig.axes] == [3, 2]
+    solvers = ("euler-1", "midpoint-1", "midpoint-6", "dopri5")
+    fixes = [
+        {"fix": fix, **{f"nfe_{s}": str(n) for s, n in zip(solvers, (1, 2, 12, 80))},
+         **{f"fd_{s}": str(f * n) for s, n in zip(solvers, (50, 20, 10, 9))}}
+        for fix, f in (("no fix", 2.0), ("minibatch OT", 1.0), ("I-CFM", 1.5), ("jitter 0.3", 1.1))
+    ]  # fmt: skip
+    fig = figures.study_fixes_figure(fixes)
+    assert len(fig.axes[0].lines) == 4 and fig.legends
+    assert [len(line.get_xdata()) for line in fig.axes[0].lines] == [3, 3, 3, 3]  # Euler left out

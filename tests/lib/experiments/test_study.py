@@ -1,0 +1,101 @@
+"""lib.experiments.study (notebook 12): runs trained in cached segments, the boundary analysis, the fix table."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from lib.experiments import study
+from lib.paper import paper_rows
+
+TINY = study.StudyRun(subset=128, hidden=16, batch_size=32, ema_decay=0.9, eval_steps=(4, 8), caches=2)
+SETTINGS = study.EvalSettings(solvers=("euler-1", "midpoint-2", "dopri5"), diagnostic_solver="midpoint-2")
+
+
+def scores(record: dict) -> tuple:
+    return record["solvers"], record["diagnostics"]
+
+
+def test_segments_resume_exactly_and_the_cache_answers_a_second_call(tmp_path: Path, monkeypatch) -> None:
+    segmented = study.run_study(TINY, SETTINGS, tmp_path)
+    straight = study.run_study(replace(TINY, eval_steps=(8,)), SETTINGS, None)
+    assert scores(segmented[-1]) == scores(straight[-1])  # 4 + 4 steps through a checkpoint == 8 straight steps
+    assert segmented[-1]["diagnostics"]["visits_per_noise"] == pytest.approx(8 * 32 / (128 * 2))
+    folder = tmp_path / study.run_key(TINY, SETTINGS)
+    assert not (folder / "checkpoint.pt").exists() and {p.name for p in folder.glob("eval_*.json")} == {
+        "eval_4.json",
+        "eval_8.json",
+    }
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cached run trained again")
+
+    monkeypatch.setattr(study, "train_flow", no_training)
+    assert study.run_study(TINY, SETTINGS, tmp_path) == segmented
+
+
+def test_the_cache_key_changes_with_every_setting() -> None:
+    keys = {study.run_key(r, SETTINGS) for r in (TINY, replace(TINY, seed=1), replace(TINY, jitter=0.1))}
+    keys.add(study.run_key(TINY, replace(SETTINGS, copy_quantile=0.1)))
+    assert len(keys) == 4
+
+
+def test_crossing_interpolates_in_log_v() -> None:
+    assert study.crossing([(100, 1.0), (400, 1.5)], 1.25) == pytest.approx(200.0)
+    assert study.crossing([(100, 1.3), (400, 2.0)], 1.25) == 100  # already over at the first point
+    assert study.crossing([(100, 1.0), (400, 1.2)], 1.25) is None
+
+
+def test_boundary_by_step_runs_across_cache_counts() -> None:
+    ratios = [
+        {"plain_loom": True, "step": 10, "seed": 0, "visits_per_noise": v, "ratio": r}
+        for v, r in ((50, 1.0), (100, 1.1), (200, 1.4))
+    ] + [{"plain_loom": False, "step": 10, "seed": 0, "visits_per_noise": 25, "ratio": 9.0}]  # a fixed source: left out
+    (row,) = study.boundary_by_step(ratios, 1.25)
+    assert row["v_below"] == 100 and row["v_above"] == 200
+    assert row["boundary_v"] == pytest.approx(100 * 2 ** (0.15 / 0.3))
+    summary = study.summarise_boundary([row, {**row, "boundary_v": None, "crossed": False, "max_v": 300}])
+    assert summary["crossed"] == 1 and summary["never_crossed_max_v"] == 300
+
+
+def test_effective_visits_of_each_fix() -> None:
+    base = study.StudyRun(eval_steps=(20000,))
+    assert study.effective_visits(base, 1437, 20000) == pytest.approx(20000 * 128 / 1437)
+    assert study.effective_visits(replace(base, redraw_every_epochs=100), 1437, 20000) == pytest.approx(
+        100 * (1437 // 128) * 128 / 1437
+    )
+    refresh = study.effective_visits(replace(base, refresh_prob=0.01), 1437, 20000)
+    assert refresh == pytest.approx(20000 * 128 / (1437 + 20000 * 128 * 0.01)) and refresh < 1 / 0.01
+    assert study.effective_visits(replace(base, mix_prob=0.5), 1437, 20000) == pytest.approx(20000 * 128 / 1437 / 2)
+    with pytest.raises(ValueError, match="growing table"):
+        study.effective_visits(replace(base, visit_cap=100.0, max_caches=8), 1437, 20000)
+
+
+def test_the_rule_and_the_paper_sweep() -> None:
+    assert study.caches_needed(391_000, 128, 100_000, 125.0) == 5  # V = 125.12 at 4 caches: just over
+    sweep = study.paper_cache_sweep(paper_rows("5", "cifar10"), epochs=1000)
+    fid = {(r["method"], r["solver"]): float(r["fid"]) for r in paper_rows("5", "cifar10")}
+    two = next(r for r in sweep if r["caches"] == 2 and r["solver"] == "dopri5")
+    assert two["v"] == 250 and two["ratio"] == pytest.approx(
+        fid["LOOM-CFM 2 caches bs128", "dopri5"] / fid["w/o saving local reassignments", "dopri5"]
+    )
+    predictions = study.released_predictions(
+        {"toy": {"flip": True, "epochs": 400, "caches": 1}}, {"boundary_v": 100.0, "low_v": 50.0, "high_v": 200.0}
+    )
+    assert predictions[0]["v_at_paper_caches"] == 200 and predictions[0]["caches_needed"] == 2
+    assert (predictions[0]["caches_needed_low"], predictions[0]["caches_needed_high"]) == (1, 4)
+
+
+def test_the_best_fix_must_keep_the_few_step_advantage() -> None:
+    rows = [
+        {"fix": "minibatch OT", "fd_euler-2": 20.0, "fd_midpoint-6": 10.0},
+        {"fix": "no fix", "fd_euler-2": 50.0, "fd_midpoint-6": 100.0},
+        {"fix": "fast but loses it", "fd_euler-2": 30.0, "fd_midpoint-6": 9.0},
+        {"fix": "keeps it", "fd_euler-2": 18.0, "fd_midpoint-6": 11.0},
+    ]
+    best = study.best_fix(rows, "midpoint-6", "euler-2")
+    assert best["fix"] == "keeps it" and best["keeps_few_step_advantage"]
+    assert math.isclose(best["fd_midpoint-6"], 11.0)
