@@ -124,18 +124,20 @@ def run_notebook(name: str, parameters: dict[str, Any], results_dir: str | Path 
         ) from None
     output = folder / f"{name}.ipynb"
     os.replace(executing, output)
-    strip_machine_paths(output)
+    strip_machine_paths(output, root.parent)
     folder.with_name(f"{name}.failed.ipynb").unlink(missing_ok=True)
     return output
 
 
-def strip_machine_paths(executed: Path) -> None:
-    """Write the executed copy without this machine's folders (papermill records the notebook's path, tracebacks
-    and warnings theirs): the checkout becomes ``.`` and the Python environment ``<python>``."""
+def strip_machine_paths(executed: Path, base: Path = REPO_ROOT) -> None:
+    """Write the executed copy without this machine's folders (papermill records the notebook's path and the
+    injected results folder, tracebacks and warnings theirs): ``base`` (the folder holding ``results/`` and
+    ``runs/``: the checkout, or a rerun's scratch folder) and the checkout become ``.``, the Python environment
+    ``<python>``."""
     text = executed.read_text()
-    for folder, name in ((str(REPO_ROOT), "."), (sys.prefix, "<python>")):
+    for folder, name in ((f"{base}/", ""), (str(base), "."), (f"{REPO_ROOT}/", ""), (str(REPO_ROOT), ".")):
         text = text.replace(folder, name)
-    executed.write_text(text)
+    executed.write_text(text.replace(sys.prefix, "<python>"))
 
 
 @contextmanager

@@ -4,10 +4,12 @@ malformed profile, an unknown parameter of any chosen notebook (not only the fir
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
+from lib import REPO_ROOT
 from lib.kit import profiles, reproduce
 
 
@@ -51,3 +53,16 @@ def test_every_chosen_notebook_is_checked_before_the_first_runs(tmp_path: Path, 
     assert reproduce.main(["--profile", "p", "--results-dir", str(tmp_path / "results")]) == 2
     assert "03_toy_generation.ipynb has no parameter(s) ['STEPZ']" in capsys.readouterr().err
     assert started == []
+
+
+def test_executed_copies_hold_no_machine_folder(tmp_path: Path) -> None:
+    """A rerun's scratch folder, the checkout and the Python environment never reach a committed executed copy."""
+    executed = tmp_path / "nb.ipynb"
+    scratch = tmp_path / "loom-rerun-01-abc"
+    executed.write_text(
+        f'"RESULTS_DIR = \\"{scratch}/results\\"" "{REPO_ROOT}/notebooks/01.ipynb" "{sys.prefix}/lib/x.py" "{scratch}"'
+    )
+    reproduce.strip_machine_paths(executed, scratch)
+    text = executed.read_text()
+    assert str(tmp_path) not in text and str(REPO_ROOT) not in text and sys.prefix not in text
+    assert '"RESULTS_DIR = \\"results\\""' in text and '"notebooks/01.ipynb"' in text and '"."' in text
