@@ -24,7 +24,7 @@ class NotebookInfo:
     fid_table: str = ""  # CSV of FID rows beside the paper's, read by lib.kit.tables ("": none)
     fid_dataset: str = ""  # their dataset (lib.paper names), "" when every row names its own
     sample_grids: bool = False  # saves sample grids (paper Fig. 7)
-    threads: int = 1  # torch threads of its kernel under lib.kit.reproduce (measured: README, "How long")
+    threads: int = 1  # torch threads of its kernel under lib.kit.reproduce (1: on 2 shared cores more only contend)
 
 
 NOTEBOOKS: dict[str, NotebookInfo] = {
