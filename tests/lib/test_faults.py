@@ -22,6 +22,7 @@ from data_prep import imagenet, reflow_pairs
 from lib import REPO_ROOT, evaluate, fabricate, sample
 from lib.checkpoints import CheckpointError, read_checkpoint, read_training_checkpoint
 from lib.datasets import HDF5Images
+from lib.files import FolderLock
 from lib.shards import ShardCheckFailed
 from lib.train import main
 
@@ -162,6 +163,18 @@ def test_resume_with_other_settings_is_refused_listing_them(tmp_path: Path, caps
     assert "Traceback" not in err
     assert (out / "config.json").read_bytes() == config  # never rewritten with settings that were not used
     assert (out / "checkpoint.pt").read_bytes() == checkpoint
+
+
+def test_a_second_training_into_a_held_folder_is_refused_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    """Two trainings pointed at one --out: the second is refused in one line naming the holder, and the folder
+    keeps no file of it (here the holder is this process, alive: the lock is not stale)."""
+    out = tmp_path / "run"
+    with FolderLock(out, "training run"):
+        assert main([*TRAIN, "--steps", "2", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"pid {os.getpid()}" in err and len(err.strip().splitlines()) == 1, err
+        assert not (out / "config.json").exists() and not (out / "checkpoint.pt").exists()
+    assert main([*TRAIN, "--steps", "2", "--out", str(out)]) == 0  # released: the next run trains
 
 
 def test_steps_below_the_checkpoint_are_refused_and_equal_steps_do_nothing(tmp_path: Path, capsys) -> None:
