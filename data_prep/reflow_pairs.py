@@ -143,11 +143,6 @@ def pairs_command(argv: list[str]) -> int:
     p.add_argument("--shard-size", type=cli.positive_int, default=50_000)
     p.add_argument("--batch-size", type=cli.positive_int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="allow a teacher file that pickles Python objects (runs code on load: only files you trust)",
-    )
     p.add_argument("--overwrite", action="store_true", help="delete the shards of another run in --out and start over")
     p.add_argument("--out", type=Path, required=True, help="folder of pairs_<k>.h5 shards")
     p.add_argument(
@@ -165,7 +160,7 @@ def pairs_command(argv: list[str]) -> int:
     )
     with FolderLock(args.out, "data prep"):
         manifest = ShardFolder(args.out, "data_prep/reflow_pairs.py", settings, "pairs_*.h5", args.overwrite)
-        loaded = load_model(checkpoint, trusted=args.trust_checkpoint)
+        loaded = load_model(checkpoint)
         paths = make_pairs(
             loaded,
             args.out,

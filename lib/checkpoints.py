@@ -2,11 +2,11 @@
 
 Policy: every file is read ONCE, by :func:`read_checkpoint`, with ``torch.load(weights_only=True)``: tensors and
 plain containers only, so a crafted file cannot run code on load. A file that pickles anything else is refused with
-the types it names; the only way past that is ``trusted=True`` (the command lines' ``--trust-checkpoint``), an
-explicit opt-in for files the user wrote or trusts, which warns. Kit checkpoints are written so that they load
-under the policy. Every entry point (``lib.sample``, ``lib.evaluate``, ``released:<name>``, ``lib.train --init``,
-``data_prep/reflow_pairs.py``) goes through :func:`load_model`, so the same friendly errors (missing file, Git LFS
-pointer, truncated file, another architecture with the keys that do not fit) reach all of them.
+the types it names, and there is no way past that: the kit never unpickles a file. Kit checkpoints are written so
+that they load under the policy. Every entry point (``lib.sample``, ``lib.evaluate``, ``released:<name>``,
+``lib.train --init``, ``data_prep/reflow_pairs.py``) goes through :func:`load_model`, so the same friendly errors
+(missing file, Git LFS pointer, truncated file, another architecture with the keys that do not fit) reach all of
+them.
 
 Formats:
 - kit training checkpoints (written by lib.train through :func:`save_checkpoint`): ``format`` = KIT_FORMAT, the
@@ -27,7 +27,6 @@ import os
 import pickle
 import re
 import shutil
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,11 +66,11 @@ class TrainCheckpointError(CheckpointError):
 # ---------------------------------------------------------------------------------------------------------
 # Files: the one reader and the one writer
 # ---------------------------------------------------------------------------------------------------------
-def read_checkpoint(path: str | os.PathLike[str], trusted: bool = False) -> Any:
+def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     """``torch.load`` a checkpoint file onto the CPU under the kit's policy (module docstring).
 
     Raises FileNotFoundError for a missing path and CheckpointError for a folder, a Git LFS pointer, a truncated or
-    non-torch file, or (unless ``trusted``) a file that pickles Python objects beyond tensors and containers.
+    non-torch file, or a file that pickles Python objects beyond tensors and containers (never unpickled).
     """
     path = Path(path)
     if not path.is_file():
@@ -82,14 +81,11 @@ def read_checkpoint(path: str | os.PathLike[str], trusted: bool = False) -> Any:
     except pickle.UnpicklingError as err:
         if "Unsupported global" not in str(err):
             raise _corrupt(path, err) from err
-        if not trusted:
-            raise CheckpointError(
-                f"{path} pickles Python objects beyond tensors ({_last_line(err)}), so loading it could run code. "
-                "Load it with trusted=True (command lines: --trust-checkpoint) only if you wrote it or trust its "
-                "source."
-            ) from err
-        warnings.warn(f"{path} needs full unpickling (weights_only=False); loading it as trusted.", stacklevel=2)
-        return torch.load(path, map_location="cpu", weights_only=False)
+        raise CheckpointError(
+            f"{path} pickles Python objects beyond tensors ({_last_line(err)}), so loading it could run code, and "
+            "the kit never unpickles. If you wrote the file, save its weights alone, e.g. "
+            "torch.save({'model': model.state_dict()}, path), and load that."
+        ) from err
     except (RuntimeError, EOFError, ValueError, OSError) as err:
         raise _corrupt(path, err) from err
 
@@ -207,12 +203,12 @@ def strip_wrappers(key: str) -> str:
     return key
 
 
-def load_checkpoint_state(path: str | Path, trusted: bool = False) -> dict[str, Any]:
+def load_checkpoint_state(path: str | Path) -> dict[str, Any]:
     """A released-format checkpoint file {model, optimizer, lr_scheduler, global_step} -> its dict.
 
     Read by :func:`read_checkpoint` (same errors); a torch file without ``model`` raises CheckpointError.
     """
-    checkpoint = read_checkpoint(path, trusted)
+    checkpoint = read_checkpoint(path)
     if not isinstance(checkpoint, Mapping) or "model" not in checkpoint:
         found = list(checkpoint)[:10] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
         raise CheckpointError(
@@ -261,7 +257,7 @@ def infer_preset(unet_state: Mapping[str, Tensor]) -> str:
 
 
 def load_released_unet(
-    path_or_state: str | Path | Mapping[str, Any], preset: str | UNetConfig | None = None, trusted: bool = False
+    path_or_state: str | Path | Mapping[str, Any], preset: str | UNetConfig | None = None
 ) -> tuple[UNet, dict[str, Any]]:
     """A released (or kit-trained) checkpoint -> (UNet in eval mode, info).
 
@@ -272,7 +268,7 @@ def load_released_unet(
     as FFHQ's `ae.*`), num_params.
     """
     from_file = isinstance(path_or_state, (str, Path))
-    checkpoint = load_checkpoint_state(path_or_state, trusted) if from_file else path_or_state
+    checkpoint = load_checkpoint_state(path_or_state) if from_file else path_or_state
     model_state = checkpoint["model"] if isinstance(checkpoint.get("model"), Mapping) else checkpoint
     unet_state, extra_keys = unet_state_from_checkpoint(model_state)
     if not from_file:
@@ -460,7 +456,7 @@ class LoadedModel:
     decoder: nn.Module | None = None
 
 
-def load_model(path: str | os.PathLike[str], use_ema: bool = True, trusted: bool = False) -> LoadedModel:
+def load_model(path: str | os.PathLike[str], use_ema: bool = True) -> LoadedModel:
     """A kit training checkpoint (the EMA weights by default), a released LOOM-CFM checkpoint, or
     ``released:<name>`` (fetched through huggingface_hub) -> :class:`LoadedModel`. The file is read once.
 
@@ -470,7 +466,7 @@ def load_model(path: str | os.PathLike[str], use_ema: bool = True, trusted: bool
     HDF5 latents from the autoencoder source and scale it recorded.
     """
     path = checkpoint_file(path)
-    state = load_checkpoint_state(path, trusted)
+    state = load_checkpoint_state(path)
     if state.get("format") == KIT_FORMAT:
         weights = ema_weights(state) if use_ema else state["model"]
         info: dict[str, Any] = {

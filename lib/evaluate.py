@@ -120,7 +120,7 @@ def fid_rows(
 
 # Arguments of lib.evaluate that do not change a row's numbers (everything else, with the checkpoint's checksum and the
 # solver, is the row's key: a rerun keeps the rows whose key it would compute again).
-NOT_IN_KEY = frozenset({"out", "debug", "trust_checkpoint", "solvers", "checkpoint", "device"})
+NOT_IN_KEY = frozenset({"out", "debug", "solvers", "checkpoint", "device"})
 
 
 def evaluation_key(args: argparse.Namespace, checkpoint: Path, device: torch.device) -> dict[str, object]:
@@ -203,11 +203,6 @@ def evaluate_command(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=cli.positive_int, default=250)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="allow a checkpoint that pickles Python objects (runs code on load: only files you trust)",
-    )
     p.add_argument("--out", type=Path, required=True, help="JSON file for the rows (a rerun keeps its finished rows)")
     args = p.parse_args(argv)  # an unknown --protocol stops here, before the model is loaded or sampled
     # Everything that can be refused is refused before the first image is sampled.
@@ -219,7 +214,7 @@ def evaluate_command(argv: list[str]) -> int:
     device = cli.check_device(args.device)
     rows = read_rows(args.out)
     path = checkpoint_file(args.checkpoint)
-    loaded = load_model(path, trusted=args.trust_checkpoint)
+    loaded = load_model(path)
     extractor = feature_network(args.features, args.protocol)
     evaluation = evaluation_key(args, path, device)
     for solver in solvers:

@@ -176,7 +176,7 @@ RESUMABLE_CHANGES = frozenset(
         "out",
         "config",
         "dump_seeds",
-        "trust_checkpoint",
+        "trust_checkpoint",  # a setting of earlier kits (removed: nothing is unpickled): their checkpoints resume
         "verify_data",
         "pairing",
         "rank_data",
@@ -208,9 +208,6 @@ class TrainSettings:
     no_swaps: bool = _setting(False, "loom: keep each example's noise fixed (fixed source w/o reassignments)")
     reflow: bool = _setting(False, "--root holds reflow pairs (data_prep/reflow_pairs.py): each sample keeps its noise")
     init: str = _setting("", "start from these weights (a kit or released checkpoint, or released:<name>; EMA)")
-    trust_checkpoint: bool = _setting(
-        False, "--init may pickle Python objects (runs code on load: only a file you wrote or trust)"
-    )
     verify_data: bool = _setting(False, "hdf5: check every shard's SHA-256 against its manifest before training")
     dump_seeds: bool = _setting(False, "each rank saves its final seed table as seeds_rank<r>.pt (checks)")
     device: str = _setting("", "cpu or cuda (default: cuda when available)")
@@ -731,7 +728,7 @@ def initial_model(settings: TrainSettings, example_shape: tuple[int, ...]) -> nn
     """--init's weights (architecture read off them) or a fresh --model."""
     if not settings.init:
         return build_model(settings.model, example_shape)
-    loaded = load_model(settings.init, trusted=settings.trust_checkpoint)
+    loaded = load_model(settings.init)
     if loaded.shape != example_shape:
         raise ValueError(f"--init {settings.init} makes {loaded.shape} examples but the data has {example_shape}")
     return loaded.model.train()

@@ -6,6 +6,7 @@ The four paper UNets are only ever built on the meta device or run at batch 1, s
 from __future__ import annotations
 
 import functools
+import inspect
 from pathlib import Path
 
 import pytest
@@ -138,14 +139,13 @@ def test_missing_file_and_missing_model_key(tmp_path: Path) -> None:
         load_checkpoint_state(tmp_path / "no_model.pt")
 
 
-def test_objects_beyond_weights_need_trust(tmp_path: Path) -> None:
+def test_objects_beyond_weights_are_refused_with_no_way_around(tmp_path: Path) -> None:
     checkpoint = _released_format(build_unet("digits"))
     checkpoint["lr_scheduler"] = {"lr_lambda": functools.partial(min, 1.0)}  # not loadable weights-only
     torch.save(checkpoint, tmp_path / "pickled.pt")
-    with pytest.raises(CheckpointError, match="trusted=True"):
-        load_checkpoint_state(tmp_path / "pickled.pt", trusted=False)
-    with pytest.warns(UserWarning, match="full unpickling"):
-        assert "model" in load_checkpoint_state(tmp_path / "pickled.pt", trusted=True)
+    with pytest.raises(CheckpointError, match="never unpickles.*state_dict"):
+        load_checkpoint_state(tmp_path / "pickled.pt")
+    assert "trusted" not in inspect.signature(load_checkpoint_state).parameters  # no opt-in to unpickling
 
 
 def test_loading_from_memory_does_not_share_storage() -> None:
