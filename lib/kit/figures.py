@@ -727,6 +727,18 @@ def _sorted_points(rows: Rows, x: str, *ys: str) -> list[list[float]]:
     return [list(p) for p in zip(*pts)] if pts else [[] for _ in (x, *ys)]
 
 
+def _ratio_axes(
+    ax: Axes, ratio: Rows, threshold: float, ylabel: str, title: str, xticks: Sequence[float] | None = None
+) -> None:
+    """A study panel of score ratios to minibatch OT against V: the threshold dashed, both axes logarithmic, room
+    below the lowest ratio; ``title`` gets "(dashed: <threshold>)" appended."""
+    ax.axhline(threshold, color=plots.REFERENCE_COLOR, ls="--", lw=1)
+    plots.log_axis(ax, "x", xticks)
+    ax.set_ylim(bottom=min([threshold / 1.5, *(r["ratio"] / 1.2 for r in ratio)]))
+    plots.log_axis(ax, "y", RATIO_TICKS)
+    ax.set(xlabel="V = visits per stored noise", ylabel=ylabel, title=f"{title} (dashed: {threshold:g})")
+
+
 def study_boundary_figure(ratio: Rows, by_step: Rows, threshold: float, solver: str) -> Figure:
     """Notebook 12, part 1: (a) each table run's fresh-noise score over the table-free reference's (minibatch OT)
     against V, one line per run and seed (points: its evaluation steps), the threshold dashed; (b) the memorisation
@@ -768,14 +780,8 @@ def study_boundary_figure(ratio: Rows, by_step: Rows, threshold: float, solver: 
             color=style.color,
             label=_study_label(label) if seed == first_seed else None,
         )
-    ax.axhline(threshold, color=plots.REFERENCE_COLOR, ls="--", lw=1)
-    plots.log_axis(ax, "x")
-    ax.set_ylim(bottom=min([threshold / 1.5, *(r["ratio"] / 1.2 for r in ratio)]))
-    plots.log_axis(ax, "y", RATIO_TICKS)
-    ax.set(
-        xlabel="V = visits per stored noise",
-        ylabel=f"fresh-noise fd / minibatch OT's ({solver})",
-        title=f"each run (points: eval steps; dashed: {threshold:g})",
+    _ratio_axes(
+        ax, ratio, threshold, f"fresh-noise fd / minibatch OT's ({solver})", "each run, points at its eval steps"
     )
     ax = axes[0][1]
     for label in labels:
@@ -897,14 +903,13 @@ def study_capacity_figure(ratio: Rows, crossings: Rows, threshold: float, solver
             color=looks[name].color,
             label=name,
         )
-    ax.axhline(threshold, color=plots.REFERENCE_COLOR, ls="--", lw=1)
-    plots.log_axis(ax, "x", sorted({r["visits_per_noise"] for r in ratio}))
-    ax.set_ylim(bottom=min([threshold / 1.5, *(r["ratio"] / 1.2 for r in ratio)]))
-    plots.log_axis(ax, "y", RATIO_TICKS)
-    ax.set(
-        xlabel="V = visits per stored noise",
-        ylabel=f"fresh fd / minibatch OT's ({solver})",
-        title=f"capacity: 1-cache LOOM (dashed: {threshold:g})",
+    _ratio_axes(
+        ax,
+        ratio,
+        threshold,
+        f"fresh fd / minibatch OT's ({solver})",
+        "capacity: 1-cache LOOM",
+        sorted({r["visits_per_noise"] for r in ratio}),
     )
     ax = axes[0][1]
     for r, name in zip(crossings, names):
