@@ -175,6 +175,22 @@ def visits_per_noise(steps: int, global_batch: int, num_examples: int, num_cache
     return steps * global_batch / (num_examples * num_caches)
 
 
+def caches_for_visits(visits_at_one_cache: float, boundary_v: float) -> int:
+    """The rule of notebook 12: the fewest caches C that keep V = visits_at_one_cache / C at or below ``boundary_v``.
+
+    ``visits_at_one_cache`` is V with one cache: for the released pipeline epochs / 2 (each epoch visits every image
+    once, as itself or as its flipped copy, which owns its own seeds).
+    """
+    if visits_at_one_cache <= 0 or boundary_v <= 0:
+        raise ValueError(f"need positive visits and boundary, got {visits_at_one_cache} and {boundary_v}")
+    return max(1, math.ceil(visits_at_one_cache / boundary_v))
+
+
+def caches_needed(steps: int, global_batch: int, num_examples: int, boundary_v: float) -> int:
+    """The rule for a run of ``steps`` steps of ``global_batch`` over ``num_examples`` (flipped copies counted)."""
+    return caches_for_visits(visits_per_noise(steps, global_batch, num_examples, 1), boundary_v)
+
+
 Lap = Callable[[str], None]  # called with a sub-step's name right after it finishes (timing hooks)
 
 

@@ -17,7 +17,7 @@ settings, so an interrupted study resumes where it stopped and a finished one re
 
 :func:`ratio_to_reference` divides each run's fresh-noise score by the table-free reference's (minibatch OT,
 same model, data, seed and step); :func:`boundary_crossings` finds the V at which that ratio passes a
-threshold; :func:`caches_needed` turns the boundary into the rule "use at least C caches".
+threshold; lib.couplings.caches_needed turns the boundary into the rule "use at least C caches".
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from lib.checkpoints import build_model as build_named_model
-from lib.couplings import LoomCoupling, make_coupling, total_pairing_cost, visits_per_noise
+from lib.couplings import LoomCoupling, caches_for_visits, make_coupling, total_pairing_cost, visits_per_noise
 from lib.evaluate import noise_like, path_curvature
 from lib.experiments.ablations import as_model_input, build_model, digits_split, score_samples
 from lib.experiments.convergence import global_optimum
@@ -583,6 +583,21 @@ def quality_rows(results: Sequence[tuple[StudyRun, list[dict[str, Any]]]]) -> li
     return rows
 
 
+def run_rows(results: Sequence[tuple[StudyRun, list[dict[str, Any]]]], settings: EvalSettings) -> list[dict[str, Any]]:
+    """One row per run: its label, settings, cache key (the folder its records live in) and training seconds summed
+    over its segments, so a notebook that reused cached runs still says what they cost and where they are."""
+    return [
+        {
+            "label": run.label,
+            **run.setting,
+            "last_step": run.eval_steps[-1],
+            "cache_key": run_key(run, settings),
+            "train_seconds": sum(r["train_seconds"] for r in records),
+        }
+        for run, records in results
+    ]
+
+
 def diagnostic_rows(results: Sequence[tuple[StudyRun, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
     """One row per (run, step): V, training statistics, memorisation and pairing diagnostics."""
     rows = []
@@ -733,11 +748,6 @@ def summarise_boundary(crossings: Sequence[Mapping[str, Any]]) -> dict[str, Any]
     }
 
 
-def caches_needed(steps: int, global_batch: int, num_examples: int, boundary_v: float) -> int:
-    """The rule: the fewest caches that keep V = steps x batch / (examples x caches) at or below the boundary."""
-    return max(1, math.ceil(steps * global_batch / (num_examples * boundary_v)))
-
-
 def effective_visits(run: StudyRun, num_examples: int, step: int) -> float:
     """Expected visits per distinct stored noise after ``step`` steps, counting every noise a fix ever draws.
 
@@ -858,9 +868,9 @@ def released_predictions(configs: Mapping[str, Mapping[str, Any]], boundary: Map
                 "paper_caches": cfg["caches"],
                 "v_at_paper_caches": visits / cfg["caches"],
                 "v_with_both_copies_each_epoch": cfg["epochs"] / cfg["caches"],
-                "caches_needed": math.ceil(visits / boundary["boundary_v"]),
-                "caches_needed_low": math.ceil(visits / boundary["high_v"]),
-                "caches_needed_high": math.ceil(visits / boundary["low_v"]),
+                "caches_needed": caches_for_visits(visits, boundary["boundary_v"]),
+                "caches_needed_low": caches_for_visits(visits, boundary["high_v"]),
+                "caches_needed_high": caches_for_visits(visits, boundary["low_v"]),
             }
         )
     return rows

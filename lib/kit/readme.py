@@ -102,6 +102,47 @@ def quick_total(results: Path) -> str:
     )
 
 
+STUDY = "12_noise_table_study"  # the study whose paper-profile rule.json the caches advice comes from
+
+
+def choosing_caches(results: Path) -> str:
+    """How many caches to use: the boundary V* notebook 12's paper profile measured, the rule, and what it asks of
+    the released configs (rule.json's predictions) beside the paper's own Table 5 cache sweep."""
+    path = results / "paper" / STUDY / "rule.json"
+    if not path.is_file():
+        return f"Notebook {STUDY[:2]}'s paper profile has not run yet (results/paper/{STUDY}/rule.json): no boundary."
+    r = json.loads(path.read_text())
+    if not r["boundary_v"]:
+        return f"Notebook {STUDY[:2]}'s paper profile found no boundary: no table run crossed {r['threshold']}x."
+    lines = [
+        f"Measured by notebook {STUDY[:2]}'s paper profile (digits, results/paper/{STUDY}/): a LOOM table overfits "
+        f"once it has been visited V = {r['boundary_v']:.0f} times per stored noise (range {r['low_v']:.0f}-"
+        f"{r['high_v']:.0f} over {r['crossed']} curves of {r['curves']}): past it, the fresh-noise Frechet distance at "
+        f"{r['solver']} exceeds {r['threshold']}x that of minibatch OT at the same step. So keep V = steps x global "
+        f"batch / (examples x caches) below it: **caches >= steps x batch / (examples x {r['boundary_v']:.0f})**, "
+        f"with `--epochs E` and random flips **caches >= E / (2 x {r['boundary_v']:.0f})**. `lib.train` warns, with "
+        "these numbers, when a LOOM run plans more.",
+        "",
+        "| config | epochs | V at the paper's caches | paper's caches | caches the rule asks (range) |",
+        "|---|---|---|---|---|",
+    ]
+    for p in r["predictions"]:
+        lines.append(
+            f"| {p['config']} | {p['epochs']} | {p['v_at_paper_caches']:.0f} | {p['paper_caches']} | "
+            f"{p['caches_needed']} ({p['caches_needed_low']}-{p['caches_needed_high']}) |"
+        )
+    paper = [b for b in r["paper_boundary"] if b["boundary_v"]]
+    if paper:
+        crossings = ", ".join(f"{b['solver']} V = {b['boundary_v']:.0f}" for b in paper)
+        lines += [
+            "",
+            f"The paper's own CIFAR-10 cache sweep (Table 5, FID over its minibatch OT row) crosses the same "
+            f"{r['threshold']}x at {crossings}. Digits with an MLP is one dataset and one architecture: for other "
+            "data the rule is a prediction to check, not a measurement.",
+        ]
+    return "\n".join(lines)
+
+
 # What the quick run should print: (notebook, JSON file it writes, sentence filled from that file as ``r``).
 HEADLINES: tuple[tuple[str, str, str], ...] = (
     (
@@ -162,6 +203,7 @@ SECTION_BUILDERS = {
     "headlines": headlines,
     "notebook-index": notebook_index,
     "results": results_section,
+    "choosing-caches": choosing_caches,
 }
 
 

@@ -371,3 +371,45 @@ def test_a_checkpoint_of_an_earlier_kit_still_resumes_and_still_refuses_changes(
             replace(CONFIG, lr=1e-2, steps=30),
             checkpoint=path,
         )
+
+
+def test_noise_table_warning_names_v_the_boundary_and_the_caches_that_fit() -> None:
+    from lib.train import noise_table_warning
+
+    boundary = {"boundary_v": 100.0, "low_v": 80.0, "high_v": 130.0, "threshold": 1.25, "solver": "midpoint-6"}
+    warning = noise_table_warning(20_000, 128, 1437, 1, boundary)  # notebook 04's paper profile: V = 1781.5
+    assert warning is not None
+    assert "= 1781.5 times" in warning and "V* = 100 (range 80-130)" in warning and "--caches 18 or more" in warning
+    assert noise_table_warning(20_000, 128, 1437, 18, boundary) is None  # V = 99: at or below the boundary
+    assert noise_table_warning(20_000, 128, 1437, 1, None) is None  # no study results: nothing to check
+
+
+def test_measured_boundary_reads_the_study_rule_or_gives_none(tmp_path: Path) -> None:
+    from lib.train import measured_boundary
+
+    assert measured_boundary(tmp_path / "missing.json") is None
+    (tmp_path / "none.json").write_text(json.dumps({"boundary_v": None, "crossed": 0}))
+    assert measured_boundary(tmp_path / "none.json") is None  # the study found no boundary: no warning
+    (tmp_path / "rule.json").write_text(json.dumps({"boundary_v": 131.0, "low_v": 90.0, "high_v": 180.0}))
+    assert measured_boundary(tmp_path / "rule.json")["boundary_v"] == 131.0
+
+
+def test_the_cli_warns_when_the_planned_v_passes_the_boundary(tmp_path: Path, monkeypatch, capsys) -> None:
+    """20 images with flips = 40 examples, 2 epochs of batch 6 = 6 steps: V = 36 / 40 = 0.9 with one cache."""
+    import lib.train
+    from lib.datasets import write_hdf5_images
+
+    rule = tmp_path / "rule.json"
+    rule.write_text(json.dumps({"boundary_v": 0.5, "low_v": 0.4, "high_v": 0.7, "threshold": 1.25, "solver": "x"}))
+    monkeypatch.setattr(lib.train, "NOISE_TABLE_RULE", rule)
+    write_hdf5_images(tmp_path / "images.h5", torch.randint(0, 256, (20, 3, 4, 4), dtype=torch.uint8))
+    common = ["--dataset", "hdf5", "--root", str(tmp_path / "images.h5"), "--flip", "--epochs", "2"]
+    common += ["--batch-size", "6", "--device", "cpu", "--no-progress", "--log-every", "1", "--coupling"]
+    assert lib.train.main([*common, "loom", "--out", str(tmp_path / "one")]) == 0
+    err = capsys.readouterr().err
+    assert "V = 6 x 6 / (40 x 1) = 0.9 times, above the boundary V* = 0.5 (range 0.4-0.7)" in err
+    assert "--caches 2 or more" in err
+    assert lib.train.main([*common, "loom", "--caches", "2", "--out", str(tmp_path / "two")]) == 0  # V = 0.45
+    assert "warning" not in capsys.readouterr().err
+    assert lib.train.main([*common, "minibatch_ot", "--out", str(tmp_path / "ot")]) == 0
+    assert "warning" not in capsys.readouterr().err  # no table, no V

@@ -3,6 +3,7 @@ flags that exist, every training line resumes by rerunning it, and its generated
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -60,6 +61,26 @@ def test_every_notebook_is_in_the_index() -> None:
 
 def test_generated_sections_match_the_committed_results() -> None:
     assert readme.render(TEXT, ROOT / "results") == TEXT, "run `python -m lib.kit.readme` and commit README.md"
+
+
+def test_choosing_caches_states_the_measured_boundary_and_the_rule(tmp_path: Path) -> None:
+    """The advice comes from the study's rule.json: the boundary, its range, the rule, a row per released config."""
+    assert "has not run yet" in readme.choosing_caches(tmp_path)
+    folder = tmp_path / "paper" / readme.STUDY
+    folder.mkdir(parents=True)
+    rule = {"threshold": 1.25, "solver": "midpoint-6", "boundary_v": 130.6, "low_v": 95.0, "high_v": 180.2}
+    rule |= {"curves": 3, "crossed": 3, "paper_boundary": [{"solver": "dopri5", "boundary_v": 161.0}]}
+    rule["predictions"] = [
+        {"config": "cifar10", "epochs": 1000, "v_at_paper_caches": 125.0, "paper_caches": 4, "caches_needed": 4}
+        | {"caches_needed_low": 3, "caches_needed_high": 6}
+    ]
+    (folder / "rule.json").write_text(json.dumps(rule))
+    text = readme.choosing_caches(tmp_path)
+    assert "V = 131 times per stored noise (range 95-180 over 3 curves of 3)" in text
+    assert "caches >= E / (2 x 131)" in text and "| cifar10 | 1000 | 125 | 4 | 4 (3-6) |" in text
+    assert "crosses the same 1.25x at dopri5 V = 161" in text
+    (folder / "rule.json").write_text(json.dumps(rule | {"boundary_v": None}))
+    assert "found no boundary" in readme.choosing_caches(tmp_path)
 
 
 def test_every_command_shown_runs_and_its_flags_exist() -> None:
