@@ -25,9 +25,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -465,14 +467,53 @@ def run_study(run: StudyRun, settings: EvalSettings, cache: Path | None = None) 
     return [records[s] for s in run.eval_steps]
 
 
+def is_cached(run: StudyRun, settings: EvalSettings, cache: Path) -> bool:
+    """Whether every evaluation of ``run`` is already in ``cache``."""
+    folder = cache / run_key(run, settings)
+    return all((folder / f"eval_{step}.json").is_file() for step in run.eval_steps)
+
+
+def training_cost(run: StudyRun) -> tuple[bool, int]:
+    """A rough order of how long a run trains (UNet runs first, then steps x MLP width), to start the longest first."""
+    return run.model == "unet", run.eval_steps[-1] * run.hidden
+
+
+def _one_thread() -> None:
+    """A worker's initializer: one torch thread, so N workers use N cores (and give the same numbers as one)."""
+    torch.set_num_threads(1)
+
+
+def fill_cache(runs: Sequence[StudyRun], settings: EvalSettings, cache: Path, workers: int, log: Any = print) -> None:
+    """Train the runs ``cache`` lacks, ``workers`` at a time, each in its own process of one torch thread.
+
+    The records are those :func:`run_study` writes in-process (same seeds, same single thread), so the study's
+    results do not depend on ``workers``; a killed fill resumes like a single run (finished runs are kept,
+    unfinished ones continue from their checkpoint).
+    """
+    todo = [r for r in dict.fromkeys(runs) if not is_cached(r, settings, cache)]
+    todo.sort(key=training_cost, reverse=True)
+    if not todo:
+        return
+    log(f"training {len(todo)} runs, {workers} at a time")
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: safe from a notebook kernel and any thread
+    with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_one_thread) as pool:
+        started = {pool.submit(run_study, run, settings, cache): (run, time.perf_counter()) for run in todo}
+        for future in as_completed(started):
+            future.result()  # a worker's error stops the fill here, with its traceback
+            run, start = started[future]
+            log(f"{run.label:28s} {run.setting} -> steps {list(run.eval_steps)} in {time.perf_counter() - start:.0f} s")
+
+
 def run_all(
-    runs: Iterable[StudyRun], settings: EvalSettings, cache: Path | None = None, log: Any = print
+    runs: Iterable[StudyRun], settings: EvalSettings, cache: Path | None = None, log: Any = print, workers: int = 1
 ) -> list[tuple[StudyRun, list[dict[str, Any]]]]:
-    """run_study for each run (duplicates once), logging each run's label and wall time."""
+    """run_study for each run (duplicates once), logging each run's label and wall time; with ``workers`` > 1 (and
+    a cache) the missing runs are first trained in parallel by :func:`fill_cache`."""
+    runs = list(dict.fromkeys(runs))
+    if workers > 1 and cache is not None:
+        fill_cache(runs, settings, cache, workers, log)
     done: dict[StudyRun, list[dict[str, Any]]] = {}
     for run in runs:
-        if run in done:
-            continue
         start = time.perf_counter()
         done[run] = run_study(run, settings, cache)
         log(f"{run.label:28s} {run.setting} -> steps {list(run.eval_steps)} in {time.perf_counter() - start:.0f} s")

@@ -25,7 +25,9 @@ NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 TABLES_NOTEBOOK = "10_paper_tables"  # reads what every other notebook wrote, so it always runs last
 PROFILES = ("quick", "paper")  # the profiles results/ and the tables know; anything else is "custom"
-LOCATION_PARAMETERS = frozenset({"RESULTS_DIR"})  # where a run writes, not what it computes
+# Where and how a run executes, not what it computes: never make a run "custom" (notebook 12's WORKERS: its
+# training runs in parallel processes give the same records as one after another).
+EXECUTION_PARAMETERS = frozenset({"RESULTS_DIR", "WORKERS"})
 
 
 class ProfileError(ValueError):
@@ -99,7 +101,7 @@ class Resolved:
 
 
 def _differences(wanted: Mapping[str, Any], have: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    keys = (set(wanted) | set(have)) - LOCATION_PARAMETERS
+    keys = (set(wanted) | set(have)) - EXECUTION_PARAMETERS
     return {k: (wanted.get(k), have.get(k)) for k in sorted(keys) if wanted.get(k) != have.get(k)}
 
 
@@ -113,7 +115,7 @@ def resolve(name: str, parameters: Mapping[str, Any]) -> Resolved:
     quick = notebook_defaults(name)
     paper = {**quick, **load_profile("paper").get(name, {})}
     applied: dict[str, Any] = {}
-    overridden = {k for k in paper if paper[k] != quick[k]} - {"QUICK"}
+    overridden = {k for k in paper if paper[k] != quick[k]} - {"QUICK"} - EXECUTION_PARAMETERS
     if parameters.get("QUICK") is False and all(parameters.get(k) == quick[k] for k in overridden):
         applied = {k: paper[k] for k in sorted(overridden)}
         parameters.update(applied)

@@ -38,6 +38,18 @@ def test_segments_resume_exactly_and_the_cache_answers_a_second_call(tmp_path: P
     assert study.run_study(TINY, SETTINGS, tmp_path) == segmented
 
 
+def test_runs_in_parallel_workers_give_the_records_of_runs_in_process(tmp_path: Path) -> None:
+    """fill_cache trains in spawned one-thread processes; the records equal those of one process, one run at a time."""
+    runs = [TINY, replace(TINY, coupling="minibatch_ot", caches=1)]
+    serial = study.run_all(runs, SETTINGS, tmp_path / "serial", log=lambda *a: None)
+    lines: list[str] = []
+    parallel = study.run_all(runs, SETTINGS, tmp_path / "parallel", log=lines.append, workers=2)
+    assert lines[0] == "training 2 runs, 2 at a time" and len(lines) == 1 + 2 + 2  # filled, then read back
+    for (run_a, recs_a), (run_b, recs_b) in zip(serial, parallel, strict=True):
+        assert run_a == run_b and [scores(r) for r in recs_a] == [scores(r) for r in recs_b]
+    assert all(study.is_cached(r, SETTINGS, tmp_path / "parallel") for r in runs)
+
+
 def test_the_cache_key_changes_with_every_setting() -> None:
     keys = {study.run_key(r, SETTINGS) for r in (TINY, replace(TINY, seed=1), replace(TINY, jitter=0.1))}
     keys.add(study.run_key(TINY, replace(SETTINGS, copy_quantile=0.1)))

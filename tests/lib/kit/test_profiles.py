@@ -34,6 +34,16 @@ def test_other_settings_make_a_custom_run_that_names_what_differs() -> None:
     assert profiles.resolve(NOTEBOOK, where).profile == "quick"
 
 
+def test_worker_count_is_how_a_run_executes_not_what_it_computes() -> None:
+    study = "12_noise_table_study"
+    quick, paper = profiles.profile_settings(study, "quick"), profiles.profile_settings(study, "paper")
+    assert (quick["WORKERS"], paper["WORKERS"]) == (1, 2)
+    assert profiles.resolve(study, {**quick, "WORKERS": 8}).profile == "quick"
+    assert profiles.resolve(study, {**paper, "WORKERS": 8}).profile == "paper"
+    flipped = profiles.resolve(study, {**quick, "QUICK": False, "WORKERS": 8})  # JupyterLab: QUICK off, 8 cores
+    assert flipped.profile == "paper" and flipped.parameters["WORKERS"] == 8 and "WORKERS" not in flipped.applied
+
+
 def test_a_broken_profile_file_names_the_file_and_the_format(tmp_path, monkeypatch) -> None:
     (tmp_path / "broken.json").write_text("{not json")
     monkeypatch.setattr(profiles, "PROFILES_DIR", tmp_path)
