@@ -102,7 +102,7 @@ NOTEBOOKS: dict[str, NotebookInfo] = {
         "- (beyond the paper: its Table 5 cache sweep)",
         "when a finite noise table overfits (V = visits per stored noise), the boundary, the fixes, the rule",
         "CPU",
-        "est. ~5 h of one CPU core, in resumable parts",
+        "est. 4.4 h of one CPU core (WORKERS = 2: about 2.5 h on 2 cores), in resumable parts",
     ),
 }
 

@@ -45,7 +45,19 @@ def _wall_time(results: Path, profile: str, notebook: str) -> str:
         return ""
     run = json.loads(path.read_text())
     seconds = float(run["wall_time_s"])
-    return (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min") + f" ({machine(run)})"
+    text = _duration(seconds)
+    runs = path.with_name("runs.csv")  # a notebook that caches its training runs lists each with its train time
+    if runs.is_file():  # cached runs may have trained before this execution, so their time is stated apart
+        train = sum(float(r["train_seconds"]) for r in read_table(runs))
+        text += f"; its training runs (runs.csv): {_duration(train)} of one core"
+    return text + f" ({machine(run)})"
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as '53 s', '18.1 min' or '4.2 h'."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def notebook_index(results: Path) -> str:

@@ -413,3 +413,14 @@ def test_the_cli_warns_when_the_planned_v_passes_the_boundary(tmp_path: Path, mo
     assert "warning" not in capsys.readouterr().err
     assert lib.train.main([*common, "minibatch_ot", "--out", str(tmp_path / "ot")]) == 0
     assert "warning" not in capsys.readouterr().err  # no table, no V
+
+
+def test_the_committed_study_boundary_flags_notebook_04s_failing_setting_and_not_64_caches() -> None:
+    """lib.train reads the boundary notebook 12's paper profile committed: it must lie between the V of the digits
+    run that overfit (1 cache, V = 1781.5) and that of the 64-cache run that did not (V = 27.8)."""
+    from lib.train import measured_boundary, noise_table_warning
+
+    boundary = measured_boundary()
+    assert boundary is not None, "results/paper/12_noise_table_study/rule.json is missing or found no boundary"
+    assert noise_table_warning(20_000, 128, 1437, 1, boundary) is not None
+    assert noise_table_warning(20_000, 128, 1437, 64, boundary) is None
