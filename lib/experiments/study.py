@@ -778,12 +778,16 @@ def summarise_boundary(crossings: Sequence[Mapping[str, Any]]) -> dict[str, Any]
     if not crossed:
         return {"curves": len(crossings), "crossed": 0, "boundary_v": None, "lower_bound_v": max(never, default=None)}
     logs = np.log(crossed)
+    measured_below = [r["v_below"] for r in crossings if r["crossed"] and r["v_below"] is not None]
     return {
         "curves": len(crossings),
         "crossed": len(crossed),
         "boundary_v": float(np.exp(np.median(logs))),
         "low_v": crossed[0],
         "high_v": crossed[-1],
+        # the measured V around the crossings: V* is interpolated in log V between them (the spacing of the runs)
+        "measured_below_v": min(measured_below, default=None),
+        "measured_above_v": max(r["v_above"] for r in crossings if r["crossed"]),
         "geometric_sd": float(np.exp(logs.std())) if len(crossed) > 1 else None,
         "never_crossed_max_v": max(never, default=None),
     }
@@ -899,6 +903,8 @@ def released_predictions(configs: Mapping[str, Mapping[str, Any]], boundary: Map
     (at the boundary, and over its range: the high end of V* needs the fewest)."""
     rows = []
     for name, cfg in configs.items():
+        if cfg.get("reflow"):  # fine-tunes on fixed teacher pairs, not a LOOM table: no caches to choose
+            continue
         per_epoch = visits_per_epoch(cfg["flip"])
         visits = cfg["epochs"] * per_epoch
         rows.append(

@@ -126,12 +126,15 @@ def choosing_caches(results: Path) -> str:
     r = json.loads(path.read_text())
     if not r["boundary_v"]:
         return f"Notebook {STUDY[:2]}'s paper profile found no boundary: no table run crossed {r['threshold']}x."
+    below, above = r.get("measured_below_v"), r.get("measured_above_v")
+    bracket = f", interpolated between runs measured at V = {below:.0f} and {above:.0f}" if below and above else ""
     lines = [
         f"Measured by notebook {STUDY[:2]}'s paper profile (digits, results/paper/{STUDY}/): a LOOM table overfits "
         f"once it has been visited V = {r['boundary_v']:.0f} times per stored noise (range {r['low_v']:.0f}-"
-        f"{r['high_v']:.0f} over {r['crossed']} curves of {r['curves']}): past it, the fresh-noise Frechet distance at "
-        f"{r['solver']} exceeds {r['threshold']}x that of minibatch OT at the same step. So keep V = steps x global "
-        f"batch / (examples x caches) below it: **caches >= steps x batch / (examples x {r['boundary_v']:.0f})**, "
+        f"{r['high_v']:.0f} over {r['crossed']} curves of {r['curves']}{bracket}): past it, the fresh-noise Frechet "
+        f"distance at {r['solver']} exceeds {r['threshold']}x that of minibatch OT at the same step. So keep "
+        "V = steps x global batch / (examples x caches) below it: "
+        f"**caches >= steps x batch / (examples x {r['boundary_v']:.0f})**, "
         f"with `--epochs E` and random flips **caches >= E / (2 x {r['boundary_v']:.0f})**. `lib.train` warns, with "
         "these numbers, when a LOOM run plans more.",
         "",

@@ -72,6 +72,7 @@ def test_boundary_by_step_runs_across_cache_counts() -> None:
     assert row["boundary_v"] == pytest.approx(100 * 2 ** (0.15 / 0.3))
     summary = study.summarise_boundary([row, {**row, "boundary_v": None, "crossed": False, "max_v": 300}])
     assert summary["crossed"] == 1 and summary["never_crossed_max_v"] == 300
+    assert (summary["measured_below_v"], summary["measured_above_v"]) == (100, 200)  # the runs around V*
 
 
 def test_effective_visits_of_each_fix() -> None:
@@ -100,6 +101,8 @@ def test_the_rule_and_the_paper_sweep() -> None:
     )
     assert predictions[0]["v_at_paper_caches"] == 200 and predictions[0]["caches_needed"] == 2
     assert (predictions[0]["caches_needed_low"], predictions[0]["caches_needed_high"]) == (1, 4)
+    reflow = {"flip": False, "epochs": 200, "caches": 1, "reflow": True}  # fixed teacher pairs: no table to size
+    assert study.released_predictions({"reflow": reflow}, {"boundary_v": 100.0, "low_v": 50.0, "high_v": 200.0}) == []
 
 
 def test_the_best_fix_must_keep_the_few_step_advantage() -> None:

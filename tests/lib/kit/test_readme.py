@@ -69,6 +69,7 @@ def test_choosing_caches_states_the_measured_boundary_and_the_rule(tmp_path: Pat
     folder = tmp_path / "paper" / readme.STUDY
     folder.mkdir(parents=True)
     rule = {"threshold": 1.25, "solver": "midpoint-6", "boundary_v": 130.6, "low_v": 95.0, "high_v": 180.2}
+    rule |= {"measured_below_v": 55.7, "measured_above_v": 222.7}
     rule |= {"curves": 3, "crossed": 3, "paper_boundary": [{"solver": "dopri5", "boundary_v": 161.0}]}
     rule["predictions"] = [
         {"config": "cifar10", "epochs": 1000, "v_at_paper_caches": 125.0, "paper_caches": 4, "caches_needed": 4}
@@ -76,7 +77,8 @@ def test_choosing_caches_states_the_measured_boundary_and_the_rule(tmp_path: Pat
     ]
     (folder / "rule.json").write_text(json.dumps(rule))
     text = readme.choosing_caches(tmp_path)
-    assert "V = 131 times per stored noise (range 95-180 over 3 curves of 3)" in text
+    assert "V = 131 times per stored noise (range 95-180 over 3 curves of 3, interpolated between runs measured" in text
+    assert "at V = 56 and 223)" in text
     assert "caches >= E / (2 x 131)" in text and "| cifar10 | 1000 | 125 | 4 | 4 (3-6) |" in text
     assert "crosses the same 1.25x at dopri5 V = 161" in text
     (folder / "rule.json").write_text(json.dumps(rule | {"boundary_v": None}))
