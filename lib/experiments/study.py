@@ -469,8 +469,7 @@ def run_study(run: StudyRun, settings: EvalSettings, cache: Path | None = None) 
 
 def is_cached(run: StudyRun, settings: EvalSettings, cache: Path) -> bool:
     """Whether every evaluation of ``run`` is already in ``cache``."""
-    folder = cache / run_key(run, settings)
-    return all((folder / f"eval_{step}.json").is_file() for step in run.eval_steps)
+    return set(run.eval_steps) <= read_cached(cache / run_key(run, settings)).keys()
 
 
 def training_cost(run: StudyRun) -> tuple[bool, int]:
@@ -625,8 +624,9 @@ def quality_rows(results: Sequence[tuple[StudyRun, list[dict[str, Any]]]]) -> li
 
 
 def run_rows(results: Sequence[tuple[StudyRun, list[dict[str, Any]]]], settings: EvalSettings) -> list[dict[str, Any]]:
-    """One row per run: its label, settings, cache key (the folder its records live in) and training seconds summed
-    over its segments, so a notebook that reused cached runs still says what they cost and where they are."""
+    """One row per distinct run (parts share runs: each is listed once): its label, settings, cache key (the folder
+    its records live in) and training seconds summed over its segments, so a notebook that reused cached runs
+    still says what they cost and where they are."""
     return [
         {
             "label": run.label,
@@ -635,7 +635,7 @@ def run_rows(results: Sequence[tuple[StudyRun, list[dict[str, Any]]]], settings:
             "cache_key": run_key(run, settings),
             "train_seconds": sum(r["train_seconds"] for r in records),
         }
-        for run, records in results
+        for run, records in dict(results).items()
     ]
 
 

@@ -115,3 +115,11 @@ def test_the_best_fix_must_keep_the_few_step_advantage() -> None:
     best = study.best_fix(rows, "midpoint-6", "euler-2")
     assert best["fix"] == "keeps it" and best["keeps_few_step_advantage"]
     assert math.isclose(best["fd_midpoint-6"], 11.0)
+
+
+def test_run_rows_list_each_run_once_with_its_training_time() -> None:
+    records = [{"train_seconds": 1.5}, {"train_seconds": 2.0}]
+    other = replace(TINY, seed=1)
+    rows = study.run_rows([(TINY, records), (other, records[:1]), (TINY, records)], SETTINGS)  # parts share TINY
+    assert [(r["seed"], r["train_seconds"], r["last_step"]) for r in rows] == [(0, 3.5, 8), (1, 1.5, 8)]
+    assert rows[0]["cache_key"] == study.run_key(TINY, SETTINGS)
