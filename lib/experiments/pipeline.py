@@ -21,6 +21,7 @@ from torch import Tensor
 
 from lib import REPO_ROOT
 from lib.checkpoints import RELEASED_PREFIX, LoadedModel, kept_checkpoints, load_model
+from lib.code import code_digest
 from lib.datasets import IndexedImages
 from lib.evaluate import fid_rows, path_curvature
 from lib.experiments.convergence import ConvergenceSetting, converge_table, subset_gaps
@@ -86,20 +87,21 @@ def side_by_side(ours: list[Mapping[str, Any]], paper: list[Mapping[str, str]]) 
     return rows
 
 
-def source_digest() -> str:
-    """A digest of lib's source code: a training run is reused only by the code that made it."""
-    digest = hashlib.sha256()
-    for path in sorted((REPO_ROOT / "lib").rglob("*.py")):
-        digest.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
+# What a training run executes: ``python -m lib.train`` and the lib modules it imports (lib.code). Figures,
+# summaries and the kit's machinery are not among them, so editing those reuses every run.
+TRAINING_CODE = ("lib.train",)
 
 
 def keyed(settings: TrainSettings, folder: Path) -> TrainSettings:
     """``settings`` writing to ``<folder>-<key>``, the key a digest of the settings (the run folder aside) and of
-    lib's code: a rerun resumes or reuses a finished run only when both are the same, and trains afresh otherwise
-    (``runs/`` keeps the older runs; delete them at will)."""
-    described = json.dumps({**asdict(replace(settings, out="")), "code": source_digest()}, sort_keys=True)
-    return replace(settings, out=f"{folder}-{hashlib.sha256(described.encode()).hexdigest()[:10]}")
+    the code the run executes (:data:`TRAINING_CODE`): a rerun resumes or reuses a finished run only when both are
+    the same, and trains afresh otherwise (``runs/`` keeps the older runs; delete them at will). Says so when the
+    folder exists."""
+    described = json.dumps({**asdict(replace(settings, out="")), "code": code_digest(TRAINING_CODE)}, sort_keys=True)
+    out = Path(f"{folder}-{hashlib.sha256(described.encode()).hexdigest()[:10]}")
+    if (out / "checkpoint.pt").is_file():
+        print(f"{out.name}: reusing the run with these settings and training code (resumed if unfinished)")
+    return replace(settings, out=str(out))
 
 
 def run_name(row: str) -> str:

@@ -22,6 +22,7 @@ threshold; lib.couplings.caches_needed turns the boundary into the rule "use at 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -39,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from lib.checkpoints import build_model as build_named_model
+from lib.code import code_digest
 from lib.couplings import LoomCoupling, caches_for_visits, make_coupling, total_pairing_cost, visits_per_noise
 from lib.evaluate import noise_like, path_curvature
 from lib.experiments.ablations import as_model_input, build_model, digits_split, score_samples
@@ -240,10 +242,28 @@ def scorer_fingerprint(run: StudyRun, settings: EvalSettings) -> str:
     return digest.hexdigest()[:16]
 
 
+# What a study run executes: run_study and what it reaches in this file, and the lib modules the file imports
+# (lib.code); the plans and the analysis below it, and the figures, are not part of a run's key.
+RUN_CODE = ("lib.experiments.study:run_study",)
+
+
+@functools.cache
+def run_code_digest() -> str:
+    """lib.code's digest of :data:`RUN_CODE` (read once per process)."""
+    return code_digest(RUN_CODE)
+
+
 def run_key(run: StudyRun, settings: EvalSettings) -> str:
-    """The run's cache folder name: a hash of its settings, the evaluation's and the scorer's fingerprint."""
+    """The run's cache folder name: a hash of its settings, the evaluation's, the scorer's fingerprint and the code
+    the run executes (a fix in the coupling or the training step trains the run afresh)."""
     text = json.dumps(
-        {"run": asdict(run), "eval": asdict(settings), "scorer": scorer_fingerprint(run, settings)}, sort_keys=True
+        {
+            "run": asdict(run),
+            "eval": asdict(settings),
+            "scorer": scorer_fingerprint(run, settings),
+            "code": run_code_digest(),
+        },
+        sort_keys=True,
     )
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
@@ -514,8 +534,10 @@ def run_all(
     done: dict[StudyRun, list[dict[str, Any]]] = {}
     for run in runs:
         start = time.perf_counter()
+        reused = cache is not None and is_cached(run, settings, cache)
         done[run] = run_study(run, settings, cache)
-        log(f"{run.label:28s} {run.setting} -> steps {list(run.eval_steps)} in {time.perf_counter() - start:.0f} s")
+        took = "reused (same settings and run code)" if reused else f"in {time.perf_counter() - start:.0f} s"
+        log(f"{run.label:28s} {run.setting} -> steps {list(run.eval_steps)} {took}")
     return list(done.items())
 
 

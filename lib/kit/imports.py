@@ -11,13 +11,12 @@ cycle); the graph has no cycle. tests/lib/test_layers.py holds lib to these rule
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
-from pathlib import Path
 
-LIB = Path(__file__).resolve().parent.parent
+from lib.code import graph, lib_imports, modules
+
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("lib", "lib.files", "lib.cli", "lib.progress")),
+    ("base", ("lib", "lib.files", "lib.cli", "lib.progress", "lib.code")),
     ("paper", ("lib.paper",)),
     ("algorithm", ("lib.couplings", "lib.flow", "lib.solvers", "lib.metrics")),
     ("networks", ("lib.models", "lib.unet", "lib.autoencoder")),
@@ -30,58 +29,12 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def module_name(path: Path) -> str:
-    """lib/kit/tables.py -> lib.kit.tables; lib/__init__.py -> lib."""
-    parts = path.relative_to(LIB.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def modules() -> dict[str, Path]:
-    """Every module of lib -> its file."""
-    return {module_name(p): p for p in sorted(LIB.rglob("*.py"))}
-
-
 def layer_of(module: str) -> int:
     """Index into LAYERS of a module (a package entry covers its submodules); unknown modules raise KeyError."""
     for index, (_, members) in enumerate(LAYERS):
         if any(module == m or (m != "lib" and module.startswith(m + ".")) for m in members):
             return index
     raise KeyError(f"{module} belongs to no layer: add it to lib.kit.imports.LAYERS and lib/README.md")
-
-
-def lib_imports(path: Path) -> tuple[set[str], set[str]]:
-    """(lib modules imported at module level, lib modules imported inside functions or classes) of one file.
-
-    ``from lib import x`` counts as importing lib.x when that is a module, else as importing lib itself.
-    """
-    known = modules()
-    top: set[str] = set()
-    nested: set[str] = set()
-    tree = ast.parse(path.read_text())
-    for node in ast.walk(tree):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names if a.name == "lib" or a.name.startswith("lib.")]
-        elif (
-            isinstance(node, ast.ImportFrom)
-            and node.module
-            and (node.module == "lib" or node.module.startswith("lib."))
-        ):
-            names = [
-                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module for a in node.names
-            ]
-        if names:
-            (top if node in tree.body else nested).update(names)
-    return top, nested
-
-
-def graph() -> dict[str, set[str]]:
-    """module -> the lib modules it imports (anywhere in the file)."""
-    out = {}
-    for name, path in modules().items():
-        top, nested = lib_imports(path)
-        out[name] = (top | nested) - {name}
-    return out
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -110,8 +63,9 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 def violations() -> list[str]:
     """Every broken rule, one line each: upward imports, imports inside functions, cycles, modules in no layer."""
     problems = []
-    for name, path in modules().items():
-        top, nested = lib_imports(path)
+    known = modules()
+    for name, path in known.items():
+        top, nested = lib_imports(path, known)
         problems += [f"{name} imports {m} inside a function or class" for m in sorted(nested - {name})]
         try:
             mine = layer_of(name)

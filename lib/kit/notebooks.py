@@ -24,6 +24,7 @@ class NotebookInfo:
     fid_table: str = ""  # CSV of FID rows beside the paper's, read by lib.kit.tables ("": none)
     fid_dataset: str = ""  # their dataset (lib.paper names), "" when every row names its own
     sample_grids: bool = False  # saves sample grids (paper Fig. 7)
+    reads_results: bool = False  # reads other notebooks' results: lib.kit.reproduce runs it after them
     threads: int = 1  # torch threads of its kernel under lib.kit.reproduce (1: on 2 shared cores more only contend)
 
 
@@ -88,7 +89,11 @@ NOTEBOOKS: dict[str, NotebookInfo] = {
         "est. ~15 min, one GPU",
     ),
     "10_paper_tables": NotebookInfo(
-        "Tables 1, 2, 3, 5; Figs. 1-7", "every table and figure rebuilt from results/", "CPU", "seconds"
+        "Tables 1, 2, 3, 5; Figs. 1-7",
+        "every table and figure rebuilt from results/",
+        "CPU",
+        "seconds",
+        reads_results=True,
     ),
     "11_released_checkpoints": NotebookInfo(
         "Tables 1, 2, 3",

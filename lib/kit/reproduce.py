@@ -9,7 +9,9 @@
 Parameters come from lib.kit.profiles (the committed notebooks are the quick profile, ``profiles/paper.json``
 overrides them). Every notebook's parameters are checked before any notebook runs.
 
-Each notebook runs into a scratch copy of the results folder and is then compared with the committed results, value
+Notebooks run side by side, one per CPU core (``--jobs``), each in a worker process with one torch thread; notebook
+10, which reads the others' results, runs once they are published. Each runs into a scratch copy of the results
+folder (removed when it is done, failed or interrupted) and is then compared with the committed results, value
 by value (lib.kit.verify): timings are reported, never judged. A folder whose metrics are the same (bit for bit, or
 within the stated tolerances) is left as committed, so a rerun on another machine changes no tracked file unless a
 metric really changed; a folder whose metrics changed, or that did not exist, replaces the committed one.
@@ -19,13 +21,17 @@ metric really changed; a folder whose metrics changed, or that did not exist, re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,7 +53,8 @@ from lib.kit.profiles import (
     profile_names,
     resolve,
 )
-from lib.kit.results import replace_folder, results_root
+from lib.kit.results import portable, replace_folder, results_root
+from lib.progress import progress
 
 # torch's, MKL's and oneDNN's names for a CPU capability recorded in run.json (torch.backends.cpu).
 CAPABILITY_ENVIRONMENT = {
@@ -193,25 +200,22 @@ def _top_level_files(root: Path) -> set[str]:
 
 
 def rerun(
-    name: str, parameters: dict[str, Any], root: Path, profile: str, *, match_cpu: bool, progress: bool
-) -> tuple[Path, verify.Comparison]:
-    """Run ``name`` into a scratch copy of the results folder ``root`` and compare its folder with the committed one.
+    name: str, parameters: dict[str, Any], root: Path, profile: str, scratch: Path, *, match_cpu: bool, progress: bool
+) -> verify.Comparison:
+    """Run ``name`` into ``scratch``, a copy of the results folder ``root``, and compare its folder with the committed
+    one -> the comparison.
 
-    The scratch folder mirrors the repository (``<scratch>/results`` beside ``<scratch>/runs``), so the rerun trains
-    afresh and its result files name paths exactly as a run in the repository does. Returns the scratch results
-    folder (the caller publishes from it, then deletes its parent) and the comparison.
+    ``scratch`` is ``<folder>/results``, so the rerun's training runs go to ``<folder>/runs``: it trains afresh,
+    and its result files name paths exactly as a run in the repository does. The caller publishes from it and then
+    deletes ``<folder>``.
     """
-    scratch = Path(tempfile.mkdtemp(prefix=f"loom-rerun-{name}-")) / "results"
     shutil.copytree(root, scratch)  # later notebooks (10) read what earlier ones wrote
     committed = root / profile / name
     with environment(capability_environment(committed_capability(committed) if match_cpu else None)):
         run_notebook(name, parameters, scratch, progress=progress)
-    comparison = (
-        verify.compare_folders(scratch / profile / name, committed, name)
-        if committed.is_dir()
-        else verify.Comparison(name, missing=["(no committed results)"])
-    )
-    return scratch, comparison
+    if not committed.is_dir():
+        return verify.Comparison(name, missing=["(no committed results)"])
+    return verify.compare_folders(scratch / profile / name, committed, name)
 
 
 def publish(name: str, scratch: Path, root: Path, profile: str) -> None:
@@ -253,7 +257,13 @@ def reproduce_command(argv: list[str]) -> int:
         action="store_true",
         help="publish every rerun folder, even when only timings changed (an explicit benchmark run)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+    parser.add_argument(
+        "--jobs",
+        type=cli.positive_int,
+        default=0,
+        help="notebooks run side by side (default: one per CPU core; 1: one at a time, with per-cell progress)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no per-cell progress bar (with --jobs 1)")
     args = parser.parse_args(argv)
     notebooks = select(load_profile(args.profile), args.only)
     if args.list:
@@ -266,38 +276,173 @@ def reproduce_command(argv: list[str]) -> int:
     return run_all(notebooks, args)
 
 
-def run_all(notebooks: dict[str, dict[str, Any]], args: argparse.Namespace) -> int:
-    """Rerun, compare and (unless --verify) publish every notebook; print a table. Exit status 1 when --verify
-    finds a real difference."""
-    root = results_root(args.results_dir)
-    started, comparisons = time.time(), []
-    for i, (name, params) in enumerate(notebooks.items(), start=1):
-        profile = run_profile(name, params)
-        print(
-            f"[{args.profile} {i}/{len(notebooks)}] {name} ({NOTEBOOKS[name].shows}); "
-            f"{(time.time() - started) / 60:.1f} min so far",
-            flush=True,
+def default_jobs() -> int:
+    """Notebooks run side by side by default: one per core this process may use (each kernel has one torch thread)."""
+    return max(1, len(os.sched_getaffinity(0)) // max(info.threads for info in NOTEBOOKS.values()))
+
+
+def estimated_seconds(root: Path, profile: str, name: str) -> float:
+    """How long ``name`` took when last published (its run.json: CPU time, else wall time); 0 if never run."""
+    run = root / profile / name / "run.json"
+    if not run.is_file():
+        return 0.0
+    recorded = json.loads(run.read_text())
+    return float(recorded.get("cpu_time_s", recorded.get("wall_time_s", 0.0)))
+
+
+def waves(notebooks: dict[str, dict[str, Any]], root: Path, profile: str) -> list[list[str]]:
+    """The order of a run: first every notebook that reads no other's results, longest first (so the last to finish
+    is a short one), then those that read the others' (notebook 10), once all of those are published."""
+    readers = [n for n in notebooks if NOTEBOOKS[n].reads_results]
+    independent = sorted(
+        (n for n in notebooks if n not in readers),
+        key=lambda n: estimated_seconds(root, run_profile(n, notebooks[n]), n),
+        reverse=True,
+    )
+    return [wave for wave in (independent, readers) if wave]
+
+
+def _worker_signals() -> None:
+    """A worker leaves Ctrl-C to the runner (which stops every worker itself) and turns its SIGTERM into
+    KeyboardInterrupt, so papermill shuts the kernel down on the way out."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def _rerun_quietly(*args: Any, **kwargs: Any) -> verify.Comparison | None:
+    """:func:`rerun` in a worker process; None when the runner stopped it (no traceback: the runner says why)."""
+    try:
+        return rerun(*args, **kwargs)
+    except KeyboardInterrupt:
+        return None
+
+
+class Runner:
+    """Rerun, compare and (unless --verify) publish a profile's notebooks, ``jobs`` side by side, each in a worker
+    process of its own with its own scratch folder; one progress line per notebook and a bar for the whole run."""
+
+    def __init__(self, notebooks: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+        self.notebooks, self.args = notebooks, args
+        self.root = results_root(args.results_dir)
+        self.jobs = min(args.jobs or default_jobs(), len(notebooks))
+        self.scratch: dict[str, Path] = {}  # notebook -> its scratch folder, removed once the notebook is done
+        self.comparisons: list[verify.Comparison] = []
+        self.failed = ""
+        self.started = time.time()
+
+    def run(self) -> int:
+        """The whole run -> exit status (1: a notebook failed, or --verify found a real difference; 130: Ctrl-C)."""
+        # A live bar for the whole run in a terminal; elsewhere (logs, CI) the per-notebook lines alone.
+        bar = progress(
+            total=len(self.notebooks),
+            desc=f"[{self.args.profile}] {self.jobs} at a time",
+            unit="notebook",
+            disable=not sys.stderr.isatty(),
         )
+        spawn = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no state shared with this one
+        pool = ProcessPoolExecutor(self.jobs, mp_context=spawn, initializer=_worker_signals)
         try:
-            scratch, comparison = rerun(
-                name, params, root, profile, match_cpu=args.match_cpu, progress=not args.no_progress
-            )
-        except NotebookFailed as err:
-            print(f"FAILED: {err}", file=sys.stderr)
+            for wave in waves(self.notebooks, self.root, self.args.profile):
+                self._run_wave(wave, pool, bar)
+                if self.failed:
+                    break
+        except KeyboardInterrupt:
+            self._stop(pool)
+            bar.close()
+            done = ", ".join(c.notebook for c in self.comparisons) or "none"
+            print(f"interrupted: finished {done}; nothing of the others was kept. Rerun to do them.", file=sys.stderr)
+            return 130
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            for folder in self.scratch.values():
+                shutil.rmtree(folder, ignore_errors=True)
+        bar.close()
+        if self.failed:
+            print(f"FAILED: {self.failed}", file=sys.stderr)
             return 1
-        comparisons.append(comparison)
-        # Within tolerance is the same result: only a real difference (or a new folder) is published.
-        publishing = not args.verify and (not comparison.ok or args.refresh_timings)
-        if publishing:
-            publish(name, scratch, root, profile)
-        shutil.rmtree(scratch.parent, ignore_errors=True)
-        verdict = "unchanged" if comparison.unchanged else "within tolerance" if comparison.ok else "changed"
-        print(
-            f"    {verdict}: {'published to' if publishing else 'left as committed in'} {root / profile / name}",
-            flush=True,
+        minutes = (time.time() - self.started) / 60
+        print(f"\n{len(self.notebooks)} notebook(s) in {minutes:.1f} min, {self.jobs} at a time")
+        print(verify.table(self.comparisons))
+        return 1 if self.args.verify and not all(c.ok for c in self.comparisons) else 0
+
+    def _run_wave(self, wave: list[str], pool: ProcessPoolExecutor, bar: Any) -> None:
+        """Keep ``jobs`` notebooks of ``wave`` running until all are done (or one failed: the running ones finish)."""
+        todo, running = list(wave), {}
+        while running or (todo and not self.failed):
+            while todo and not self.failed and len(running) < self.jobs:
+                name = todo.pop(0)
+                running[self._submit(name, pool)] = (name, time.time())
+                bar.write(f"{self._counter()} started {name} ({NOTEBOOKS[name].shows})")
+                self._show_running(bar, running)
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name, start = running.pop(future)
+                self._finish(name, future, time.time() - start, bar)
+                self._show_running(bar, running)
+
+    def _counter(self) -> str:
+        """'[quick 3/12 done, 4.2 min]': where the whole run stands."""
+        minutes = (time.time() - self.started) / 60
+        return f"[{self.args.profile} {len(self.comparisons)}/{len(self.notebooks)} done, {minutes:.1f} min]"
+
+    @staticmethod
+    def _show_running(bar: Any, running: dict[Future, tuple[str, float]]) -> None:
+        bar.set_postfix_str("running " + ", ".join(n.split("_")[0] for n, _ in running.values()))
+
+    def _submit(self, name: str, pool: ProcessPoolExecutor) -> Future:
+        params = self.notebooks[name]
+        folder = Path(tempfile.mkdtemp(prefix=f"loom-rerun-{name}-"))
+        self.scratch[name] = folder
+        profile = run_profile(name, params)
+        per_cell = self.jobs == 1 and not self.args.no_progress  # side by side, per-cell bars would interleave
+        return pool.submit(
+            _rerun_quietly,
+            name,
+            params,
+            self.root,
+            profile,
+            folder / "results",
+            match_cpu=self.args.match_cpu,
+            progress=per_cell,
         )
-    print(f"\n{len(notebooks)} notebook(s) in {(time.time() - started) / 60:.1f} min\n{verify.table(comparisons)}")
-    return 1 if args.verify and not all(c.ok for c in comparisons) else 0
+
+    def _finish(self, name: str, future: Future, seconds: float, bar: Any) -> None:
+        """Publish a finished notebook if it changed (unless --verify), print its line, remove its scratch folder."""
+        profile = run_profile(name, self.notebooks[name])
+        try:
+            comparison = future.result()
+        except NotebookFailed as err:
+            self.failed = str(err)
+            comparison = None
+        if comparison is not None:
+            self.comparisons.append(comparison)  # before the line, so its counter counts this notebook
+            # Within tolerance is the same result: only a real difference (or a new folder) is published.
+            publishing = not self.args.verify and (not comparison.ok or self.args.refresh_timings)
+            if publishing:
+                publish(name, self.scratch[name] / "results", self.root, profile)
+            verdict = "unchanged" if comparison.unchanged else "within tolerance" if comparison.ok else "changed"
+            where = "published to" if publishing else "left as committed in"
+            bar.write(
+                f"{name}: {verdict} ({seconds / 60:.1f} min); {where} {portable(str(self.root / profile / name))}"
+            )
+        else:
+            bar.write(f"{name}: FAILED after {seconds / 60:.1f} min")
+        shutil.rmtree(self.scratch.pop(name), ignore_errors=True)
+        bar.update(1)
+
+    def _stop(self, pool: ProcessPoolExecutor) -> None:
+        """Ctrl-C: stop every worker (each shuts its kernel down) and wait for them."""
+        for process in list(getattr(pool, "_processes", {}).values()):
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.join(timeout=30)
+
+
+def run_all(notebooks: dict[str, dict[str, Any]], args: argparse.Namespace) -> int:
+    """Rerun, compare and (unless --verify) publish every notebook (:class:`Runner`); print a table. Exit status 1
+    when a notebook fails or --verify finds a real difference."""
+    return Runner(notebooks, args).run()
 
 
 if __name__ == "__main__":

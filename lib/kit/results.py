@@ -17,6 +17,7 @@ import csv
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import time
@@ -142,6 +143,16 @@ def device_description() -> dict[str, Any]:
     return info
 
 
+def cpu_seconds() -> float:
+    """CPU seconds spent by this process and the child processes it waited for (torchrun, study workers).
+
+    A notebook's kernel computes on one torch thread, so this is about its time alone on one idle core; unlike the
+    wall time it does not grow when notebooks run side by side on shared cores (lib.kit.reproduce --jobs).
+    """
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def in_notebook() -> bool:
     """True inside a Jupyter kernel (JupyterLab or papermill), where figures are displayed inline."""
     try:
@@ -162,6 +173,7 @@ class Run:
     seed: int
     directory: Path  # the final folder; files are written to :attr:`staging` until finish()
     started: float = field(default_factory=time.time)
+    cpu_started: float = field(default_factory=lambda: cpu_seconds())
     commit: str = field(default_factory=git_commit)  # read at the start: the code that ran, not the code at finish
     files: list[str] = field(default_factory=list)
 
@@ -241,6 +253,7 @@ class Run:
             "device": device_description(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
             "wall_time_s": round(time.time() - self.started, 2),
+            "cpu_time_s": round(cpu_seconds() - self.cpu_started, 2),
             "files": sorted(set(self.files)),
         }
 
