@@ -46,11 +46,12 @@ benchmark: $(STAMP)
 gpu-check: $(STAMP)
 	$(PY) -m lib.kit.gpu_check
 
-# Lint and format check, unit tests, papermill smoke runs and nbval on the committed notebooks (results go to a
-# temporary folder). --dist loadfile keeps each notebook's cells in one worker: they share one kernel.
+# Lint and format check, unit tests, and every notebook run once (results go to a temporary folder): nbval runs the
+# CPU notebooks as committed, papermill the others small (conftest.py says which). --dist loadgroup keeps a
+# notebook's cells (one kernel) and the test that reads what they wrote on one worker, cells first.
 test: $(STAMP) lint
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider \
-		-n $(WORKERS) --dist loadfile
+		-n $(WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -1,4 +1,5 @@
-"""Shared by the papermill smoke runs: execute a notebook with tiny parameters and check its run.json."""
+"""Shared by the notebook tests: a papermill run with tiny parameters (checking its run.json and inline figures), or
+the results of nbval's run of the committed notebook (root conftest.py: which notebooks, and the order)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from lib.kit import reproduce
-from lib.kit.results import portable
 from lib.kit.notebooks import figures_not_shown
+from lib.kit.results import portable, results_root
 
 
 def _run_tiny(name: str, tmp_path: Path, **parameters: object) -> Path:
@@ -33,3 +34,20 @@ def _run_tiny(name: str, tmp_path: Path, **parameters: object) -> Path:
 def run_tiny() -> Callable[..., Path]:
     """``run_tiny(name, tmp_path, **parameters) -> results folder``: a papermill run with tiny parameters."""
     return _run_tiny
+
+
+def _committed_run(request: pytest.FixtureRequest, name: str, tmp_path: Path) -> Path:
+    """The results folder of notebook ``name`` run as committed (the quick profile): the one nbval's run of it wrote
+    earlier in this session, on this worker; when nbval did not collect it (this test run alone), papermill runs
+    the committed notebook into ``tmp_path``."""
+    if any(Path(str(item.path)).name == f"{name}.ipynb" for item in request.session.items):
+        folder = results_root() / "quick" / name
+        assert (folder / "run.json").is_file(), f"nbval's run of notebooks/{name}.ipynb wrote no results: see its cells"
+        return folder
+    return _run_tiny(name, tmp_path)
+
+
+@pytest.fixture
+def committed_run(request: pytest.FixtureRequest) -> Callable[[str, Path], Path]:
+    """``committed_run(name, tmp_path) -> results folder`` of the notebook run with its committed parameters."""
+    return lambda name, tmp_path: _committed_run(request, name, tmp_path)

@@ -2,27 +2,44 @@
 student at 1 and 2 NFE beside Table 1's "LOOM-CFM + 1 Reflow" rows."""
 
 from __future__ import annotations
+
 import json
 from pathlib import Path
+
 import pytest
-
-from lib.kit.results import read_table
 import torch
-from lib.checkpoints import load_model
 
+from lib.checkpoints import load_model
+from lib.kit.results import read_table
 
 pytestmark = pytest.mark.slow
 
 
 def test_08_reflow_teacher_pairs_student_and_table_1(tmp_path: Path, run_tiny) -> None:
     runs = tmp_path / "runs"
-    folder = run_tiny("08_reflow", tmp_path, RUNS_DIR=str(runs), FAKE_TRAIN=16, FAKE_TEST=16, TEACHER_STEPS=3,
-                      BATCH_SIZE=8, NUM_PAIRS=24, PAIR_SHARD_SIZE=10, PAIR_SOLVER="euler-2", REFLOW_STEPS=3,
-                      REFLOW_BATCH_SIZE=8, NUM_FID_SAMPLES=8, CURVATURE_PATHS=4, GRID_IMAGES=4)
+    folder = run_tiny(
+        "08_reflow",
+        tmp_path,
+        RUNS_DIR=str(runs),
+        FAKE_TRAIN=16,
+        FAKE_TEST=16,
+        TEACHER_STEPS=3,
+        BATCH_SIZE=8,
+        NUM_PAIRS=24,
+        PAIR_SHARD_SIZE=10,
+        PAIR_SOLVER="euler-2",
+        REFLOW_STEPS=3,
+        REFLOW_BATCH_SIZE=8,
+        NUM_FID_SAMPLES=8,
+        CURVATURE_PATHS=4,
+        GRID_IMAGES=4,
+    )
     rows = read_table(folder / "fid_vs_paper.csv")
     assert [(r["method"], r["solver"], float(r["nfe"])) for r in rows] == [
-        (method, solver, nfe) for method in ("LOOM-CFM", "LOOM-CFM + 1 Reflow")
-        for solver, nfe in (("euler-1", 1.0), ("euler-2", 2.0), ("midpoint-1", 2.0))]
+        (method, solver, nfe)
+        for method in ("LOOM-CFM", "LOOM-CFM + 1 Reflow")
+        for solver, nfe in (("euler-1", 1.0), ("euler-2", 2.0), ("midpoint-1", 2.0))
+    ]
     # The student joins Table 1's reflow rows (the 2-NFE row's solver is "unknown": both 2-NFE grids match it).
     assert [r["paper_fid"] for r in rows] == ["", "", "", "7.63", "4.49", "4.49"]
     assert {r["dataset"] for r in rows} == {"cifar10"}

@@ -5,26 +5,41 @@ figure is written, every part is timed, and the conclusion is the one built from
 """
 
 from __future__ import annotations
-import csv
+
 import json
 from pathlib import Path
+
 import pytest
 
-from lib.kit.results import read_table
 from lib.experiments import benchmarks
-from lib.kit import reproduce
-
+from lib.kit.results import read_table
 
 pytestmark = pytest.mark.slow
 
 
-TINY_09 = {"SHAPES": [[2], [3, 8, 8]], "BATCH_SIZES": [8, 16], "NUM_EXAMPLES": 64, "STEPS": 1, "WARMUP": 0,
-           "ASSIGN_SIZES": [8, 16, 32], "ASSIGN_STEPS": 1, "FIT_MIN_SIZE": 8, "SOLVERS": ["euler-1", "midpoint-1"],
-           "SAMPLE_BATCH": 4, "SAMPLE_STEPS": 1, "STEP_BATCH": 8, "STEP_STEPS": 1, "SHARE_BATCH_SIZES": [8, 16],
-           "SHARE_STEPS": 1, "TABLE_EXAMPLES": {"cifar10": 1000, "imagenet32": 2000}, "TRAIN_BATCH_SIZES": [8, 16],
-           "TRAIN_STEPS": 1, "RANKS": [1, 2], "PER_RANK_BATCH": 8, "RANK_SHAPE": [3, 4, 4]}
-
-
+TINY_09 = {
+    "SHAPES": [[2], [3, 8, 8]],
+    "BATCH_SIZES": [8, 16],
+    "NUM_EXAMPLES": 64,
+    "STEPS": 1,
+    "WARMUP": 0,
+    "ASSIGN_SIZES": [8, 16, 32],
+    "ASSIGN_STEPS": 1,
+    "FIT_MIN_SIZE": 8,
+    "SOLVERS": ["euler-1", "midpoint-1"],
+    "SAMPLE_BATCH": 4,
+    "SAMPLE_STEPS": 1,
+    "STEP_BATCH": 8,
+    "STEP_STEPS": 1,
+    "SHARE_BATCH_SIZES": [8, 16],
+    "SHARE_STEPS": 1,
+    "TABLE_EXAMPLES": {"cifar10": 1000, "imagenet32": 2000},
+    "TRAIN_BATCH_SIZES": [8, 16],
+    "TRAIN_STEPS": 1,
+    "RANKS": [1, 2],
+    "PER_RANK_BATCH": 8,
+    "RANK_SHAPE": [3, 4, 4],
+}
 
 
 def test_09_performance_writes_every_table_and_its_conclusion(tmp_path: Path, run_tiny) -> None:
@@ -53,7 +68,9 @@ def test_09_performance_writes_every_table_and_its_conclusion(tmp_path: Path, ru
     assert all(float(r["peak_rss_mib"]) > 0 for r in training)
 
     steps = read_table(folder / "training_steps.csv")
-    assert {(r["model"], int(r["batch_size"])) for r in steps} == {(m, b) for m in ("digits UNet", "2-D MLP") for b in (8, 16)}
+    assert {(r["model"], int(r["batch_size"])) for r in steps} == {
+        (m, b) for m in ("digits UNet", "2-D MLP") for b in (8, 16)
+    }
     assert len(steps) == 2 * 2 * 6 and all(float(r["step_ms"]) > 0 and r["torch_threads"] == "1" for r in steps)
     ratios = read_table(folder / "training_step_ratios.csv")
     assert len(ratios) == 2 * 2 * 3 and all(float(r["pipelined_over_independent"]) > 0 for r in ratios)

@@ -4,18 +4,15 @@ nbval (``pytest notebooks --nbval-lax``) separately runs the committed quick def
 """
 
 from __future__ import annotations
-import csv
+
 import json
 from pathlib import Path
+
 import pytest
 
 from lib import REPO_ROOT
-from lib.paper import paper_results
-
 from lib.kit.results import read_table
-import torch
-from lib.kit import reproduce
-
+from lib.paper import paper_results
 
 pytestmark = pytest.mark.slow
 

@@ -2,24 +2,32 @@
 load (the latent release with its decoder) and evaluate path, every row beside the paper's."""
 
 from __future__ import annotations
+
 from pathlib import Path
+
 import pytest
 
-from lib.kit.results import read_table
 from lib.fabricate import FAKE_NOTE
-
+from lib.kit.results import read_table
 
 pytestmark = pytest.mark.slow
 
 
 def test_11_released_checkpoints_fake_reflow_and_latent_releases(tmp_path: Path, run_tiny) -> None:
-    folder = run_tiny("11_released_checkpoints", tmp_path, RUNS_DIR=str(tmp_path / "runs"),
-                      RELEASES=["cifar10_reflow", "ffhq256"], NUM_FID_SAMPLES=8, FAKE_REFERENCE=8, GRID_IMAGES=4,
-                      FID_PROTOCOL="paper-torcheval")
+    folder = run_tiny(
+        "11_released_checkpoints",
+        tmp_path,
+        RUNS_DIR=str(tmp_path / "runs"),
+        RELEASES=["cifar10_reflow", "ffhq256"],
+        NUM_FID_SAMPLES=8,
+        FAKE_REFERENCE=8,
+        GRID_IMAGES=4,
+        FID_PROTOCOL="paper-torcheval",
+    )
     rows = read_table(folder / "released_vs_paper.csv")
     assert [(r["dataset"], r["release"], r["method"], r["solver"]) for r in rows] == [
-        ("cifar10", "cifar10_reflow", "LOOM-CFM + 1 Reflow", s) for s in ("euler-1", "euler-2", "midpoint-1")] + [
-        ("ffhq256_latent", "ffhq256", "LOOM-CFM", s) for s in ("midpoint-1", "midpoint-2", "midpoint-4", "dopri5")]
+        ("cifar10", "cifar10_reflow", "LOOM-CFM + 1 Reflow", s) for s in ("euler-1", "euler-2", "midpoint-1")
+    ] + [("ffhq256_latent", "ffhq256", "LOOM-CFM", s) for s in ("midpoint-1", "midpoint-2", "midpoint-4", "dopri5")]
     assert [float(r["nfe"]) for r in rows[:-1]] == [1, 2, 2, 2, 4, 8] and float(rows[-1]["nfe"]) >= 6
     dopri = rows[-1]  # true network calls and the solver's steps, both recorded
     assert float(dopri["nfe"]) == 6 * float(dopri["solver_steps_attempted"]) + 2

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lib.kit.notebooks import figures_not_shown
+from lib import REPO_ROOT
+from lib.kit.notebooks import NOTEBOOKS, figures_not_shown
 
 PNG = {"output_type": "display_data", "data": {"image/png": "iVBORw0KGgo=", "text/plain": "<Image>"}, "metadata": {}}
 TEXT = {"output_type": "stream", "name": "stdout", "text": "saved\n"}
@@ -54,3 +55,12 @@ def test_a_figure_a_branch_skips_is_not_missing(tmp_path: Path) -> None:
     assert figures_not_shown(skipped) == []
     looped = executed(tmp_path, [("for f in figs:\n    run.save_figure(f, 'f')\nrun.save_figure(b, 'b')", [PNG])])
     assert figures_not_shown(looped) == ["cell 1: 2 figure calls, 1 images"]
+
+
+def test_every_published_executed_copy_shows_its_figures() -> None:
+    """What a reader opens in results/: each notebook's executed copy shows every figure it saved (nbval's runs in
+    make test keep no executed copy to check, so the published ones are checked here)."""
+    copies = sorted(REPO_ROOT.glob("results/*/*/[0-9][0-9]_*.ipynb"))
+    assert {p.stem for p in copies if p.parent.parent.name == "quick"} == set(NOTEBOOKS)
+    unshown = {str(p.relative_to(REPO_ROOT)): figures_not_shown(p) for p in copies}
+    assert not any(unshown.values()), unshown
