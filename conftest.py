@@ -13,6 +13,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
@@ -55,12 +56,13 @@ def _notebook_of(item: pytest.Item) -> tuple[str, int]:
     return "", 0
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)  # around every other implementation: xdist reads the groups in its own
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Generator[None]:
     """A notebook's cells share one kernel, and its test reads what they wrote: one xdist group per notebook
     (``--dist loadgroup``), its cells before its test."""
     for item in items:
         name, _ = _notebook_of(item)
         if name:
-            item.add_marker(pytest.mark.xdist_group(name))
+            item.add_marker(pytest.mark.xdist_group(name))  # (pytest 9.2 breaks xdist 3.8's groups: the lock pins 9.1)
     items.sort(key=lambda item: _notebook_of(item)[1])  # stable: the cells keep their order
+    return (yield)
