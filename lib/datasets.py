@@ -624,8 +624,9 @@ class HDF5Images(IndexedImages):
 
     verify: a shard directory made by data prep is checked against its manifest (lib.shards): "cheap" (default:
     finished run, the listed shards with their sizes and counts), "full" (also every SHA-256) or "none". A shard
-    that fails raises lib.shards.ShardCheckFailed naming it. A single file, or a directory without a manifest, is
-    read as it is (``full`` refuses a directory without one).
+    that fails raises lib.shards.ShardCheckFailed naming it. A single file, or a directory of hand-made shards
+    without a manifest, is read as it is (``full`` refuses a directory without one); shards data prep made (marked
+    ``made_by``) whose manifest is gone are refused unless ``verify="none"``.
     """
 
     def __init__(
