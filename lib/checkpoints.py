@@ -63,6 +63,10 @@ class TrainCheckpointError(CheckpointError):
     """A training checkpoint that cannot be resumed: the message names the file and the fix."""
 
 
+class UnsafeCheckpoint(CheckpointError):
+    """A file that pickles a Python global beyond tensors and containers: refused, never unpickled."""
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Files: the one reader and the one writer
 # ---------------------------------------------------------------------------------------------------------
@@ -82,7 +86,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
         refused = _refused_global(err)
         if refused is None:
             raise _corrupt(path, err) from None  # torch's text (kept out: it suggests weights_only=False) is in _reason
-        raise CheckpointError(
+        raise UnsafeCheckpoint(
             f"{path} pickles Python objects beyond tensors: the global {refused}, refused because loading it could "
             "run code; the kit never unpickles such a file. If you wrote the file, save its weights alone, e.g. "
             "torch.save({'model': model.state_dict()}, path), and load that."
@@ -196,6 +200,8 @@ def read_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise TrainCheckpointError(f"no checkpoint at {path}; check the path (or drop --resume to start fresh)")
     try:
         state = read_checkpoint(path)
+    except UnsafeCheckpoint as err:
+        raise TrainCheckpointError(str(err)) from None  # not a damaged file: no advice to resume from another
     except CheckpointError as err:
         raise TrainCheckpointError(
             f"{err} If it is a training checkpoint it may be truncated: delete it and resume from an earlier one"

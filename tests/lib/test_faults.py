@@ -590,6 +590,12 @@ def test_a_refused_checkpoint_names_the_global_and_never_suggests_weights_only_f
     assert sample.main(["--checkpoint", str(system), "--num", "2", "--device", "cpu", "--out", str(out)]) == 2
     err = one_line(capsys.readouterr().err)
     assert "the global posix.system" in err and "could run code" in err and "weights_only" not in err
+    run = tmp_path / "run"  # a crafted checkpoint where lib.train resumes from: refused, not called damaged
+    run.mkdir()
+    torch.save({"format": "loom-kit-train-v1", "extra": SystemCall(marker)}, run / "checkpoint.pt")
+    assert main([*TRAIN, "--out", str(run)]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert "the global posix.system" in err and "truncated" not in err and "weights_only" not in err
     # A pickle torch's loader cannot parse is "not a torch checkpoint", still without torch's advice.
     (tmp_path / "plain.pt").write_bytes(pickle.dumps({"model": {}}, protocol=4))
     with pytest.raises(CheckpointError, match="truncated or not a torch checkpoint") as corrupt:
