@@ -85,7 +85,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     except pickle.UnpicklingError as err:
         refused = _refused_global(err)
         if refused is None:
-            raise _corrupt(path, err) from None  # torch's text (kept out: it suggests weights_only=False) is in _reason
+            raise _corrupt(path, err) from None  # torch's text advises weights_only=False: keep _reason's line
         raise UnsafeCheckpoint(
             f"{path} pickles Python objects beyond tensors: the global {refused}, refused because loading it could "
             "run code; the kit never unpickles such a file. If you wrote the file, save its weights alone, e.g. "
