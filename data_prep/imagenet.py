@@ -50,7 +50,7 @@ def npz_batch_files(source: Path, split: str) -> list[Path]:
 def read_npz_batch(path: Path, resolution: int) -> tuple[np.ndarray, np.ndarray]:
     """One official batch file -> (images uint8 (N, 3, res, res), labels int64 (N,) 0-based)."""
     try:
-        with np.load(path) as batch:
+        with np.load(path, allow_pickle=False) as batch:  # arrays only: a pickled object array is refused
             data, labels = batch["data"], batch["labels"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
         raise DatasetFormatError(

@@ -63,6 +63,10 @@ class TrainCheckpointError(CheckpointError):
     """A training checkpoint that cannot be resumed: the message names the file and the fix."""
 
 
+class UnsafeCheckpoint(CheckpointError):
+    """A file that pickles a Python global beyond tensors and containers: refused, never unpickled."""
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Files: the one reader and the one writer
 # ---------------------------------------------------------------------------------------------------------
@@ -79,13 +83,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Unsupported global" not in str(err):
-            raise _corrupt(path, err) from err
-        raise CheckpointError(
-            f"{path} pickles Python objects beyond tensors ({_last_line(err)}), so loading it could run code, and "
-            "the kit never unpickles. If you wrote the file, save its weights alone, e.g. "
+        refused = _refused_global(err)
+        if refused is None:
+            raise _corrupt(path, err) from None  # torch's text advises weights_only=False: keep _reason's line
+        raise UnsafeCheckpoint(
+            f"{path} pickles Python objects beyond tensors: the global {refused}, refused because loading it could "
+            "run code; the kit never unpickles such a file. If you wrote the file, save its weights alone, e.g. "
             "torch.save({'model': model.state_dict()}, path), and load that."
-        ) from err
+        ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as err:
         raise _corrupt(path, err) from err
 
@@ -148,18 +153,39 @@ def _corrupt(path: Path, err: BaseException) -> CheckpointError:
     size = path.stat().st_size
     return CheckpointError(
         f"{path} ({size:,} bytes) is truncated or not a torch checkpoint: "
-        f"{type(err).__name__}: {_last_line(err)}. {REDOWNLOAD_HINT}"
+        f"{type(err).__name__}: {_reason(err)}. {REDOWNLOAD_HINT}"
     )
 
 
-def _last_line(err: BaseException) -> str:
-    """The informative part of torch's multi-paragraph errors, shortened: the global a refused file pickles
-    ("Unsupported global: GLOBAL builtins.exec"), else the first line that names an error."""
-    text = str(err)
-    refused = re.search(r"Unsupported global: GLOBAL [\w.]+", text)
-    if refused:
-        return refused.group(0)
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+def _unpickler_message(err: BaseException) -> str:
+    """What torch's weights-only unpickler itself said, without the advice torch wraps it in.
+
+    torch raises a new UnpicklingError whose text starts "Weights only load failed" and suggests re-running with
+    ``weights_only=False`` (which would run the file's code); the unpickler's own error is its ``__context__``.
+    """
+    inner = err.__context__
+    if isinstance(inner, pickle.UnpicklingError) and "weights_only" not in str(inner):
+        return str(inner)
+    paragraphs = [p.strip() for p in str(err).split("\n\n") if p.strip()]
+    plain = [p for p in paragraphs if "weights_only" not in p and not p.startswith("Check the documentation")]
+    return plain[-1] if plain else ""
+
+
+def _refused_global(err: BaseException) -> str | None:
+    """The global a refused checkpoint pickles, in full (``posix.system``, ``builtins.exec``), or None when torch
+    refused the file for another reason (a damaged pickle stream)."""
+    found = re.search(r"GLOBAL (\S+)", _unpickler_message(err))
+    if found is None:
+        return None
+    name = found.group(1)
+    # torch drops the module of builtins ("GLOBAL exec"); a global always lives in a module, so name it.
+    return name if "." in name else f"builtins.{name}"
+
+
+def _reason(err: BaseException) -> str:
+    """The informative part of a load error, one line, at most 200 characters, never torch's weights_only advice."""
+    text = _unpickler_message(err) if isinstance(err, pickle.UnpicklingError) else str(err)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
     informative = [ln for ln in lines if "error" in ln.lower()]
     return (informative or lines or [""])[0][:200]
 
@@ -174,6 +200,8 @@ def read_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise TrainCheckpointError(f"no checkpoint at {path}; check the path (or drop --resume to start fresh)")
     try:
         state = read_checkpoint(path)
+    except UnsafeCheckpoint as err:
+        raise TrainCheckpointError(str(err)) from None  # not a damaged file: no advice to resume from another
     except CheckpointError as err:
         raise TrainCheckpointError(
             f"{err} If it is a training checkpoint it may be truncated: delete it and resume from an earlier one"
@@ -407,12 +435,36 @@ def decoder_from_checkpoint(model_state: Mapping[str, Tensor]) -> LatentDecoder 
     return LatentDecoder(load_autoencoder({k: clean[k] for k in ae_keys}), clean[SCALE_KEY])
 
 
-def kit_decoder(latent: Mapping[str, Any] | None) -> LatentDecoder | None:
+def recorded_autoencoder(recorded: str, checkpoint: str | os.PathLike[str]) -> str:
+    """The autoencoder a kit checkpoint records -> itself, if it may be loaded without the user naming it.
+
+    A checkpoint may only select among sources the kit knows or that are already on this machine: the paper's
+    autoencoder (lib.autoencoder.DEFAULT_AUTOENCODER) or a local file or folder (read under the policy; nothing is
+    downloaded). Any other hub repository raises CheckpointError before anything is fetched: a checkpoint must not
+    choose what code or weights are downloaded.
+    """
+    if recorded == DEFAULT_AUTOENCODER or Path(recorded).exists():
+        return recorded
+    raise CheckpointError(
+        f"{checkpoint} records the autoencoder {recorded!r}, which is neither the kit's known autoencoder "
+        f"({DEFAULT_AUTOENCODER}) nor a file or folder on this machine; a checkpoint cannot choose what is "
+        f"downloaded, so nothing was fetched. Fix: if you trust it, name it yourself: --autoencoder {recorded} "
+        "(lib.sample, lib.evaluate) or load_model(..., autoencoder=...)"
+    )
+
+
+def kit_decoder(
+    latent: Mapping[str, Any] | None,
+    autoencoder: Source | None = None,
+    checkpoint: str | os.PathLike[str] = "the checkpoint",
+) -> LatentDecoder | None:
     """A kit checkpoint's ``latent`` record {autoencoder, scale} (lib.train) -> its LatentDecoder, or None for a
-    model trained on pixels."""
+    model trained on pixels. ``autoencoder``: the source the user named, used instead of the recorded one; without
+    it the recorded source must pass :func:`recorded_autoencoder`."""
     if not latent:
         return None
-    return LatentDecoder(load_autoencoder(latent["autoencoder"]), latent["scale"])
+    source = autoencoder if autoencoder is not None else recorded_autoencoder(str(latent["autoencoder"]), checkpoint)
+    return LatentDecoder(load_autoencoder(source), latent["scale"])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -456,17 +508,27 @@ class LoadedModel:
     decoder: nn.Module | None = None
 
 
-def load_model(path: str | os.PathLike[str], use_ema: bool = True) -> LoadedModel:
+def load_model(
+    path: str | os.PathLike[str], use_ema: bool = True, autoencoder: str | os.PathLike[str] | None = None
+) -> LoadedModel:
     """A kit training checkpoint (the EMA weights by default), a released LOOM-CFM checkpoint, or
     ``released:<name>`` (fetched through huggingface_hub) -> :class:`LoadedModel`. The file is read once.
 
     The architecture is read off the weights: a lib.unet preset (the released layout) or the toy MLP.
     A file of another architecture raises CheckpointError listing what does not fit. Latent models get
     ``decoder``: a released checkpoint from its ``ae.*`` weights and ``ae.scale``, a kit checkpoint trained on
-    HDF5 latents from the autoencoder source and scale it recorded.
+    HDF5 latents from the scale it recorded and ``autoencoder`` (the user's choice: a hub id, folder or weights
+    file) or else the autoencoder it recorded, if the kit knows it or it is on this machine
+    (:func:`recorded_autoencoder`; a checkpoint never chooses what is downloaded).
     """
     path = checkpoint_file(path)
     state = load_checkpoint_state(path)
+    latent_kit = state.get("format") == KIT_FORMAT and bool(state.get("latent"))
+    if autoencoder is not None and not latent_kit:
+        raise ValueError(
+            f"--autoencoder applies to kit checkpoints trained on latents; {path} is not one (a released latent "
+            "checkpoint decodes with its own ae.* weights): drop --autoencoder"
+        )
     if state.get("format") == KIT_FORMAT:
         weights = ema_weights(state) if use_ema else state["model"]
         info: dict[str, Any] = {
@@ -480,7 +542,9 @@ def load_model(path: str | os.PathLike[str], use_ema: bool = True) -> LoadedMode
             return LoadedModel(model, (model.dim,), {**info, "preset": "mlp"})
         unet, unet_info = load_released_unet(weights)
         latent = state.get("latent")
-        decoder = kit_decoder(latent)
+        decoder = kit_decoder(latent, autoencoder, path)
+        if autoencoder is not None:
+            latent = {**latent, "autoencoder": str(autoencoder)}  # info says which autoencoder decoded
     else:
         unet, unet_info = load_released_unet(state)
         info = {

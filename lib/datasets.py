@@ -58,7 +58,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lib.files import atomic_write
+from lib.files import UnsafePickle, atomic_write, read_data_pickle
 from lib.shards import Verify, verify_folder
 from lib.toy import digits_split_indices, digits_vectors
 
@@ -280,10 +280,16 @@ def _cifar10_missing_message(root: Path, missing: list[str]) -> str:
 
 
 def _load_pickle(path: Path) -> dict[str, Any]:
-    """Read one CIFAR pickle the way torchvision does (latin1 for the Python 2 originals) -> dict."""
+    """Parse one CIFAR pickle as torchvision reads it (latin1 for the Python 2 originals) -> dict, admitting only
+    numpy arrays and plain containers (lib.files.read_data_pickle): a crafted batch cannot run code."""
     try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+        entry = read_data_pickle(path, encoding="latin1")
+    except UnsafePickle as error:
+        raise DatasetFormatError(
+            f"{path} is not an official CIFAR-10 batch: it pickles the global {error.name}, which the format never "
+            f"holds, so it was refused without loading (loading it could run code). Fix: delete "
+            f"{path.parent} and run `python data_prep/cifar10.py --root {path.parent.parent}`"
+        ) from error
     except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError) as error:
         raise DatasetFormatError(f"{path} is not a readable CIFAR pickle ({error})") from error
     if not isinstance(entry, dict):
@@ -295,8 +301,9 @@ def read_cifar10(root: PathLike, train: bool = True) -> tuple[Tensor, Tensor, li
     """Read ``root/cifar-10-batches-py`` -> (images uint8 (N, 3, 32, 32), labels int64 (N,), class names).
 
     Mirrors ``torchvision.datasets.CIFAR10`` exactly (same files, keys, order and reshape) without its MD5
-    check, which refuses any file but the official one. Like torchvision it unpickles, so only read
-    folders you trust.
+    check, which refuses any file but the official one. Unlike torchvision it never unpickles arbitrary
+    globals: a batch that pickles anything but numpy arrays and plain containers raises DatasetFormatError
+    naming the global, and nothing it names runs.
     """
     root = Path(root)
     folder = root / CIFAR10_FOLDER
@@ -617,8 +624,9 @@ class HDF5Images(IndexedImages):
 
     verify: a shard directory made by data prep is checked against its manifest (lib.shards): "cheap" (default:
     finished run, the listed shards with their sizes and counts), "full" (also every SHA-256) or "none". A shard
-    that fails raises lib.shards.ShardCheckFailed naming it. A single file, or a directory without a manifest, is
-    read as it is (``full`` refuses a directory without one).
+    that fails raises lib.shards.ShardCheckFailed naming it. A single file, or a directory of hand-made shards
+    without a manifest, is read as it is (``full`` refuses a directory without one); shards data prep made (marked
+    ``made_by``) whose manifest is gone are refused unless ``verify="none"``.
     """
 
     def __init__(

@@ -200,6 +200,12 @@ def evaluate_command(argv: list[str]) -> int:
         choices=["inception", "random"],
         help="random: lib.fid.RandomConvFeatures (offline checks only; not comparable with any FID)",
     )
+    p.add_argument(
+        "--autoencoder",
+        default=None,
+        help="kit checkpoints trained on latents: decode with this autoencoder (hub id, save_pretrained folder or "
+        "weights file) instead of the one the checkpoint records",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=cli.positive_int, default=250)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -214,7 +220,7 @@ def evaluate_command(argv: list[str]) -> int:
     device = cli.check_device(args.device)
     rows = read_rows(args.out)
     path = checkpoint_file(args.checkpoint)
-    loaded = load_model(path)
+    loaded = load_model(path, autoencoder=args.autoencoder)
     extractor = feature_network(args.features, args.protocol)
     evaluation = evaluation_key(args, path, device)
     for solver in solvers:

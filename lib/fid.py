@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -497,9 +498,18 @@ def _dataset_reference(
 
 
 def _custom_reference(name: str, path: Path) -> _Reference:
-    stats = np.load(path)
-    count = int(stats["num_images"]) if "num_images" in stats else None  # files from clean-fid itself lack it
-    return _Reference(stats["mu"], stats["sigma"], f"custom stats {name!r} ({path.name})", count)
+    """clean-fid custom statistics (an npz of mu, sigma[, num_images]) -> the reference; arrays only, never
+    unpickled (an object array in the file is refused)."""
+    try:
+        with np.load(path, allow_pickle=False) as stats:
+            mu, sigma = stats["mu"], stats["sigma"]
+            count = int(stats["num_images"]) if "num_images" in stats else None  # clean-fid's own files lack it
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise ValueError(
+            f"{path} is not clean-fid statistics of plain arrays mu and sigma ({err}); recompute them with "
+            "cleanfid.fid.make_custom_stats"
+        ) from err
+    return _Reference(mu, sigma, f"custom stats {name!r} ({path.name})", count)
 
 
 def _reference(

@@ -4,6 +4,9 @@
   ``os.replace``, so a reader or a crash sees the old file or the new one, never a torn one. A kill between the two
   leaves the temporary file; :func:`remove_stale_temps` deletes those when a process takes over the folder.
 - :func:`sha256_file`: the checksum data-prep manifests record per shard.
+- :func:`read_data_pickle`: a data file in a pickle format (CIFAR-10's batches) parsed by an unpickler that admits
+  only numpy arrays and plain containers; any other global (``posix.system``, ``builtins.exec``) raises
+  :class:`UnsafePickle` naming it, before anything it names is called. The kit never unpickles arbitrary globals.
 - :class:`FolderLock`: one process writes a folder (a training run, a data-prep output) at a time. The lock file
   ``<folder>/run.lock`` records pid, host and the process's start time; a lock whose process is gone (same host),
   or whose heartbeat stopped (another host: the holder touches it every minute), is stale and taken over.
@@ -19,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
 import socket
 import threading
 import time
@@ -93,6 +97,75 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     """The SHA-256 of a file's bytes, as hex (streamed: any size)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pickled data, parsed without running code
+# ---------------------------------------------------------------------------------------------------------
+class UnsafePickle(ValueError):
+    """A pickled data file names a global beyond numpy arrays and plain containers; ``name`` is it in full."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        super().__init__(f"{path} pickles the global {name}")
+        self.path, self.name = path, name
+
+
+def _data_globals() -> dict[tuple[str, str], Any]:
+    """(module, name) -> object of every global a pickled numpy array or plain container needs, under both numpy
+    module names (``numpy.core``, which NumPy 1 and the Python 2 originals of CIFAR-10 write, and NumPy 2's
+    ``numpy._core``). Each only builds arrays, dtypes or containers from its arguments: none runs other code."""
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # NumPy 1
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    array_globals = {
+        ("multiarray", "_reconstruct"): multiarray._reconstruct,  # ndarray.__reduce__ (pickle protocols 0-4)
+        ("multiarray", "scalar"): multiarray.scalar,  # a numpy scalar
+        ("numeric", "_frombuffer"): numeric._frombuffer,  # ndarray.__reduce_ex__ (protocol 5)
+    }
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for (module, name), value in array_globals.items():
+        for package in ("numpy.core", "numpy._core"):
+            allowed[f"{package}.{module}", name] = value
+    for container in (list, dict, tuple, set, frozenset, bytearray):  # what protocols 0-2 build by calling them
+        for module in ("builtins", "__builtin__"):  # __builtin__: Python 2 pickles
+            allowed[module, container.__name__] = container
+    allowed["_codecs", "encode"] = _latin1_bytes  # how protocols 0-2 write Python 3 bytes
+    return allowed
+
+
+def _latin1_bytes(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as pickles of bytes use it (text, "latin1"), and nothing else: no other codec runs."""
+    if encoding != "latin1" or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not how a pickle stores bytes")
+    return text.encode("latin1")
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """An unpickler whose only globals are :func:`_data_globals`: it refuses the rest by name, never importing them."""
+
+    def __init__(self, file: IO[bytes], path: Path, encoding: str) -> None:
+        super().__init__(file, encoding=encoding)
+        self.path, self.allowed = path, _data_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.allowed:
+            raise UnsafePickle(self.path, f"{module}.{name}")
+        return self.allowed[module, name]
+
+
+def read_data_pickle(path: str | os.PathLike[str], encoding: str = "latin1") -> Any:
+    """Parse a pickled data file (numpy arrays, numbers, strings, bytes, lists, dicts) -> its object.
+
+    ``encoding``: how Python 2 strings decode (latin1 keeps every byte, as torchvision reads CIFAR-10). Raises
+    :class:`UnsafePickle` for any other global, before it is called; a truncated or non-pickle file raises
+    pickle.UnpicklingError / EOFError / ValueError as :func:`pickle.load` does.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        return _DataUnpickler(f, path, encoding).load()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -110,11 +110,17 @@ def sample_command(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=cli.positive_int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--raw-weights", action="store_true", help="kit checkpoints: the raw weights, not the EMA")
+    p.add_argument(
+        "--autoencoder",
+        default=None,
+        help="kit checkpoints trained on latents: decode with this autoencoder (hub id, save_pretrained folder or "
+        "weights file) instead of the one the checkpoint records",
+    )
     p.add_argument("--out", type=Path, required=True, help="PNG grid (images) or .pt tensor file")
     args = p.parse_args(argv)
     parse_solver(args.solver)  # a typo fails here, before the model is loaded
     device, out = cli.check_device(args.device), check_output(args.out)
-    loaded = load_model(args.checkpoint, use_ema=not args.raw_weights)
+    loaded = load_model(args.checkpoint, use_ema=not args.raw_weights, autoencoder=args.autoencoder)
     batches = list(generate(loaded, args.num, args.solver, args.seed, args.batch_size, device))
     images = torch.cat([to_images(loaded, x) for x, _ in batches])
     if out.suffix == ".pt":

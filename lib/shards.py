@@ -15,6 +15,10 @@ Data prep (data_prep/imagenet.py, ffhq_latents.py, reflow_pairs.py) writes ``<fo
   unfinished run and a shard from another run; it cannot see bytes overwritten in place (same size, header intact).
 - The full check (``verify="full"``, ``lib.train --verify-data``): the SHA-256 of every shard, which catches that too.
   Either check names the shard that fails.
+- Every shard a :class:`ShardFolder` records carries the HDF5 file attribute ``made_by`` (the script). A folder whose
+  shards say they were made by data prep but whose manifest is gone is refused by both checks: without the manifest
+  nothing can tell whether shards are missing. The fix is to rerun the script (``--overwrite`` rebuilds the folder);
+  ``verify="none"`` reads the shards as they are. Hand-made shards (no ``made_by``) without a manifest read as they are.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +35,7 @@ from lib.files import remove_stale_temps, sha256_file, write_json
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "loom-kit-shards-v1"
+MADE_BY_ATTR = "made_by"  # HDF5 file attribute of every shard a ShardFolder records: the data-prep script
 Verify = Literal["none", "cheap", "full"]
 VERIFY_LEVELS = ("none", "cheap", "full")
 
@@ -108,7 +114,12 @@ class ShardFolder:
         return path.name in self.manifest["shards"]
 
     def record(self, path: Path, examples: int) -> None:
-        """List a shard just written (atomically) with its size, example count and checksum."""
+        """Mark a shard just written (atomically) as this script's (:data:`MADE_BY_ATTR`), then list it with its
+        size, example count and checksum. A kill while marking leaves an unlisted shard, which a rerun remakes."""
+        import h5py  # only data prep records shards
+
+        with h5py.File(path, "r+") as f:
+            f.attrs[MADE_BY_ATTR] = self.manifest["made_by"]
         self.manifest["shards"][path.name] = {
             "bytes": path.stat().st_size,
             "examples": int(examples),
@@ -150,11 +161,31 @@ class ShardFolder:
         for name in list(shards):
             path = self.out / name
             if not path.is_file() or path.stat().st_size != shards[name]["bytes"]:
+                if path.is_file():
+                    _say_deleted(path, f"it is not the {shards[name]['bytes']:,} bytes {MANIFEST_NAME} records")
                 del shards[name]
                 path.unlink(missing_ok=True)
         for path in self.out.glob(self.pattern):
             if path.name not in shards:
+                _say_deleted(path, f"{MANIFEST_NAME} does not list it (a run killed before listing it, or a copy)")
                 path.unlink()
+
+
+def _say_deleted(path: Path, why: str) -> None:
+    """A rerun deletes a shard it cannot vouch for (to make it again): never silently."""
+    print(f"deleting {path}: {why}; it will be made again", file=sys.stderr, flush=True)
+
+
+def _made_by(shards: list[Path]) -> str | None:
+    """The data-prep script the shards' :data:`MADE_BY_ATTR` names (None for shards made by hand)."""
+    import h5py
+
+    for path in shards:
+        with h5py.File(path, "r") as f:
+            made_by = f.attrs.get(MADE_BY_ATTR)
+        if made_by is not None:
+            return str(made_by)
+    return None
 
 
 def verify_folder(folder: Path, shards: list[Path], examples: Mapping[Path, int], level: Verify = "cheap") -> bool:
@@ -170,6 +201,13 @@ def verify_folder(folder: Path, shards: list[Path], examples: Mapping[Path, int]
         return False
     manifest = read_manifest(folder)
     if manifest is None:
+        made_by = _made_by(shards)
+        if made_by is not None:
+            raise ShardCheckFailed(
+                f"{folder} has no {MANIFEST_NAME} but its {len(shards)} shard(s) were made by {made_by}, which writes "
+                f"one: without it missing shards cannot be detected. Fix: rerun {made_by} with --overwrite to rebuild "
+                "the folder (in Python, HDF5Images(..., verify='none') reads the shards as they are)"
+            )
         if level == "full":
             raise ShardCheckFailed(f"{folder} has no {MANIFEST_NAME}: there are no checksums to verify its shards by")
         return False

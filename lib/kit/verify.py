@@ -2,7 +2,10 @@
 
 Every value in a notebook's CSV and JSON files is one of:
 
-- a **timing** (milliseconds, throughput, memory, and ratios of timings): reported, never judged;
+- a **timing** (milliseconds, throughput, memory, ratios of timings, and labels chosen by comparing timings, such
+  as which part of a step is largest): reported, never judged;
+- an **identifier** (a cache key, a run folder's name: a digest that names code and settings) or a value that says
+  where or when a run happened: not compared;
 - a **metric** of a kind in :data:`TOLERANCES`: identical, within that kind's stated tolerance, or different;
 - anything else (counts, NFE, names, settings): identical or different.
 
@@ -88,6 +91,12 @@ TIMING_WORDS = frozenset(
         "seconds",
     }
 )
+# Labels picked by comparing timings (notebook 09's dominant_parts[*].part: which part of the step is largest): they
+# follow the timings, so they are timings too. A name is one when it holds every word of one of these sets.
+TIMING_LABELS = (frozenset({"dominant", "part"}),)
+# Identifiers: digests that name a run's settings and code (notebook 12's runs.csv cache_key), not a result. The
+# settings they digest are compared in their own columns.
+IDENTIFIER_WORDS = frozenset({"key", "digest", "sha256"})
 # Values that say where or when a run happened, not what it computed.
 # A run folder's name (a teacher's, a checkpoint's) carries a digest of lib's code (lib.experiments.pipeline.keyed):
 # it names the code, not a result.
@@ -127,10 +136,10 @@ class Comparison:
 def kind_of(name: str, context: str = "") -> str:
     """A column or key name -> "timing", "ignored", a TOLERANCES kind, or "exact"; ``context`` (a JSON file's
     name) decides when the name alone says nothing, e.g. ``one_step_w2.json``'s ``8gaussians.loom``."""
-    if name.rsplit(".", 1)[-1] in IGNORED_WORDS:
+    if name.rsplit(".", 1)[-1] in IGNORED_WORDS or _words(name.rsplit(".", 1)[-1]) & IDENTIFIER_WORDS:
         return "ignored"
     for words in (_words(name), _words(context)):
-        if words & TIMING_WORDS:
+        if words & TIMING_WORDS or any(label <= words for label in TIMING_LABELS):
             return "timing"
         for kind, (names, _) in TOLERANCES.items():
             if words & names:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import numpy as np
 import pytest
 import torch
 
@@ -23,6 +25,7 @@ from lib import REPO_ROOT, evaluate, fabricate, sample
 from lib.checkpoints import CheckpointError, read_checkpoint, read_training_checkpoint
 from lib.datasets import HDF5Images
 from lib.files import FolderLock
+from lib.kit.results import read_table
 from lib.shards import ShardCheckFailed
 from lib.train import main
 
@@ -362,7 +365,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path: Path, 
             err = capsys.readouterr().err
             assert "pickles Python objects beyond tensors" in err and "never unpickles" in err, (name, err)
             assert not marker.exists(), f"{name} {checkpoint} ran the file's code"
-    with pytest.raises(CheckpointError, match="Unsupported global.*exec"):
+    with pytest.raises(CheckpointError, match=r"the global builtins\.exec, refused because loading it could run code"):
         read_checkpoint(evil)
     torch.load(evil, weights_only=False)  # this test wrote the file: unpickled here, it really runs code
     assert marker.exists()
@@ -420,3 +423,267 @@ def test_a_signal_to_one_rank_stops_both_at_one_step_and_the_rerun_is_exact(tmp_
         _, stderr = run.communicate(timeout=600)
         assert run.returncode == 0, stderr[-4000:]
     assert_same_run(out / "checkpoint.pt", tmp_path / "straight" / "checkpoint.pt")
+
+
+# =========================================================================================================
+# Issue 25, part A: hostile data files and checkpoints, a shard folder without its manifest, verify across CPUs
+# =========================================================================================================
+class SystemCall:
+    """Unpickling this calls os.system (``posix.system``): what a crafted data file or checkpoint does. Here the
+    command only creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return os.system, (f"touch {self.marker}",)
+
+
+def one_line(err: str) -> str:
+    """The one line a command line prints for an expected error (lib.cli: ``error: ...``; progress bars aside);
+    fails on a traceback or a second error line."""
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert not any(line.startswith("  ") for line in err.splitlines()), err  # lib.cli indents further lines
+    return errors[0]
+
+
+def test_a_crafted_cifar10_batch_is_refused_everywhere_and_runs_no_code(tmp_path: Path, capsys) -> None:
+    from data_prep import cifar10
+    from lib.datasets import CIFAR10_FOLDER, DatasetFormatError, read_cifar10
+
+    root, marker = tmp_path / "c10", tmp_path / "code_ran"
+    folder = fabricate.write_fake_cifar10(root, num_train=20, num_test=10)
+    # The fabricated official format still loads bit-identically: the arrays and lists pickle.load gives (this
+    # test wrote the files, so unpickling them here is safe).
+    images, labels, classes = read_cifar10(root)
+    entries = [pickle.loads((folder / f"data_batch_{b}").read_bytes(), encoding="latin1") for b in range(1, 6)]
+    assert torch.equal(images, torch.from_numpy(np.vstack([e["data"] for e in entries]).reshape(-1, 3, 32, 32)))
+    assert labels.tolist() == [label for e in entries for label in e["labels"]] and classes[0] == "airplane"
+    assert [len(x) for x in read_cifar10(root, train=False)[:2]] == [10, 10]
+
+    crafted = {**entries[0], "filenames": [SystemCall(marker)]}
+    (folder / "data_batch_1").write_bytes(pickle.dumps(crafted, protocol=2))
+    refusal = rf"{folder / 'data_batch_1'} is not an official CIFAR-10 batch: it pickles the global posix\.system"
+    with pytest.raises(DatasetFormatError, match=refusal):
+        read_cifar10(root)
+    assert not marker.exists()
+    train = [sys.executable, "-m", "lib.train", "--dataset", "cifar10", "--root", str(root), "--steps", "1"]
+    train += ["--batch-size", "4", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "run")]
+    done = subprocess.run(train, capture_output=True, text=True, cwd=REPO_ROOT, env={**os.environ, **ENV}, timeout=300)
+    assert done.returncode == 2 and re.search(refusal, one_line(done.stderr)), done.stderr
+    assert "could run code" in done.stderr and f"data_prep/cifar10.py --root {root}" in done.stderr
+    assert not marker.exists(), "lib.train ran the batch's code"
+    assert cifar10.main(["--root", str(root), "--offline", "--allow-subset"]) == 2
+    assert re.search(refusal, one_line(capsys.readouterr().err))
+    assert not marker.exists(), "data_prep/cifar10.py ran the batch's code"
+    assert not (tmp_path / "run" / "checkpoint.pt").exists() and (root / CIFAR10_FOLDER).is_dir()
+    pickle.loads((folder / "data_batch_1").read_bytes())  # this test wrote the file: unpickled, it really runs code
+    assert marker.exists()
+
+
+def test_pickled_objects_in_npz_data_are_refused_not_unpickled(tmp_path: Path, capsys) -> None:
+    marker = tmp_path / "code_ran"
+    fabricate.write_fake_imagenet(tmp_path / "src", [4])
+    batch = tmp_path / "src" / "train_data_batch_1.npz"
+    with np.load(batch) as arrays:
+        data = arrays["data"]
+    labels = np.array([SystemCall(marker)] * len(data), dtype=object)  # an object array: stored as a pickle
+    np.savez(batch, data=data, labels=labels)
+    argv = ["--source", str(tmp_path / "src"), "--resolution", "32", "--out", str(tmp_path / "out")]
+    assert imagenet.main(argv) == 2
+    err = one_line(capsys.readouterr().err)
+    assert f"{batch} is not a downsampled-ImageNet batch" in err and "allow_pickle=False" in err
+    assert not marker.exists()
+
+
+def fake_latent_checkpoint(path: Path, autoencoder: str) -> Path:
+    """A lib.train checkpoint of the tiny latent UNet (4 x 8 x 8) whose ``latent`` record names ``autoencoder``."""
+    from lib.couplings import make_coupling
+    from lib.train import TrainConfig, train_flow
+    from lib.unet import build_unet
+
+    torch.manual_seed(0)
+    config = TrainConfig(steps=2, batch_size=4, progress=False, ema_decay=0.5)
+    train_flow(build_unet("tiny_latent"), torch.randn(8, 4, 8, 8), make_coupling("independent", 8), config, path)
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "latent": {"autoencoder": autoencoder, "scale": 0.5}}, path)
+    return path
+
+
+def test_a_checkpoint_cannot_choose_which_autoencoder_is_downloaded(tmp_path: Path, monkeypatch, capsys) -> None:
+    import diffusers.configuration_utils
+    import diffusers.utils.hub_utils
+    import huggingface_hub
+    import huggingface_hub.file_download
+
+    from lib.checkpoints import load_model
+
+    fetched: list[tuple[Any, ...]] = []
+
+    def record(*args: Any, **kwargs: Any) -> None:
+        fetched.append(args + tuple(kwargs.values()))
+        raise OSError("this test records downloads instead of making them")
+
+    # Every binding diffusers and huggingface_hub download through (diffusers imports the functions by name).
+    for module in (
+        huggingface_hub,
+        huggingface_hub.file_download,
+        diffusers.utils.hub_utils,
+        diffusers.configuration_utils,
+    ):
+        for name in ("hf_hub_download", "snapshot_download"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, record)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    evil = fake_latent_checkpoint(tmp_path / "evil.pt", "evil-org/evil-vae")
+    fabricate.write_reference_folder(torch.zeros(4, 3, 64, 64, dtype=torch.uint8), tmp_path / "ref")
+    with pytest.raises(CheckpointError, match=r"records the autoencoder 'evil-org/evil-vae', which is neither"):
+        load_model(evil)
+    sample_argv = ["--checkpoint", str(evil), "--num", "2", "--device", "cpu", "--out", str(tmp_path / "s.png")]
+    evaluate_argv = ["--checkpoint", str(evil), "--solvers", "euler-1", "--num-samples", "4", "--features", "random"]
+    evaluate_argv += ["--reference", str(tmp_path / "ref"), "--device", "cpu", "--out", str(tmp_path / "fid.json")]
+    for run in (lambda: sample.main(sample_argv), lambda: evaluate.main(evaluate_argv)):
+        assert run() == 2
+        err = one_line(capsys.readouterr().err)
+        assert (
+            "'evil-org/evil-vae'" in err and "--autoencoder evil-org/evil-vae" in err and "nothing was fetched" in err
+        )
+    assert fetched == [], f"a checkpoint made the tools fetch {fetched}"
+    assert not (tmp_path / "s.png").exists() and not (tmp_path / "fid.json").exists()
+
+    # The user's choice is what decides: a folder they name decodes, nothing fetched ...
+    tiny = tmp_path / "tiny_vae"
+    fabricate.tiny_autoencoder().save_pretrained(tiny)
+    assert sample.main([*sample_argv, "--autoencoder", str(tiny)]) == 0 and (tmp_path / "s.png").is_file()
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["autoencoder"] == str(tiny)
+    assert fetched == []
+    # ... and a repository they name is fetched (the recorder sees it: it would have seen the checkpoint's too).
+    with pytest.raises(FileNotFoundError, match="evil-org/evil-vae"):
+        load_model(evil, autoencoder="evil-org/evil-vae")
+    assert fetched and "evil-org/evil-vae" in fetched[0]
+    # --autoencoder where it does not apply is refused, not ignored.
+    digits = tmp_path / "digits.pt"
+    fake_latent_checkpoint(digits, str(tiny))
+    state = torch.load(digits, weights_only=True)
+    torch.save({k: v for k, v in state.items() if k != "latent"}, digits)
+    assert sample.main([*sample_argv[:1], str(digits), *sample_argv[2:], "--autoencoder", str(tiny)]) == 2
+    assert "drop --autoencoder" in one_line(capsys.readouterr().err)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")  # torch on plain.pt, below
+def test_a_refused_checkpoint_names_the_global_and_never_suggests_weights_only_false(tmp_path: Path, capsys) -> None:
+    marker = tmp_path / "code_ran"
+    system = tmp_path / "system.pt"
+    torch.save({**fabricate.fake_release_state("digits", seed=0), "extra": SystemCall(marker)}, system)
+    malicious_release(tmp_path / "exec.pt", marker)
+    for path, name in ((system, "posix.system"), (tmp_path / "exec.pt", "builtins.exec")):
+        with pytest.raises(CheckpointError) as refused:
+            read_checkpoint(path)
+        message = str(refused.value)
+        assert (
+            f"pickles Python objects beyond tensors: the global {name}, refused because loading it could run code"
+            in message
+        )
+        assert "weights_only" not in message and "truncated" not in message and "\n" not in message
+    out = tmp_path / "s.png"
+    assert sample.main(["--checkpoint", str(system), "--num", "2", "--device", "cpu", "--out", str(out)]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert "the global posix.system" in err and "could run code" in err and "weights_only" not in err
+    run = tmp_path / "run"  # a crafted checkpoint where lib.train resumes from: refused, not called damaged
+    run.mkdir()
+    torch.save({"format": "loom-kit-train-v1", "extra": SystemCall(marker)}, run / "checkpoint.pt")
+    assert main([*TRAIN, "--out", str(run)]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert "the global posix.system" in err and "truncated" not in err and "weights_only" not in err
+    # A pickle torch's loader cannot parse is "not a torch checkpoint", still without torch's advice.
+    (tmp_path / "plain.pt").write_bytes(pickle.dumps({"model": {}}, protocol=4))
+    with pytest.raises(CheckpointError, match="truncated or not a torch checkpoint") as corrupt:
+        read_checkpoint(tmp_path / "plain.pt")
+    assert "weights_only" not in str(corrupt.value)
+    assert not marker.exists()
+
+
+def test_a_shard_folder_without_its_manifest_is_refused_and_a_rerun_says_what_it_deletes(
+    tmp_path: Path, capsys
+) -> None:
+    fabricate.write_fake_imagenet(tmp_path / "src", [7, 9, 10])
+    prep = ["--source", str(tmp_path / "src"), "--resolution", "32", "--out", str(tmp_path / "in32")]
+    prep += ["--shard-size", "6"]
+    assert imagenet.main(prep) == 0
+    folder = tmp_path / "in32" / "train"
+    shards = sorted(folder.glob("*.h5"))
+    assert len(shards) == 5 and len(HDF5Images(folder, flip=False)) == 26
+    capsys.readouterr()
+    (folder / "manifest.json").unlink()
+    for shard in shards[1:4]:
+        shard.unlink()
+    refusal = rf"{folder} has no manifest.json but its 2 shard\(s\) were made by data_prep/imagenet.py"
+    with pytest.raises(ShardCheckFailed, match=refusal):
+        HDF5Images(folder, flip=False)
+    argv = ["--dataset", "hdf5", "--root", str(folder), "--steps", "1", "--batch-size", "4", "--device", "cpu"]
+    assert main([*argv, "--no-progress", "--out", str(tmp_path / "run")]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert re.search(refusal, err) and "rerun data_prep/imagenet.py with --overwrite" in err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert len(HDF5Images(folder, flip=False, verify="none")) == 8  # the explicit opt-out reads what is there
+    assert imagenet.main(prep) == 2 and "--overwrite" in capsys.readouterr().err  # shards of unknown settings
+    assert imagenet.main([*prep, "--overwrite"]) == 0  # rebuilt whole
+    assert len(HDF5Images(folder, flip=False, verify="full")) == 26
+    capsys.readouterr()
+    # A rerun deletes a shard the manifest does not list (to make the folder what it records), and says so.
+    extra = folder / "imagenet32_train_00009.h5"
+    extra.write_bytes(shards[0].read_bytes())
+    assert imagenet.main(prep) == 0
+    err = capsys.readouterr().err
+    assert f"deleting {extra}: manifest.json does not list it" in err and not extra.exists()
+    assert len(HDF5Images(folder, flip=False, verify="full")) == 26
+    # Hand-made shards (not marked by data prep) without a manifest still read as they are.
+    from lib.datasets import write_hdf5_images
+
+    write_hdf5_images(tmp_path / "mine" / "a.h5", torch.zeros(3, 1, 2, 2, dtype=torch.uint8))
+    write_hdf5_images(tmp_path / "mine" / "b.h5", torch.zeros(2, 1, 2, 2, dtype=torch.uint8))
+    assert len(HDF5Images(tmp_path / "mine", flip=False)) == 5
+
+
+def test_verify_compares_neither_timing_labels_nor_identifiers(tmp_path: Path) -> None:
+    from lib.kit import verify
+
+    assert verify.kind_of("dominant_parts[3].part", "conclusion") == "timing"  # the largest part: timings decide
+    assert verify.kind_of("cache_key") == verify.kind_of("run_digest") == "ignored"  # identifiers
+    assert verify.kind_of("part") == verify.kind_of("dominant_parts[3].shape") == "exact"  # fixed labels: compared
+    old, new = tmp_path / "old", tmp_path / "new"
+    for folder, part, key in ((old, "assignment", "37534a0b614249b4"), (new, "cost_matrix", "0f3c9d2e11aa4b70")):
+        folder.mkdir()
+        (folder / "conclusion.json").write_text(json.dumps({"dominant_parts": [{"shape": "2", "part": part}]}))
+        (folder / "runs.csv").write_text(f"label,last_step,cache_key\nOT,800,{key}\n")
+    assert verify.compare_folders(new, old, "09_performance").ok
+    (new / "runs.csv").write_text("label,last_step,cache_key\nOT,801,0f3c9d2e11aa4b70\n")  # a real difference
+    assert verify.compare_folders(new, old, "09_performance").different == ["runs.csv: row 0 last_step 800 -> 801"]
+
+
+@pytest.mark.slow
+def test_verify_passes_across_cpu_capabilities_where_nothing_real_differs(tmp_path: Path) -> None:
+    """Notebook 12 with its smoke test's tiny parameters, under this machine's CPU capability and under AVX2 (torch,
+    MKL and oneDNN held to it, as lib.kit.reproduce --match-cpu does). Its trained scores move across the two and its
+    cache keys differ; verify finds every number identical or within its tolerance. About 40 s."""
+    import runpy
+
+    from lib.kit import reproduce, verify
+
+    name = "12_noise_table_study"
+    parameters = runpy.run_path(str(REPO_ROOT / "tests" / "notebooks" / f"test_{name}.py"))["TINY_12"]
+    folders = {}
+    for capability in (None, "AVX2"):
+        results = tmp_path / (capability or "own")
+        with reproduce.environment(reproduce.capability_environment(capability)):
+            reproduce.run_notebook(name, parameters, results_dir=results)
+        folders[capability] = results / reproduce.run_profile(name, parameters) / name
+    recorded = [json.loads((f / "run.json").read_text())["device"]["torch_cpu_capability"] for f in folders.values()]
+    assert recorded[1] == "AVX2", recorded
+    comparison = verify.compare_folders(folders["AVX2"], folders[None], name)
+    assert comparison.ok, verify.table([comparison])
+    assert comparison.identical > 1000
+    if recorded[0] != "AVX2":  # really another instruction set: the trained scores and the cache keys moved
+        keys = [[row["cache_key"] for row in read_table(f / "runs.csv")] for f in folders.values()]
+        assert comparison.within > 0 and keys[0] != keys[1]
