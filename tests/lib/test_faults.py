@@ -25,7 +25,6 @@ from lib import REPO_ROOT, evaluate, fabricate, sample
 from lib.checkpoints import CheckpointError, read_checkpoint, read_training_checkpoint
 from lib.datasets import HDF5Images
 from lib.files import FolderLock
-from lib.kit.results import read_table
 from lib.shards import ShardCheckFailed
 from lib.train import main
 
@@ -660,30 +659,3 @@ def test_verify_compares_neither_timing_labels_nor_identifiers(tmp_path: Path) -
     assert verify.compare_folders(new, old, "09_performance").ok
     (new / "runs.csv").write_text("label,last_step,cache_key\nOT,801,0f3c9d2e11aa4b70\n")  # a real difference
     assert verify.compare_folders(new, old, "09_performance").different == ["runs.csv: row 0 last_step 800 -> 801"]
-
-
-@pytest.mark.slow
-def test_verify_passes_across_cpu_capabilities_where_nothing_real_differs(tmp_path: Path) -> None:
-    """Notebook 12 with its smoke test's tiny parameters, under this machine's CPU capability and under AVX2 (torch,
-    MKL and oneDNN held to it, as lib.kit.reproduce --match-cpu does). Its trained scores move across the two and its
-    cache keys differ; verify finds every number identical or within its tolerance. About 40 s."""
-    import runpy
-
-    from lib.kit import reproduce, verify
-
-    name = "12_noise_table_study"
-    parameters = runpy.run_path(str(REPO_ROOT / "tests" / "notebooks" / f"test_{name}.py"))["TINY_12"]
-    folders = {}
-    for capability in (None, "AVX2"):
-        results = tmp_path / (capability or "own")
-        with reproduce.environment(reproduce.capability_environment(capability)):
-            reproduce.run_notebook(name, parameters, results_dir=results)
-        folders[capability] = results / reproduce.run_profile(name, parameters) / name
-    recorded = [json.loads((f / "run.json").read_text())["device"]["torch_cpu_capability"] for f in folders.values()]
-    assert recorded[1] == "AVX2", recorded
-    comparison = verify.compare_folders(folders["AVX2"], folders[None], name)
-    assert comparison.ok, verify.table([comparison])
-    assert comparison.identical > 1000
-    if recorded[0] != "AVX2":  # really another instruction set: the trained scores and the cache keys moved
-        keys = [[row["cache_key"] for row in read_table(f / "runs.csv")] for f in folders.values()]
-        assert comparison.within > 0 and keys[0] != keys[1]

@@ -30,7 +30,7 @@ def _run_tiny(name: str, tmp_path: Path, **parameters: object) -> Path:
     return folder
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_tiny() -> Callable[..., Path]:
     """``run_tiny(name, tmp_path, **parameters) -> results folder``: a papermill run with tiny parameters."""
     return _run_tiny

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from lib.kit import reproduce, verify
+from lib.kit.results import read_table
 from lib.paper import paper_rows
 
 pytestmark = pytest.mark.slow
@@ -48,8 +50,14 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_12_noise_table_study_writes_consistent_tables(tmp_path: Path, run_tiny) -> None:
-    folder = run_tiny("12_noise_table_study", tmp_path, **TINY_12)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, run_tiny) -> Path:
+    """Notebook 12 run once with TINY_12 on this machine's CPU capability -> its results folder (both tests read it)."""
+    return run_tiny("12_noise_table_study", tmp_path_factory.mktemp("own") / "results", **TINY_12)
+
+
+def test_12_noise_table_study_writes_consistent_tables(tiny_run: Path) -> None:
+    folder = tiny_run
     run = json.loads((folder / "run.json").read_text())
     for figure in ("boundary", "capacity", "dimension", "fixes"):
         assert {f"{figure}.png", f"{figure}.pdf"} <= set(run["files"])
@@ -97,3 +105,21 @@ def test_12_noise_table_study_writes_consistent_tables(tmp_path: Path, run_tiny)
     assert set(fixes) == {"no fix", "I-CFM", "minibatch OT", *TINY_12["FIXES"]}
     assert float(fixes["grow"]["stored_noises"]) > 64 and float(fixes["2 caches"]["stored_noises"]) == 128
     assert float(fixes["minibatch OT"]["over_ot_midpoint-6"]) == pytest.approx(1.0)
+
+
+def test_verify_passes_across_cpu_capabilities_where_nothing_real_differs(tmp_path: Path, tiny_run: Path) -> None:
+    """The tiny run again under AVX2 (torch, MKL and oneDNN held to it, as lib.kit.reproduce --match-cpu does). Its
+    trained scores move across the two and its cache keys differ; verify finds every number identical or within
+    its tolerance. (Issue 25: the one notebook a test run executes twice, on purpose: once per instruction set.)"""
+    name = "12_noise_table_study"
+    with reproduce.environment(reproduce.capability_environment("AVX2")):
+        reproduce.run_notebook(name, TINY_12, results_dir=tmp_path)
+    folders = {None: tiny_run, "AVX2": tmp_path / reproduce.run_profile(name, TINY_12) / name}
+    recorded = [json.loads((f / "run.json").read_text())["device"]["torch_cpu_capability"] for f in folders.values()]
+    assert recorded[1] == "AVX2", recorded
+    comparison = verify.compare_folders(folders["AVX2"], folders[None], name)
+    assert comparison.ok, verify.table([comparison])
+    assert comparison.identical > 1000
+    if recorded[0] != "AVX2":  # really another instruction set: the trained scores and the cache keys moved
+        keys = [[row["cache_key"] for row in read_table(f / "runs.csv")] for f in folders.values()]
+        assert comparison.within > 0 and keys[0] != keys[1]
