@@ -40,6 +40,7 @@ class _RelayBar(std.tqdm):
     stream instead of drawing itself; the process reading the stream draws it (:class:`RelayedBar`)."""
 
     closing = False
+    reader_gone = False
 
     def close(self) -> None:
         if not self.disable and not self.closing:
@@ -51,15 +52,15 @@ class _RelayBar(std.tqdm):
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
         if msg == "":  # tqdm clearing the bar on close: nothing was drawn
             return False
-        state = {
-            "n": self.n,
-            "total": self.total,
-            "desc": self.desc,
-            "postfix": self.postfix or "",
-            "closed": self.closing,
-        }
-        self.fp.write(RELAY_PREFIX + json.dumps(state) + "\n")
-        self.fp.flush()
+        if self.reader_gone:
+            return False
+        state = {"n": self.n, "total": self.total, "desc": self.desc, "postfix": self.postfix or ""}
+        try:
+            self.fp.write(RELAY_PREFIX + json.dumps({**state, "closed": self.closing}) + "\n")
+            self.fp.flush()
+        except OSError:  # the reader is gone (its kernel was killed): train on, the stop comes as a signal
+            self.reader_gone = True
+            return False
         return True
 
 

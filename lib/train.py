@@ -685,16 +685,18 @@ def _converge_first(trainer: Trainer, global_batch: int) -> None:
 def _run(trainer: Trainer, path: Path | None, settings: dict[str, Any]) -> None:
     """Steps loop.step + 1 .. config.steps, logging every ``log_every`` and checkpointing on schedule (with a path)."""
     config, loop = trainer.config, trainer.loop
-    bar = progress(
-        range(loop.step + 1, config.steps + 1),
-        disable=not config.progress or not distributed.is_main(),
-        desc=trainer.coupling.name,
-        initial=loop.step,
-        total=config.steps,
-    )
-    live = LiveLog(path.parent if path is not None else None, config.tensorboard, start_step=loop.step)
     saved_step = loop.step if loop.step else None  # a resumed run starts from a checkpoint
-    with StopSignals(enabled=path is not None) as signals, live:
+    with (
+        StopSignals(enabled=path is not None) as signals,  # first: a launcher may stop the run once its bar shows
+        progress(
+            range(loop.step + 1, config.steps + 1),
+            disable=not config.progress or not distributed.is_main(),
+            desc=trainer.coupling.name,
+            initial=loop.step,
+            total=config.steps,
+        ) as bar,
+        LiveLog(path.parent if path is not None else None, config.tensorboard, start_step=loop.step) as live,
+    ):
         schedule = CheckpointSchedule(config.checkpoint_every, config.checkpoint_minutes, config.steps, signals)
         for step in bar:
             batch = trainer.pairing.next()

@@ -183,6 +183,7 @@ class _OutputFollower:
             # The log keeps a line per interval and the last one, not every state.
             if now - self.logged_progress >= LOG_INTERVAL_S or self.bar.state.get("closed"):
                 self.log.write(self.bar.describe() + "\n")
+                self.log.flush()
                 self.logged_progress = now
             return
         self.log.write(line)

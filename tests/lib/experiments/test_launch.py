@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,12 @@ from lib.train import TrainConfig, TrainSettings
 STEPS = 400
 
 
-def settings(out: Path) -> TrainSettings:
-    """A tiny digits MLP run, long enough to be interrupted, checkpointing every 4 steps."""
-    config = TrainConfig(steps=STEPS, batch_size=8, log_every=4, checkpoint_every=4, pairing="synchronous")
+def settings(out: Path, checkpoint_every: int = 4) -> TrainSettings:
+    """A tiny digits MLP run, long enough to be interrupted, checkpointing every 4 steps (0: at the end or on a
+    stop only)."""
+    config = TrainConfig(
+        steps=STEPS, batch_size=8, log_every=4, checkpoint_every=checkpoint_every, pairing="synchronous"
+    )
     return TrainSettings(out=str(out), dataset="digits", model="mlp", device="cpu", train=config)
 
 
@@ -52,15 +56,12 @@ def alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.slow
-def test_an_interrupted_cell_stops_every_worker_releases_the_lock_and_the_rerun_resumes(tmp_path: Path) -> None:
-    """The kernel gets SIGINT (the notebook's stop button) while launch_training runs torchrun with 2 ranks: the
-    launcher forwards it, both ranks finish the step and write the checkpoint, no process survives, the lock is
-    released, the KeyboardInterrupt reaches the cell, and running the cell again resumes from that step."""
-    out = tmp_path / "run"
+def start_kernel(run: TrainSettings, nproc: int, ready: Callable[[], bool]) -> subprocess.Popen[str]:
+    """A process standing for a notebook kernel, running a cell that launches the training ``run``; returns once
+    ``ready()``."""
     cell = (
         f"from lib.experiments import pipeline; from lib.train import TrainSettings, parse_args; "
-        f"pipeline.launch_training(TrainSettings.from_args(parse_args({settings(out).to_argv()!r})), 2)"
+        f"pipeline.launch_training(TrainSettings.from_args(parse_args({run.to_argv()!r})), {nproc})"
     )
     kernel = subprocess.Popen(
         [sys.executable, "-c", cell],
@@ -70,9 +71,19 @@ def test_an_interrupted_cell_stops_every_worker_releases_the_lock_and_the_rerun_
         stderr=subprocess.PIPE,
         text=True,
     )
-    while not (out / "checkpoint.pt").exists():
+    while not ready():
         assert kernel.poll() is None, kernel.communicate()[1][-3000:]
         time.sleep(0.05)
+    return kernel
+
+
+@pytest.mark.slow
+def test_an_interrupted_cell_stops_every_worker_releases_the_lock_and_the_rerun_resumes(tmp_path: Path) -> None:
+    """The kernel gets SIGINT (the notebook's stop button) while launch_training runs torchrun with 2 ranks: the
+    launcher forwards it, both ranks finish the step and write the checkpoint, no process survives, the lock is
+    released, the KeyboardInterrupt reaches the cell, and running the cell again resumes from that step."""
+    out = tmp_path / "run"
+    kernel = start_kernel(settings(out), 2, (out / "checkpoint.pt").exists)
     launched = children(kernel.pid)
     assert len(launched) >= 3, launched  # torchrun and its two workers
     kernel.send_signal(signal.SIGINT)
@@ -95,6 +106,29 @@ def test_an_interrupted_cell_stops_every_worker_releases_the_lock_and_the_rerun_
     assert read_training_checkpoint(out / "checkpoint.pt")["global_step"] == STEPS
     history = json.loads((out / "history.json").read_text())
     assert [r["step"] for r in history] == list(range(4, STEPS + 1, 4))  # nothing lost or repeated
+
+
+@pytest.mark.slow
+def test_a_killed_kernel_stops_its_training_with_a_checkpoint(tmp_path: Path) -> None:
+    """The kernel is killed (a restart, papermill shutting it down): the training, in its own session, is not
+    orphaned; it gets SIGINT (the parent-death signal) and stops as on Ctrl-C, though nobody reads its output any
+    more: the checkpoint of the step it stopped at (the only one: no periodic checkpoints) and the lock released."""
+    out = tmp_path / "run"
+    log = out / pipeline.TRAIN_LOG
+
+    def training() -> bool:  # its bar relayed its first state: the loop has started
+        return log.exists() and "loom: step" in log.read_text()
+
+    kernel = start_kernel(settings(out, checkpoint_every=0), 1, training)
+    (training_pid,) = children(kernel.pid)
+    kernel.kill()
+    kernel.communicate(timeout=30)
+    deadline = time.monotonic() + 120
+    while alive(training_pid):
+        assert time.monotonic() < deadline, "the training outlived its killed kernel"
+        time.sleep(0.05)
+    assert not (out / "run.lock").exists()
+    assert read_training_checkpoint(out / "checkpoint.pt")["global_step"] < STEPS
 
 
 def test_a_launched_training_shows_its_progress_and_tees_its_output(tmp_path: Path, capsys, monkeypatch) -> None:
