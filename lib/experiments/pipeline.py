@@ -8,7 +8,6 @@ the same code. The figures of these steps are drawn by lib.kit.figures.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import json
 import os
@@ -47,10 +46,6 @@ from lib.progress import LOG_INTERVAL_S, RelayedBar
 from lib.sample import generate, noise_for_images, to_images
 from lib.solvers import parse_solver
 from lib.train import TrainSettings
-
-# prctl(PR_SET_PDEATHSIG, sig): loaded before any fork, called in the child before exec (_stop_with_parent).
-_PR_SET_PDEATHSIG = 1
-_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 class TrainingFailed(RuntimeError):
@@ -96,7 +91,7 @@ def _follow_training(command: list[str], log: TextIO, timeout_s: float | None) -
     """Run ``command`` in its own process group, showing and logging its output (:func:`launch_training`) ->
     (exit status, its error output without progress lines)."""
     proc = subprocess.Popen(
-        command,
+        _stopped_with_parent(command),
         cwd=REPO_ROOT,
         env={**os.environ, "LOOM_PROGRESS": "relay", "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
@@ -104,7 +99,6 @@ def _follow_training(command: list[str], log: TextIO, timeout_s: float | None) -
         text=True,
         bufsize=1,
         start_new_session=True,  # its own group: the interrupt reaches it only as forwarded here, once
-        preexec_fn=_stop_with_parent,
     )
     follower = _OutputFollower(proc, log)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -119,11 +113,21 @@ def _follow_training(command: list[str], log: TextIO, timeout_s: float | None) -
     return proc.wait(), follower.errors
 
 
-def _stop_with_parent() -> None:
-    """In the launched process (Linux): SIGINT when the launching process dies, e.g. a kernel killed on restart, so
-    training stops cleanly instead of running on orphaned."""
-    if sys.platform.startswith("linux"):
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGINT))
+# Run by the launched Python before it becomes ``command`` (exec keeps the setting): SIGINT when the launching
+# process dies (prctl PR_SET_PDEATHSIG = 1), so a training whose kernel was killed (a restart, papermill shutting
+# it down) stops cleanly instead of training on orphaned; it exits at once if that parent is already gone.
+_STOP_WITH_PARENT = (
+    "import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGINT); "
+    "sys.exit(130) if os.getppid() != int(sys.argv[1]) else os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+)
+
+
+def _stopped_with_parent(command: list[str]) -> list[str]:
+    """``command`` (``sys.executable ...``) started so that it gets SIGINT when this process dies (Linux; elsewhere
+    as it is). An exec wrapper, not ``preexec_fn``, which is unsafe in a process with threads such as a kernel."""
+    if not sys.platform.startswith("linux"):
+        return command
+    return [sys.executable, "-c", _STOP_WITH_PARENT, str(os.getpid()), *command[1:]]
 
 
 def _stop_group(proc: subprocess.Popen[str], follower: _OutputFollower) -> None:
