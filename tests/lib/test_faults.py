@@ -478,5 +478,6 @@ def test_two_nodes_pair_alike_stop_together_when_one_is_preempted_and_resume_exa
         codes, stderr = finished(two_nodes(folder))
         assert codes == [0, 0], stderr[-4000:]
     assert_same_run(out / "checkpoint.pt", straight / "checkpoint.pt")
+    assert len(list((straight / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 logs, not both nodes
     rank0, rank1 = (torch.load(out / f"seeds_rank{r}.pt") for r in (0, 1))
     assert torch.equal(rank0, rank1) and torch.equal(rank0, torch.load(straight / "seeds_rank0.pt"))
