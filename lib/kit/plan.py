@@ -15,6 +15,9 @@ images trained / images per second of one GPU, and every estimate names its sour
   stored assignments, 13.9 h without), scaled to other architectures by their forward FLOPs per image (counted by
   torch on the meta device, no weights made); the paper's GPUs are not named, and bf16 is assumed no faster.
 
+Both rates hold at the released per-GPU batch; a run at a smaller one (Table 5's OT batches 32 and 64) keeps the
+GPU less busy, so its estimate says it is likely low.
+
 FID sampling, reflow pair generation and the other evaluation work are not in the GPU-hours (the plan lists them).
 """
 
@@ -50,6 +53,8 @@ from lib.unet import PRESETS
 
 GB = 1e9
 CIFAR10_IMAGES = RELEASED_EPOCH_IMAGES["cifar10"]
+# Each architecture's per-GPU batch in its released config: the batch its throughput is known at.
+RELEASED_BATCH = {c["model"]: c["batch_size"] for c in RELEASED_CONFIGS.values() if not c.get("reflow")}
 # Sizes of what the paper profile downloads or is given by hand (README "Setup, downloads"; FFHQ: its own README).
 CIFAR10_DOWNLOAD_BYTES = 170e6
 INCEPTION_BYTES = 104e6  # torchvision's Inception-v3 weights, the paper's FID protocol
@@ -170,6 +175,10 @@ def plan_run(
     global_batch = settings.train.batch_size * nproc
     steps = steps_for_epochs(settings.epochs, examples, global_batch) if settings.epochs else settings.train.steps
     rate = throughput(settings.model, coupling_cost(settings), settings.train.bf16, measured)
+    released = RELEASED_BATCH.get(settings.model)
+    if released and settings.train.batch_size < released:  # a GPU is busier at the batch the rate was taken at
+        smaller = f"per-GPU batch {settings.train.batch_size} < {released}: likely more"
+        rate = replace(rate, source=f"{rate.source}; {smaller}")
     keep = settings.train.keep_checkpoints_every
     copies = 1 + (steps // keep if keep else 0)
     seeds = examples * (2 if settings.flip else 1) if settings.coupling == "loom" else 0
@@ -446,7 +455,7 @@ def format_plan(profile: str, notebooks: Mapping[str, Mapping[str, Any]], result
             lines.append(
                 f"  {r.run:<36} {r.steps:>11,} steps x {r.global_batch:>4} on {r.gpus} GPU(s) "
                 f"{'bf16' if r.bf16 else 'fp32'}: {r.gpu_hours:>8,.1f} GPU-h "
-                f"({r.gpu_hours / r.gpus:,.1f} h), disk {show_bytes(r.disk_bytes)}  [{r.source}]"
+                f"({r.gpu_hours / r.gpus:,.1f} h on {r.gpus}), disk {show_bytes(r.disk_bytes)}  [{r.source}]"
             )
         for n in wanted:
             state = "present" if n.present else "MISSING"

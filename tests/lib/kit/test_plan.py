@@ -29,6 +29,7 @@ def test_the_paper_profile_plans_the_released_steps_and_the_paper_hours(tmp_path
     assert runs["I-CFM"].source == "paper: cifar10 at most 13.9 h on 4 GPUs"
     # Table 5's grid: the same epochs at OT batch 32 take 4x the steps over the same images.
     assert runs["LOOM-CFM 4 caches bs32"].steps == 1000 * (50_000 // 32)
+    assert runs["LOOM-CFM 4 caches bs32"].source.endswith("; per-GPU batch 8 < 32: likely more")
     # Kept copies for FID along training (every 39,000 steps) only on the training-curve rows.
     assert loom.disk_bytes == pytest.approx(11 * runs["LOOM-CFM 2 caches bs128"].disk_bytes, rel=0.01)
 
