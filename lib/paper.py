@@ -11,7 +11,8 @@ Where a fact comes from: ``lib/reference/paper_setup.md`` (settings, epoch accou
 - :data:`COUPLING_ROWS`, :func:`sweep_label`, :func:`table5_sweep`: the rows of Tables 1 and 5 as coupling switches.
 - :data:`UNET_ARCHITECTURES`: the released UNets' hyper-parameters (lib.unet builds them).
 - :data:`RELEASED_CONFIGS`, :data:`RELEASED_EPOCH_IMAGES`: the released training configs (lib.train ``--config``)
-  and the images one of their epochs visits (lib.train.released_steps turns both into optimiser steps).
+  and the images one of their epochs visits (lib.train.released_steps turns both into optimiser steps);
+  :data:`PAPER_TRAINING_HOURS`: the paper's CIFAR-10 training time (lib.kit.plan estimates from it).
 - :data:`RELEASED_REPOS`, :data:`RELEASED_PRESETS`, :data:`PAPER_EVALUATION`: the five released checkpoints,
   the architecture each loads into and how the paper evaluates it.
 - :data:`FID_REFERENCE_SEED`, :data:`FID_MAX_REFERENCE`: the reference draw of the paper's FID protocol
@@ -235,6 +236,9 @@ RELEASED_CONFIGS: dict[str, dict[str, Any]] = {
     },
 }
 PAPER_GPUS = 4  # every released config ran on 4 GPUs: the OT batch is 4 x the per-GPU batch
+# The paper's one training-time figure (paper_setup.md, "Training cost reported"): CIFAR-10 ("cifar10" config, its
+# released step count) on PAPER_GPUS GPUs, with LOOM's stored assignments and without them (minibatch OT-CFM).
+PAPER_TRAINING_HOURS = {"config": "cifar10", "loom": 17.3, "without_stored_assignments": 13.9}
 REFLOW_PAIRS = 1_000_000  # (noise, sample) pairs the released reflow model was fine-tuned on
 
 # Images one epoch of each released config visits. The released data pipeline has length N (images): each visit

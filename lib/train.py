@@ -71,6 +71,7 @@ from lib.couplings import (
 from lib.datasets import DATASETS, HDF5Images, IndexedImages, make_dataset, read_pair_seeds
 from lib.files import write_json
 from lib.flow import cfm_loss, sample_time
+from lib.livelog import LiveLog
 from lib.pairing import PAIRED_AHEAD, PAIRING_CHOICES, PairedBatch, Pairing, resolve_pairing
 from lib.paper import PAPER_GPUS, RELEASED_CONFIGS, RELEASED_EPOCH_IMAGES
 from lib.progress import progress
@@ -108,6 +109,9 @@ class TrainConfig:
     redraw_every_epochs: int = _setting(0, ">0: LOOM redraws all seeds this often (the appendix's rejected variant)")
     converge_first: bool = _setting(False, "train after convergence: re-pair without training until no swaps")
     progress: bool = _setting(True, "show a tqdm progress bar")
+    tensorboard: bool = _setting(
+        True, "also log the metrics as they happen to <out>/tensorboard when tensorboard is installed (lib.livelog)"
+    )
     checkpoint_every: int = _setting(0, "also checkpoint every this many steps (0: off)")
     checkpoint_minutes: float = _setting(
         30.0, "checkpoint when this many minutes passed since the last one (0: off); always at the end and on Ctrl-C"
@@ -171,6 +175,7 @@ RESUMABLE_CHANGES = frozenset(
         "steps",
         "epochs",
         "progress",
+        "tensorboard",
         "log_every",
         "checkpoint_every",
         "checkpoint_minutes",
@@ -680,17 +685,22 @@ def _converge_first(trainer: Trainer, global_batch: int) -> None:
 def _run(trainer: Trainer, path: Path | None, settings: dict[str, Any]) -> None:
     """Steps loop.step + 1 .. config.steps, logging every ``log_every`` and checkpointing on schedule (with a path)."""
     config, loop = trainer.config, trainer.loop
-    bar = progress(
-        range(loop.step + 1, config.steps + 1),
-        disable=not config.progress or not distributed.is_main(),
-        desc=trainer.coupling.name,
-        initial=loop.step,
-        total=config.steps,
-    )
-    with StopSignals(enabled=path is not None) as signals:
+    saved_step = loop.step if loop.step else None  # a resumed run starts from a checkpoint
+    with (
+        StopSignals(enabled=path is not None) as signals,  # first: a launcher may stop the run once its bar shows
+        progress(
+            range(loop.step + 1, config.steps + 1),
+            disable=not config.progress or not distributed.is_main(),
+            desc=trainer.coupling.name,
+            initial=loop.step,
+            total=config.steps,
+        ) as bar,
+        LiveLog(path.parent if path is not None else None, config.tensorboard, start_step=loop.step) as live,
+    ):
         schedule = CheckpointSchedule(config.checkpoint_every, config.checkpoint_minutes, config.steps, signals)
         for step in bar:
             batch = trainer.pairing.next()
+            lr = trainer.optimizer.param_groups[0]["lr"]  # the lr this step trains with
             loss, stats = train_step(trainer, batch)
             loop.step = step
             if step % config.log_every == 0 or step == config.steps:
@@ -704,17 +714,28 @@ def _run(trainer: Trainer, path: Path | None, settings: dict[str, Any]) -> None:
                         "cost_after": stats.cost_after,
                     }
                 )
+                live.record(trainer.history[-1], lr, trainer.device)
+                bar.set_postfix_str(_postfix(trainer.history, saved_step), refresh=False)
             if path is None:
                 continue
             save, stop = schedule.decide(step)
             keep = config.keep_checkpoints_every > 0 and step % config.keep_checkpoints_every == 0
             if save or keep:
                 write_checkpoint(trainer, path, settings)
+                live.flush()
+                saved_step = step
+                bar.set_postfix_str(_postfix(trainer.history, saved_step), refresh=False)
             if keep and distributed.is_main():
                 keep_checkpoint(path, step)  # a step-numbered copy for FID along training
             if stop:
                 bar.close()
                 raise schedule.interrupted(step, path)
+
+
+def _postfix(history: list[dict[str, float]], saved_step: int | None) -> str:
+    """The progress bar's text after the count: the last logged loss and the step of the last checkpoint written."""
+    parts = [f"loss {history[-1]['loss']:.4g}"] if history else []
+    return ", ".join(parts + ([f"saved step {saved_step}"] if saved_step is not None else []))
 
 
 # ---------------------------------------------------------------------------------------------

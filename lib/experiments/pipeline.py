@@ -7,14 +7,21 @@ the same code. The figures of these steps are drawn by lib.kit.figures.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import queue
+import shlex
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from torch import Tensor
@@ -36,30 +43,159 @@ from lib.paper import (
     sweep_label,
     table5_sweep,
 )
+from lib.progress import LOG_INTERVAL_S, RelayedBar
 from lib.sample import generate, noise_for_images, to_images
 from lib.solvers import parse_solver
 from lib.train import TrainSettings
 
 
 class TrainingFailed(RuntimeError):
-    """lib.train exited with an error: the message carries the command and the end of its output."""
+    """lib.train exited with an error: the message carries the command, its error output and the run's train.log."""
 
 
 class ScriptFailed(RuntimeError):
     """A data_prep script exited with an error: the message carries the command and the end of its output."""
 
 
+TRAIN_LOG = "train.log"  # in the run folder: everything lib.train printed, every launch appended
+STOP_GRACE_S = 600.0  # after forwarding an interrupt: time to finish the step and write the checkpoint
+
+
 def launch_training(settings: TrainSettings, nproc: int = 1, timeout_s: float | None = None) -> Path:
     """Run ``torchrun --nproc_per_node=nproc -m lib.train <settings>`` (plain ``python -m lib.train`` for one
-    process). Resumes by itself when ``<settings.out>/checkpoint.pt`` exists. Returns the checkpoint path."""
+    process). Resumes by itself when ``<settings.out>/checkpoint.pt`` exists. Returns the checkpoint path.
+
+    Its progress bar is drawn here (lib.progress.RelayedBar: a widget in JupyterLab, logged lines under papermill, a
+    live bar in a terminal), its other lines are printed as they come, and everything goes to ``<out>/train.log``.
+    Interrupting the caller (KeyboardInterrupt: a notebook's stop button, Ctrl-C, papermill's interrupt) stops the
+    training as Ctrl-C stops lib.train: SIGINT to its process group, the step finishes, the checkpoint is written,
+    every rank exits and the run folder's lock is released; then the KeyboardInterrupt goes on (a second one while
+    it stops kills the group at once: checkpoints are atomic, the stale lock is taken over by the rerun). Rerunning
+    resumes. A failure raises :class:`TrainingFailed` with lib.train's whole error output.
+    """
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
-    # The progress bar would only fill the captured output.
-    argv = replace(settings, train=replace(settings.train, progress=False)).to_argv()
-    command = [sys.executable, *launcher, "-m", "lib.train", *argv]
-    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s)
-    if done.returncode != 0:
-        raise TrainingFailed(f"{' '.join(command)}\nexited with {done.returncode}:\n{done.stderr[-4000:]}")
+    command = [sys.executable, *launcher, "-m", "lib.train", *settings.to_argv()]
+    log_path = REPO_ROOT / settings.out / TRAIN_LOG
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a") as log:
+        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n")
+        log.flush()
+        returncode, errors = _follow_training(command, log, timeout_s)
+    if returncode != 0:
+        raise TrainingFailed(
+            f"{' '.join(command)}\nexited with {returncode}:\n{''.join(errors).rstrip()}\n(all its output: {log_path})"
+        )
     return Path(settings.out) / "checkpoint.pt"
+
+
+def _follow_training(command: list[str], log: TextIO, timeout_s: float | None) -> tuple[int, list[str]]:
+    """Run ``command`` in its own process group, showing and logging its output (:func:`launch_training`) ->
+    (exit status, its error output without progress lines)."""
+    proc = subprocess.Popen(
+        _stopped_with_parent(command),
+        cwd=REPO_ROOT,
+        env={**os.environ, "LOOM_PROGRESS": "relay", "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+        start_new_session=True,  # its own group: the interrupt reaches it only as forwarded here, once
+    )
+    follower = _OutputFollower(proc, log)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        follower.follow(deadline)
+    except KeyboardInterrupt:
+        _stop_group(proc, follower)
+        raise
+    except subprocess.TimeoutExpired:
+        _stop_group(proc, follower)
+        raise subprocess.TimeoutExpired(command, timeout_s or 0) from None
+    return proc.wait(), follower.errors
+
+
+# Run by the launched Python before it becomes ``command`` (exec keeps the setting): SIGINT when the launching
+# process dies (prctl PR_SET_PDEATHSIG = 1), so a training whose kernel was killed (a restart, papermill shutting
+# it down) stops cleanly instead of training on orphaned; it exits at once if that parent is already gone.
+_STOP_WITH_PARENT = (
+    "import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGINT); "
+    "sys.exit(130) if os.getppid() != int(sys.argv[1]) else os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+)
+
+
+def _stopped_with_parent(command: list[str]) -> list[str]:
+    """``command`` (``sys.executable ...``) started so that it gets SIGINT when this process dies (Linux; elsewhere
+    as it is). An exec wrapper, not ``preexec_fn``, which is unsafe in a process with threads such as a kernel."""
+    if not sys.platform.startswith("linux"):
+        return command
+    return [sys.executable, "-c", _STOP_WITH_PARENT, str(os.getpid()), *command[1:]]
+
+
+def _stop_group(proc: subprocess.Popen[str], follower: _OutputFollower) -> None:
+    """Stop a launched training as Ctrl-C does (SIGINT to its group) and follow it until it exits; kill the group
+    if it is interrupted again or outlives :data:`STOP_GRACE_S`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        follower.follow(time.monotonic() + STOP_GRACE_S)
+    except (KeyboardInterrupt, subprocess.TimeoutExpired):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        follower.log.write("=== killed: interrupted again while stopping\n")
+
+
+class _OutputFollower:
+    """Reads a launched training's stdout and stderr (one thread each) and, in the calling thread, draws its
+    relayed progress bar, prints its other lines and writes them to the log (progress every LOG_INTERVAL_S)."""
+
+    def __init__(self, proc: subprocess.Popen[str], log: TextIO) -> None:
+        self.proc, self.log = proc, log
+        self.lines: queue.Queue[tuple[TextIO, str | None]] = queue.Queue()
+        self.open = 2
+        self.errors: list[str] = []
+        self.bar = RelayedBar()
+        self.logged_progress = 0.0
+        for pipe, shown in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr)):
+            threading.Thread(target=self._pump, args=(pipe, shown), daemon=True).start()
+
+    def _pump(self, pipe: Any, shown: TextIO) -> None:
+        for line in pipe:
+            self.lines.put((shown, line))
+        self.lines.put((shown, None))
+
+    def follow(self, deadline: float | None) -> None:
+        """Until both pipes close (the process ended); TimeoutExpired past ``deadline``. The waits are short, so a
+        KeyboardInterrupt arrives here at once."""
+        while self.open:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.proc.args, 0)
+            try:
+                shown, line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.open -= 1
+                if not self.open:
+                    self.bar.close()
+                continue
+            self._take(shown, line)
+        self.proc.wait()
+
+    def _take(self, shown: TextIO, line: str) -> None:
+        if self.bar.feed(line):
+            now = time.monotonic()
+            # The log keeps a line per interval and the last one, not every state.
+            if now - self.logged_progress >= LOG_INTERVAL_S or self.bar.state.get("closed"):
+                self.log.write(self.bar.describe() + "\n")
+                self.log.flush()
+                self.logged_progress = now
+            return
+        self.log.write(line)
+        self.log.flush()
+        self.bar.write(line.rstrip("\n"), file=shown)
+        if shown is sys.stderr:
+            self.errors.append(line)
 
 
 def run_script(script: str, argv: Sequence[str], timeout_s: float | None = None) -> str:

@@ -408,6 +408,7 @@ def train_config(run: StudyRun, steps: int) -> TrainConfig:
         seed=run.seed,
         redraw_every_epochs=run.redraw_every_epochs,
         progress=False,
+        tensorboard=False,  # hundreds of short runs: their cached records are the study's view, not a live log
         log_every=max(1, min(run.eval_steps) // 10),
     )
 

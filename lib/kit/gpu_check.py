@@ -8,7 +8,10 @@ Writes ``results/gpu/gpu_check/`` (run.json beside it):
   channels_last and torch.compile (inductor): ms per step, images/s, peak CUDA memory;
 - ``coupling_share.csv``: independent and LOOM training steps, paired synchronously and pipelined, with the LOOM
   coupling step alone and its share of the step;
-- ``sampling.csv``: midpoint-12 sampling throughput (fp32 and bf16), true NFE, ms per network call.
+- ``sampling.csv``: midpoint-12 sampling throughput (fp32 and bf16), true NFE, ms per network call;
+- ``architectures.csv``: the training step of every released architecture at its released per-GPU batch, in fp32
+  and bf16 autocast: images/s and peak memory, which ``python -m lib.kit.reproduce --plan`` (lib.kit.plan) turns
+  into GPU-hours (``summary.architecture_images_per_s`` in gpu.json).
 
 Every figure is measured by lib.experiments.benchmarks on the real code paths (lib.train, lib.pairing, lib.solvers).
 ``--tiny`` runs the same code on the CPU at toy size (the ``tiny`` UNet preset, batch 4, torch.compile with the
@@ -34,6 +37,7 @@ from torch import nn
 from lib.checkpoints import build_model
 from lib.experiments.benchmarks import preset_data, time_sampling, time_training_steps
 from lib.kit import results
+from lib.paper import RELEASED_CONFIGS
 from lib.unet import PRESETS
 
 SHARE_TARGET = 0.02  # issue 13: the coupling's visible share of a CIFAR-10 step, pipelined, below 2 %
@@ -52,10 +56,16 @@ class CheckSize:
     sample_batch: int
     sample_steps: int  # timed sampling calls (one untimed first)
     compile_backend: str
+    architectures: tuple[tuple[str, int], ...]  # (preset, per-GPU batch) timed in fp32 and bf16 for the plan
 
 
-GPU_SIZE = CheckSize("cifar10", 128, 8, 3, 5, 256, 3, "inductor")
-TINY_SIZE = CheckSize("tiny", 2, 1, 1, 1, 2, 1, "eager")
+# The released configs' architectures at their per-GPU batch (lib.paper.RELEASED_CONFIGS; reflow shares cifar10's).
+RELEASED_ARCHITECTURES = tuple(
+    dict.fromkeys((c["model"], c["batch_size"]) for name, c in RELEASED_CONFIGS.items() if not c.get("reflow"))
+)
+GPU_SIZE = CheckSize("cifar10", 128, 8, 3, 5, 256, 3, "inductor", RELEASED_ARCHITECTURES)
+TINY_SIZE = CheckSize("tiny", 2, 1, 1, 1, 2, 1, "eager", (("tiny", 2),))
+ARCHITECTURE_TURNS = (3, 1, 3)  # (timed turns, untimed turns, steps per turn): ~10 steps of each, for the plan
 
 
 def gpu_description(device: torch.device) -> dict[str, Any]:
@@ -167,8 +177,51 @@ def sampling(size: CheckSize, device: torch.device, seed: int = 0) -> list[dict[
     return rows
 
 
+def architecture_throughput(size: CheckSize, device: torch.device, seed: int = 0) -> list[dict[str, Any]]:
+    """Each released architecture's training step (independent coupling, paired inside the step) at its per-GPU
+    batch in fp32 and bf16 autocast (bf16 on CUDA only; on the CPU its row says so): images/s and peak memory."""
+    steps, warmup, block = ARCHITECTURE_TURNS
+    rows: list[dict[str, Any]] = []
+    for preset, batch_size in size.architectures:
+        data = preset_data(preset, 2 * batch_size, str(device), seed)
+        for bf16 in (False, True):
+            row: dict[str, Any] = {"preset": preset, "batch_size": batch_size, "precision": "bf16" if bf16 else "fp32"}
+            if bf16 and device.type != "cuda":
+                rows.append({**row, "ran": False, "note": "bf16 autocast runs on CUDA only"})
+                continue
+            _reset_peak(device)
+            model = build_model(preset, (), seed=seed).to(device)
+            (timed,) = time_training_steps(
+                model,
+                data,
+                batch_size,
+                steps,
+                warmup,
+                block,
+                seed=seed,
+                bf16=bf16,
+                couplings=("independent",),
+                pairings=("synchronous",),
+            )
+            rows.append(
+                {
+                    **row,
+                    "ran": True,
+                    "note": "",
+                    "step_ms": timed["step_ms"],
+                    "images_per_s": timed["images_per_s"],
+                    "peak_cuda_mib": _peak_mib(device),
+                }
+            )
+            del model
+    return rows
+
+
 def summarise(
-    variants: list[dict[str, Any]], share: list[dict[str, Any]], samples: list[dict[str, Any]]
+    variants: list[dict[str, Any]],
+    share: list[dict[str, Any]],
+    samples: list[dict[str, Any]],
+    architectures: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """The check's headline numbers and issue 13's GPU targets, from the measured rows."""
     ran = {r["variant"]: r for r in variants if r["ran"]}
@@ -190,7 +243,12 @@ def summarise(
         "share_target": SHARE_TARGET,
         "share_target_met": visible_share < SHARE_TARGET,
         "midpoint12_images_per_s": {("bf16" if r["bf16"] else "fp32"): r["images_per_s"] for r in samples},
-        "peak_cuda_mib": max((r.get("peak_cuda_mib") or 0.0) for r in [*variants, *share, *samples]) or None,
+        "architecture_images_per_s": {
+            preset: {r["precision"]: r["images_per_s"] for r in architectures if r["preset"] == preset and r["ran"]}
+            for preset in dict.fromkeys(r["preset"] for r in architectures)
+        },
+        "peak_cuda_mib": max((r.get("peak_cuda_mib") or 0.0) for r in [*variants, *share, *samples, *architectures])
+        or None,
     }
 
 
@@ -214,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     run.write_table("coupling_share", share)
     samples = sampling(size, device)
     run.write_table("sampling", samples)
-    summary = summarise(variants, share, samples)
+    architectures = architecture_throughput(size, device)
+    run.write_table("architectures", architectures)
+    summary = summarise(variants, share, samples, architectures)
     wall = time.perf_counter() - started
     run.write_json("gpu", {**gpu_description(device), **size.__dict__, "summary": summary, "wall_time_s": wall})
     run.finish()

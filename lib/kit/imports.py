@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("networks", ("lib.models", "lib.unet", "lib.autoencoder")),
     ("data", ("lib.datasets", "lib.shards", "lib.toy")),
     ("checkpoints", ("lib.checkpoints", "lib.fabricate")),
-    ("training", ("lib.train", "lib.pairing", "lib.runfolder", "lib.distributed")),
+    ("training", ("lib.train", "lib.pairing", "lib.runfolder", "lib.distributed", "lib.livelog")),
     ("inference", ("lib.sample", "lib.evaluate", "lib.fid")),
     ("experiments", ("lib.experiments",)),
     ("kit", ("lib.kit",)),

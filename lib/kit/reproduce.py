@@ -5,6 +5,7 @@
     python -m lib.kit.reproduce --verify                # rerun into a scratch folder and only compare (make verify)
     python -m lib.kit.reproduce --verify --match-cpu    # ... with the committed runs' CPU capability
     python -m lib.kit.reproduce --list                  # profiles, their notebooks and overrides
+    python -m lib.kit.reproduce --profile paper --plan  # runs, steps, GPU-hours, disk, data: runs nothing
 
 Parameters come from lib.kit.profiles (the committed notebooks are the quick profile, ``profiles/paper.json``
 overrides them). Every notebook's parameters are checked before any notebook runs.
@@ -41,7 +42,7 @@ from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
 
 from lib import REPO_ROOT, cli
-from lib.kit import verify
+from lib.kit import plan, verify
 from lib.kit.notebooks import NOTEBOOKS
 from lib.kit.profiles import (
     NOTEBOOKS_DIR,
@@ -264,8 +265,14 @@ def reproduce_command(argv: list[str]) -> int:
         help="notebooks run side by side (default: one per CPU core; 1: one at a time, with per-cell progress)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no per-cell progress bar (with --jobs 1)")
+    parser.add_argument(
+        "--plan", action="store_true", help="print what the profile would train and need (lib.kit.plan); run nothing"
+    )
     args = parser.parse_args(argv)
     notebooks = select(load_profile(args.profile), args.only)
+    if args.plan:
+        print(plan.format_plan(args.profile, notebooks, results_root(args.results_dir)))
+        return 0
     if args.list:
         print(f"profile {args.profile} (profiles: {', '.join(profile_names())}):")
         for name, params in notebooks.items():

@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -424,7 +425,9 @@ def test_a_signal_to_one_rank_stops_both_at_one_step_and_the_rerun_is_exact(tmp_
     assert_same_run(out / "checkpoint.pt", tmp_path / "straight" / "checkpoint.pt")
 
 
-# =========================================================================================================
+# ==================================================================================================
+
+
 # Issue 25, part A: hostile data files and checkpoints, a shard folder without its manifest, verify across CPUs
 # =========================================================================================================
 class SystemCall:
@@ -659,3 +662,63 @@ def test_verify_compares_neither_timing_labels_nor_identifiers(tmp_path: Path) -
     assert verify.compare_folders(new, old, "09_performance").ok
     (new / "runs.csv").write_text("label,last_step,cache_key\nOT,801,0f3c9d2e11aa4b70\n")  # a real difference
     assert verify.compare_folders(new, old, "09_performance").different == ["runs.csv: row 0 last_step 800 -> 801"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Two nodes: two torchrun launchers on this machine, as on two hosts (c10d rendezvous on 127.0.0.1, gloo)
+# ---------------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def two_nodes(out: Path) -> list[subprocess.Popen[str]]:
+    """The README's two-node line, once per "node" (node ranks 0 and 1, one process each), each rank dumping its
+    final seed table."""
+    rendezvous = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--local-addr", "127.0.0.1"]
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+            + ["--node-rank", str(node), *rendezvous, "-m", "lib.train", *DDP, "--dump-seeds", "--out", str(out)],
+            cwd=REPO_ROOT,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+
+
+def finished(nodes: list[subprocess.Popen[str]]) -> tuple[list[int], str]:
+    """Wait for every node -> (exit statuses, their stderr together)."""
+    errors = [node.communicate(timeout=600)[1] for node in nodes]
+    return [node.returncode for node in nodes], "\n".join(errors)
+
+
+@pytest.mark.slow
+def test_two_nodes_pair_alike_stop_together_when_one_is_preempted_and_resume_exactly(tmp_path: Path) -> None:
+    """SIGTERM to one node's torchrun (a scheduler preempting that host): its rank stops after the step, the other
+    node's rank stops at the same step through the per-step agreement, the checkpoint holds both ranks' RNG states
+    and the lock is released; rerunning both lines resumes, ending bit-identical to an uninterrupted two-node run,
+    with the same seed table on both nodes."""
+    out, straight = tmp_path / "run", tmp_path / "straight"
+    nodes = two_nodes(out)
+    wait_for(out / "checkpoint.pt", nodes[0])
+    nodes[1].send_signal(signal.SIGTERM)
+    codes, stderr = finished(nodes)
+    assert all(code != 0 for code in codes), stderr[-4000:]
+    # Rendezvous picks which node hosts global rank 0: the signal reached it or the other rank.
+    match = re.search(r"interrupted by (?:SIGTERM|a signal on another rank) after step (\d+) of 40: saved", stderr)
+    assert match, stderr[-4000:]
+    state = read_training_checkpoint(out / "checkpoint.pt")
+    assert state["global_step"] == int(match.group(1)) < 40 and state["torch_rng"].shape[0] == 2
+    assert not (out / "run.lock").exists()
+    for folder in (out, straight):  # the same two lines again, and an uninterrupted two-node run
+        codes, stderr = finished(two_nodes(folder))
+        assert codes == [0, 0], stderr[-4000:]
+    assert_same_run(out / "checkpoint.pt", straight / "checkpoint.pt")
+    assert len(list((straight / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 logs, not both nodes
+    rank0, rank1 = (torch.load(out / f"seeds_rank{r}.pt") for r in (0, 1))
+    assert torch.equal(rank0, rank1) and torch.equal(rank0, torch.load(straight / "seeds_rank0.pt"))

@@ -302,7 +302,8 @@ def test_kept_checkpoints_are_step_numbered_copies(tmp_path: Path) -> None:
     ]
     assert [read_training_checkpoint(p)["global_step"] for p in kept.values()] == [4, 8]
     assert read_training_checkpoint(tmp_path / "checkpoint.pt")["global_step"] == 10
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", *[p.name for p in kept.values()]]
+    kept_names = [p.name for p in kept.values()]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", *kept_names, "tensorboard"]
 
 
 def test_train_after_convergence_runs_on_a_dataset_as_on_a_tensor() -> None:

@@ -56,6 +56,12 @@ def test_08_reflow_teacher_pairs_student_and_table_1(tmp_path: Path, run_tiny) -
     history = read_table(folder / "training_history.csv")
     assert {r["method"] for r in history} == {"LOOM-CFM", "LOOM-CFM + 1 Reflow"}
     assert all(int(r["swaps"]) == 0 for r in history if r["method"] == "LOOM-CFM + 1 Reflow")  # fixed pairs
+    # Both trainings were launched from the notebook: their progress is in the executed copy (papermill's logged
+    # lines), their whole output in each run folder's train.log.
+    executed = (folder / "08_reflow.ipynb").read_text()
+    assert executed.count("loom: 100%|##########| 3/3") == 2 and "@loom-progress" not in executed
+    for run_folder in (teacher_run, reflow):
+        assert "-m lib.train --out" in (run_folder / "train.log").read_text().splitlines()[0]
     teacher, student = (load_model(p / "checkpoint.pt").model for p in (teacher_run, reflow))
     assert any(not torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), student.state_dict().values()))
     assert len(read_table(folder / "curvature_per_step.csv")) == 2 * 19

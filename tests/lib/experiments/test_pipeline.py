@@ -68,6 +68,8 @@ def test_a_failed_training_run_reports_the_command_and_its_error(tmp_path: Path)
     settings = TrainSettings(out=str(tmp_path / "run"), dataset="hdf5", root=str(missing), train=TrainConfig(steps=1))
     with pytest.raises(pipeline.TrainingFailed, match=f"exited with 2:\nerror: HDF5 dataset {missing} does not exist"):
         pipeline.launch_training(settings)
+    log = (tmp_path / "run" / pipeline.TRAIN_LOG).read_text()  # the whole output stays in the run folder
+    assert f"error: HDF5 dataset {missing} does not exist" in log
     with pytest.raises(ValueError, match="--model must be mlp or one of"):  # refused before anything is launched
         TrainSettings(model="resnet")
 

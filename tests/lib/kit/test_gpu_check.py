@@ -28,9 +28,27 @@ def test_the_gpu_check_runs_at_toy_size_on_the_cpu(tmp_path: Path) -> None:
     ]
     sampling = read_table(folder / "sampling.csv")
     assert [(r["solver"], int(r["nfe"])) for r in sampling] == [("midpoint-12", 24)]
+    architectures = read_table(folder / "architectures.csv")  # what the plan reads, per architecture
+    assert [(r["preset"], r["precision"], r["ran"]) for r in architectures] == [
+        ("tiny", "fp32", "True"),
+        ("tiny", "bf16", "False"),
+    ]
     summary = report["summary"]
+    assert summary["architecture_images_per_s"] == {
+        "tiny": {"fp32": pytest.approx(float(architectures[0]["images_per_s"]))}
+    }
+    assert summary["architecture_images_per_s"]["tiny"]["fp32"] > 0
     assert summary["bf16_over_fp32"] is None and summary["share_target"] == 0.02
     assert summary["coupling_share_pipelined"] >= 0 and report["wall_time_s"] > 0
+
+
+def test_the_gpu_check_times_every_released_architecture_at_its_per_gpu_batch() -> None:
+    assert gpu_check.GPU_SIZE.architectures == (
+        ("cifar10", 32),
+        ("imagenet32", 128),
+        ("imagenet64", 24),
+        ("ffhq256_latent", 32),
+    )
 
 
 def test_the_gpu_check_refuses_to_pretend_without_a_gpu() -> None:
