@@ -140,6 +140,7 @@ def row_settings(row: str, settings: TrainSettings, runs: Path, nproc: int = 1) 
     switched = replace(
         settings,
         coupling=spec.coupling,
+        caches=settings.caches if spec.coupling == "loom" else 1,  # a table's caches do not apply to other couplings
         no_swaps=spec.no_swaps,
         train=replace(settings.train, converge_first=spec.converge_first),
     )
