@@ -29,12 +29,14 @@ command line from a TrainSettings (``to_argv``), and the command line parses bac
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
 import copy
 import json
 import math
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -155,6 +157,30 @@ class TrainConfig:
         )
 
 
+_SETTING_NAMES: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("setting_names", default=None)
+
+
+@contextlib.contextmanager
+def named_settings(names: Mapping[str, str]) -> Iterator[None]:
+    """Within the block, errors about settings name them as ``names`` says ({setting: name}, e.g. a notebook's
+    parameters: {"steps": "STEPS"}) instead of as command-line flags (``--steps``), so a notebook's user is told
+    which parameter to change:
+
+        with named_settings({"steps": "STEPS", "lr": "LR"}):
+            settings = TrainSettings(train=TrainConfig(steps=STEPS, lr=LR))   # "STEPS must be at least 1, got 0"
+    """
+    token = _SETTING_NAMES.set({**(_SETTING_NAMES.get() or {}), **names})
+    try:
+        yield
+    finally:
+        _SETTING_NAMES.reset(token)
+
+
+def setting_name(name: str) -> str:
+    """How an error names setting ``name``: its :func:`named_settings` name, else its flag (``--batch-size``)."""
+    return (_SETTING_NAMES.get() or {}).get(name) or "--" + name.replace("_", "-")
+
+
 def refuse_out_of_range(settings: object, **rules: tuple[Callable[[Any], bool], str]) -> None:
     """ValueError naming every setting (as its flag) that breaks its rule: rules {name: (ok(value), "must be ...")}.
 
@@ -165,7 +191,7 @@ def refuse_out_of_range(settings: object, **rules: tuple[Callable[[Any], bool], 
         if not cli.is_finite(getattr(settings, name))
     }
     bad = [
-        f"--{name.replace('_', '-')} must be {text}, got {getattr(settings, name)!r}"
+        f"{setting_name(name)} must be {text}, got {getattr(settings, name)!r}"
         for name, (ok, text) in {**rules, **finite}.items()
         if not ok(getattr(settings, name))
     ]
@@ -310,9 +336,12 @@ def inapplicable(values: Mapping[str, Any]) -> dict[str, tuple[Any, str]]:
 
 
 def _flag(name: str, value: Any) -> str:
-    """A setting as the command line writes it: ``--flip``, ``--caches 7``."""
-    flag = "--" + name.replace("_", "-")
-    return flag if isinstance(value, bool) else f"{flag} {value}"
+    """A setting as the user wrote it: ``--flip``, ``--caches 7``, or a notebook's ``CACHES = 7``
+    (:func:`named_settings`)."""
+    shown = setting_name(name)
+    if not shown.startswith("--"):
+        return f"{shown} = {value!r}"
+    return shown if isinstance(value, bool) else f"{shown} {value}"
 
 
 def _flat_items(settings: TrainSettings) -> list[tuple[str, Any, Any]]:

@@ -7,6 +7,7 @@ the same code. The figures of these steps are drawn by lib.kit.figures.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import subprocess
@@ -37,7 +38,7 @@ from lib.paper import (
 )
 from lib.sample import generate, noise_for_images, to_images
 from lib.solvers import parse_solver
-from lib.train import TrainSettings
+from lib.train import TrainSettings, named_settings
 
 
 class TrainingFailed(RuntimeError):
@@ -46,6 +47,30 @@ class TrainingFailed(RuntimeError):
 
 class ScriptFailed(RuntimeError):
     """A data_prep script exited with an error: the message carries the command and the end of its output."""
+
+
+# The image notebooks' (05-08) parameters for lib.train's settings: errors name these, not the command line's flags.
+NOTEBOOK_PARAMETERS: dict[str, str] = {
+    "steps": "STEPS",
+    "epochs": "EPOCHS",
+    "batch_size": "BATCH_SIZE",
+    "lr": "LR",
+    "warmup_steps": "WARMUP_STEPS",
+    "ema_decay": "EMA_DECAY",
+    "seed": "SEED",
+    "bf16": "BF16",
+    "checkpoint_every": "CHECKPOINT_EVERY",
+    "keep_checkpoints_every": "KEEP_CHECKPOINTS_EVERY",
+    "caches": "CACHES",
+    "model": "MODEL",
+    "resolution": "RESOLUTION",
+}
+
+
+def notebook_parameters(**names: str) -> contextlib.AbstractContextManager[None]:
+    """Errors about lib.train settings built inside the block name the notebook's parameters
+    (:data:`NOTEBOOK_PARAMETERS`, with ``names`` for a notebook's own, e.g. ``steps="TEACHER_STEPS"``)."""
+    return named_settings({**NOTEBOOK_PARAMETERS, **names})
 
 
 def launch_training(settings: TrainSettings, nproc: int = 1, timeout_s: float | None = None) -> Path:
