@@ -896,3 +896,23 @@ def test_every_file_the_kit_writes_goes_through_the_atomic_writer() -> None:
             if WRITE_CALLS.search(code) and "atomic_write" not in code and not code.strip().startswith(('"', 'f"')):
                 found.append(f"{name}:{number}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+@pytest.mark.slow
+def test_a_diverging_torchrun_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
+    """Under torchrun the ranks agree on divergence (one small all-reduce where it is checked): both stop at the
+    same step, each with the one-line error, and no checkpoint of nan weights is written."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lib.train"]
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [*command, *DDP, "--lr", "1e30", "--out", str(out)],
+        cwd=REPO_ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode != 0
+    stops = re.findall(r"error: training diverged at step (\d+): the weights hold nan / inf", done.stderr)
+    assert stops == ["4", "4"], done.stderr[-4000:]
+    assert not (out / "checkpoint.pt").exists() and not (out / "run.lock").exists()
