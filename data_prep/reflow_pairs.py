@@ -35,7 +35,7 @@ from lib.checkpoints import LoadedModel, checkpoint_file, load_model
 from lib.datasets import atomic_write_hdf5, pair_storage, quantisation_change, to_uint8
 from lib.files import FolderLock, sha256_file
 from lib.progress import progress
-from lib.sample import generate, image_seeds
+from lib.sample import MAX_IMAGES, generate, image_seeds
 from lib.shards import ShardFolder
 from lib.solvers import parse_solver
 
@@ -137,9 +137,9 @@ def pairs_command(argv: list[str]) -> int:
     p.add_argument(
         "--checkpoint", required=True, help="the teacher: a lib.train checkpoint, a released .pt or released:<name>"
     )
-    p.add_argument("--num", type=cli.positive_int, required=True, help="number of pairs (paper: 1,000,000)")
+    p.add_argument("--num", type=MAX_IMAGES, required=True, help="number of pairs (paper: 1,000,000)")
     p.add_argument("--solver", default="dopri5", help="how the teacher integrates (spec string)")
-    p.add_argument("--seed", type=int, default=0, help="run seed: fixes every pair's noise")
+    p.add_argument("--seed", type=cli.seed, default=0, help="run seed: fixes every pair's noise")
     p.add_argument("--shard-size", type=cli.positive_int, default=50_000)
     p.add_argument("--batch-size", type=cli.positive_int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -154,6 +154,7 @@ def pairs_command(argv: list[str]) -> int:
     )
     args = p.parse_args(argv)
     device = cli.check_device(args.device)
+    parse_solver(args.solver)  # a typo fails here, before the teacher is loaded
     checkpoint = checkpoint_file(args.checkpoint)
     settings = pair_settings(
         checkpoint, args.num, args.solver, args.seed, args.shard_size, args.batch_size, args.device, args.store

@@ -530,7 +530,7 @@ def load_model(
             "checkpoint decodes with its own ae.* weights): drop --autoencoder"
         )
     if state.get("format") == KIT_FORMAT:
-        weights = ema_weights(state) if use_ema else state["model"]
+        weights = _kit_weights(path, state, use_ema)
         info: dict[str, Any] = {
             "checkpoint": str(path),
             "kind": "kit",
@@ -538,7 +538,7 @@ def load_model(
             "global_step": state["global_step"],
         }
         if any(k.startswith("net.") for k in weights):
-            model = mlp_from_state(weights)
+            model = _mlp(path, weights)
             return LoadedModel(model, (model.dim,), {**info, "preset": "mlp"})
         unet, unet_info = load_released_unet(weights)
         latent = state.get("latent")
@@ -546,6 +546,7 @@ def load_model(
         if autoencoder is not None:
             latent = {**latent, "autoencoder": str(autoencoder)}  # info says which autoencoder decoded
     else:
+        refuse_non_finite(path, state["model"])
         unet, unet_info = load_released_unet(state)
         info = {
             "checkpoint": str(path),
@@ -572,6 +573,41 @@ def load_model(
         },
         decoder,
     )
+
+
+def _kit_weights(path: Path, state: Mapping[str, Any], use_ema: bool) -> dict[str, Tensor]:
+    """The EMA (or raw) weights of a kit checkpoint, checked present and finite."""
+    if use_ema and not isinstance(state.get("ema"), Mapping):
+        raise CheckpointError(
+            f"{path} is a kit training checkpoint without its EMA weights ('ema'): it is damaged or was edited; "
+            "retrain, or sample its raw weights (lib.sample --raw-weights)"
+        )
+    weights = ema_weights(state) if use_ema else dict(state["model"])
+    refuse_non_finite(path, weights)
+    return weights
+
+
+def refuse_non_finite(path: Path, weights: Mapping[str, Any]) -> None:
+    """CheckpointError when any floating-point tensor of ``weights`` holds nan or inf: a diverged run's weights
+    sample nan images silently, and training from them (``--init``) trains on nan."""
+    bad = [k for k, v in weights.items() if isinstance(v, Tensor) and v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise CheckpointError(
+            f"{path} holds non-finite weights (nan or inf in {len(bad)} of {len(weights)} tensors, first {bad[0]!r}): "
+            "the run that wrote it diverged; use an earlier checkpoint or retrain with a lower --lr"
+        )
+
+
+def _mlp(path: Path, weights: Mapping[str, Tensor]) -> MLP:
+    """:func:`mlp_from_state` with a checkpoint's weights that do not fit the toy MLP reported in one line."""
+    try:
+        return mlp_from_state(weights)
+    except (KeyError, IndexError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: its 'net.*' weights do not fit the kit's MLP ({first[:200]}); the file is damaged or was "
+            "written by other code: retrain it"
+        ) from err
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -7,13 +7,16 @@ Expected errors are those a user can fix: bad input or settings (ValueError, whi
 DatasetFormatError), missing, corrupt, locked or unwritable files (OSError: FileNotFoundError, FolderBusy, ...).
 They print ``error: <message>`` on stderr and exit with status 2 (argparse's status for bad arguments); the
 traceback is shown only with ``--debug``. Anything else is a bug in the kit and keeps its traceback. Ctrl-C prints one
-line and exits 130. Argument types :func:`positive_int` / :func:`non_negative_int` and :func:`check_device` refuse
-bad numbers and devices before any work starts.
+line and exits 130. Argument types :func:`positive_int` / :func:`non_negative_int` / :func:`int_range`,
+:func:`finite_float` and :func:`seed` and :func:`check_device` refuse bad numbers and devices before any work starts:
+``nan`` and ``inf`` are never a number a setting can take (they train to NaN weights, silently), and a seed must fit
+the 64 bits torch's generators hold.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 
@@ -82,6 +85,42 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
+
+
+def int_range(low: int, high: int, why: str = "") -> Callable[[str], int]:
+    """argparse type: an integer in [low, high]; ``why`` says where the upper bound comes from."""
+
+    def parse(text: str) -> int:
+        value = (positive_int if low == 1 else non_negative_int if low == 0 else _int)(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:,}{why}, got {value:,}")
+        return value
+
+    return parse
+
+
+SEED_BITS = 64  # torch.Generator.manual_seed takes an unsigned 64-bit seed
+seed = int_range(0, 2**SEED_BITS - 1, " (a seed fits 64 bits)")
+seed.__doc__ = "argparse type: a seed, 0 .. 2**64 - 1 (what torch's generators hold)."
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite float (``nan``, ``inf`` and ``1e999`` are refused with the flag's name)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not is_finite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def is_finite(value: object) -> bool:
+    """False for a float nan / inf (anything else is True): the one rule for every number setting of the kit, used by
+    :func:`finite_float` and by lib.train's settings (which notebooks build without a command line)."""
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 def _int(text: str) -> int:

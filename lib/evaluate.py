@@ -22,7 +22,7 @@ from torch import Tensor
 from lib import cli
 from lib.checkpoints import LoadedModel, checkpoint_file, load_model
 from lib.fid import DEFAULT_PROTOCOL, PROTOCOLS, feature_network, fid_from_generator
-from lib.files import sha256_file, write_json
+from lib.files import check_output, sha256_file, write_json
 from lib.flow import VelocityField
 from lib.metrics import curvature_per_step, straightness, w2
 from lib.sample import noise_for_images, to_images
@@ -206,7 +206,7 @@ def evaluate_command(argv: list[str]) -> int:
         help="kit checkpoints trained on latents: decode with this autoencoder (hub id, save_pretrained folder or "
         "weights file) instead of the one the checkpoint records",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=cli.seed, default=0)
     p.add_argument("--batch-size", type=cli.positive_int, default=250)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, required=True, help="JSON file for the rows (a rerun keeps its finished rows)")
@@ -218,7 +218,7 @@ def evaluate_command(argv: list[str]) -> int:
     if any(sep in args.reference for sep in "/\\") and not Path(args.reference).exists():
         raise FileNotFoundError(f"--reference {args.reference} is not a folder or file of reference images")
     device = cli.check_device(args.device)
-    rows = read_rows(args.out)
+    rows = read_rows(check_output(args.out))
     path = checkpoint_file(args.checkpoint)
     loaded = load_model(path, autoencoder=args.autoencoder)
     extractor = feature_network(args.features, args.protocol)

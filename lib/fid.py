@@ -49,12 +49,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from cleanfid import fid as cleanfid_fid
+from cleanfid import utils as cleanfid_utils
 from torch import Tensor, nn
 from torch.utils.data import RandomSampler
 from torchvision.models import Inception_V3_Weights
 from tqdm.auto import tqdm
 
 from lib.datasets import CIFAR10_FOLDER, CIFAR10Images, HDF5Images, ImageFiles, IndexedImages, hdf5_shard_paths
+from lib.files import atomic_write_stream
 from lib.paper import FID_MAX_REFERENCE, FID_REFERENCE_SEED
 from lib.toy import digits_split_indices, digits_vectors
 
@@ -338,6 +340,18 @@ def _generated_features(
     )
 
 
+MIN_REFERENCE = 2  # a covariance needs two images; fewer fail deep in numpy or scipy's sqrtm
+
+
+def check_reference_size(count: int, source: str) -> None:
+    """ValueError when a reference holds fewer than :data:`MIN_REFERENCE` images (its covariance is undefined)."""
+    if count < MIN_REFERENCE:
+        raise ValueError(
+            f"the FID reference {source} holds {count} image(s); FID needs at least {MIN_REFERENCE} (a covariance), "
+            "and thousands for a meaningful number: pass a folder with more images"
+        )
+
+
 def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, F) features -> (mu (F,), sigma (F, F)), as clean-fid computes them."""
     return np.mean(features, axis=0), np.cov(features, rowvar=False)
@@ -408,6 +422,8 @@ def _image_features(
         )
     if not Path(images).is_dir():
         raise FileNotFoundError(f"image folder {images} does not exist")
+    found = [f for f in Path(images).rglob("*") if f.suffix.lower()[1:] in cleanfid_utils.EXTENSIONS]
+    check_reference_size(len(found), f"image folder {images}")  # what clean-fid would read, counted before it does
     return cleanfid_fid.get_folder_features(
         str(images), model, num_workers=num_workers, batch_size=batch_size, device=device, mode=mode, verbose=verbose
     )
@@ -444,8 +460,7 @@ def make_reference_stats(
         images, model, mode=mode, batch_size=batch_size, device=device, num_workers=num_workers, verbose=verbose
     )
     mu, sigma = gaussian_stats(features)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, mu=mu, sigma=sigma, num_images=len(features))
+    atomic_write_stream(path, lambda f: np.savez_compressed(f, mu=mu, sigma=sigma, num_images=len(features)))
     return path
 
 
@@ -639,6 +654,7 @@ def _paper_fid(
     """The paper's protocol (module docstring): reference features first, so a bad reference costs no sampling."""
     model_name = _extractor_name(feature_extractor, TORCHVISION_INCEPTION)
     images, description, split = _split_images(reference, image_size)
+    check_reference_size(len(images), description)
     metric = _torcheval_metric(feature_extractor, device)
     draws = reference_draw(len(images), num_reference or min(len(images), FID_MAX_REFERENCE))
     for chunk in tqdm(draws.split(batch_size), desc="reference", disable=not verbose):

@@ -3,6 +3,9 @@
 - :func:`atomic_write` / :func:`write_json`: write through a temporary sibling (``.<name>.<pid>.tmp``), fsync, then
   ``os.replace``, so a reader or a crash sees the old file or the new one, never a torn one. A kill between the two
   leaves the temporary file; :func:`remove_stale_temps` deletes those when a process takes over the folder.
+- A write that fails for want of space or permission (ENOSPC, EROFS, EACCES, EDQUOT) becomes one OSError naming the
+  path and the fix (:func:`write_failed`), also when torch.save buries it in a RuntimeError; :func:`check_output` and
+  :func:`check_folder` refuse an unwritable ``--out`` before a command does its work.
 - :func:`sha256_file`: the checksum data-prep manifests record per shard.
 - :func:`read_data_pickle`: a data file in a pickle format (CIFAR-10's batches) parsed by an unpickler that admits
   only numpy arrays and plain containers; any other global (``posix.system``, ``builtins.exec``) raises
@@ -19,6 +22,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -50,32 +54,122 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     If ``write`` raises, the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise write_failed(path, err) from err
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return path
 
 
 def atomic_write_stream(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
-    """:func:`atomic_write` for writers that take an open binary file (``torch.save``)."""
+    """:func:`atomic_write` for writers that take an open binary file (``torch.save``, PIL's ``save``)."""
 
     def fill(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            write(f)
+            recording = _RecordingFile(f)
+            try:
+                write(recording)  # type: ignore[arg-type]
+            except RuntimeError:
+                # torch.save reports a failed write as "RuntimeError: [enforce fail at inline_container.cc] unexpected
+                # pos": the OSError the file raised (ENOSPC on a full disk) is the cause to report.
+                if recording.error is not None:
+                    raise recording.error from None
+                raise
 
     return atomic_write(path, fill)
 
 
+class _RecordingFile:
+    """A binary file that remembers the first OSError its ``write`` raised (everything else passes through)."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+
+# Why a write failed, and the fix, for the errors a user can fix (other OSErrors keep their own message).
+WRITE_ERRORS = {
+    errno.ENOSPC: "no space left on device (ENOSPC): free some space or write elsewhere",
+    errno.EDQUOT: "disk quota exceeded (EDQUOT): free some space or write elsewhere",
+    errno.EROFS: "read-only file system (EROFS): write elsewhere",
+    errno.EACCES: "permission denied (EACCES): write elsewhere or change the folder's permissions",
+    errno.EPERM: "operation not permitted (EPERM): write elsewhere or change the folder's permissions",
+}
+
+
+class WriteFailed(OSError):
+    """A file could not be written; the message names the path, the reason and the fix (one line)."""
+
+
+def write_failed(path: Path, err: OSError) -> OSError:
+    """``err`` raised while writing ``path`` -> :class:`WriteFailed` naming both when a user can fix it (full disk,
+    read-only or forbidden target), else ``err`` itself. The target is untouched either way (atomic writes)."""
+    if isinstance(err, WriteFailed) or err.errno not in WRITE_ERRORS:
+        return err
+    failed = WriteFailed(f"cannot write {path}: {WRITE_ERRORS[err.errno]}; {path.name} was left as it was")
+    failed.errno = err.errno
+    return failed
+
+
+def check_output(path: str | os.PathLike[str], flag: str = "--out") -> Path:
+    """Refuse, before any work, an output file that cannot be written: a folder, a parent that is a file, or a
+    folder where creating a file fails (read-only, forbidden, full). Creates the missing parent folders."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{flag} {path} is a folder; give a file name inside it")
+    check_folder(path.parent, flag)
+    probe = temp_path(path)
+    try:
+        open(probe, "wb").close()  # noqa: SIM115 - created and closed at once: can a file be made here?
+    except OSError as err:
+        raise write_failed(path, err) from err
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+    return path
+
+
+def check_folder(folder: str | os.PathLike[str], flag: str = "--out") -> Path:
+    """Refuse an output folder that is a file (or sits below one), else create it -> the folder."""
+    folder = Path(folder)
+    for part in (folder, *folder.parents):
+        if part.exists() and not part.is_dir():
+            raise NotADirectoryError(
+                f"{flag} {folder}: {part} is a file, not a folder; pass a folder (or move the file away)"
+            )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_failed(folder, err) from err
+    return folder
+
+
 def write_json(path: str | os.PathLike[str], value: Any, indent: int | None = 2) -> Path:
     """``value`` as JSON at ``path`` (indented unless ``indent`` is None), atomically."""
-    text = json.dumps(value, indent=indent, default=str) + "\n"
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    return write_text(path, json.dumps(value, indent=indent, default=str) + "\n")
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """``text`` (UTF-8) at ``path``, atomically."""
+    return atomic_write_stream(path, lambda f: f.write(text.encode()))
 
 
 def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
@@ -235,7 +329,7 @@ class FolderLock:
         self._thread: threading.Thread | None = None
 
     def acquire(self) -> FolderLock:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        check_folder(self.folder)  # a file in its place: one line naming it
         for _ in range(3):  # a lost race for a stale lock retries; a live holder refuses at once
             if self._create():
                 self._start_heartbeat()

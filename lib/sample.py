@@ -19,9 +19,10 @@ import torch
 from torch import Tensor
 from torchvision.utils import save_image
 
-from lib import cli
+from lib import cli, files
 from lib.checkpoints import LoadedModel, load_model
 from lib.couplings import SEED_HIGH, noise_from_seeds
+from lib.files import atomic_write_stream
 from lib.solvers import integrate, parse_solver
 
 # Image i of run seed s has noise seed (s * RUN_STRIDE + i) mod 2**32 (the generator's seed space, see
@@ -39,7 +40,13 @@ def to_images(loaded: LoadedModel, x: Tensor) -> Tensor:
 
 def image_seeds(seed: int, start: int, count: int) -> Tensor:
     """Noise seeds of images start .. start + count - 1 of run ``seed`` -> (count,) int64 in [0, 2**32)."""
-    return (seed * RUN_STRIDE + torch.arange(start, start + count, dtype=torch.int64)) % SEED_HIGH
+    # The run's offset is reduced in Python first: any seed (up to 2**64) stays inside int64, and the seeds are those
+    # of (seed * RUN_STRIDE + i) % 2**32 exactly.
+    return ((seed * RUN_STRIDE) % SEED_HIGH + torch.arange(start, start + count, dtype=torch.int64)) % SEED_HIGH
+
+
+# A run numbers its images' noise seeds modulo 2**32: beyond that many images the noise would repeat.
+MAX_IMAGES = cli.int_range(1, SEED_HIGH, " (image noise seeds repeat beyond 2**32)")
 
 
 def noise_for_images(
@@ -80,20 +87,36 @@ def as_images(samples: Tensor) -> Tensor:
 
 
 def save_grid(images: Tensor, path: str | os.PathLike[str]) -> Path:
-    """Images (N, C, H, W) in [-1, 1] -> a square-ish PNG grid at ``path``."""
+    """Images (N, C, H, W) in [-1, 1] -> a square-ish image grid at ``path`` (format by its suffix, any case),
+    written atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.clamp(-1, 1), path, nrow=max(1, math.isqrt(len(images))), normalize=True, value_range=(-1, 1))
-    return path
+    fmt = image_format(path)
+    grid = dict(nrow=max(1, math.isqrt(len(images))), normalize=True, value_range=(-1, 1))
+    return atomic_write_stream(path, lambda f: save_image(images.clamp(-1, 1), f, format=fmt, **grid))
+
+
+def save_samples(images: Tensor, path: str | os.PathLike[str]) -> Path:
+    """``--out``: the images as a tensor (.pt) or drawn as a grid (an image suffix), atomically: a failed write
+    (a full disk) leaves an existing file as it was."""
+    path = Path(path)
+    if path.suffix.lower() == ".pt":
+        return atomic_write_stream(path, lambda f: torch.save(images, f))
+    return save_grid(as_images(images), path)
+
+
+def image_format(path: Path) -> str | None:
+    """PIL's format name for an image file name's suffix (any case), or None if PIL cannot write it."""
+    from PIL import Image
+
+    return Image.registered_extensions().get(path.suffix.lower())
 
 
 def check_output(path: Path) -> Path:
-    """``--out``: a .pt tensor file or an image PIL can write (by its suffix); ValueError otherwise."""
-    from PIL import Image
-
-    if path.suffix.lower() != ".pt" and path.suffix.lower() not in Image.registered_extensions():
+    """``--out``, before any sampling: a .pt tensor file or an image PIL can write (suffix in any case), in a folder
+    where a file can be created (lib.files.check_output); ValueError / OSError otherwise."""
+    if path.suffix.lower() != ".pt" and image_format(path) is None:
         raise ValueError(f"--out {path}: give a .pt file (the images as a tensor) or an image such as .png")
-    return path
+    return files.check_output(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,8 +128,8 @@ def sample_command(argv: list[str]) -> int:
     p = cli.parser("python -m lib.sample", __doc__)
     p.add_argument("--checkpoint", required=True, help="a lib.train checkpoint, a released .pt, or released:<name>")
     p.add_argument("--solver", default="midpoint-4", help="euler-K, midpoint-K, rk4-K or dopri5")
-    p.add_argument("--num", type=cli.positive_int, default=64, help="number of images")
-    p.add_argument("--seed", type=int, default=0, help="run seed (fixes every image's noise)")
+    p.add_argument("--num", type=MAX_IMAGES, default=64, help="number of images")
+    p.add_argument("--seed", type=cli.seed, default=0, help="run seed (fixes every image's noise)")
     p.add_argument("--batch-size", type=cli.positive_int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--raw-weights", action="store_true", help="kit checkpoints: the raw weights, not the EMA")
@@ -123,11 +146,7 @@ def sample_command(argv: list[str]) -> int:
     loaded = load_model(args.checkpoint, use_ema=not args.raw_weights, autoencoder=args.autoencoder)
     batches = list(generate(loaded, args.num, args.solver, args.seed, args.batch_size, device))
     images = torch.cat([to_images(loaded, x) for x, _ in batches])
-    if out.suffix == ".pt":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(images, out)
-    else:
-        save_grid(as_images(images), out)
+    save_samples(images, out)
     print(
         json.dumps(
             {

@@ -23,6 +23,7 @@ from lib.flow import VelocityField
 
 FIXED_GRID: dict[str, int] = {"euler": 1, "midpoint": 2, "rk4": 4}  # network calls per step
 ADAPTIVE: tuple[str, ...] = ("dopri5",)
+MAX_STEPS = 10_000  # a fixed grid's steps: 10x the finest grid any paper or notebook uses; beyond, memory runs out
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,11 @@ def parse_solver(spec: str | SolverSpec) -> SolverSpec:
     if method in FIXED_GRID:
         if steps is None or int(steps) < 1:
             raise ValueError(f"solver {spec!r} needs a step count, e.g. '{method}-4' for 4 steps")
+        if int(steps) > MAX_STEPS:
+            raise ValueError(
+                f"solver {spec!r}: at most {MAX_STEPS:,} steps (the solver keeps the batch at every grid time); "
+                "for a near-exact solution use dopri5"
+            )
         return SolverSpec(method, int(steps))
     if method in ADAPTIVE and steps is None:
         return SolverSpec(method)
@@ -145,7 +151,13 @@ def integrate(
     steps = spec.steps or 1
     times = torch.linspace(0.0, 1.0, steps + 1, device=z.device, dtype=z.dtype)
     options = {"atol": spec.atol, "rtol": spec.rtol} if spec.method in ADAPTIVE else {}
-    trajectory = odeint(field, z, times, method=spec.method, **options)
+    try:
+        trajectory = odeint(field, z, times, method=spec.method, **options)
+    except AssertionError as err:  # torchdiffeq asserts a finite step size: a field returning nan / inf
+        raise ValueError(
+            f"{spec.label} could not integrate ({err}): the velocity field returns non-finite values; check that "
+            "the model's weights and the noise are finite"
+        ) from err
     return SampleResult(
         x=trajectory[-1],
         nfe=field.calls,

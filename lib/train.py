@@ -29,11 +29,14 @@ command line from a TrainSettings (``to_argv``), and the command line parses bac
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
 import copy
 import json
+import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -69,7 +72,7 @@ from lib.couplings import (
     visits_per_noise,
 )
 from lib.datasets import DATASETS, HDF5Images, IndexedImages, make_dataset, read_pair_seeds
-from lib.files import write_json
+from lib.files import atomic_write_stream, check_folder, write_json
 from lib.flow import cfm_loss, sample_time
 from lib.livelog import LiveLog
 from lib.pairing import PAIRED_AHEAD, PAIRING_CHOICES, PairedBatch, Pairing, resolve_pairing
@@ -147,6 +150,7 @@ class TrainConfig:
             grad_clip=(lambda v: v > 0, "positive"),
             ema_decay=(lambda v: 0 <= v < 1, "in [0, 1)"),
             sigma=(lambda v: v >= 0, "0 or more"),
+            seed=(lambda v: 0 <= v < 2**cli.SEED_BITS, f"0 to 2**{cli.SEED_BITS} - 1 (a seed fits 64 bits)"),
             log_every=(lambda v: v >= 1, "a positive integer"),
             redraw_every_epochs=(lambda v: v >= 0, "0 or more"),
             checkpoint_every=(lambda v: v >= 0, "0 (off) or more"),
@@ -157,11 +161,42 @@ class TrainConfig:
         )
 
 
+_SETTING_NAMES: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("setting_names", default=None)
+
+
+@contextlib.contextmanager
+def named_settings(names: Mapping[str, str]) -> Iterator[None]:
+    """Within the block, errors about settings name them as ``names`` says ({setting: name}, e.g. a notebook's
+    parameters: {"steps": "STEPS"}) instead of as command-line flags (``--steps``), so a notebook's user is told
+    which parameter to change:
+
+        with named_settings({"steps": "STEPS", "lr": "LR"}):
+            settings = TrainSettings(train=TrainConfig(steps=STEPS, lr=LR))   # "STEPS must be at least 1, got 0"
+    """
+    token = _SETTING_NAMES.set({**(_SETTING_NAMES.get() or {}), **names})
+    try:
+        yield
+    finally:
+        _SETTING_NAMES.reset(token)
+
+
+def setting_name(name: str) -> str:
+    """How an error names setting ``name``: its :func:`named_settings` name, else its flag (``--batch-size``)."""
+    return (_SETTING_NAMES.get() or {}).get(name) or "--" + name.replace("_", "-")
+
+
 def refuse_out_of_range(settings: object, **rules: tuple[Callable[[Any], bool], str]) -> None:
-    """ValueError naming every setting (as its flag) that breaks its rule: rules {name: (ok(value), "must be ...")}."""
+    """ValueError naming every setting (as its flag) that breaks its rule: rules {name: (ok(value), "must be ...")}.
+
+    Every float setting must also be finite (lib.cli.is_finite): nan and inf pass ``v > 0`` and train to NaN."""
+    finite = {
+        name: (cli.is_finite, "a finite number")
+        for name in (f.name for f in fields(settings))  # type: ignore[arg-type]
+        if not cli.is_finite(getattr(settings, name))
+    }
     bad = [
-        f"--{name.replace('_', '-')} must be {text}, got {getattr(settings, name)!r}"
-        for name, (ok, text) in rules.items()
+        f"{setting_name(name)} must be {text}, got {getattr(settings, name)!r}"
+        for name, (ok, text) in {**rules, **finite}.items()
         if not ok(getattr(settings, name))
     ]
     if bad:
@@ -231,6 +266,16 @@ class TrainSettings:
             caches=(lambda v: v >= 1, "a positive integer"),
             cost=(lambda v: v in COST_NAMES, f"one of {', '.join(COST_NAMES)}"),
         )
+        unused = inapplicable(dict((name, value) for name, value, _ in _flat_items(self)))
+        if unused:
+            origin = RELEASED_CONFIGS.get(self.config, {})
+            raise ValueError(
+                "; ".join(
+                    f"{_flag(name, value)}{f' (from --config {self.config})' if origin.get(name) == value else ''} "
+                    f"{why}"
+                    for name, (value, why) in unused.items()
+                )
+            )
 
     def to_argv(self) -> list[str]:
         """The command line that parses back into these settings: every setting that differs from its default."""
@@ -253,13 +298,67 @@ class TrainSettings:
         return cls(**{f.name: values[f.name] for f in fields(cls) if f.name != "train"}, train=train)
 
 
+# Settings that apply only to some datasets or couplings: {name: (applies(settings), "does not apply ... ; fix")}.
+# Given where they do not apply they would be silently ignored (a run that is not what was asked), so they are refused.
+APPLIES: dict[str, tuple[Callable[[Mapping[str, Any]], bool], str]] = {
+    "flip": (lambda s: s["dataset"] != "digits", "does not apply to --dataset digits (no flipped copies); drop it"),
+    "resolution": (
+        lambda s: s["dataset"] in ("imagefolder", "hdf5"),
+        "applies to --dataset imagefolder and hdf5 only; drop it",
+    ),
+    "root": (lambda s: s["dataset"] != "digits", "does not apply to --dataset digits (built in); drop it"),
+    "verify_data": (lambda s: s["dataset"] == "hdf5", "applies to --dataset hdf5 only (shard manifests); drop it"),
+    "caches": (
+        lambda s: s["coupling"] == "loom" and not s["reflow"],
+        "applies to --coupling loom only (its noise table); drop it or pass --coupling loom",
+    ),
+    "no_swaps": (lambda s: s["coupling"] == "loom" and not s["reflow"], "applies to --coupling loom only; drop it"),
+    "redraw_every_epochs": (
+        lambda s: s["coupling"] == "loom" and not s["reflow"],
+        "applies to --coupling loom only; drop it",
+    ),
+    "converge_first": (
+        lambda s: s["coupling"] == "loom" and not s["reflow"],
+        "applies to --coupling loom only; drop it",
+    ),
+    "enumerate_flips": (lambda s: s["flip"], "applies with --flip only; drop it"),
+    "reflow": (
+        lambda s: s["dataset"] == "hdf5" and bool(s["root"]) and not s["flip"],
+        "reads reflow pair shards: pass --dataset hdf5 --root <pairs folder> (data_prep/reflow_pairs.py) without "
+        "--flip",
+    ),
+}
+
+
+def inapplicable(values: Mapping[str, Any]) -> dict[str, tuple[Any, str]]:
+    """{name: (value, why)} of the settings in ``values`` (flat: TrainSettings and TrainConfig names, or the parsed
+    command line) that differ from their default where they do not apply (:data:`APPLIES`)."""
+    return {
+        name: (values[name], why)
+        for name, (applies, why) in APPLIES.items()
+        if values[name] != SETTING_DEFAULTS[name] and not applies(values)
+    }
+
+
+def _flag(name: str, value: Any) -> str:
+    """A setting as the user wrote it: ``--flip``, ``--caches 7``, or a notebook's ``CACHES = 7``
+    (:func:`named_settings`)."""
+    shown = setting_name(name)
+    if not shown.startswith("--"):
+        return f"{shown} = {value!r}"
+    return shown if isinstance(value, bool) else f"{shown} {value}"
+
+
 def _flat_items(settings: TrainSettings) -> list[tuple[str, Any, Any]]:
     """(name, value, default) of every command-line setting, TrainConfig's flattened in."""
     items = [(f.name, getattr(settings, f.name), f.default) for f in fields(TrainSettings) if f.name != "train"]
     return items + [(f.name, getattr(settings.train, f.name), f.default) for f in fields(TrainConfig)]
 
 
-SETTING_DEFAULTS = {name: default for name, _, default in _flat_items(TrainSettings())}
+SETTING_DEFAULTS = {
+    **{f.name: f.default for f in fields(TrainSettings) if f.name != "train"},
+    **{f.name: f.default for f in fields(TrainConfig)},
+}
 
 
 @dataclass
@@ -685,7 +784,8 @@ def _converge_first(trainer: Trainer, global_batch: int) -> None:
 def _run(trainer: Trainer, path: Path | None, settings: dict[str, Any]) -> None:
     """Steps loop.step + 1 .. config.steps, logging every ``log_every`` and checkpointing on schedule (with a path)."""
     config, loop = trainer.config, trainer.loop
-    saved_step = loop.step if loop.step else None  # a resumed run starts from a checkpoint
+    # The step of the last checkpoint written (None: none yet), shown on the bar and kept if the run diverges.
+    saved_step = loop.step if path is not None and path.exists() else None
     with (
         StopSignals(enabled=path is not None) as signals,  # first: a launcher may stop the run once its bar shows
         progress(
@@ -704,23 +804,24 @@ def _run(trainer: Trainer, path: Path | None, settings: dict[str, Any]) -> None:
             loss, stats = train_step(trainer, batch)
             loop.step = step
             if step % config.log_every == 0 or step == config.steps:
-                trainer.history.append(
-                    {
-                        "step": step,
-                        "epoch": batch.epoch,
-                        "loss": loss.item(),
-                        "swaps": stats.swaps,
-                        "cost_before": stats.cost_before,
-                        "cost_after": stats.cost_after,
-                    }
-                )
-                live.record(trainer.history[-1], lr, trainer.device)
+                record = {
+                    "step": step,
+                    "epoch": batch.epoch,
+                    "loss": loss.item(),
+                    "swaps": stats.swaps,
+                    "cost_before": stats.cost_before,
+                    "cost_after": stats.cost_after,
+                }
+                trainer.history.append(record)
+                refuse_divergence(trainer, step, path, saved_step, loss=record["loss"])
+                live.record(record, lr, trainer.device)
                 bar.set_postfix_str(_postfix(trainer.history, saved_step), refresh=False)
             if path is None:
                 continue
             save, stop = schedule.decide(step)
             keep = config.keep_checkpoints_every > 0 and step % config.keep_checkpoints_every == 0
             if save or keep:
+                refuse_divergence(trainer, step, path, saved_step)  # never replace a good checkpoint by nan weights
                 write_checkpoint(trainer, path, settings)
                 live.flush()
                 saved_step = step
@@ -736,6 +837,50 @@ def _postfix(history: list[dict[str, float]], saved_step: int | None) -> str:
     """The progress bar's text after the count: the last logged loss and the step of the last checkpoint written."""
     parts = [f"loss {history[-1]['loss']:.4g}"] if history else []
     return ", ".join(parts + ([f"saved step {saved_step}"] if saved_step is not None else []))
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the weights became nan / inf; the message names the step, the likely causes and what was kept."""
+
+
+def refuse_divergence(
+    trainer: Trainer, step: int, path: Path | None, good: int | None, loss: float | None = None
+) -> None:
+    """Raise :class:`TrainingDiverged` if ``loss`` (a logged loss, already on the CPU) or, without one, the weights
+    and their EMA hold nan / inf. Every rank gets the same answer (one small all-reduce), so all stop together.
+
+    Cost: the loop calls this with the loss it fetched for the history (every ``log_every`` steps: no extra GPU sync)
+    and on the weights only before a checkpoint write (one reduction and sync per checkpoint), never per step.
+    """
+    if loss is not None:
+        bad, what = not math.isfinite(loss), f"the loss is {loss}"
+    else:
+        params = [*trainer.model.parameters(), *trainer.ema.parameters()]
+        bad, what = not bool(torch.stack([p.isfinite().all() for p in params]).all()), "the weights hold nan / inf"
+    if not distributed.any_rank([bad])[0]:
+        return
+    if path is None:
+        kept = "no checkpoint is written in this run"
+    elif good is None:
+        kept = f"no checkpoint had been written yet ({path} is not made from nan weights)"
+    else:
+        kept = f"the last good checkpoint {path} (step {good}) is kept"
+    raise TrainingDiverged(
+        f"training diverged at step {step}: {what if bad else 'another rank saw non-finite numbers'}; {kept}. "
+        f"Likely causes: {divergence_causes(trainer.config)}. Start a new run (another --out) with those lowered"
+    )
+
+
+def divergence_causes(config: TrainConfig) -> str:
+    """The settings that most likely made a run diverge, most likely first."""
+    causes = [f"a learning rate too high (--lr {config.lr:g}; lower it, or warm up with --warmup-steps)"]
+    if config.sigma >= 1:
+        causes.append(f"a path width --sigma {config.sigma:g} far above the paper's 1e-7")
+    if config.grad_clip > 10:
+        causes.append(f"a loose gradient clip (--grad-clip {config.grad_clip:g})")
+    if config.bf16:
+        causes.append("bf16 overflow (drop --bf16)")
+    return "; ".join(causes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -755,14 +900,38 @@ def _add_flags(p: argparse.ArgumentParser, cls: type) -> None:
         elif isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=f.metadata["help"])
         else:
-            p.add_argument(flag, type=type(default), default=default, help=f.metadata["help"])
+            p.add_argument(flag, type=_flag_type(f.name, default), default=default, help=f.metadata["help"])
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The command line; ``--config NAME`` first fills in a released config, explicit flags override it."""
+def _flag_type(name: str, default: Any) -> Callable[[str], Any]:
+    """How a flag's text becomes its value: floats finite and seeds within 64 bits (lib.cli), else the default's
+    type."""
+    if name == "seed":
+        return cli.seed
+    return cli.finite_float if isinstance(default, float) else type(default)
+
+
+def _parser() -> argparse.ArgumentParser:
     p = cli.parser("python -m lib.train", __doc__)
     _add_flags(p, TrainSettings)
     _add_flags(p, TrainConfig)
+    return p
+
+
+def explicit_settings(argv: list[str] | None) -> set[str]:
+    """The settings ``argv`` names itself (abbreviated flags too): argparse with every default suppressed."""
+    p = _parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    given, _ = p.parse_known_args(argv)
+    return set(vars(given))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; ``--config NAME`` first fills in a released config, and explicit flags always override it:
+    ``--steps`` replaces the config's epochs, and a config value that does not apply to what the flags chose
+    (its --caches with an explicit --coupling independent) falls back to its default."""
+    p = _parser()
     chosen, _ = p.parse_known_args(argv)
     if chosen.config:
         if chosen.config not in RELEASED_CONFIGS:
@@ -771,6 +940,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.out:
         p.error("--out is required (the run folder)")
+    explicit = explicit_settings(argv)
+    if {"steps", "epochs"} <= explicit and args.epochs:
+        p.error("pass --steps or --epochs, not both (--epochs sets the steps)")
+    if "steps" in explicit:
+        args.epochs = 0  # explicit steps beat the config's epochs
+    if chosen.config:
+        for name in inapplicable(vars(args)):  # a config's reflow is what the config is: never dropped
+            if name not in explicit and name in RELEASED_CONFIGS[chosen.config] and name != "reflow":
+                setattr(args, name, SETTING_DEFAULTS[name])  # the config's, not the user's: not applicable here
     return args
 
 
@@ -793,9 +971,25 @@ def initial_model(settings: TrainSettings, example_shape: tuple[int, ...]) -> nn
     if not settings.init:
         return build_model(settings.model, example_shape)
     loaded = load_model(settings.init)
-    if loaded.shape != example_shape:
+    # The MLP takes examples flattened (lib.models.MLP): a (64,) MLP fits (1, 8, 8) digits, as lib.train built it.
+    flat = loaded.info.get("preset") == "mlp" and loaded.shape == (math.prod(example_shape),)
+    if loaded.shape != example_shape and not flat:
         raise ValueError(f"--init {settings.init} makes {loaded.shape} examples but the data has {example_shape}")
     return loaded.model.train()
+
+
+def check_model_fits(model: str, example_shape: tuple[int, ...]) -> None:
+    """ValueError when UNet preset ``model`` does not take examples of ``example_shape`` (the MLP takes any), naming
+    the presets that do: checked before the run folder is written."""
+    if model == "mlp":
+        return
+    takes = (PRESETS[model].in_channels, PRESETS[model].image_size, PRESETS[model].image_size)
+    if takes != tuple(example_shape):
+        fits = [name for name, c in PRESETS.items() if (c.in_channels, c.image_size, c.image_size) == example_shape]
+        raise ValueError(
+            f"--model {model} takes {takes} examples but the data has {tuple(example_shape)}; use --model "
+            + " or ".join(["mlp", *fits])
+        )
 
 
 def reflow_coupling(root: str, device: torch.device) -> Coupling:
@@ -817,8 +1011,6 @@ def dataset_kwargs(settings: TrainSettings) -> dict[str, Any]:
         raise ValueError(f"--dataset {settings.dataset} needs --root (the data folder or file)")
     if settings.dataset == "imagefolder" and not settings.resolution:
         raise ValueError("--dataset imagefolder needs --resolution (images are resized and centre-cropped to it)")
-    if settings.reflow and (settings.dataset != "hdf5" or settings.flip):
-        raise ValueError("--reflow reads the pair shards: use --dataset hdf5 without --flip")
     resolution = settings.resolution or None
     if settings.dataset == "hdf5":
         verify = "full" if settings.verify_data else "cheap"
@@ -862,7 +1054,7 @@ def train_command(argv: list[str]) -> int:
     settings = TrainSettings.from_args(parse_args(argv))
     device = training_device(settings)
     try:
-        with hold_run_folder(Path(settings.out)):
+        with hold_run_folder(check_folder(settings.out)):  # --out a file: refused in one line
             train_in_folder(settings, device)
     except TrainingInterrupted as stop:
         if distributed.is_main():
@@ -885,6 +1077,8 @@ def train_in_folder(settings: TrainSettings, device: torch.device) -> None:
             config, steps=steps_for_epochs(settings.epochs, visits, config.batch_size * distributed.world_size())
         )
     torch.manual_seed(config.seed)  # this process's RNG: the same initial weights on every rank
+    if not settings.init:
+        check_model_fits(settings.model, tuple(data[0][1].shape))
     model = initial_model(settings, tuple(data[0][1].shape)).to(device)
     coupling = (
         reflow_coupling(settings.root, device)
@@ -916,7 +1110,7 @@ def train_in_folder(settings: TrainSettings, device: torch.device) -> None:
     if distributed.is_main():
         write_json(out / "history.json", result.history, indent=None)
     if settings.dump_seeds and isinstance(coupling, LoomCoupling):
-        torch.save(coupling.seeds, out / f"seeds_rank{distributed.rank()}.pt")
+        atomic_write_stream(out / f"seeds_rank{distributed.rank()}.pt", lambda f: torch.save(coupling.seeds, f))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from lib.paper import (
 from lib.progress import LOG_INTERVAL_S, RelayedBar
 from lib.sample import generate, noise_for_images, to_images
 from lib.solvers import parse_solver
-from lib.train import TrainSettings
+from lib.train import TrainSettings, named_settings
 
 
 class TrainingFailed(RuntimeError):
@@ -59,6 +59,30 @@ class ScriptFailed(RuntimeError):
 
 TRAIN_LOG = "train.log"  # in the run folder: everything lib.train printed, every launch appended
 STOP_GRACE_S = 600.0  # after forwarding an interrupt: time to finish the step and write the checkpoint
+
+
+# The image notebooks' (05-08) parameters for lib.train's settings: errors name these, not the command line's flags.
+NOTEBOOK_PARAMETERS: dict[str, str] = {
+    "steps": "STEPS",
+    "epochs": "EPOCHS",
+    "batch_size": "BATCH_SIZE",
+    "lr": "LR",
+    "warmup_steps": "WARMUP_STEPS",
+    "ema_decay": "EMA_DECAY",
+    "seed": "SEED",
+    "bf16": "BF16",
+    "checkpoint_every": "CHECKPOINT_EVERY",
+    "keep_checkpoints_every": "KEEP_CHECKPOINTS_EVERY",
+    "caches": "CACHES",
+    "model": "MODEL",
+    "resolution": "RESOLUTION",
+}
+
+
+def notebook_parameters(**names: str) -> contextlib.AbstractContextManager[None]:
+    """Errors about lib.train settings built inside the block name the notebook's parameters
+    (:data:`NOTEBOOK_PARAMETERS`, with ``names`` for a notebook's own, e.g. ``steps="TEACHER_STEPS"``)."""
+    return named_settings({**NOTEBOOK_PARAMETERS, **names})
 
 
 def launch_training(settings: TrainSettings, nproc: int = 1, timeout_s: float | None = None) -> Path:
@@ -278,6 +302,7 @@ def row_settings(row: str, settings: TrainSettings, runs: Path, nproc: int = 1) 
     switched = replace(
         settings,
         coupling=spec.coupling,
+        caches=settings.caches if spec.coupling == "loom" else 1,  # a table's caches do not apply to other couplings
         no_swaps=spec.no_swaps,
         train=replace(settings.train, converge_first=spec.converge_first),
     )

@@ -46,6 +46,7 @@ from lib.evaluate import noise_like, path_curvature
 from lib.experiments.ablations import as_model_input, build_model, digits_split, score_samples
 from lib.experiments.convergence import global_optimum
 from lib.fid import DigitsClassifier, digits_frechet_distance, train_digits_classifier
+from lib.files import write_text
 from lib.metrics import w2
 from lib.paper import COUPLING_ROWS, TABLE5_BATCH, sweep_label
 from lib.solvers import FIXED_GRID, integrate
@@ -433,10 +434,8 @@ def read_cached(folder: Path | None) -> dict[int, dict[str, Any]]:
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON through a temporary file and a rename, so a killed run never leaves half a record."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float) + "\n")
-    tmp.replace(path)
+    """Write JSON through a temporary file and a rename (lib.files), so a killed run never leaves half a record."""
+    write_text(path, json.dumps(data, indent=1, default=float) + "\n")
 
 
 def run_study(run: StudyRun, settings: EvalSettings, cache: Path | None = None) -> list[dict[str, Any]]:

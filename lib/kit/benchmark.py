@@ -38,6 +38,7 @@ from lib.experiments.benchmarks import (
     torch_threads,
     training_step_sweep,
 )
+from lib.files import write_text
 from lib.kit import results
 
 MODELS = {"digits UNet": "digits", "2-D MLP": "mlp"}  # label -> lib.checkpoints.build_model name
@@ -71,7 +72,7 @@ def rank_data_worker(out: str, hdf5: str, batch_size: int, steps: int) -> None:
     }
     rows = time_rank_data(datasets, batch_size, steps)
     if distributed.is_main():
-        Path(out).write_text(json.dumps(rows))
+        write_text(out, json.dumps(rows))
     distributed.shutdown()
 
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from lib import REPO_ROOT
+from lib.files import write_text
 from lib.kit.notebooks import NOTEBOOKS
 from lib.kit.results import read_table
 from lib.kit.tables import REPRODUCED_WITHIN, counts
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             print("README.md is out of date with results/: run `python -m lib.kit.readme`", file=sys.stderr)
             return 1
         return 0
-    README.write_text(wanted)
+    write_text(README, wanted)  # atomically: a full disk never leaves half a README
     return 0
 
 

@@ -3,6 +3,7 @@ settings, a damaged shard, a crafted checkpoint) never loses work or gives a sil
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -26,6 +27,7 @@ from lib import REPO_ROOT, evaluate, fabricate, sample
 from lib.checkpoints import CheckpointError, read_checkpoint, read_training_checkpoint
 from lib.datasets import HDF5Images
 from lib.files import FolderLock
+from lib.paper import RELEASED_CONFIGS
 from lib.shards import ShardCheckFailed
 from lib.train import main
 
@@ -150,7 +152,7 @@ def test_sigterm_stops_at_the_end_of_the_step_with_a_checkpoint(tmp_path: Path, 
         (["--coupling", "minibatch_ot"], "coupling: 'loom' -> 'minibatch_ot'"),
         (["--caches", "2"], "caches: 1 -> 2"),
         (["--model", "digits"], "model: 'mlp' -> 'digits'"),
-        (["--flip"], "flip: False -> True"),
+        (["--sigma", "0.5"], "sigma: 0.0 -> 0.5"),  # (--flip on digits is refused outright: no flipped copies)
         (["--batch-size", "8"], "batch_size: 16 -> 8"),
         (["--warmup-steps", "3", "--lr", "0.01"], "lr: 0.001 -> 0.01; warmup_steps: 0 -> 3"),
         (["--seed", "2"], "seed: 1 -> 2"),
@@ -722,3 +724,497 @@ def test_two_nodes_pair_alike_stop_together_when_one_is_preempted_and_resume_exa
     assert len(list((straight / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 logs, not both nodes
     rank0, rank1 = (torch.load(out / f"seeds_rank{r}.pt") for r in (0, 1))
     assert torch.equal(rank0, rank1) and torch.equal(rank0, torch.load(straight / "seeds_rank0.pt"))
+
+
+# =========================================================================================================
+# Issue 25, part B: silent wrong results, lost data, tracebacks and late failures
+# =========================================================================================================
+@pytest.fixture
+def digits_mlp(tmp_path: Path) -> Path:
+    """A finished 4-step run of the digits MLP (its checkpoint: EMA weights of shape (64,))."""
+    assert main([*TRAIN, "--steps", "4", "--out", str(tmp_path / "mlp")]) == 0
+    return tmp_path / "mlp" / "checkpoint.pt"
+
+
+def one_error_line(err: str, *parts: str) -> None:
+    """``err`` is the kit's one-line error (argparse's usage lines aside) holding every one of ``parts``."""
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and "error: " in last, err
+    for part in parts:
+        assert part in last, (part, err)
+
+
+def sample_argv(checkpoint: Path | str, out: Path) -> list[str]:
+    return ["--checkpoint", str(checkpoint), "--num", "4", "--solver", "euler-2", "--device", "cpu", "--out", str(out)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Silently wrong: non-finite numbers, divergence, --config, settings that do not apply
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flag", ["--lr", "--sigma", "--grad-clip", "--ema-decay", "--checkpoint-minutes"])
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "1e999"])
+def test_non_finite_floats_are_refused_at_the_command_line(tmp_path: Path, capsys, flag: str, value: str) -> None:
+    assert main([*TRAIN, "--steps", "2", f"{flag}={value}", "--out", str(tmp_path / "run")]) == 2
+    one_error_line(capsys.readouterr().err, f"argument {flag}: must be a finite number, got {value!r}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_non_finite_settings_built_in_python_are_refused_too() -> None:
+    """Notebooks build TrainConfig directly: the same rule holds there (inf passes ``lr > 0``)."""
+    from lib.train import TrainConfig
+
+    for name in ("lr", "sigma", "grad_clip", "checkpoint_minutes"):
+        with pytest.raises(ValueError, match=f"--{name.replace('_', '-')} must be a finite number, got inf"):
+            TrainConfig(**{name: float("inf")})
+    with pytest.raises(ValueError, match="--ema-decay must be a finite number, got nan"):
+        TrainConfig(ema_decay=float("nan"))
+
+
+def poison_weights_after(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """Fault injection: after training step ``step`` the weights turn to nan (what --lr inf or fp16 overflow do)."""
+    import lib.train as train
+
+    real = train.train_step
+
+    def train_step(trainer: Any, batch: Any) -> Any:
+        loss, stats = real(trainer, batch)
+        if trainer.loop.step + 1 >= step:
+            with torch.no_grad():
+                for p in trainer.model.parameters():
+                    p.fill_(float("nan"))
+            loss = loss * float("nan")
+        return loss, stats
+
+    monkeypatch.setattr(train, "train_step", train_step)
+
+
+def test_a_diverged_run_stops_before_a_checkpoint_and_keeps_the_last_good_one(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Weights turn nan after step 7; checkpoints every 3 steps, losses logged every 5: the checkpoint due at step 9
+    is refused (weights checked before every write), the run exits 2 naming the step and the likely cause, and the
+    step-6 checkpoint stays as it was, finite and resumable."""
+    out = tmp_path / "run"
+    argv = [*TRAIN, "--steps", "20", "--checkpoint-every", "3", "--log-every", "10", "--out", str(out)]
+    poison_weights_after(monkeypatch, 7)
+    assert main(argv) == 2
+    one_error_line(
+        capsys.readouterr().err,
+        "training diverged at step 9: the weights hold nan / inf",
+        f"the last good checkpoint {out / 'checkpoint.pt'} (step 6) is kept",
+        "Likely causes: a learning rate too high (--lr 0.001",
+    )
+    state = read_training_checkpoint(out / "checkpoint.pt")
+    assert state["global_step"] == 6
+    assert all(v.isfinite().all() for v in state["model"].values() if v.is_floating_point())
+    assert not (out / "run.lock").exists() and not list(out.glob(".*.tmp"))
+
+
+def test_a_nan_loss_is_caught_at_the_first_logged_step_without_a_checkpoint(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """The loss fetched for the history is checked (no extra device sync per step): with no checkpoint due, the
+    divergence after step 3 is reported at the logged step 5, and no nan checkpoint is ever written."""
+    out = tmp_path / "run"
+    argv = [*TRAIN, "--steps", "50", "--checkpoint-every", "0", "--checkpoint-minutes", "0", "--log-every", "5"]
+    poison_weights_after(monkeypatch, 3)
+    assert main([*argv, "--out", str(out)]) == 2
+    one_error_line(capsys.readouterr().err, "training diverged at step 5: the loss is nan", "no checkpoint had been")
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_a_huge_learning_rate_ends_in_one_line_and_status_2_not_in_nan_weights(tmp_path: Path, capsys) -> None:
+    """The issue's case, unpatched: a finite but absurd --lr used to train to nan and exit 0."""
+    argv = [*TRAIN, "--steps", "20", "--lr", "1e30", "--checkpoint-every", "2", "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    one_error_line(capsys.readouterr().err, "training diverged at step 2", "(--lr 1e+30;")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def nan_checkpoint(good: Path, path: Path, key: str = "ema") -> Path:
+    """A copy of kit checkpoint ``good`` whose ``key`` weights hold a nan (what a diverged run wrote before)."""
+    state = read_training_checkpoint(good)
+    first = next(k for k, v in state[key].items() if isinstance(v, torch.Tensor) and v.is_floating_point())
+    state[key][first] = state[key][first].clone().fill_(float("nan"))
+    torch.save(state, path)
+    return path
+
+
+def test_sampling_evaluating_and_init_refuse_non_finite_weights(tmp_path: Path, capsys, digits_mlp: Path) -> None:
+    bad = nan_checkpoint(digits_mlp, tmp_path / "nan.pt")
+    reference = tmp_path / "ref"
+    fabricate.write_reference_folder(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), reference)
+    runs = {
+        "lib.sample": lambda: sample.main(sample_argv(bad, tmp_path / "s.pt")),
+        "lib.evaluate": lambda: evaluate.main(
+            ["--checkpoint", str(bad), "--solvers", "dopri5", "--num-samples", "4", "--reference", str(reference)]
+            + ["--features", "random", "--device", "cpu", "--out", str(tmp_path / "fid.json")]
+        ),
+        "lib.train --init": lambda: main([*TRAIN, "--steps", "2", "--init", str(bad), "--out", str(tmp_path / "t")]),
+    }
+    for name, run in runs.items():
+        assert run() == 2, name
+        one_error_line(capsys.readouterr().err, f"{bad} holds non-finite weights", "diverged")
+    assert not (tmp_path / "s.pt").exists() and not (tmp_path / "t" / "config.json").exists()
+    raw_bad = nan_checkpoint(digits_mlp, tmp_path / "raw_nan.pt", key="model")
+    assert sample.main([*sample_argv(raw_bad, tmp_path / "s.pt"), "--raw-weights"]) == 2
+    assert sample.main(sample_argv(raw_bad, tmp_path / "s.pt")) == 0  # its EMA is finite: sampled
+
+
+def test_dopri5_on_a_field_returning_nan_is_a_value_error_not_an_assertion() -> None:
+    from lib.models import MLP
+    from lib.solvers import integrate
+
+    model = MLP(4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(ValueError, match="dopri5 could not integrate .* returns non-finite values"):
+        integrate(model, torch.randn(3, 4), "dopri5")
+
+
+CONFIG_KEYS = sorted({key for config in RELEASED_CONFIGS.values() for key in config})
+EXPLICIT = {  # an explicit flag for each setting a released config sets, with a value no config has
+    "dataset": (["--dataset", "imagefolder"], "imagefolder"),
+    "model": (["--model", "tiny"], "tiny"),
+    "flip": (["--no-flip"], False),
+    "batch_size": (["--batch-size", "7"], 7),
+    "lr": (["--lr", "0.125"], 0.125),
+    "warmup_steps": (["--warmup-steps", "3"], 3),
+    "epochs": (["--epochs", "2"], 2),
+    "caches": (["--caches", "3"], 3),
+    "ema_decay": (["--ema-decay", "0.5"], 0.5),
+    "sigma": (["--sigma", "0.25"], 0.25),
+    "reflow": (["--no-reflow"], False),
+    "coupling": (["--coupling", "minibatch_ot"], "minibatch_ot"),
+}
+
+
+def test_every_setting_a_config_sets_has_an_explicit_override_below() -> None:
+    assert sorted(EXPLICIT) == CONFIG_KEYS
+
+
+@pytest.mark.parametrize("config", sorted(RELEASED_CONFIGS))
+@pytest.mark.parametrize("name", CONFIG_KEYS)
+def test_an_explicit_flag_overrides_the_config(config: str, name: str) -> None:
+    from lib.train import parse_args
+
+    flags, value = EXPLICIT[name]
+    args = parse_args(["--config", config, *flags, "--root", "data", "--out", "x"])
+    assert getattr(args, name) == value
+    for other in RELEASED_CONFIGS[config]:  # every other setting as the config says (unless it does not apply)
+        if other != name and other not in ("caches", "flip"):
+            assert getattr(args, other) == RELEASED_CONFIGS[config][other], other
+
+
+@pytest.mark.parametrize("config", sorted(RELEASED_CONFIGS))
+def test_explicit_steps_replace_the_configs_epochs(config: str, capsys) -> None:
+    from lib.train import parse_args
+
+    args = parse_args(["--config", config, "--steps", "5", "--out", "x"])
+    assert (args.steps, args.epochs) == (5, 0)
+    assert parse_args(["--config", config, "--out", "x"]).epochs == RELEASED_CONFIGS[config]["epochs"]
+    with pytest.raises(SystemExit):
+        parse_args(["--config", config, "--steps", "5", "--epochs", "2", "--out", "x"])
+    assert "pass --steps or --epochs, not both" in capsys.readouterr().err
+
+
+def test_config_cifar10_with_explicit_steps_on_digits_trains_those_steps(tmp_path: Path, capsys) -> None:
+    """The issue's run trained 44,000 steps with flips on digits; now --steps wins, the config's flips (which do not
+    apply to digits) fall back to off, and its UNet, which cannot take 1x8x8 digits, is refused before any file."""
+    out = tmp_path / "run"
+    argv = ["--config", "cifar10", "--steps", "5", "--dataset", "digits", "--batch-size", "16", "--device", "cpu"]
+    assert main([*argv, "--no-progress", "--out", str(out)]) == 2
+    one_error_line(capsys.readouterr().err, "--model cifar10 takes (3, 32, 32) examples but the data has (1, 8, 8)")
+    assert not out.exists() or not any(out.iterdir())
+    assert main([*argv, "--model", "mlp", "--no-progress", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["steps"], config["epochs"], config["flip"], config["caches"], config["lr"]) == (5, 0, False, 4, 2e-4)
+    assert read_training_checkpoint(out / "checkpoint.pt")["global_step"] == 5
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--flip"], "--flip does not apply to --dataset digits"),
+        (["--resolution", "999"], "--resolution 999 applies to --dataset imagefolder and hdf5 only"),
+        (["--coupling", "independent", "--caches", "7"], "--caches 7 applies to --coupling loom only"),
+        (["--coupling", "minibatch_ot", "--no-swaps"], "--no-swaps applies to --coupling loom only"),
+        (["--coupling", "independent", "--redraw-every-epochs", "2"], "--redraw-every-epochs 2 applies to"),
+        (["--coupling", "minibatch_ot", "--converge-first"], "--converge-first applies to --coupling loom only"),
+        (["--verify-data"], "--verify-data applies to --dataset hdf5 only"),
+        (["--enumerate-flips"], "--enumerate-flips applies with --flip only"),
+        (["--root", "data"], "--root data does not apply to --dataset digits"),
+        (["--reflow"], "--reflow reads reflow pair shards: pass --dataset hdf5 --root <pairs folder>"),
+        (["--model", "cifar10"], "--model cifar10 takes (3, 32, 32) examples but the data has (1, 8, 8)"),
+    ],
+)
+def test_settings_that_do_not_apply_are_refused_before_anything_is_written(
+    tmp_path: Path, capsys, argv: list[str], message: str
+) -> None:
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--steps", "2", *argv, "--out", str(out)]) == 2
+    one_error_line(capsys.readouterr().err, message)
+    assert not (out / "config.json").exists() and not (out / "checkpoint.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data lost: a full disk, a read-only target
+# ---------------------------------------------------------------------------------------------------------
+def fail_writes(monkeypatch: pytest.MonkeyPatch, code: int, after: int = 100) -> None:
+    """Every file lib.files writes fails with ``code`` (ENOSPC: a full disk) once ``after`` bytes are written."""
+    import builtins
+
+    import lib.files as files
+
+    class Failing:
+        def __init__(self, path: Any, mode: str) -> None:
+            self.file, self.written = builtins.open(path, mode), 0
+
+        def write(self, data: Any) -> int:
+            self.written += len(data)
+            if self.written > after:
+                raise OSError(code, os.strerror(code))
+            return self.file.write(data)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.file, name)
+
+        def __enter__(self) -> Failing:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.file.close()
+
+    def fake_open(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if "w" not in mode and "+" not in mode:
+            return builtins.open(path, mode, *args, **kwargs)
+        if after == 0:
+            raise OSError(code, os.strerror(code), str(path))
+        return Failing(path, mode)
+
+    monkeypatch.setattr(files, "open", fake_open, raising=False)
+
+
+@pytest.mark.parametrize("name", ["samples.pt", "grid.png"])
+def test_sampling_over_a_file_on_a_full_disk_leaves_it_whole(
+    tmp_path: Path, capsys, monkeypatch, digits_mlp: Path, name: str
+) -> None:
+    out = tmp_path / name
+    assert sample.main(sample_argv(digits_mlp, out)) == 0
+    before = out.read_bytes()
+    fail_writes(monkeypatch, errno.ENOSPC)
+    assert sample.main([*sample_argv(digits_mlp, out), "--seed", "3"]) == 2
+    one_error_line(capsys.readouterr().err, f"cannot write {out}: no space left on device (ENOSPC)")
+    assert out.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_training_on_a_full_disk_names_the_checkpoint_and_keeps_the_last_one(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """torch.save buries the disk's ENOSPC in "RuntimeError: [enforce fail at inline_container.cc] unexpected pos":
+    the kit reports the OSError, naming the file, and the previous checkpoint stays readable."""
+    out, argv = tmp_path / "run", [*TRAIN, "--checkpoint-every", "0", "--out", str(tmp_path / "run")]
+    assert main([*argv, "--steps", "4"]) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    fail_writes(monkeypatch, errno.ENOSPC, after=10_000)
+    assert main([*argv, "--steps", "8"]) == 2
+    err = capsys.readouterr().err
+    one_error_line(err, f"cannot write {out / 'checkpoint.pt'}: no space left on device (ENOSPC)")
+    assert "inline_container" not in err and (out / "checkpoint.pt").read_bytes() == before
+    assert read_training_checkpoint(out / "checkpoint.pt")["global_step"] == 4
+
+
+@pytest.mark.parametrize("code, reason", [(errno.EROFS, "read-only file system"), (errno.EACCES, "permission denied")])
+def test_an_unwritable_out_is_refused_before_sampling(
+    tmp_path: Path, capsys, monkeypatch, digits_mlp: Path, code: int, reason: str
+) -> None:
+    """Tests run as root here, where chmod cannot make a folder read-only: the failing write is injected."""
+    fail_writes(monkeypatch, code, after=0)
+    monkeypatch.setattr(sample, "generate", lambda *a, **k: pytest.fail("sampled before checking --out"))
+    assert sample.main(sample_argv(digits_mlp, tmp_path / "s.pt")) == 2
+    one_error_line(capsys.readouterr().err, f"cannot write {tmp_path / 's.pt'}: {reason}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tracebacks and late failures: each one line, status 2, before any work
+# ---------------------------------------------------------------------------------------------------------
+def test_seeds_beyond_64_bits_are_refused_and_the_largest_one_works(tmp_path: Path, capsys, digits_mlp: Path) -> None:
+    too_big = str(2**64)
+    assert main([*TRAIN, "--steps", "2", "--seed", too_big, "--out", str(tmp_path / "run")]) == 2
+    one_error_line(capsys.readouterr().err, "argument --seed: must be at most 18,446,744,073,709,551,615")
+    assert sample.main([*sample_argv(digits_mlp, tmp_path / "s.pt"), "--seed", too_big]) == 2
+    one_error_line(capsys.readouterr().err, "argument --seed: must be at most")
+    assert sample.main([*sample_argv(digits_mlp, tmp_path / "s.pt"), "--seed", str(2**64 - 1)]) == 0
+    assert main([*TRAIN, "--steps", "2", "--seed", str(2**64 - 1), "--out", str(tmp_path / "big")]) == 0
+    assert sample.image_seeds(2**64 - 1, 0, 3).tolist() == [
+        ((2**64 - 1) * sample.RUN_STRIDE + i) % 2**32 for i in range(3)
+    ]
+
+
+def test_sample_checks_solver_and_out_before_any_work(tmp_path: Path, capsys, monkeypatch, digits_mlp: Path) -> None:
+    monkeypatch.setattr(sample, "load_model", lambda *a, **k: pytest.fail("loaded before checking the arguments"))
+    argv = sample_argv(digits_mlp, tmp_path / "s.pt")
+    assert sample.main([*argv, "--solver", "euler-99999999999999"]) == 2  # would allocate 400 TB
+    one_error_line(capsys.readouterr().err, "solver 'euler-99999999999999': at most 10,000 steps")
+    assert sample.main(sample_argv(digits_mlp, tmp_path / "s.txt")) == 2
+    one_error_line(capsys.readouterr().err, "give a .pt file (the images as a tensor) or an image such as .png")
+    (tmp_path / "file").write_text("")
+    assert sample.main(sample_argv(digits_mlp, tmp_path / "file" / "s.pt")) == 2  # --out below a file (Errno 17/20)
+    one_error_line(capsys.readouterr().err, f"{tmp_path / 'file'} is a file, not a folder")
+    assert sample.main(sample_argv(digits_mlp, tmp_path)) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_out_suffixes_in_any_case_are_written_as_their_format(tmp_path: Path, digits_mlp: Path) -> None:
+    assert sample.main(sample_argv(digits_mlp, tmp_path / "x.PT")) == 0
+    assert torch.load(tmp_path / "x.PT", weights_only=True).shape == (4, 64)
+    assert sample.main(sample_argv(digits_mlp, tmp_path / "x.PNG")) == 0
+    assert (tmp_path / "x.PNG").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_out_pointing_at_a_file_is_refused_for_folders(tmp_path: Path, capsys, digits_mlp: Path) -> None:
+    (tmp_path / "taken").write_text("a file")
+    assert main([*TRAIN, "--steps", "2", "--out", str(tmp_path / "taken")]) == 2
+    one_error_line(capsys.readouterr().err, f"--out {tmp_path / 'taken'}: {tmp_path / 'taken'} is a file, not a folder")
+    argv = ["--checkpoint", str(digits_mlp), "--num", "2", "--device", "cpu", "--out", str(tmp_path / "taken")]
+    assert reflow_pairs.main(argv) == 2
+    one_error_line(capsys.readouterr().err, "is a file, not a folder")
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_broken_kit_checkpoints_are_one_line(tmp_path: Path, capsys, digits_mlp: Path) -> None:
+    state = read_training_checkpoint(digits_mlp)
+    torch.save({k: v for k, v in state.items() if k != "ema"}, tmp_path / "no_ema.pt")
+    assert sample.main(sample_argv(tmp_path / "no_ema.pt", tmp_path / "s.pt")) == 2
+    one_error_line(capsys.readouterr().err, "without its EMA weights ('ema')", "--raw-weights")
+    assert sample.main([*sample_argv(tmp_path / "no_ema.pt", tmp_path / "s.pt"), "--raw-weights"]) == 0
+    ema = {k.replace("net.", "net.x", 1): v for k, v in state["ema"].items()}  # 'net.x0.weight': not the MLP's
+    torch.save({**state, "ema": ema}, tmp_path / "wrong_keys.pt")
+    assert sample.main(sample_argv(tmp_path / "wrong_keys.pt", tmp_path / "s.pt")) == 2
+    one_error_line(capsys.readouterr().err, "its 'net.*' weights do not fit the kit's MLP")
+    missing = {k: v for k, v in state["ema"].items() if not k.endswith("net.0.bias")}
+    torch.save({**state, "ema": missing}, tmp_path / "missing.pt")
+    assert sample.main(sample_argv(tmp_path / "missing.pt", tmp_path / "s.pt")) == 2
+    one_error_line(capsys.readouterr().err, "its 'net.*' weights do not fit the kit's MLP")
+
+
+def test_init_from_a_digits_mlp_run_is_accepted(tmp_path: Path, digits_mlp: Path) -> None:
+    """The MLP takes digits flattened: its (64,) examples are the data's (1, 8, 8); a wrong refusal before."""
+    out = tmp_path / "finetune"
+    assert main([*TRAIN, "--steps", "2", "--init", str(digits_mlp), "--out", str(out)]) == 0
+    assert read_training_checkpoint(out / "checkpoint.pt")["global_step"] == 2
+
+
+@pytest.mark.parametrize("images", [0, 1])
+def test_evaluate_with_fewer_than_two_reference_images_is_one_line(
+    tmp_path: Path, capsys, digits_mlp: Path, images: int
+) -> None:
+    reference = tmp_path / "ref"
+    reference.mkdir()
+    if images:
+        fabricate.write_reference_folder(torch.zeros(images, 3, 8, 8, dtype=torch.uint8), reference)
+    for protocol in ("clean-fid-clean", "paper-torcheval"):
+        argv = ["--checkpoint", str(digits_mlp), "--solvers", "euler-1", "--num-samples", "4", "--device", "cpu"]
+        argv += ["--protocol", protocol, "--reference", str(reference), "--features", "random"]
+        assert evaluate.main([*argv, "--out", str(tmp_path / "fid.json")]) == 2
+        if images == 0 and protocol == "paper-torcheval":  # lib.datasets.ImageFiles refuses an empty folder itself
+            one_error_line(capsys.readouterr().err, f"no .png/.jpg/.jpeg/.webp/.bmp files under {reference}")
+        else:
+            one_error_line(capsys.readouterr().err, f"holds {images} image(s); FID needs at least 2")
+
+
+def test_reflow_pairs_refuses_more_pairs_than_noise_seeds_before_any_work(tmp_path: Path, capsys) -> None:
+    argv = ["--checkpoint", str(tmp_path / "absent.pt"), "--device", "cpu", "--out", str(tmp_path / "pairs")]
+    assert reflow_pairs.main([*argv, "--num", str(10**20)]) == 2
+    one_error_line(capsys.readouterr().err, "argument --num: must be at most 4,294,967,296")
+    assert reflow_pairs.main([*argv, "--num", "1e20"]) == 2
+    one_error_line(capsys.readouterr().err, "argument --num: must be an integer, got '1e20'")
+    assert not (tmp_path / "pairs").exists()
+
+
+def test_a_notebook_parameter_error_names_the_notebook_parameter() -> None:
+    """Notebooks 05-08 build lib.train's settings from their parameters: an error names STEPS, not --steps."""
+    from lib.experiments import pipeline
+    from lib.train import TrainConfig, TrainSettings
+
+    with pytest.raises(ValueError, match=r"^STEPS must be at least 1, got 0; BATCH_SIZE must be a positive integer"):
+        with pipeline.notebook_parameters():
+            TrainSettings(train=TrainConfig(steps=0, batch_size=0))
+    with pytest.raises(ValueError, match=r"^TEACHER_LR must be a finite number, got inf$"):
+        with pipeline.notebook_parameters(lr="TEACHER_LR"):
+            TrainSettings(train=TrainConfig(lr=float("inf")))
+    with pytest.raises(ValueError, match=r"^CACHES = 7 applies to --coupling loom only"):
+        with pipeline.notebook_parameters():
+            TrainSettings(coupling="independent", caches=7)
+    with pytest.raises(ValueError, match=r"^--steps must be at least 1, got 0$"):  # outside: the command line's flag
+        TrainConfig(steps=0)
+
+
+def test_notebooks_05_to_08_build_their_settings_under_their_parameter_names() -> None:
+    for notebook in sorted((REPO_ROOT / "notebooks").glob("0[5-8]_*.ipynb")):
+        cells = ["".join(c["source"]) for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
+        built = [line for cell in cells for line in cell.splitlines() if re.search(r"\w+ = TrainSettings\(", line)]
+        assert built, notebook.name
+        for cell in cells:
+            lines = cell.splitlines()
+            for k, line in enumerate(lines):
+                if line in built:
+                    assert lines[k - 1].strip().startswith("with pipeline.notebook_parameters("), (notebook.name, line)
+
+
+def test_a_coupling_rows_settings_drop_the_loom_tables_caches() -> None:
+    """Notebooks 05-07 give CACHES to every row; the I-CFM and minibatch OT rows have no table to apply it to."""
+    from lib.experiments import pipeline
+    from lib.train import TrainSettings
+
+    settings = TrainSettings(dataset="cifar10", root="data", flip=True, model="tiny", caches=4, out="x")
+    for row, caches in (("I-CFM", 1), ("w/o saving local reassignments", 1), ("LOOM-CFM", 4)):
+        assert pipeline.row_settings(row, settings, Path("runs")).caches == caches
+
+
+# Writers outside lib.files that are allowed, and why: each fills a folder that is made whole or not at all.
+DIRECT_WRITERS = {
+    "lib/kit/results.py": "a notebook's results go into a staging folder, swapped in whole (replace_folder)",
+    "lib/kit/figures.py": "sample grids go into the same staging folder (ResultsRun.path)",
+    "lib/kit/reproduce.py": "the executed notebook goes into the runner's scratch copy of results/",
+    "lib/fabricate.py": "stand-in data for tests and the quick profile, in folders recorded complete only at the end",
+}
+WRITE_CALLS = re.compile(
+    r"torch\.save\(|save_image\(|np\.save|\.savefig\(|\.write_text\(|\.write_bytes\(|open\([^)]*[\"'][wa]|\.save\("
+)
+
+
+def test_every_file_the_kit_writes_goes_through_the_atomic_writer() -> None:
+    """A direct torch.save / save_image / np.save / savefig / write_text in lib/ or data_prep/ tears its file on a
+    full disk or a kill; they go through lib.files (atomic_write, atomic_write_stream, write_text, write_json)."""
+    found = []
+    for source in sorted([*REPO_ROOT.glob("lib/**/*.py"), *REPO_ROOT.glob("data_prep/*.py")]):
+        name = source.relative_to(REPO_ROOT).as_posix()
+        if name == "lib/files.py" or name in DIRECT_WRITERS:
+            continue
+        for number, line in enumerate(source.read_text().splitlines(), 1):
+            code = line.split("#")[0]
+            if WRITE_CALLS.search(code) and "atomic_write" not in code and not code.strip().startswith(('"', 'f"')):
+                found.append(f"{name}:{number}: {line.strip()}")
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.slow
+def test_a_diverging_torchrun_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
+    """Under torchrun the ranks agree on divergence (one small all-reduce where it is checked): both stop at the
+    same step, each with the one-line error, and no checkpoint of nan weights is written."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lib.train"]
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [*command, *DDP, "--lr", "1e30", "--out", str(out)],
+        cwd=REPO_ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode != 0
+    stops = re.findall(r"error: training diverged at step (\d+): the weights hold nan / inf", done.stderr)
+    assert stops == ["4", "4"], done.stderr[-4000:]
+    assert not (out / "checkpoint.pt").exists() and not (out / "run.lock").exists()

@@ -87,11 +87,20 @@ def test_a_loom_checkpoint_does_not_resume_another_coupling(tmp_path: Path) -> N
 
 
 def _train_cli(out: Path, nproc: int, batch_size: int, *flags: str) -> None:
+    # Flipped epochs need images with mirror copies: 3x8x8 HDF5 images (flips on digits are refused).
+    images = out.parent / "images.h5"
+    if not images.exists():
+        from lib.datasets import write_hdf5_images
+
+        generator = torch.Generator().manual_seed(0)
+        write_hdf5_images(images, torch.randint(0, 256, (160, 3, 8, 8), dtype=torch.uint8, generator=generator))
     cli = [
         "-m",
         "lib.train",
         "--dataset",
-        "digits",
+        "hdf5",
+        "--root",
+        str(images),
         "--model",
         "mlp",
         "--coupling",
@@ -326,13 +335,27 @@ def test_train_after_convergence_runs_on_a_dataset_as_on_a_tensor() -> None:
 def test_train_settings_spell_lib_train_options_and_parse_back() -> None:
     settings = TrainSettings(
         out="out",
+        dataset="cifar10",  # flips apply to images, not to digits
+        root="data",
         coupling="loom",
         no_swaps=True,
         flip=True,
         train=TrainConfig(batch_size=32, bf16=False, progress=False),
     )
     argv = settings.to_argv()
-    assert argv == ["--out", "out", "--flip", "--no-swaps", "--batch-size", "32", "--no-progress"]
+    assert argv == [
+        "--out",
+        "out",
+        "--dataset",
+        "cifar10",
+        "--root",
+        "data",
+        "--flip",
+        "--no-swaps",
+        "--batch-size",
+        "32",
+        "--no-progress",
+    ]
     assert TrainSettings.from_args(parse_args(argv)) == settings
 
 
