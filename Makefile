@@ -10,16 +10,30 @@ PROFILE ?= quick
 # collapse when other processes share the cores (measured: README, "How long things take").
 WORKERS ?= 2
 
-.PHONY: reproduce verify timings benchmark gpu-check test lint lab clean-venv
+.PHONY: reproduce verify timings benchmark gpu-check test lint lab clean-venv lock
 
-# Install once, again only when pyproject.toml changes. torch is pinned (==), so pip takes the
-# local wheel and no resolver can swap in another torch.
-$(STAMP): pyproject.toml
+LOCK := constraints.txt
+
+# Install once, again only when pyproject.toml or the lock changes. constraints.txt pins every package at the version
+# the committed results were made with (torch too, so pip takes the local wheel and no resolver can swap it).
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -c 'import sys; sys.exit("need Python >= 3.11, got " + sys.version) if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -c $(LOCK) -e .
 	touch $(STAMP)
+
+# Refresh the lock: resolve pyproject.toml's dependencies afresh in a scratch environment and pin what was installed.
+# Then `make test` and `make verify`, and commit constraints.txt with any results that changed.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet -e .
+	.lock-venv/bin/python -c 'import platform as p; print(f"# Made by make lock on Python {p.python_version()}, {p.system()} {p.machine()}: every package at one version.")' > $(LOCK)
+	echo "# The Makefile and environment.yml install through it (pip -c); refresh it with make lock." >> $(LOCK)
+	.lock-venv/bin/python -m pip freeze --exclude-editable >> $(LOCK)
+	rm -rf .lock-venv
 
 # Main job: every CPU-feasible notebook of the profile through papermill, each compared with the committed
 # results/$(PROFILE)/<notebook>/ (only real changes are published), then the README's generated sections.
@@ -31,9 +45,9 @@ reproduce: $(STAMP)
 verify: $(STAMP)
 	$(PY) -m lib.kit.reproduce --profile $(PROFILE) --verify
 
-# An explicit benchmark run: republish every notebook, timings included.
+# An explicit benchmark run: republish every notebook, timings included, one notebook at a time (no shared core).
 timings: $(STAMP)
-	$(PY) -m lib.kit.reproduce --profile $(PROFILE) --refresh-timings
+	$(PY) -m lib.kit.reproduce --profile $(PROFILE) --refresh-timings --jobs 1
 	$(PY) -m lib.kit.readme
 
 # Issue 13's performance targets on this machine (coupling step, training steps paired inside the step and ahead of

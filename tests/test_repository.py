@@ -7,6 +7,7 @@ import ast
 import json
 import re
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import nbformat
@@ -29,10 +30,35 @@ def test_environment_yml_lists_the_pyproject_dependencies() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     conda = yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
     pip_section = next(d["pip"] for d in conda if isinstance(d, dict))
-    conda_pip = [r for r in pip_section if not r.startswith("-e")]
+    conda_pip = [r for r in pip_section if not r.startswith(("-e", "-c"))]
     assert sorted(conda_pip) == sorted(pyproject), "environment.yml and pyproject.toml disagree"
     assert {_requirement_name(r) for r in pyproject} >= {"torch", "torchvision", "papermill", "nbval", "clean-fid"}
     assert "torch==2.14.1" in pyproject and "torchvision==0.29.1" in pyproject
+
+
+def _lock() -> dict[str, str]:
+    """constraints.txt: {distribution name: pinned version}."""
+    lines = [line.split("#")[0].strip() for line in (ROOT / "constraints.txt").read_text().splitlines()]
+    pins = [line.split("==") for line in lines if line]
+    assert all(len(pin) == 2 for pin in pins), "every line of constraints.txt pins one version with =="
+    return {_requirement_name(name): version for name, version in pins}
+
+
+def test_the_lock_pins_every_dependency_and_both_setups_install_from_it() -> None:
+    """pip (the Makefile) and conda (environment.yml) install through constraints.txt, which pins every dependency
+    (and theirs) at one version; the environment running these tests was installed from it."""
+    lock = _lock()
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert {_requirement_name(r) for r in pyproject} <= set(lock), "constraints.txt misses a dependency: make lock"
+    for requirement in pyproject:  # what pyproject pins exactly, the lock pins alike (torch, torchvision)
+        if "==" in requirement:
+            name, version = requirement.split("==")
+            assert lock[_requirement_name(name)] == version, requirement
+    assert re.search(r"pip install .*-c constraints\.txt", (ROOT / "Makefile").read_text())
+    conda = yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
+    assert "-c constraints.txt" in next(d["pip"] for d in conda if isinstance(d, dict))
+    installed = {name: metadata.version(name) for name in (_requirement_name(r) for r in pyproject)}
+    assert installed == {name: lock[name] for name in installed}, "this environment was not installed from the lock"
 
 
 def test_ci_runs_the_readme_test_command() -> None:

@@ -39,14 +39,23 @@ def machine(run: dict) -> str:
     return f"{model}, {device.get('cpu_count', '?')} cores"
 
 
+def run_seconds(run: dict) -> tuple[float, str]:
+    """How long a run.json's notebook took -> (seconds, what they are). CPU time where recorded: a notebook computes on
+    one torch thread, so this is its time alone on one core, and it stays honest when notebooks share the cores
+    (lib.kit.reproduce runs them side by side); wall time for runs recorded before it."""
+    if "cpu_time_s" in run:
+        return float(run["cpu_time_s"]), "of one core"
+    return float(run["wall_time_s"]), "wall"
+
+
 def _wall_time(results: Path, profile: str, notebook: str) -> str:
-    """Measured wall time of the notebook's last published run in ``profile`` with its machine, or '' if never run."""
+    """Measured time of the notebook's last published run in ``profile`` with its machine, or '' if never run."""
     path = results / profile / notebook / "run.json"
     if not path.is_file():
         return ""
     run = json.loads(path.read_text())
-    seconds = float(run["wall_time_s"])
-    text = _duration(seconds)
+    seconds, kind = run_seconds(run)
+    text = f"{_duration(seconds)} {kind}"
     runs = path.with_name("runs.csv")  # a notebook that caches its training runs lists each with its train time
     if runs.is_file():  # cached runs may have trained before this execution, so their time is stated apart
         train = sum(float(r["train_seconds"]) for r in read_table(runs))
@@ -107,11 +116,14 @@ def quick_total(results: Path) -> str:
     runs = [json.loads(p.read_text()) for p in files]
     if not runs:
         return "No quick run is recorded yet."
-    minutes = sum(float(r["wall_time_s"]) for r in runs) / 60
+    measured = [run_seconds(r) for r in runs]
+    minutes = sum(seconds for seconds, _ in measured) / 60
+    kinds = " and ".join(sorted({kind for _, kind in measured}))
     machines = ", ".join(sorted({machine(r) for r in runs}))
     return (
-        f"The published quick runs (results/quick/*/run.json) took {minutes:.0f} minutes for their {len(runs)} "
-        f"notebooks on {machines}; timings change only when a notebook's results are republished."
+        f"The published quick runs (results/quick/*/run.json) took {minutes:.0f} minutes {kinds} for their "
+        f"{len(runs)} notebooks on {machines}; `make reproduce` runs them side by side, one per core. Timings change "
+        "only when a notebook's results are republished (`make timings`: one at a time)."
     )
 
 

@@ -210,7 +210,10 @@ def rerun(
     and its result files name paths exactly as a run in the repository does. The caller publishes from it and then
     deletes ``<folder>``.
     """
-    shutil.copytree(root, scratch)  # later notebooks (10) read what earlier ones wrote
+    if root.is_dir():
+        shutil.copytree(root, scratch)  # later notebooks (10) read what earlier ones wrote
+    else:
+        scratch.mkdir(parents=True)  # a first run into a new results folder
     committed = root / profile / name
     with environment(capability_environment(committed_capability(committed) if match_cpu else None)):
         run_notebook(name, parameters, scratch, progress=progress)

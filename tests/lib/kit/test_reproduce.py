@@ -66,3 +66,68 @@ def test_executed_copies_hold_no_machine_folder(tmp_path: Path) -> None:
     text = executed.read_text()
     assert str(tmp_path) not in text and str(REPO_ROOT) not in text and sys.prefix not in text
     assert '"RESULTS_DIR = \\"results\\""' in text and '"notebooks/01.ipynb"' in text and '"."' in text
+
+
+def test_notebooks_run_longest_first_and_readers_of_results_last(tmp_path: Path) -> None:
+    """The order of a side-by-side run: independent notebooks longest first (by their last run.json), then 10."""
+    for name, seconds in (("01_toy_couplings", 14.0), ("05_cifar10", 350.0), ("10_paper_tables", 6.0)):
+        (tmp_path / "quick" / name).mkdir(parents=True)
+        (tmp_path / "quick" / name / "run.json").write_text(json.dumps({"cpu_time_s": seconds}))
+    chosen = {n: {} for n in ("10_paper_tables", "01_toy_couplings", "03_toy_generation", "05_cifar10")}
+    assert reproduce.waves(chosen, tmp_path, "quick") == [
+        ["05_cifar10", "01_toy_couplings", "03_toy_generation"],  # 03 has no run.json yet: last of its wave
+        ["10_paper_tables"],
+    ]
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Pids of live processes whose environment holds ``marker`` (this test's runner and everything it started)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker.encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_notebook_in_one_line_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group) during two notebooks running side by side: status 130, one
+    line, no scratch folder left, no worker, kernel or training process left running."""
+    import os
+    import signal
+    import subprocess
+    import time
+    import uuid
+
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    marker = f"LOOM_TEST_RUN={uuid.uuid4().hex}"
+    env = {**os.environ, "TMPDIR": str(scratch_root), marker.split("=")[0]: marker.split("=")[1]}
+    command = [sys.executable, "-m", "lib.kit.reproduce", "--only", "03", "04", "--jobs", "2", "--verify"]
+    runner = subprocess.Popen(
+        [*command, "--results-dir", str(tmp_path / "results")],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    deadline = time.time() + 120
+    while len(list(scratch_root.glob("loom-rerun-*/results/*/.*.executing.ipynb"))) < 2:
+        assert runner.poll() is None and time.time() < deadline, "the two notebooks did not start"
+        time.sleep(0.5)
+    time.sleep(3)  # into their first cells
+    os.killpg(runner.pid, signal.SIGINT)
+    out, err = runner.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert runner.returncode == 130, (out, err)
+    assert len(lines) == 1 and lines[0].startswith("interrupted: finished none"), err
+    deadline = time.time() + 30
+    while _processes_with(marker) and time.time() < deadline:  # kernels shut down after their worker
+        time.sleep(0.5)
+    assert _processes_with(marker) == []
+    assert sorted(p.name for p in scratch_root.iterdir()) == []
