@@ -172,6 +172,14 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_stream(path, lambda f: f.write(text.encode()))
 
 
+def open_log(path: str | os.PathLike[str]) -> IO[str]:
+    """``path`` opened to append a log to, line by line (its folder made): a log grows as things happen, so it is
+    appended rather than replaced whole; a kill or a full disk can cut only its last line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "a", buffering=1)  # noqa: SIM115 (the caller closes it)
+
+
 def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
     """Delete the temporary files interrupted writes left in ``folder`` (``.<name>.<pid>.tmp``) -> what was removed.
 

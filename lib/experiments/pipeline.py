@@ -34,6 +34,7 @@ from lib.evaluate import fid_rows, path_curvature
 from lib.experiments.convergence import ConvergenceSetting, converge_table, subset_gaps
 from lib.fabricate import FAKE_NOTE
 from lib.fid import DEFAULT_PROTOCOL, PAPER_PROTOCOL, check_protocol, feature_network
+from lib.files import open_log
 from lib.paper import (
     COUPLING_ROWS,
     PAPER_EVALUATION,
@@ -100,8 +101,7 @@ def launch_training(settings: TrainSettings, nproc: int = 1, timeout_s: float | 
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
     command = [sys.executable, *launcher, "-m", "lib.train", *settings.to_argv()]
     log_path = REPO_ROOT / settings.out / TRAIN_LOG
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("a") as log:
+    with open_log(log_path) as log:
         log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n")
         log.flush()
         returncode, errors = _follow_training(command, log, timeout_s)
