@@ -1,0 +1,100 @@
+"""The exact assignment: lapjv returns scipy's permutation (the reference and the released code's solver) on random
+problems of every size and dtype; ties, degenerate and tiny inputs go to scipy; without lapjv, scipy alone."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from lib import assignment
+from lib.couplings import cost_matrix, exact_assignment
+
+pytestmark = pytest.mark.skipif(assignment.available_solver() != "lapjv", reason="lapjv is not installed")
+
+
+def scipy_perm(costs: np.ndarray) -> np.ndarray:
+    rows, cols = linear_sum_assignment(costs)
+    return cols[np.argsort(rows)]
+
+
+def pairing_costs(m: int, d: int, seed: int, cost: str = "l2") -> np.ndarray:
+    """The float32 training cost matrix (m, m) of uniform data in [-1, 1]^d against Gaussian noise, as in a step."""
+    generator = torch.Generator().manual_seed(seed)
+    x, z = torch.rand(m, d, generator=generator) * 2 - 1, torch.randn(m, d, generator=generator)
+    return cost_matrix(x, z, cost).numpy()
+
+
+def test_lapjv_certifies_and_returns_scipys_permutation_on_random_pairing_problems():
+    """120 problems, m 3..256, d 2..3072, both costs, float32 as trained and float64: lapjv's own answer (not the
+    fallback) is certified every time and equals scipy's permutation."""
+    rng = np.random.default_rng(0)
+    for trial in range(120):
+        m, d = int(rng.integers(3, 257)), int(rng.choice([2, 3, 64, 3072]))
+        costs = pairing_costs(m, d, trial, "l2" if trial % 2 else "sqeuclidean")
+        for c in (costs, costs.astype(np.float64)):
+            fast = assignment.lapjv_if_unique(c)
+            assert fast is not None, (m, d)  # random problems have a unique optimum: lapjv's answer is used
+            assert np.array_equal(fast, scipy_perm(c)) and np.array_equal(exact_assignment(c), fast)
+
+
+def test_ties_go_to_scipy_which_breaks_them_as_the_released_code_does():
+    """Equal costs leave a solver a choice: raw lapjv picks another optimal permutation than scipy, so the
+    certificate refuses it and exact_assignment returns scipy's."""
+    ones = np.ones((6, 6))
+    raw = assignment._lapjv.lapjv(ones, force_doubles=True)[0]
+    assert not np.array_equal(raw, scipy_perm(ones))  # what the certificate guards against
+    assert assignment.lapjv_if_unique(ones) is None
+    assert np.array_equal(exact_assignment(ones), scipy_perm(ones))
+    # Duplicate data rows (the same image twice in a batch): their rows of the matrix are equal.
+    x = torch.rand(40, 12, generator=torch.Generator().manual_seed(3))
+    x[7], x[30], x[31] = x[2], x[5], x[5]
+    costs = cost_matrix(x, torch.randn(40, 12, generator=torch.Generator().manual_seed(4))).numpy()
+    assert assignment.lapjv_if_unique(costs) is None
+    assert np.array_equal(exact_assignment(costs), scipy_perm(costs))
+    for degenerate in (np.zeros((5, 5)), np.arange(25.0).reshape(5, 5), np.add.outer(np.arange(5.0), np.arange(5.0))):
+        assert np.array_equal(exact_assignment(degenerate), scipy_perm(degenerate))  # every permutation ties
+
+
+@pytest.mark.parametrize("m", [0, 1, 2, 3])
+def test_tiny_problems(m):
+    costs = pairing_costs(max(m, 1), 5, m)[:m, :m]
+    perm = exact_assignment(costs)
+    assert perm.dtype == np.int64 and sorted(perm.tolist()) == list(range(m))
+    assert np.array_equal(perm, scipy_perm(costs))
+
+
+def test_the_certificate_refuses_a_wrong_answer():
+    costs = pairing_costs(30, 8, 1).astype(np.float64)
+    perm, _, (_, u, v) = assignment._lapjv.lapjv(costs, force_doubles=True)
+    perm = perm.astype(np.int64)
+    assert assignment.unique_optimum(costs, perm, u, v)
+    swapped = perm.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    assert not assignment.unique_optimum(costs, swapped, u, v)  # not optimal: a reduced cost on it is > 0
+    assert not assignment.unique_optimum(costs, perm, u + 1.0, v)  # duals that violate r >= 0
+    repeated = perm.copy()
+    repeated[0] = repeated[1]
+    assert not assignment.unique_optimum(costs, repeated, u, v)  # not a permutation
+
+
+def test_without_lapjv_scipy_solves_alone_with_the_same_answers(monkeypatch):
+    costs = [pairing_costs(m, 16, m) for m in (4, 64, 128)]
+    fast = [exact_assignment(c) for c in costs]
+    monkeypatch.setattr(assignment, "_lapjv", None)
+    assert assignment.available_solver() == "scipy" and assignment.solver_description()["assignment_solver"] == "scipy"
+    for c, perm in zip(costs, fast):
+        assert np.array_equal(exact_assignment(c), perm)
+    with pytest.raises(ValueError, match="lapjv solver is not installed"):
+        assignment.exact_assignment(costs[0], solver="lapjv")
+
+
+def test_bad_input_names_the_problem():
+    with pytest.raises(ValueError, match="square cost matrix"):
+        exact_assignment(np.ones((3, 4)))
+    with pytest.raises(ValueError, match="unknown assignment solver"):
+        assignment.exact_assignment(np.ones((3, 3)), solver="hungarian")
+    nan = np.ones((4, 4))
+    nan[1, 2] = np.nan
+    assert assignment.lapjv_if_unique(nan) is None  # left to scipy, which refuses it with its own message
+    with pytest.raises(ValueError):
+        exact_assignment(nan)
