@@ -166,19 +166,21 @@ NOISE_MEMORY_GIB = 8.0
 class NoiseMemory:
     """The noises of a LOOM seed table kept in host memory, so a step gathers them instead of regenerating them.
 
-    ``noise`` (N, C, *shape) float32 and ``seed`` (N, C) int64: slot (i, c) holds noise_from_seeds(seed[i, c]) as
-    generated on ``device_type`` (CPU and CUDA generators differ), or nothing where seed[i, c] is EMPTY. A cache keyed
-    by the seed itself: :meth:`gather` regenerates exactly the slots whose seed in the table is not the one their
-    noise was made from (never filled, refreshed, redrawn, grown), so the noise it returns is the regenerated noise
-    bit for bit, whatever changed the table. The write-back moves each noise with its seed (:meth:`store`). Derived
-    from the seeds, it is never saved: a resumed run rebuilds it from the checkpoint's seed table.
+    ``noise`` (N x C, *shape) float32 rows and ``made_from`` (N x C,) int64: row k holds noise_from_seeds(made_from[k])
+    as generated on ``device_type`` (CPU and CUDA generators differ), or nothing where made_from[k] is EMPTY.
+    ``row`` (N, C) points each table slot at its noise row. The write-back permutes seeds among a batch's slots and
+    :meth:`follow` permutes their row pointers the same way (B integers, no noise moves). :meth:`gather` regenerates
+    exactly the slots whose seed is not the one their row was made from (never filled, refreshed, redrawn, grown): a
+    cache keyed by the seed itself, so the noise it returns is the regenerated noise bit for bit, whatever changed the
+    table. Derived from the seeds, it is never saved: a resumed run rebuilds it from the checkpoint's seed table.
     """
 
     EMPTY = -1
 
     def __init__(self, slots: tuple[int, int], shape: tuple[int, ...], device_type: str) -> None:
-        self.noise = torch.empty((*slots, *shape))
-        self.seed = torch.full(slots, self.EMPTY, dtype=torch.int64)
+        self.noise = torch.empty((slots[0] * slots[1], *shape))
+        self.made_from = torch.full((slots[0] * slots[1],), self.EMPTY, dtype=torch.int64)
+        self.row = torch.arange(slots[0] * slots[1]).view(slots)
         self.shape, self.device_type = shape, device_type
 
     @staticmethod
@@ -191,26 +193,31 @@ class NoiseMemory:
         return self.shape == shape and self.device_type == device.type
 
     def fill(self, seeds: Tensor, device: torch.device, chunk: int = 4096) -> None:
-        """Generate the noise of every seeded slot of ``seeds`` (N, C) (UNSEEN = EMPTY slots stay empty), in chunks
+        """Generate the noise of every seeded slot of ``seeds`` (N, C) (EMPTY = UNSEEN slots stay empty), in chunks
         of ``chunk`` rows so a CUDA table needs little device memory."""
-        rows, cols = torch.nonzero(seeds != self.EMPTY, as_tuple=True)
-        for start in range(0, len(rows), chunk):
-            r, c = rows[start : start + chunk], cols[start : start + chunk]
-            self.noise[r, c] = noise_from_seeds(seeds[r, c], self.shape, device).cpu()
-            self.seed[r, c] = seeds[r, c]
+        index, caches = torch.nonzero(seeds != self.EMPTY, as_tuple=True)
+        for start in range(0, len(index), chunk):
+            i, c = index[start : start + chunk], caches[start : start + chunk]
+            self._make(self.row[i, c], seeds[i, c], device)
 
     def gather(self, index: Tensor, caches: Tensor, seeds: Tensor, device: torch.device) -> Tensor:
         """The noise of slots (index[b], caches[b]) whose seeds are ``seeds`` (B,) -> (B, *shape) on ``device``:
-        gathered where the slot holds that seed's noise, regenerated (and stored) where it does not."""
-        stale = self.seed[index, caches] != seeds
+        gathered where the slot's row was made from that seed, regenerated (and kept) where it was not."""
+        rows = self.row[index, caches]
+        stale = self.made_from[rows] != seeds
         if bool(stale.any()):
-            self.store(index[stale], caches[stale], seeds[stale], noise_from_seeds(seeds[stale], self.shape, device))
-        return self.noise[index, caches].to(device)
+            self._make(rows[stale], seeds[stale], device)
+        return self.noise[rows].to(device)
 
-    def store(self, index: Tensor, caches: Tensor, seeds: Tensor, z: Tensor) -> None:
-        """Slots (index[b], caches[b]) now hold seeds[b] (B,) whose noise is z[b] (B, *shape) (the write-back)."""
-        self.noise[index, caches] = z.cpu()
-        self.seed[index, caches] = seeds
+    def follow(self, index: Tensor, caches: Tensor, perm: Tensor) -> None:
+        """The write-back gave slot (index[b], caches[b]) the seed of slot (index[perm[b]], caches[perm[b]]) (B,):
+        each noise row follows its seed."""
+        self.row[index, caches] = self.row[index, caches][perm]
+
+    def _make(self, rows: Tensor, seeds: Tensor, device: torch.device) -> None:
+        """Rows ``rows`` (K,) now hold the noise of ``seeds`` (K,), generated on ``device``."""
+        self.noise[rows] = noise_from_seeds(seeds, self.shape, device).cpu()
+        self.made_from[rows] = seeds
 
 
 def visits_per_noise(steps: int, global_batch: int, num_examples: int, num_caches: int) -> float:
@@ -459,19 +466,21 @@ class LoomCoupling(Coupling):
         self._draw_unseen(index, caches)
         refreshed = self._refresh(index, caches)
         table = self._mixed_rows(len(index)).logical_not()
-        seeds = self.seeds[index, caches]
-        z = self._noise_of(index[table], caches[table], seeds[table], x)  # step 1b
+        rows = slice(None) if bool(table.all()) else table  # the table's rows: all (views, no copies) unless mixing
+        index_t, caches_t, x_t = index[rows], caches[rows], x[rows if isinstance(rows, slice) else rows.to(x.device)]
+        seeds = self.seeds[index_t, caches_t]
+        z = self._noise_of(index_t, caches_t, seeds, x)  # step 1b
         self.lap("noise from seeds")
         if self.no_swaps:
-            cost = cost_matrix_diagonal(x[table.to(x.device)], z, self.cost).mean().item()
+            cost = cost_matrix_diagonal(x_t, z, self.cost).mean().item()
             stats = CouplingStats(0, cost, cost)
         else:
-            perm, stats = _assign(x[table.to(x.device)], z, self.cost, self.lap)  # step 2
-            paired = seeds[table][torch.as_tensor(perm)]
-            self.seeds[index[table], caches[table]] = paired  # step 3: write back
-            z = z[torch.as_tensor(perm, device=z.device)]  # step 4: the re-paired batch
-            if self._memory is not None:  # each stored noise moves with its seed
-                self._memory.store(index[table], caches[table], paired, z)
+            perm, stats = _assign(x_t, z, self.cost, self.lap)  # step 2
+            order = torch.as_tensor(perm)
+            self.seeds[index_t, caches_t] = seeds[order]  # step 3: write back
+            z = z[order.to(z.device)]  # step 4: the re-paired batch
+            if self._memory is not None:  # each kept noise follows its seed
+                self._memory.follow(index_t, caches_t, order)
             self.lap("write-back")
         if not bool(table.all()):
             z = self._with_fresh_rows(x, z, table)

@@ -98,3 +98,16 @@ def test_bad_input_names_the_problem():
     assert assignment.lapjv_if_unique(nan) is None  # left to scipy, which refuses it with its own message
     with pytest.raises(ValueError):
         exact_assignment(nan)
+
+
+def test_another_matching_on_the_tight_edges_is_found_exactly_when_there_is_one():
+    """perm = identity on 4 rows; off-perm tight edges (row, column) form a cycle 0 -> 1 -> 2 -> 0 (swap along it:
+    another optimal matching) or only a chain (no other matching)."""
+    identity, diagonal = np.arange(4), [(i, i) for i in range(4)]
+
+    def cycle(edges):
+        rows, cols = np.array([e[0] for e in edges + diagonal]), np.array([e[1] for e in edges + diagonal])
+        return assignment.alternating_cycle(4, rows, cols, identity)
+
+    assert cycle([(0, 1), (1, 2), (2, 0)]) and cycle([(0, 1), (1, 0), (3, 0)])
+    assert not cycle([(0, 1), (1, 2), (2, 3)]) and not cycle([]) and not cycle([(3, 0), (3, 1), (2, 1)])

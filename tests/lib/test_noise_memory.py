@@ -44,10 +44,10 @@ def test_noise_from_memory_is_the_noise_from_seeds_bit_for_bit(name):
         assert torch.equal(z_m, z_s) and torch.equal(table_m, table_s)
     assert memory.noise_source == "memory" and seeds.noise_source == "seeds"
     # The memory holds, for every slot it filled, exactly the noise of the seed the table holds there now.
-    kept = memory._memory.seed != NoiseMemory.EMPTY
-    assert bool(kept.any()) and torch.equal(memory._memory.seed[kept], memory.seeds[kept])
-    rows, cols = torch.nonzero(kept, as_tuple=True)
-    assert torch.equal(memory._memory.noise[rows, cols], noise_from_seeds(memory.seeds[rows, cols], (3, 4, 4), "cpu"))
+    kept = memory._memory.made_from[memory._memory.row] != NoiseMemory.EMPTY  # (N, C): slots with a noise row
+    assert bool(kept.any()) and torch.equal(memory._memory.made_from[memory._memory.row[kept]], memory.seeds[kept])
+    noise = memory._memory.noise[memory._memory.row[kept]]
+    assert torch.equal(noise, noise_from_seeds(memory.seeds[kept], (3, 4, 4), "cpu"))
 
 
 def test_a_table_over_the_budget_regenerates_from_seeds_and_redraw_rebuilds_the_memory():
@@ -61,8 +61,8 @@ def test_a_table_over_the_budget_regenerates_from_seeds_and_redraw_rebuilds_the_
     fits.redraw()  # every seed changes: the memory is dropped and rebuilt from the new seeds at the next step
     assert fits.noise_source == "seeds"
     fits(x[16:32], torch.arange(16, 32))
-    assert fits.noise_source == "memory" and torch.equal(fits._memory.seed, fits.seeds)  # rebuilt whole
-    assert torch.equal(fits._memory.noise[:, 1], noise_from_seeds(fits.seeds[:, 1], (8,), "cpu"))
+    assert fits.noise_source == "memory" and torch.equal(fits._memory.made_from[fits._memory.row], fits.seeds)
+    assert torch.equal(fits._memory.noise[fits._memory.row[:, 1]], noise_from_seeds(fits.seeds[:, 1], (8,), "cpu"))
     with pytest.raises(ValueError, match="noise_memory_gib is a budget"):
         LoomCoupling(4, noise_memory_gib=-1.0)
 
