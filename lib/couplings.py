@@ -104,6 +104,12 @@ def exact_assignment(costs: Tensor | np.ndarray) -> np.ndarray:
     return assignment.exact_assignment(host)
 
 
+def rows_of(z: Tensor, perm: np.ndarray | Tensor) -> Tensor:
+    """z[perm] for z (B, *shape) and a permutation perm (B,): one index_select, several times faster on the CPU than
+    advanced indexing of rows of thousands of values (the same values)."""
+    return torch.index_select(z, 0, torch.as_tensor(perm, device=z.device))
+
+
 def check_cost(cost: str) -> None:
     """Raise a ValueError naming the valid costs if ``cost`` is not one of them."""
     if cost not in COST_NAMES:
@@ -207,7 +213,7 @@ class NoiseMemory:
         stale = self.made_from[rows] != seeds
         if bool(stale.any()):
             self._make(rows[stale], seeds[stale], device)
-        return self.noise[rows].to(device)
+        return torch.index_select(self.noise, 0, rows).to(device)  # index_select: ~7x faster than noise[rows] here
 
     def follow(self, index: Tensor, caches: Tensor, perm: Tensor) -> None:
         """The write-back gave slot (index[b], caches[b]) the seed of slot (index[perm[b]], caches[perm[b]]) (B,):
@@ -334,7 +340,7 @@ class MinibatchOTCoupling(Coupling):
     def pair(self, x: Tensor, index: Tensor) -> CoupledBatch:
         z = _fresh_noise(x, self.generator)
         perm, stats = _assign(x, z, self.cost, self.lap)
-        return CoupledBatch(z=z[torch.as_tensor(perm, device=z.device)], x=x, stats=stats)
+        return CoupledBatch(z=rows_of(z, perm), x=x, stats=stats)
 
 
 class LoomCoupling(Coupling):
@@ -478,7 +484,7 @@ class LoomCoupling(Coupling):
             perm, stats = _assign(x_t, z, self.cost, self.lap)  # step 2
             order = torch.as_tensor(perm)
             self.seeds[index_t, caches_t] = seeds[order]  # step 3: write back
-            z = z[order.to(z.device)]  # step 4: the re-paired batch
+            z = rows_of(z, order)  # step 4: the re-paired batch
             if self._memory is not None:  # each kept noise follows its seed
                 self._memory.follow(index_t, caches_t, order)
             self.lap("write-back")
@@ -548,7 +554,7 @@ class LoomCoupling(Coupling):
         fresh = _fresh_noise(x_fresh, self.generator)
         if not self.no_swaps and len(x_fresh) > 1:
             perm, _ = _assign(x_fresh, fresh, self.cost)
-            fresh = fresh[torch.as_tensor(perm, device=fresh.device)]
+            fresh = rows_of(fresh, perm)
         z[fresh_rows] = fresh
         return z
 
