@@ -93,15 +93,15 @@ def squared_distances(x: Tensor, z: Tensor) -> Tensor:
     return torch.addmm(norms, x, z.T, alpha=-2.0).clamp_min_(0.0)
 
 
-def exact_assignment(costs: Tensor | np.ndarray) -> np.ndarray:
-    """Exact minimum-cost assignment of a square cost matrix (lib.assignment: lapjv when installed, proven to give
-    scipy's permutation, else scipy itself).
+def exact_assignment(costs: Tensor | np.ndarray, dim: int = 0) -> np.ndarray:
+    """Exact minimum-cost assignment of a square cost matrix (lib.assignment: lapjv for points of ``dim`` >= 8 values,
+    proven to give scipy's permutation, else scipy itself; dim 0: unknown, scipy).
 
     costs: (B, B) tensor (any device) or host array -> perm (B,) int64 with data row i paired to noise column
     perm[i]. Solved on the CPU in float64, with the GIL released, so a pairing thread runs beside the training step.
     """
     host = costs.detach().cpu().numpy() if isinstance(costs, Tensor) else np.asarray(costs)
-    return assignment.exact_assignment(host)
+    return assignment.exact_assignment(host, dim)
 
 
 def rows_of(z: Tensor, perm: np.ndarray | Tensor) -> Tensor:
@@ -270,7 +270,7 @@ def _assign(x: Tensor, z: Tensor, cost: CostName, lap: Lap = _no_lap) -> tuple[n
     """
     costs = cost_matrix(x, z, cost).cpu().numpy()
     lap("cost matrix")
-    perm = exact_assignment(costs)
+    perm = exact_assignment(costs, math.prod(x.shape[1:]))
     lap("assignment")
     rows = np.arange(len(perm))
     before = float(costs[rows, rows].mean(dtype=np.float64))

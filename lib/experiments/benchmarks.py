@@ -262,7 +262,7 @@ def loom_breakdown(setting: CouplingBenchmark) -> dict[str, object]:
         "parts_total_ms": ms["parts_total"],
         "loom_over_independent": ms["loom"] / ms["independent"],
         "loom_over_minibatch_ot": ms["loom"] / ms["minibatch_ot"],
-        "assignment_solver": assignment.available_solver(),
+        "assignment_solver": assignment.solver_for(math.prod(setting.shape)),
         "loom_noise": couplings["loom"].noise_source,
     }
 
@@ -308,7 +308,8 @@ def assignment_scaling(
     seed: int = 0,
 ) -> list[dict[str, object]]:
     """Per m: median ms of the m x m cost matrix on ``device``, its transfer to the host in float64, and
-    the exact assignment (lib.couplings.exact_assignment: lapjv, certified, when installed); the sizes take turns.
+    the exact assignment (lib.couplings.exact_assignment: lapjv, certified, for points of >= 8 values); the sizes
+    take turns.
 
     Data x (m, *shape) uniform in [-1, 1] against Gaussian noise z (m, *shape), as in a LOOM step.
     Rows: m, dim, device, solver, cost_matrix_ms, transfer_ms, assignment_ms, total_ms.
@@ -330,7 +331,7 @@ def assignment_scaling(
         timer.lap("cost matrix")
         host = costs.double().cpu()  # what exact_assignment solves; its own float64 conversion is then a no-op
         timer.lap("transfer")
-        perm = exact_assignment(host)
+        perm = exact_assignment(host, math.prod(shape))
         timer.lap("assignment")
         return perm
 
@@ -343,7 +344,7 @@ def assignment_scaling(
                 "m": m,
                 "dim": math.prod(shape),
                 "device": device,
-                "solver": assignment.available_solver(),
+                "solver": assignment.solver_for(math.prod(shape)),
                 **{column(p): parts[p] for p in ASSIGNMENT_PARTS},
                 "total_ms": ms[str(m)],
             }
@@ -354,8 +355,8 @@ def assignment_scaling(
 def solver_comparison(
     sizes: Sequence[int], shape: Sequence[int] = (3, 32, 32), steps: int = 5, warmup: int = 1, seed: int = 0
 ) -> list[dict[str, object]]:
-    """Per m: median ms of the kit's exact assignment (lib.assignment: lapjv with its certificate, or scipy where
-    lapjv is missing) and of scipy's linear_sum_assignment on the same float32 training cost matrix of uniform data
+    """Per m: median ms of the kit's exact assignment (lib.assignment: lapjv with its certificate for points of >= 8
+    values, else scipy) and of scipy's linear_sum_assignment on the same float32 training cost matrix of uniform data
     against Gaussian noise, taking turns. Rows: m, dim, solver, assignment_ms, scipy_ms, scipy_over_solver,
     same_permutation (the two permutations equal, as lib.assignment proves they are).
     """
@@ -368,18 +369,20 @@ def solver_comparison(
     }
     fns: dict[str, Callable[[int], object]] = {}
     for m in sizes:
-        fns[f"kit {m}"] = lambda step, c=costs[m]: exact_assignment(c)
+        fns[f"kit {m}"] = lambda step, c=costs[m]: exact_assignment(c, math.prod(shape))
         fns[f"scipy {m}"] = lambda step, c=costs[m]: assignment.scipy_assignment(c)
     ms = interleaved_median_ms(fns, steps, warmup)
     return [
         {
             "m": m,
             "dim": math.prod(shape),
-            "solver": assignment.available_solver(),
+            "solver": assignment.solver_for(math.prod(shape)),
             "assignment_ms": ms[f"kit {m}"],
             "scipy_ms": ms[f"scipy {m}"],
             "scipy_over_solver": ms[f"scipy {m}"] / ms[f"kit {m}"],
-            "same_permutation": bool(np.array_equal(exact_assignment(costs[m]), assignment.scipy_assignment(costs[m]))),
+            "same_permutation": bool(
+                np.array_equal(exact_assignment(costs[m], math.prod(shape)), assignment.scipy_assignment(costs[m]))
+            ),
         }
         for m in sizes
     ]
@@ -1008,7 +1011,7 @@ def conclusion_facts(
         "assignment_constant_ms": fit.constant,
         "fit_sizes": [fit.min_size, fit.max_size],
         "assignment_device": largest["device"],
-        "assignment_solver": str(largest.get("solver", assignment.available_solver())),
+        "assignment_solver": str(largest.get("solver") or "scipy"),  # tables written before it was recorded: scipy
         "largest_m": int(largest["m"]),
         "largest_m_assignment_ms": float(largest["assignment_ms"]),
         "largest_m_cost_matrix_ms": float(largest["cost_matrix_ms"]),

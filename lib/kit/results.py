@@ -239,7 +239,7 @@ class Run:
             "seed": self.seed,
             "git_commit": self.commit,
             "versions": package_versions(),
-            "assignment_solver": assignment.available_solver(),  # the exact assignment's solver (lib.assignment)
+            "assignment_solver": assignment.solver_description(),  # which exact solver ran for which points
             "device": device_description(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
             "wall_time_s": round(time.time() - self.started, 2),

@@ -7,6 +7,7 @@ import threading
 import pytest
 import torch
 
+from lib import assignment
 from lib.experiments import benchmarks
 
 
@@ -20,6 +21,22 @@ def test_time_couplings_reports_every_coupling_and_the_loom_steps_parts() -> Non
     summary = benchmarks.summary(rows, setting)
     assert summary["loom_over_independent"] == rows[2]["ms_per_step"] / rows[0]["ms_per_step"]
     assert summary["target_met"] == (summary["loom_over_independent"] <= summary["target_loom_over_independent"] == 1.8)
+    assert summary["assignment_solver"] == assignment.solver_for(48) == "lapjv" and summary["loom_noise"] == "memory"
+    for target in summary["coupling_targets"]:
+        assert target["met"] == (target["over_independent"] <= target["target"])
+
+
+def test_solver_comparison_times_the_kits_solver_beside_scipy_on_the_same_matrices() -> None:
+    rows = benchmarks.solver_comparison([8, 64], shape=(3, 4, 4), steps=2, warmup=1)
+    assert [(r["m"], r["solver"]) for r in rows] == [(8, "lapjv"), (64, "lapjv")]
+    assert all(r["same_permutation"] and r["assignment_ms"] > 0 and r["scipy_ms"] > 0 for r in rows)
+    assert benchmarks.solver_comparison([16], shape=(2,), steps=1, warmup=0)[0]["solver"] == "scipy"  # 2-D points
+
+
+def test_the_memory_table_says_which_noise_tables_fit_the_default_budget() -> None:
+    memory = benchmarks.seed_table_memory("cifar10", 100_000, 4, (3, 32, 32))
+    assert memory["noise_in_memory_by_default"] and round(memory["stored_noise_mib"]) == 4688
+    assert not benchmarks.seed_table_memory("imagenet64", 2_562_334, 1, (3, 64, 64))["noise_in_memory_by_default"]
 
 
 def test_time_training_steps_times_every_coupling_in_both_pairing_modes() -> None:
