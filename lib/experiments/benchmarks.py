@@ -306,13 +306,14 @@ def assignment_scaling(
     warmup: int = 1,
     device: str = "cpu",
     seed: int = 0,
+    scipy: bool = False,
 ) -> list[dict[str, object]]:
     """Per m: median ms of the m x m cost matrix on ``device``, its transfer to the host in float64, and
     the exact assignment (lib.couplings.exact_assignment: lapjv, certified, for points of >= 8 values); the sizes
-    take turns.
+    take turns, and with ``scipy`` scipy's linear_sum_assignment on the same host matrix takes its own turns beside.
 
     Data x (m, *shape) uniform in [-1, 1] against Gaussian noise z (m, *shape), as in a LOOM step.
-    Rows: m, dim, device, solver, cost_matrix_ms, transfer_ms, assignment_ms, total_ms.
+    Rows: m, dim, device, solver, cost_matrix_ms, transfer_ms, assignment_ms, total_ms (and scipy_ms).
     """
     generator = torch.Generator().manual_seed(seed)
     points = {
@@ -335,7 +336,11 @@ def assignment_scaling(
         timer.lap("assignment")
         return perm
 
-    ms = interleaved_median_ms({str(m): (lambda step, m=m: solve(m)) for m in sizes}, steps, warmup)
+    fns: dict[str, Callable[[int], object]] = {str(m): (lambda step, m=m: solve(m)) for m in sizes}
+    if scipy:
+        hosts = {m: cost_matrix(*points[m]).cpu().numpy() for m in sizes}
+        fns.update({f"scipy {m}": (lambda step, m=m: assignment.scipy_assignment(hosts[m])) for m in sizes})
+    ms = interleaved_median_ms(fns, steps, warmup)
     rows = []
     for m in sizes:
         parts = timers[m].median_ms(warmup)
@@ -347,6 +352,7 @@ def assignment_scaling(
                 "solver": assignment.solver_for(math.prod(shape)),
                 **{column(p): parts[p] for p in ASSIGNMENT_PARTS},
                 "total_ms": ms[str(m)],
+                **({"scipy_ms": ms[f"scipy {m}"]} if scipy else {}),
             }
         )
     return rows
@@ -911,7 +917,7 @@ FIXES: dict[str, str] = {
     "write-back": "keeping the seed table on the device the permutation is applied on",
 }
 SOLVER_LABELS = {
-    "lapjv": "lapjv, certified to return scipy's permutation (lib.assignment)",
+    "lapjv": "lapjv, whose permutation lib.assignment certifies to be scipy's",
     "scipy": "scipy's linear_sum_assignment",
 }
 PER_RANK_FIX = (
@@ -1015,6 +1021,7 @@ def conclusion_facts(
         "largest_m": int(largest["m"]),
         "largest_m_assignment_ms": float(largest["assignment_ms"]),
         "largest_m_cost_matrix_ms": float(largest["cost_matrix_ms"]),
+        "largest_m_scipy_ms": float(largest["scipy_ms"]) if largest.get("scipy_ms") not in (None, "") else None,
         "dominant_parts": dominant_parts(breakdown),
         "pipelined": [r for r in pipelined_ratios(training) if r["coupling"] == "loom"] if training else [],
         "training_threads": int(training[0]["torch_threads"]) if training else None,
@@ -1053,6 +1060,12 @@ def conclusion_text(facts: Mapping[str, object]) -> str:
     precision = "bf16 autocast" if facts["bf16"] else "fp32"
     k = float(facts["assignment_exponent"])
     solver = SOLVER_LABELS[str(facts.get("assignment_solver", "scipy"))]  # conclusions saved before it was recorded
+    scipy = (
+        f" (scipy's linear_sum_assignment on the same matrices: {facts['largest_m_scipy_ms']:.1f} ms, "
+        f"{float(facts['largest_m_scipy_ms']) / float(facts['largest_m_assignment_ms']):.1f}x as long)"
+        if facts.get("largest_m_scipy_ms") and facts.get("assignment_solver") == "lapjv"
+        else ""
+    )
     growth = (
         ""
         if facts["coupling_batch_exponent"] is None
@@ -1072,7 +1085,7 @@ def conclusion_text(facts: Mapping[str, object]) -> str:
         f"**Why.** {growth}Fitted on m = {facts['fit_sizes'][0]}..{facts['fit_sizes'][1]}, the exact assignment "
         f"({solver}) takes t ≈ {facts['assignment_constant_ms']:.3g} ms · m^{k:.2f}, so "
         f"doubling the OT batch multiplies it by {2**k:.1f}. At m = {facts['largest_m']} it takes "
-        f"{facts['largest_m_assignment_ms']:.1f} ms, beside "
+        f"{facts['largest_m_assignment_ms']:.1f} ms{scipy}, beside "
         f"{facts['largest_m_cost_matrix_ms']:.1f} ms for the cost matrix on {facts['assignment_device']}.",
         "",
         "**What dominates a LOOM step** (largest batch measured per example shape): "

@@ -126,6 +126,22 @@ def test_assignment_scaling_times_each_size_and_part() -> None:
     rows = benchmarks.assignment_scaling([8, 32, 16], shape=(5,), steps=2, warmup=1)
     assert [r["m"] for r in rows] == [8, 32, 16] and all(r["dim"] == 5 for r in rows)
     assert all(r[benchmarks.column(p)] > 0 for r in rows for p in benchmarks.ASSIGNMENT_PARTS)
+    assert all(r["solver"] == "scipy" and "scipy_ms" not in r for r in rows)  # 5 values: below lapjv's dimension
+    rows = benchmarks.assignment_scaling([16], shape=(3, 4, 4), steps=1, warmup=0, scipy=True)
+    assert rows[0]["solver"] == "lapjv" and rows[0]["scipy_ms"] > 0
+
+
+def test_conclusion_names_the_solver_and_scipys_time_beside_it_and_not_what_is_done_as_a_fix() -> None:
+    facts = synthetic_facts([0.02, 0.05], [32, 64])
+    assert facts["assignment_solver"] == "scipy" and facts["largest_m_scipy_ms"] is None  # rows without the columns
+    text = benchmarks.conclusion_text(facts)
+    assert "(scipy's linear_sum_assignment) takes" in text and "as long)" not in text
+    lapjv = {**facts, "assignment_solver": "lapjv", "largest_m_assignment_ms": 30.0, "largest_m_scipy_ms": 150.0}
+    text = benchmarks.conclusion_text(lapjv)
+    assert "(lapjv, whose permutation lib.assignment certifies to be scipy's) takes" in text
+    assert "it takes 30.0 ms (scipy's linear_sum_assignment on the same matrices: 150.0 ms, 5.0x as long)" in text
+    fixes = text.split("**What would fix it**")[1]
+    assert "LAPJV" not in fixes and "lapjv" not in fixes and "batched kernel" not in fixes  # done: not named as fixes
 
 
 def test_fit_power_law_recovers_a_known_exponent() -> None:
