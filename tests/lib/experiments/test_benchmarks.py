@@ -24,6 +24,8 @@ def test_time_couplings_reports_every_coupling_and_the_loom_steps_parts() -> Non
     assert summary["assignment_solver"] == assignment.solver_for(48) == "lapjv" and summary["loom_noise"] == "memory"
     for target in summary["coupling_targets"]:
         assert target["met"] == (target["over_independent"] <= target["target"])
+    parts = sum(r["ms_per_step"] for r in rows if str(r["part"]).startswith("loom part: "))
+    assert summary["loom_parts_over_independent"] == parts / rows[0]["ms_per_step"]
 
 
 def test_solver_comparison_times_the_kits_solver_beside_scipy_on_the_same_matrices() -> None:
