@@ -381,9 +381,8 @@ class LoomCoupling(Coupling):
     """
 
     name = "loom"
-    UNSEEN = (
-        NoiseMemory.EMPTY
-    )  # marks a table slot whose seed is drawn at first visit (or a growing table's unused slot)
+    # Marks a table slot whose seed is drawn at first visit (or a growing table's unused slot); its memory row is empty.
+    UNSEEN = NoiseMemory.EMPTY
     OPTIONS = ("refresh_prob", "mix_prob", "jitter", "visit_cap")  # settings a saved state must agree on
 
     def __init__(

@@ -11,7 +11,7 @@ from lib import toy
 from lib.checkpoints import read_training_checkpoint
 from lib.couplings import LoomCoupling, NoiseMemory, epoch_batches, make_coupling, noise_from_seeds
 from lib.models import MLP
-from lib.train import TrainConfig, train_flow
+from lib.train import TrainConfig, TrainSettings, parse_args, train_flow
 
 OPTIONS = {
     "plain": {},
@@ -113,3 +113,11 @@ def test_training_with_memory_resumed_with_seeds_is_the_run_from_seeds(tmp_path:
     assert coupling_m2.noise_source == "memory" and memory_run.history == from_seeds.history
     with pytest.raises(ValueError, match="--noise-memory-gib must be 0"):
         TrainConfig(noise_memory_gib=-0.5)
+
+
+def test_the_budget_is_a_lib_train_flag():
+    settings = TrainSettings.from_args(parse_args(["--out", "run", "--noise-memory-gib", "0.5"]))
+    assert settings.train.noise_memory_gib == 0.5 and "--noise-memory-gib" in settings.to_argv()
+    assert (
+        TrainSettings.from_args(parse_args(["--out", "run"])).train.noise_memory_gib == TrainConfig().noise_memory_gib
+    )
