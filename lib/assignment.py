@@ -2,9 +2,10 @@
 
 Minibatch OT and LOOM solve one m x m linear assignment per step. Two solvers:
 
-- ``lapjv`` (PyPI ``lapjv``: Jonker-Volgenant with column reduction, run in float64): 4-10x faster than scipy at
-  m = 128..1024 on one core for points of 8 or more values (images, latents, digits; results/quick/benchmarks), and
-  it releases the GIL, so a pairing thread solves beside the training step. On low-dimensional point sets (2-D toys)
+- ``lapjv`` (PyPI ``lapjv``: Jonker-Volgenant with column reduction, run in float64): on one core 2-5x faster than
+  scipy at m = 128..1024 for 3x32x32 examples (results/quick/benchmarks/assignment.csv, notebook 09), up to 7x for
+  8-16 values, 3-4x on digits (64 values), its certificate included; it releases the GIL, so a pairing thread solves
+  beside the training step. On low-dimensional point sets (2-D toys)
   its augmenting row reduction crawls through the many near-ties: 5-25x slower than scipy at m = 256 (measured on
   2-D uniform, Gaussian, 8 Gaussians, checkerboard; 1.5x slower at 3-4 values). So it is used for points of at least
   LAPJV_MIN_DIM values, where the caller says the dimension.
