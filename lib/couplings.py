@@ -26,8 +26,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
+
+from lib import assignment
 
 CostName = Literal["l2", "sqeuclidean"]
 COST_NAMES: tuple[str, ...] = ("l2", "sqeuclidean")
@@ -92,20 +93,21 @@ def squared_distances(x: Tensor, z: Tensor) -> Tensor:
     return torch.addmm(norms, x, z.T, alpha=-2.0).clamp_min_(0.0)
 
 
-def exact_assignment(costs: Tensor | np.ndarray) -> np.ndarray:
-    """Exact minimum-cost assignment of a square cost matrix (Hungarian / LAPJV via scipy).
+def exact_assignment(costs: Tensor | np.ndarray, dim: int = 0) -> np.ndarray:
+    """Exact minimum-cost assignment of a square cost matrix (lib.assignment: lapjv for points of ``dim`` >= 8 values,
+    proven to give scipy's permutation, else scipy itself; dim 0: unknown, scipy).
 
     costs: (B, B) tensor (any device) or host array -> perm (B,) int64 with data row i paired to noise column
-    perm[i]. scipy solves on the CPU in float64 (it widens float32 itself: one conversion, no round trip through
-    a float64 tensor) and releases the GIL while it works, so a pairing thread runs beside the training step.
+    perm[i]. Solved on the CPU in float64, with the GIL released, so a pairing thread runs beside the training step.
     """
     host = costs.detach().cpu().numpy() if isinstance(costs, Tensor) else np.asarray(costs)
-    if host.ndim != 2 or host.shape[0] != host.shape[1]:
-        raise ValueError(f"exact_assignment needs a square cost matrix, got shape {tuple(host.shape)}")
-    rows, cols = linear_sum_assignment(host)
-    perm = np.empty_like(cols)
-    perm[rows] = cols
-    return perm.astype(np.int64, copy=False)
+    return assignment.exact_assignment(host, dim)
+
+
+def rows_of(z: Tensor, perm: np.ndarray | Tensor) -> Tensor:
+    """z[perm] for z (B, *shape) and a permutation perm (B,): one index_select, several times faster on the CPU than
+    advanced indexing of rows of thousands of values (the same values)."""
+    return torch.index_select(z, 0, torch.as_tensor(perm, device=z.device))
 
 
 def check_cost(cost: str) -> None:
@@ -161,6 +163,69 @@ def _fresh_noise(like: Tensor, generator: torch.Generator) -> Tensor:
     return torch.randn(like.shape, generator=device_generator, device=like.device)
 
 
+# Default budget for the noises of a LOOM table kept in memory, per process (each DDP rank holds its own copy): CIFAR-10
+# with flips and the released 4 caches is 100,000 x 4 x 3,072 float32 = 4.6 GiB. lib.train sets it per run
+# (TrainConfig.noise_memory_gib).
+NOISE_MEMORY_GIB = 8.0
+
+
+class NoiseMemory:
+    """The noises of a LOOM seed table kept in host memory, so a step gathers them instead of regenerating them.
+
+    ``noise`` (N x C, *shape) float32 rows and ``made_from`` (N x C,) int64: row k holds noise_from_seeds(made_from[k])
+    as generated on ``device_type`` (CPU and CUDA generators differ), or nothing where made_from[k] is EMPTY.
+    ``row`` (N, C) points each table slot at its noise row. The write-back permutes seeds among a batch's slots and
+    :meth:`follow` permutes their row pointers the same way (B integers, no noise moves). :meth:`gather` regenerates
+    exactly the slots whose seed is not the one their row was made from (never filled, refreshed, redrawn, grown): a
+    cache keyed by the seed itself, so the noise it returns is the regenerated noise bit for bit, whatever changed the
+    table. Derived from the seeds, it is never saved: a resumed run rebuilds it from the checkpoint's seed table.
+    """
+
+    EMPTY = -1
+
+    def __init__(self, slots: tuple[int, int], shape: tuple[int, ...], device_type: str) -> None:
+        self.noise = torch.empty((slots[0] * slots[1], *shape))
+        self.made_from = torch.full((slots[0] * slots[1],), self.EMPTY, dtype=torch.int64)
+        self.row = torch.arange(slots[0] * slots[1]).view(slots)
+        self.shape, self.device_type = shape, device_type
+
+    @staticmethod
+    def nbytes(slots: tuple[int, int], shape: tuple[int, ...]) -> int:
+        """Bytes of the float32 noises of ``slots`` (N, C) examples x caches of ``shape``."""
+        return 4 * slots[0] * slots[1] * math.prod(shape)
+
+    def fits(self, shape: tuple[int, ...], device: torch.device) -> bool:
+        """Whether this memory holds noises of ``shape`` made on ``device``'s type."""
+        return self.shape == shape and self.device_type == device.type
+
+    def fill(self, seeds: Tensor, device: torch.device, chunk: int = 4096) -> None:
+        """Generate the noise of every seeded slot of ``seeds`` (N, C) (EMPTY = UNSEEN slots stay empty), in chunks
+        of ``chunk`` rows so a CUDA table needs little device memory."""
+        index, caches = torch.nonzero(seeds != self.EMPTY, as_tuple=True)
+        for start in range(0, len(index), chunk):
+            i, c = index[start : start + chunk], caches[start : start + chunk]
+            self._make(self.row[i, c], seeds[i, c], device)
+
+    def gather(self, index: Tensor, caches: Tensor, seeds: Tensor, device: torch.device) -> Tensor:
+        """The noise of slots (index[b], caches[b]) whose seeds are ``seeds`` (B,) -> (B, *shape) on ``device``:
+        gathered where the slot's row was made from that seed, regenerated (and kept) where it was not."""
+        rows = self.row[index, caches]
+        stale = self.made_from[rows] != seeds
+        if bool(stale.any()):
+            self._make(rows[stale], seeds[stale], device)
+        return torch.index_select(self.noise, 0, rows).to(device)  # index_select: ~7x faster than noise[rows] here
+
+    def follow(self, index: Tensor, caches: Tensor, perm: Tensor) -> None:
+        """The write-back gave slot (index[b], caches[b]) the seed of slot (index[perm[b]], caches[perm[b]]) (B,):
+        each noise row follows its seed."""
+        self.row[index, caches] = self.row[index, caches][perm]
+
+    def _make(self, rows: Tensor, seeds: Tensor, device: torch.device) -> None:
+        """Rows ``rows`` (K,) now hold the noise of ``seeds`` (K,), generated on ``device``."""
+        self.noise[rows] = noise_from_seeds(seeds, self.shape, device).cpu()
+        self.made_from[rows] = seeds
+
+
 def visits_per_noise(steps: int, global_batch: int, num_examples: int, num_caches: int) -> float:
     """V = steps x global batch / (examples x caches): how often training sees each stored noise.
 
@@ -205,7 +270,7 @@ def _assign(x: Tensor, z: Tensor, cost: CostName, lap: Lap = _no_lap) -> tuple[n
     """
     costs = cost_matrix(x, z, cost).cpu().numpy()
     lap("cost matrix")
-    perm = exact_assignment(costs)
+    perm = exact_assignment(costs, math.prod(x.shape[1:]))
     lap("assignment")
     rows = np.arange(len(perm))
     before = float(costs[rows, rows].mean(dtype=np.float64))
@@ -275,7 +340,7 @@ class MinibatchOTCoupling(Coupling):
     def pair(self, x: Tensor, index: Tensor) -> CoupledBatch:
         z = _fresh_noise(x, self.generator)
         perm, stats = _assign(x, z, self.cost, self.lap)
-        return CoupledBatch(z=z[torch.as_tensor(perm, device=z.device)], x=x, stats=stats)
+        return CoupledBatch(z=rows_of(z, perm), x=x, stats=stats)
 
 
 class LoomCoupling(Coupling):
@@ -309,10 +374,15 @@ class LoomCoupling(Coupling):
         (growing caches); the multiset only gains seeds.
     ``visits`` (N,) counts each example's visits; ``active`` (N,) its caches in use (all ``num_caches``
     unless the table grows; slots beyond are UNSEEN and never used).
+
+    ``noise_memory_gib``: while the table's noises (N x C x shape float32) fit this budget, they are kept in memory
+    (:class:`NoiseMemory`, built at the first step) and gathered instead of regenerated: the same values bit for bit,
+    at the price of an independent draw. Above it (or at 0), every step regenerates its noise from the seeds.
     """
 
     name = "loom"
-    UNSEEN = -1  # marks a table slot whose seed is drawn at first visit (or a growing table's unused slot)
+    # Marks a table slot whose seed is drawn at first visit (or a growing table's unused slot); its memory row is empty.
+    UNSEEN = NoiseMemory.EMPTY
     OPTIONS = ("refresh_prob", "mix_prob", "jitter", "visit_cap")  # settings a saved state must agree on
 
     def __init__(
@@ -328,6 +398,7 @@ class LoomCoupling(Coupling):
         jitter: float = 0.0,
         visit_cap: float = 0.0,
         max_caches: int = 0,
+        noise_memory_gib: float = NOISE_MEMORY_GIB,
     ) -> None:
         super().__init__(seed=seed, cost=cost)
         if num_examples < 1 or num_caches < 1:
@@ -335,6 +406,10 @@ class LoomCoupling(Coupling):
         if seed_init not in ("upfront", "first_visit"):
             raise ValueError(f"unknown seed_init {seed_init!r}; use 'upfront' or 'first_visit'")
         check_table_options(num_caches, refresh_prob, mix_prob, jitter, visit_cap, max_caches)
+        if not noise_memory_gib >= 0:
+            raise ValueError(
+                f"noise_memory_gib is a budget in GiB, got {noise_memory_gib}; use 0 (always from seeds) or more"
+            )
         self.no_swaps = no_swaps
         self.seed_init = seed_init
         self.refresh_prob, self.mix_prob, self.jitter, self.visit_cap = refresh_prob, mix_prob, jitter, visit_cap
@@ -342,6 +417,8 @@ class LoomCoupling(Coupling):
         self.seeds = torch.full((num_examples, width), self.UNSEEN, dtype=torch.int64)
         self.active = torch.full((num_examples,), num_caches, dtype=torch.int64)
         self.visits = torch.zeros(num_examples, dtype=torch.int64)
+        self.noise_memory_gib = noise_memory_gib
+        self._memory: NoiseMemory | None = None
         if seed_init == "upfront":
             self.redraw()
 
@@ -364,6 +441,7 @@ class LoomCoupling(Coupling):
         if self.grows:
             fresh[self.stored_slots(as_mask=True).logical_not()] = self.UNSEEN
         self.seeds = fresh
+        self._memory = None  # every noise changes: rebuilt whole at the next step
 
     def stored_slots(self, as_mask: bool = False) -> Tensor:
         """Slots in use: a (N, num_caches) bool mask, or their (example, cache) pairs (K, 2), cache-major."""
@@ -393,16 +471,21 @@ class LoomCoupling(Coupling):
         self._draw_unseen(index, caches)
         refreshed = self._refresh(index, caches)
         table = self._mixed_rows(len(index)).logical_not()
-        seeds = self.seeds[index, caches]
-        z = noise_from_seeds(seeds[table], tuple(x.shape[1:]), x.device)  # step 1b
+        rows = slice(None) if bool(table.all()) else table  # the table's rows: all (views, no copies) unless mixing
+        index_t, caches_t, x_t = index[rows], caches[rows], x[rows if isinstance(rows, slice) else rows.to(x.device)]
+        seeds = self.seeds[index_t, caches_t]
+        z = self._noise_of(index_t, caches_t, seeds, x)  # step 1b
         self.lap("noise from seeds")
         if self.no_swaps:
-            cost = cost_matrix_diagonal(x[table.to(x.device)], z, self.cost).mean().item()
+            cost = cost_matrix_diagonal(x_t, z, self.cost).mean().item()
             stats = CouplingStats(0, cost, cost)
         else:
-            perm, stats = _assign(x[table.to(x.device)], z, self.cost, self.lap)  # step 2
-            self.seeds[index[table], caches[table]] = seeds[table][torch.as_tensor(perm)]  # step 3: write back
-            z = z[torch.as_tensor(perm, device=z.device)]  # step 4: the re-paired batch
+            perm, stats = _assign(x_t, z, self.cost, self.lap)  # step 2
+            order = torch.as_tensor(perm)
+            self.seeds[index_t, caches_t] = seeds[order]  # step 3: write back
+            z = rows_of(z, order)  # step 4: the re-paired batch
+            if self._memory is not None:  # each kept noise follows its seed
+                self._memory.follow(index_t, caches_t, order)
             self.lap("write-back")
         if not bool(table.all()):
             z = self._with_fresh_rows(x, z, table)
@@ -410,6 +493,29 @@ class LoomCoupling(Coupling):
             z = math.sqrt(1.0 - self.jitter**2) * z + self.jitter * _fresh_noise(z, self.generator)
         fresh_rows = int((~table).sum()) + int((refreshed & table).sum())
         return CoupledBatch(z=z, x=x, stats=CouplingStats(stats.swaps, stats.cost_before, stats.cost_after, fresh_rows))
+
+    def _noise_of(self, index: Tensor, caches: Tensor, seeds: Tensor, x: Tensor) -> Tensor:
+        """Step 1b: the noise of slots (index[b], caches[b]) holding ``seeds`` (B,) -> (B, *shape) on x's device,
+        gathered from memory while the table fits ``noise_memory_gib``, else regenerated (the same values)."""
+        memory = self._memory_for(tuple(x.shape[1:]), x.device)
+        if memory is None:
+            return noise_from_seeds(seeds, tuple(x.shape[1:]), x.device)
+        return memory.gather(index, caches, seeds, x.device)
+
+    def _memory_for(self, shape: tuple[int, ...], device: torch.device) -> NoiseMemory | None:
+        """The table's noise memory for examples of ``shape`` on ``device`` (built and filled on first use), or None
+        when it would not fit the budget."""
+        if NoiseMemory.nbytes(tuple(self.seeds.shape), shape) > self.noise_memory_gib * 2**30:
+            self._memory = None
+        elif self._memory is None or not self._memory.fits(shape, device):
+            self._memory = NoiseMemory(tuple(self.seeds.shape), shape, device.type)
+            self._memory.fill(self.seeds, device)
+        return self._memory
+
+    @property
+    def noise_source(self) -> str:
+        """Where the last step's noise came from: "memory" (gathered) or "seeds" (regenerated, or no step yet)."""
+        return "memory" if self._memory is not None else "seeds"
 
     def _grow(self, index: Tensor) -> None:
         """Give each example of ``index`` whose visits per stored noise passed ``visit_cap`` one more slot."""
@@ -447,7 +553,7 @@ class LoomCoupling(Coupling):
         fresh = _fresh_noise(x_fresh, self.generator)
         if not self.no_swaps and len(x_fresh) > 1:
             perm, _ = _assign(x_fresh, fresh, self.cost)
-            fresh = fresh[torch.as_tensor(perm, device=fresh.device)]
+            fresh = rows_of(fresh, perm)
         z[fresh_rows] = fresh
         return z
 
@@ -506,6 +612,7 @@ class LoomCoupling(Coupling):
                 "build the coupling with the options of the run that saved it"
             )
         self.seeds = state["seeds"].clone()
+        self._memory = None  # derived from the seeds: rebuilt from the restored table at the next step
         self.no_swaps = state["no_swaps"]
         self.seed_init = state["seed_init"]
         # States saved before visit counting: every slot in use, visits unknown (counted from here on).
@@ -559,8 +666,10 @@ def make_coupling(
     jitter: float = 0.0,
     visit_cap: float = 0.0,
     max_caches: int = 0,
+    noise_memory_gib: float = NOISE_MEMORY_GIB,
 ) -> Coupling:
-    """Build a coupling by name ("independent", "minibatch_ot", "loom"); the table options are LOOM's."""
+    """Build a coupling by name ("independent", "minibatch_ot", "loom"); the table options and the noise memory
+    budget are LOOM's."""
     options = {
         "refresh_prob": refresh_prob,
         "mix_prob": mix_prob,
@@ -579,7 +688,14 @@ def make_coupling(
         return MinibatchOTCoupling(seed=seed, cost=cost)
     if name == "loom":
         return LoomCoupling(
-            num_examples, num_caches, seed=seed, cost=cost, no_swaps=no_swaps, seed_init=seed_init, **options
+            num_examples,
+            num_caches,
+            seed=seed,
+            cost=cost,
+            no_swaps=no_swaps,
+            seed_init=seed_init,
+            noise_memory_gib=noise_memory_gib,
+            **options,
         )
     raise ValueError(f"unknown coupling {name!r}; use one of {COUPLINGS}")
 

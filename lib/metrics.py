@@ -22,7 +22,7 @@ def exact_ot_cost(x: Tensor, y: Tensor, cost: CostName = "sqeuclidean") -> float
     if x.shape != y.shape:
         raise ValueError(f"exact OT here needs two sets of equal shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     costs = cost_matrix(x, y, cost, exact=True)
-    perm = torch.as_tensor(exact_assignment(costs), device=costs.device)
+    perm = torch.as_tensor(exact_assignment(costs, x[0].numel()), device=costs.device)
     return costs[torch.arange(len(perm), device=costs.device), perm].mean().item()
 
 

@@ -3,7 +3,7 @@
 The pairing of a batch (its example indices, its data, the coupling's noise and write-back, its time samples) needs
 only the data, the epoch order and the coupling's state, never the model's weights. :class:`Pairing` hands the
 training loop one :class:`PairedBatch` per step, in training order; with ``ahead`` > 0 a background thread pairs
-the next ``ahead`` batches while the current one trains (scipy's assignment and torch's kernels release the GIL, so
+the next ``ahead`` batches while the current one trains (the exact assignment and torch's kernels release the GIL, so
 on a CPU the pairing takes the core the model does not use, and on a GPU it overlaps the device's work).
 
 Exactness: batches are paired strictly in order by one ``produce`` function that draws from the same generators in

@@ -60,6 +60,7 @@ from lib.checkpoints import (
 from lib.couplings import (
     COST_NAMES,
     COUPLINGS,
+    NOISE_MEMORY_GIB,
     Coupling,
     CouplingStats,
     LoomCoupling,
@@ -134,6 +135,11 @@ class TrainConfig:
         "a background thread while the current step trains, synchronous inside the step (the same run bit for bit); "
         "auto pipelines on CUDA or when torch leaves a core free (e.g. torch.set_num_threads(1)), else synchronous",
     )
+    noise_memory_gib: float = _setting(
+        NOISE_MEMORY_GIB,
+        "loom: keep the table's noises in memory (gathered, not regenerated from seeds: the same values bit for bit) "
+        "while they fit this many GiB per process (each torchrun rank holds its own copy); 0: always from seeds",
+    )
     rank_data: str = _setting(
         "fetch",
         f"{' or '.join(RANK_DATA)} (torchrun): every rank fetches the whole global batch and pairs it itself, or "
@@ -158,6 +164,7 @@ class TrainConfig:
             keep_checkpoints_every=(lambda v: v >= 0, "0 (off) or more"),
             pairing=(lambda v: v in PAIRING_CHOICES, f"one of {', '.join(PAIRING_CHOICES)}"),
             rank_data=(lambda v: v in RANK_DATA, f"one of {', '.join(RANK_DATA)}"),
+            noise_memory_gib=(lambda v: v >= 0, "0 (always from seeds) or more"),
         )
 
 
@@ -222,6 +229,7 @@ RESUMABLE_CHANGES = frozenset(
         "verify_data",
         "pairing",
         "rank_data",
+        "noise_memory_gib",  # where LOOM's noises come from (memory or seeds), never their values
     }
 )
 
@@ -573,7 +581,11 @@ def latent_source(data: Data) -> dict[str, Any] | None:
 
 
 def build_trainer(model: nn.Module, data: Data, coupling: Coupling, config: TrainConfig) -> Trainer:
-    """Optimizer, warm-up schedule, EMA and loop position for training ``model`` (DDP-wrapped under torchrun)."""
+    """Optimizer, warm-up schedule, EMA and loop position for training ``model`` (DDP-wrapped under torchrun).
+
+    A LOOM coupling gets the run's noise memory budget (``config.noise_memory_gib``)."""
+    if isinstance(coupling, LoomCoupling):
+        coupling.noise_memory_gib = config.noise_memory_gib
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     trainer = Trainer(
         model=model,

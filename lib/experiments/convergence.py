@@ -155,7 +155,7 @@ def subset_gaps(
             for name, seeds in tables.items():
                 z = noise_from_seeds(seeds[examples, caches], tuple(x.shape[1:]), x.device)
                 costs = cost_matrix(x, z, cost, exact=True)  # float64: the pairing and the optimum alike
-                perm = torch.as_tensor(exact_assignment(costs), device=costs.device)
+                perm = torch.as_tensor(exact_assignment(costs, x[0].numel()), device=costs.device)
                 now = costs.diagonal().mean().item()
                 best = costs[torch.arange(size, device=costs.device), perm].mean().item()
                 rows.append(
@@ -201,7 +201,7 @@ def reassign_batch(x: Tensor, z: Tensor, pairing: Tensor, batch: Tensor, cost: C
     Returns the new pairing (N,): the batch's noises re-assigned exactly among the batch, the rest kept.
     """
     chosen = pairing[batch]
-    perm = torch.as_tensor(exact_assignment(cost_matrix(x[batch], z[chosen], cost)))
+    perm = torch.as_tensor(exact_assignment(cost_matrix(x[batch], z[chosen], cost), x[0].numel()))
     new = pairing.clone()
     new[batch] = chosen[perm]
     return new

@@ -517,7 +517,8 @@ def assignment_fit_figure(assignment: Rows, fit: PowerLawFit, device: str) -> Fi
             ax.plot([r["m"] for r in rows], [r[key] for r in rows], marker=marker, ls="--", color=color, label=label)
     rows = _floats(_select(assignment, "device", device), "m", "assignment_ms")
     sizes = [r["m"] for r in rows]
-    ax.plot(sizes, [r["assignment_ms"] for r in rows], marker="o", color="k", label="exact assignment (scipy, CPU)")
+    solver = rows[0].get("solver") or "scipy"  # tables written before the solver was recorded: scipy
+    ax.plot(sizes, [r["assignment_ms"] for r in rows], marker="o", color="k", label=f"exact assignment ({solver}, CPU)")
     fitted = [m for m in sizes if m >= fit.min_size]
     ax.plot(
         fitted,

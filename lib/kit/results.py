@@ -1,10 +1,10 @@
 """Write what a notebook measured under ``results/<profile>/<notebook>/`` with its provenance; read it back.
 
 Layout of one run's folder: metrics as CSV (tables: a list of rows) or JSON (a dict), figures as PNG + PDF, and
-``run.json`` with the parameters, profile, git commit, package versions, the hardware and software settings that
-decide bit-identity (CPU model and capability, BLAS/oneDNN ISA settings, threads, CUDA/cuDNN and determinism
-flags), seed, wall time and the files written. Every number in results/ sits beside the run.json of the run that
-made it.
+``run.json`` with the parameters, profile, git commit, package versions, the exact assignment's solver (lib.assignment),
+the hardware and software settings that decide bit-identity (CPU model and capability, BLAS/oneDNN ISA settings,
+threads, CUDA/cuDNN and determinism flags), seed, wall time and the files written. Every number in results/ sits
+beside the run.json of the run that made it.
 
 A run writes into a staging folder (``.<notebook>.partial`` beside the final one) and :meth:`Run.finish` swaps it
 in whole, so a folder never mixes two runs and an interrupted run leaves the previous results untouched. Paths under
@@ -30,7 +30,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import torch
 
-from lib import REPO_ROOT
+from lib import REPO_ROOT, assignment
 from lib.kit import profiles
 
 PACKAGES = (
@@ -38,6 +38,7 @@ PACKAGES = (
     "torchvision",
     "numpy",
     "scipy",
+    "lapjv",
     "torchdiffeq",
     "clean-fid",
     "torcheval",
@@ -250,6 +251,7 @@ class Run:
             "seed": self.seed,
             "git_commit": self.commit,
             "versions": package_versions(),
+            "assignment_solver": assignment.solver_description(),  # which exact solver ran for which points
             "device": device_description(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
             "wall_time_s": round(time.time() - self.started, 2),

@@ -7,6 +7,7 @@ import threading
 import pytest
 import torch
 
+from lib import assignment
 from lib.experiments import benchmarks
 
 
@@ -20,6 +21,24 @@ def test_time_couplings_reports_every_coupling_and_the_loom_steps_parts() -> Non
     summary = benchmarks.summary(rows, setting)
     assert summary["loom_over_independent"] == rows[2]["ms_per_step"] / rows[0]["ms_per_step"]
     assert summary["target_met"] == (summary["loom_over_independent"] <= summary["target_loom_over_independent"] == 1.8)
+    assert summary["assignment_solver"] == assignment.solver_for(48) == "lapjv" and summary["loom_noise"] == "memory"
+    for target in summary["coupling_targets"]:
+        assert target["met"] == (target["over_independent"] <= target["target"])
+    parts = sum(r["ms_per_step"] for r in rows if str(r["part"]).startswith("loom part: "))
+    assert summary["loom_parts_over_independent"] == parts / rows[0]["ms_per_step"]
+
+
+def test_solver_comparison_times_the_kits_solver_beside_scipy_on_the_same_matrices() -> None:
+    rows = benchmarks.solver_comparison([8, 64], shape=(3, 4, 4), steps=2, warmup=1)
+    assert [(r["m"], r["solver"]) for r in rows] == [(8, "lapjv"), (64, "lapjv")]
+    assert all(r["same_permutation"] and r["assignment_ms"] > 0 and r["scipy_ms"] > 0 for r in rows)
+    assert benchmarks.solver_comparison([16], shape=(2,), steps=1, warmup=0)[0]["solver"] == "scipy"  # 2-D points
+
+
+def test_the_memory_table_says_which_noise_tables_fit_the_default_budget() -> None:
+    memory = benchmarks.seed_table_memory("cifar10", 100_000, 4, (3, 32, 32))
+    assert memory["noise_in_memory_by_default"] and round(memory["stored_noise_mib"]) == 4688
+    assert not benchmarks.seed_table_memory("imagenet64", 2_562_334, 1, (3, 64, 64))["noise_in_memory_by_default"]
 
 
 def test_time_training_steps_times_every_coupling_in_both_pairing_modes() -> None:
@@ -109,6 +128,22 @@ def test_assignment_scaling_times_each_size_and_part() -> None:
     rows = benchmarks.assignment_scaling([8, 32, 16], shape=(5,), steps=2, warmup=1)
     assert [r["m"] for r in rows] == [8, 32, 16] and all(r["dim"] == 5 for r in rows)
     assert all(r[benchmarks.column(p)] > 0 for r in rows for p in benchmarks.ASSIGNMENT_PARTS)
+    assert all(r["solver"] == "scipy" and "scipy_ms" not in r for r in rows)  # 5 values: below lapjv's dimension
+    rows = benchmarks.assignment_scaling([16], shape=(3, 4, 4), steps=1, warmup=0, scipy=True)
+    assert rows[0]["solver"] == "lapjv" and rows[0]["scipy_ms"] > 0
+
+
+def test_conclusion_names_the_solver_and_scipys_time_beside_it_and_not_what_is_done_as_a_fix() -> None:
+    facts = synthetic_facts([0.02, 0.05], [32, 64])
+    assert facts["assignment_solver"] == "scipy" and facts["largest_m_scipy_ms"] is None  # rows without the columns
+    text = benchmarks.conclusion_text(facts)
+    assert "(scipy's linear_sum_assignment) takes" in text and "as long)" not in text
+    lapjv = {**facts, "assignment_solver": "lapjv", "largest_m_assignment_ms": 30.0, "largest_m_scipy_ms": 150.0}
+    text = benchmarks.conclusion_text(lapjv)
+    assert "(lapjv, whose permutation lib.assignment certifies to be scipy's) takes" in text
+    assert "it takes 30.0 ms (scipy's linear_sum_assignment on the same matrices: 150.0 ms, 5.0x as long)" in text
+    fixes = text.split("**What would fix it**")[1]
+    assert "LAPJV" not in fixes and "lapjv" not in fixes and "batched kernel" not in fixes  # done: not named as fixes
 
 
 def test_fit_power_law_recovers_a_known_exponent() -> None:

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from lib.kit import benchmark
+from lib.kit.results import read_table
 
 
 def test_benchmarks_cli_writes_the_targets_with_their_tables(tmp_path: Path) -> None:
     tiny = ["--num-examples", "64", "--batch-size", "8", "--steps", "1", "--unet-batches", "4", "--mlp-batches", "8"]
-    tiny += ["--ranks", "0"]
+    tiny += ["--ranks", "0", "--assign-sizes", "8", "1024", "--assign-steps", "1"]
     assert benchmark.main([*tiny, "--training-steps", "1", "--block", "1", "--results-dir", str(tmp_path)]) == 0
     folder = tmp_path / "quick" / "benchmarks"
     summary = json.loads((folder / "coupling_cost.json").read_text())
@@ -24,6 +25,14 @@ def test_benchmarks_cli_writes_the_targets_with_their_tables(tmp_path: Path) -> 
     ]
     assert all(t["met"] == (t["loom_pipelined_over_independent"] <= t["target"]) for t in targets["training"])
     assert {"run.json", "training_steps.csv", "training_step_ratios.csv"} <= {p.name for p in folder.iterdir()}
+    # Issue 21: which solver and noise source ran, the assignment at m = 1024 and the released code's ratio.
+    assert targets["assignment_solver"] == summary["assignment_solver"] == "lapjv"  # 3x32x32 examples
+    assert json.loads((folder / "run.json").read_text())["assignment_solver"].startswith("lapjv")
+    assert summary["loom_noise"] == "memory"  # 64 rows of 3x32x32 noise fit the default budget
+    assert [(t["coupling"], t["target"]) for t in summary["coupling_targets"]] == [("loom", 1.3), ("minibatch_ot", 1.2)]
+    assert targets["assignment"]["m"] == 1024 and targets["assignment"]["met"] == (targets["assignment"]["ms"] <= 40)
+    assert targets["released"]["met"] == (targets["released"]["released_over_kit_low"] >= 100)
+    assert all(r["same_permutation"] == "True" for r in read_table(folder / "assignment.csv"))
 
 
 @pytest.mark.slow

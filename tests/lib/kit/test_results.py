@@ -39,6 +39,8 @@ def test_paths_inside_the_repository_are_stored_relative_and_run_json_names_the_
     assert results.read_table(tmp_path / "quick" / "03_toy_generation" / "rows.csv")[0]["reference"] == "runs/x"
     device = json.loads((tmp_path / "quick" / "03_toy_generation" / "run.json").read_text())["device"]
     assert {"cpu_model", "torch_cpu_capability", "torch_threads", "isa_environment"} <= set(device)
+    provenance = json.loads((tmp_path / "quick" / "03_toy_generation" / "run.json").read_text())
+    assert provenance["assignment_solver"].startswith(("lapjv", "scipy")) and "lapjv" in provenance["versions"]
 
 
 def test_runs_of_other_results_roots_start_in_a_fresh_folder(tmp_path: Path) -> None:
