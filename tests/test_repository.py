@@ -54,7 +54,8 @@ def test_the_lock_pins_every_dependency_and_both_setups_install_from_it() -> Non
         if "==" in requirement:
             name, version = requirement.split("==")
             assert lock[_requirement_name(name)] == version, requirement
-    assert re.search(r"pip install .*-c constraints\.txt", (ROOT / "Makefile").read_text())
+    makefile = (ROOT / "Makefile").read_text()
+    assert "LOCK := constraints.txt" in makefile and re.search(r"pip install .*-c \$\(LOCK\) -e \.", makefile)
     conda = yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
     assert "-c constraints.txt" in next(d["pip"] for d in conda if isinstance(d, dict))
     installed = {name: metadata.version(name) for name in (_requirement_name(r) for r in pyproject)}
