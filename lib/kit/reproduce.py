@@ -69,6 +69,9 @@ CAPABILITY_ENVIRONMENT = {
 }
 
 
+KERNEL_LOG = "LOOM_KERNEL_LOG"  # set by a runner's worker: where its kernels' own log goes (IPCKernelManager)
+
+
 class NotebookFailed(RuntimeError):
     """A notebook raised: the message names the notebook, the cell and the executed copy."""
 
@@ -86,6 +89,16 @@ class IPCKernelManager(AsyncKernelManager):
         # two pytest workers' notebooks, pick the same socket files and read each other's messages ("Invalid
         # Signature"); a private folder per kernel keeps them apart and out of the repository.
         return str(Path(tempfile.mkdtemp(prefix="loom-kernel-")) / "kernel")
+
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+        # Under the side-by-side runner a kernel's own log (not its cells' output, which papermill records) goes to a
+        # file in its notebook's scratch folder: a kernel stopped mid-cell by Ctrl-C logs a traceback of closed
+        # sockets that would otherwise reach the user's terminal.
+        log = os.environ.get(KERNEL_LOG)
+        if log:
+            with open(log, "ab") as stderr:  # the kernel holds its own copy of the descriptor
+                return await super()._async_launch_kernel(kernel_cmd, stderr=stderr, **kw)
+        return await super()._async_launch_kernel(kernel_cmd, **kw)
 
     def cleanup_ipc_files(self) -> None:
         super().cleanup_ipc_files()
@@ -319,10 +332,14 @@ def _worker_signals() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
-def _rerun_quietly(*args: Any, **kwargs: Any) -> verify.Comparison | None:
-    """:func:`rerun` in a worker process; None when the runner stopped it (no traceback: the runner says why)."""
+def _rerun_quietly(
+    name: str, parameters: dict[str, Any], root: Path, profile: str, scratch: Path, **kwargs: Any
+) -> verify.Comparison | None:
+    """:func:`rerun` in a worker process, its kernel's log in the scratch folder; None when the runner stopped it (no
+    traceback: the runner says why)."""
+    os.environ[KERNEL_LOG] = str(scratch.parent / "kernel.log")
     try:
-        return rerun(*args, **kwargs)
+        return rerun(name, parameters, root, profile, scratch, **kwargs)
     except KeyboardInterrupt:
         return None
 
@@ -422,7 +439,7 @@ class Runner:
         try:
             comparison = future.result()
         except NotebookFailed as err:
-            self.failed = str(err)
+            self.failed = self._keep_failed_copy(name, profile, str(err))
             comparison = None
         if comparison is not None:
             self.comparisons.append(comparison)  # before the line, so its counter counts this notebook
@@ -440,13 +457,23 @@ class Runner:
         shutil.rmtree(self.scratch.pop(name), ignore_errors=True)
         bar.update(1)
 
+    def _keep_failed_copy(self, name: str, profile: str, message: str) -> str:
+        """Move a failed notebook's executed copy (the traceback) out of its scratch folder to
+        ``<results>/<profile>/<name>.failed.ipynb`` (git ignores it) -> the error message naming it there."""
+        failed = self.scratch[name] / "results" / profile / f"{name}.failed.ipynb"
+        kept = self.root / profile / failed.name
+        if failed.is_file():
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(failed, kept)
+            strip_machine_paths(kept, self.scratch[name])
+        return message.replace(str(failed), portable(str(kept)))
+
     def _stop(self, pool: ProcessPoolExecutor) -> None:
-        """Ctrl-C: stop every worker (each shuts its kernel down) and wait for them."""
+        """Ctrl-C: stop every worker (each shuts its kernel down, then takes no more work) and wait for them."""
         for process in list(getattr(pool, "_processes", {}).values()):
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()
-        for process in list(getattr(pool, "_processes", {}).values()):
-            process.join(timeout=30)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_all(notebooks: dict[str, dict[str, Any]], args: argparse.Namespace) -> int:
