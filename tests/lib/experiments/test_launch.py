@@ -56,6 +56,12 @@ def alive(pid: int) -> bool:
         return False
 
 
+def default_sigint() -> None:
+    """In a child: Ctrl-C raises KeyboardInterrupt, as in a kernel, even where this test runs with SIGINT ignored (a
+    shell's background job: the child would inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_kernel(run: TrainSettings, nproc: int, ready: Callable[[], bool]) -> subprocess.Popen[str]:
     """A process standing for a notebook kernel, running a cell that launches the training ``run``; returns once
     ``ready()``."""
@@ -70,6 +76,7 @@ def start_kernel(run: TrainSettings, nproc: int, ready: Callable[[], bool]) -> s
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     while not ready():
         assert kernel.poll() is None, kernel.communicate()[1][-3000:]

@@ -115,6 +115,9 @@ def test_ctrl_c_stops_every_notebook_in_one_line_and_leaves_nothing_behind(tmp_p
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job
+        # Ctrl-C raises KeyboardInterrupt in the runner, as in a terminal, even where this test runs with SIGINT
+        # ignored (a shell's background job: the runner would inherit that).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     while len(list(scratch_root.glob("loom-rerun-*/results/*/.*.executing.ipynb"))) < 2:
