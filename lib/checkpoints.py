@@ -85,7 +85,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     except pickle.UnpicklingError as err:
         refused = _refused_global(err)
         if refused is None:
-            raise _corrupt(path, err) from None  # torch's text advises weights_only=False: keep _reason's line
+            raise _corrupt(path, err) from None  # torch's text advises switching its check off
         raise UnsafeCheckpoint(
             f"{path} pickles Python objects beyond tensors: the global {refused}, refused because loading it could "
             "run code; the kit never unpickles such a file. If you wrote the file, save its weights alone, e.g. "
@@ -161,7 +161,7 @@ def _unpickler_message(err: BaseException) -> str:
     """What torch's weights-only unpickler itself said, without the advice torch wraps it in.
 
     torch raises a new UnpicklingError whose text starts "Weights only load failed" and suggests re-running with
-    ``weights_only=False`` (which would run the file's code); the unpickler's own error is its ``__context__``.
+    the weights-only check off (which would run the file's code); the unpickler's own error is its ``__context__``.
     """
     inner = err.__context__
     if isinstance(inner, pickle.UnpicklingError) and "weights_only" not in str(inner):
