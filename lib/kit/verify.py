@@ -91,9 +91,10 @@ TIMING_WORDS = frozenset(
         "seconds",
     }
 )
-# Labels picked by comparing timings (notebook 09's dominant_parts[*].part: which part of the step is largest): they
-# follow the timings, so they are timings too. A name is one when it holds every word of one of these sets.
-TIMING_LABELS = (frozenset({"dominant", "part"}),)
+# Labels picked by comparing timings (notebook 09's dominant_parts[*].part: which part of the step is largest; 02's
+# coupling_targets[*].met: whether a measured step ratio met its target): they follow the timings, so they are
+# timings too. A name is one when it holds every word of one of these sets.
+TIMING_LABELS = (frozenset({"dominant", "part"}), frozenset({"targets", "met"}))
 # Identifiers: digests that name a run's settings and code (notebook 12's runs.csv cache_key), not a result. The
 # settings they digest are compared in their own columns.
 IDENTIFIER_WORDS = frozenset({"key", "digest", "sha256"})

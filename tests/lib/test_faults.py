@@ -654,6 +654,7 @@ def test_verify_compares_neither_timing_labels_nor_identifiers(tmp_path: Path) -
     from lib.kit import verify
 
     assert verify.kind_of("dominant_parts[3].part", "conclusion") == "timing"  # the largest part: timings decide
+    assert verify.kind_of("coupling_targets[0].met", "coupling_cost") == "timing"  # a measured ratio met its target
     assert verify.kind_of("cache_key") == verify.kind_of("run_digest") == "ignored"  # identifiers
     assert verify.kind_of("part") == verify.kind_of("dominant_parts[3].shape") == "exact"  # fixed labels: compared
     old, new = tmp_path / "old", tmp_path / "new"
