@@ -88,7 +88,14 @@ class IPCKernelManager(AsyncKernelManager):
         # jupyter_client's default ("kernel-ipc" in the working directory) lets two kernels started at once, such as
         # two pytest workers' notebooks, pick the same socket files and read each other's messages ("Invalid
         # Signature"); a private folder per kernel keeps them apart and out of the repository.
-        return str(Path(tempfile.mkdtemp(prefix="loom-kernel-")) / "kernel")
+        # Under the side-by-side runner the folder lies in the notebook's scratch folder, which the runner always
+        # removes: a worker stopped by Ctrl-C mid-cell may not get to clean its kernel's files up itself.
+        log = os.environ.get(KERNEL_LOG)
+        return str(Path(tempfile.mkdtemp(prefix="loom-kernel-", dir=Path(log).parent if log else None)) / "kernel")
+
+    @default("connection_file")
+    def _default_connection_file(self) -> str:
+        return str(Path(self.ip).parent / "connection.json")  # beside the sockets, removed with them
 
     async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
         # Under the side-by-side runner a kernel's own log (not its cells' output, which papermill records) goes to a
@@ -329,7 +336,17 @@ def _worker_signals() -> None:
     """A worker leaves Ctrl-C to the runner (which stops every worker itself) and turns its SIGTERM into
     KeyboardInterrupt, so papermill shuts the kernel down on the way out."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stopped_by_runner)
+
+
+def _stopped_by_runner(signum: int, frame: object) -> None:
+    """SIGTERM from the runner: from now on this worker's stderr goes to its kernel log, then KeyboardInterrupt.
+    Shutting a kernel down mid-cell makes nbclient log "Kernel died while waiting for execute reply" and asyncio
+    "Task exception was never retrieved"; the runner's one line already says what happened."""
+    sys.stderr.flush()
+    with open(os.environ.get(KERNEL_LOG) or os.devnull, "ab") as log:
+        os.dup2(log.fileno(), sys.stderr.fileno())
+    raise KeyboardInterrupt
 
 
 def _rerun_quietly(
