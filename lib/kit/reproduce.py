@@ -70,6 +70,7 @@ CAPABILITY_ENVIRONMENT = {
 
 
 KERNEL_LOG = "LOOM_KERNEL_LOG"  # set by a runner's worker: where its kernels' own log goes (IPCKernelManager)
+KERNEL_FOLDERS: list[str] = []  # this process's kernels' socket folders (IPCKernelManager)
 
 
 class NotebookFailed(RuntimeError):
@@ -88,10 +89,11 @@ class IPCKernelManager(AsyncKernelManager):
         # jupyter_client's default ("kernel-ipc" in the working directory) lets two kernels started at once, such as
         # two pytest workers' notebooks, pick the same socket files and read each other's messages ("Invalid
         # Signature"); a private folder per kernel keeps them apart and out of the repository.
-        # Under the side-by-side runner the folder lies in the notebook's scratch folder, which the runner always
-        # removes: a worker stopped by Ctrl-C mid-cell may not get to clean its kernel's files up itself.
-        log = os.environ.get(KERNEL_LOG)
-        return str(Path(tempfile.mkdtemp(prefix="loom-kernel-", dir=Path(log).parent if log else None)) / "kernel")
+        # In the temporary folder, not deeper: a socket's path must fit in 107 bytes. Recorded, so that a worker
+        # stopped by Ctrl-C mid-cell removes what its kernel's own cleanup did not get to.
+        folder = tempfile.mkdtemp(prefix="loom-kernel-")
+        KERNEL_FOLDERS.append(folder)
+        return str(Path(folder) / "kernel")
 
     @default("connection_file")
     def _default_connection_file(self) -> str:
@@ -359,6 +361,9 @@ def _rerun_quietly(
         return rerun(name, parameters, root, profile, scratch, **kwargs)
     except KeyboardInterrupt:
         return None
+    finally:
+        while KERNEL_FOLDERS:
+            shutil.rmtree(KERNEL_FOLDERS.pop(), ignore_errors=True)
 
 
 class Runner:
@@ -457,6 +462,9 @@ class Runner:
             comparison = future.result()
         except NotebookFailed as err:
             self.failed = self._keep_failed_copy(name, profile, str(err))
+            comparison = None
+        except Exception as err:  # the worker itself failed (no kernel, a full disk): the notebook did not run
+            self.failed = f"{name}: {type(err).__name__}: {err}"
             comparison = None
         if comparison is not None:
             self.comparisons.append(comparison)  # before the line, so its counter counts this notebook

@@ -134,3 +134,21 @@ def test_ctrl_c_stops_every_notebook_in_one_line_and_leaves_nothing_behind(tmp_p
         time.sleep(0.5)
     assert _processes_with(marker) == []
     assert sorted(scratch_root.glob("loom-*")) == []  # no scratch copy, no kernel's socket folder
+
+
+def test_a_worker_that_fails_outside_its_notebook_is_a_failed_notebook_not_a_traceback(tmp_path: Path) -> None:
+    """A worker that raises something other than NotebookFailed (no kernel could start: a socket path too long, a
+    full disk) marks its notebook failed, names the error and removes its scratch folder; the run goes on to exit 1."""
+    import argparse
+    from concurrent.futures import Future
+
+    args = argparse.Namespace(profile="quick", results_dir=str(tmp_path), jobs=1, verify=True)
+    runner = reproduce.Runner({"01_toy_couplings": {}}, args)
+    runner.scratch["01_toy_couplings"] = scratch = tmp_path / "loom-rerun-01"
+    scratch.mkdir()
+    future: Future = Future()
+    future.set_exception(OSError("File name too long"))
+    bar = reproduce.progress(total=1, disable=True)
+    runner._finish("01_toy_couplings", future, 1.0, bar)
+    assert runner.failed == "01_toy_couplings: OSError: File name too long"
+    assert not scratch.exists() and runner.comparisons == []
