@@ -1,4 +1,5 @@
-"""The "what this run shows" cell closing each notebook, written from the numbers the notebook computed.
+"""The "what this run shows" cell closing a notebook, written from the numbers the notebook computed (notebooks 04
+and 12 write theirs in their own last cells).
 
 Each function takes the rows a notebook has just measured and returns a short markdown text (a heading and a few
 bullets) that the notebook shows with ``IPython.display.Markdown``. No number is typed in anywhere: rerun a notebook
