@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from lib.checkpoints import build_model as build_named_model
+from lib.checkpoints import build_model
 from lib.couplings import make_coupling
 from lib.fid import DigitsClassifier, digits_frechet_distance
 from lib.metrics import w2
@@ -129,10 +129,10 @@ def check_model_kind(kind: str) -> None:
         raise ValueError(f"unknown model {kind!r}; use one of {list(MODEL_KINDS)}")
 
 
-def build_model(kind: str, hidden: int = 256, seed: int = 0) -> nn.Module:
+def digits_velocity_field(kind: str, hidden: int = 256, seed: int = 0) -> nn.Module:
     """A fresh velocity field for digits with weights fixed by ``seed``: MLP(64) or the UNet digits preset."""
     check_model_kind(kind)
-    return build_named_model("digits" if kind == "unet" else "mlp", DIGIT_SHAPE, hidden, seed)
+    return build_model("digits" if kind == "unet" else "mlp", DIGIT_SHAPE, hidden, seed)
 
 
 def train_ablation(ablation: Ablation, train: Tensor, budget: AblationBudget) -> TrainedAblation:
@@ -142,7 +142,7 @@ def train_ablation(ablation: Ablation, train: Tensor, budget: AblationBudget) ->
     convergence" the convergence pass is included).
     """
     data = as_model_input(train, budget.model)
-    model = build_model(budget.model, budget.hidden, budget.seed)
+    model = digits_velocity_field(budget.model, budget.hidden, budget.seed)
     coupling = make_coupling(
         ablation.coupling,
         len(data),
@@ -322,26 +322,6 @@ def ordering_agreement(
             }
         )
     return out
-
-
-def describe_agreement(rows: Sequence[Mapping[str, object]], metric: str = "fd") -> str:
-    """One sentence per NFE saying where our ordering matches the paper's Table 5 and where it does not."""
-    lines = []
-    for r in rows:
-        versus = f" (vs the paper's {r['paper_solver']})" if r.get("paper_solver", r["solver"]) != r["solver"] else ""
-        head = (
-            f"{r['solver']} NFE {r['nfe']}{versus}: {r['rows_compared']} rows, "
-            f"{float(r['concordance']):.0%} of pairs ordered as in the paper"
-        )
-        lines.append(
-            head
-            + (
-                f"; differs where {r['disagreements']} ({metric} here reverses it)."
-                if r["disagreements"]
-                else "; the same order."
-            )
-        )
-    return "\n".join(lines)
 
 
 def ablation_record(trained: TrainedAblation) -> dict[str, object]:

@@ -39,11 +39,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lib.checkpoints import build_model as build_named_model
+from lib.checkpoints import build_model
 from lib.code import code_digest
 from lib.couplings import LoomCoupling, caches_for_visits, make_coupling, total_pairing_cost, visits_per_noise
 from lib.evaluate import noise_like, path_curvature
-from lib.experiments.ablations import as_model_input, build_model, digits_split, score_samples
+from lib.experiments.ablations import as_model_input, digits_split, digits_velocity_field, score_samples
 from lib.experiments.convergence import global_optimum
 from lib.fid import DigitsClassifier, digits_frechet_distance, train_digits_classifier
 from lib.files import write_text
@@ -172,6 +172,12 @@ class StudyRun:
         return self.coupling == "loom"
 
     @property
+    def plain_loom(self) -> bool:
+        """Whether the run is LOOM with ``caches`` caches and none of the table options (fixed source, redraw,
+        refresh, mix, jitter, growing caches): the runs of the dose-response's cache sweep."""
+        return self == replace(self.reference(), coupling="loom", caches=self.caches)
+
+    @property
     def label(self) -> str:
         """Short name of the coupling and its options, e.g. 'LOOM 4c', 'LOOM 1c refresh 0.01', 'OT', 'I-CFM'."""
         if not self.table:
@@ -295,8 +301,8 @@ def make_run_coupling(run: StudyRun, num_examples: int):
 def make_run_model(run: StudyRun, task: Task) -> nn.Module:
     """A fresh velocity field with weights fixed by the run's seed (the global RNG is left as it was)."""
     if run.dataset == "digits":
-        return build_model(run.model, run.hidden, run.seed)
-    return build_named_model("mlp", tuple(task.train.shape[1:]), run.hidden, run.seed)
+        return digits_velocity_field(run.model, run.hidden, run.seed)
+    return build_model("mlp", tuple(task.train.shape[1:]), run.hidden, run.seed)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -713,7 +719,7 @@ def ratio_to_reference(
             rows.append(
                 {
                     "label": run.label,
-                    "plain_loom": run.label == f"LOOM {run.caches}c",
+                    "plain_loom": run.plain_loom,
                     "task": record["task"],
                     **run.setting,
                     "caches": run.caches,

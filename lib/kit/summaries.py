@@ -1,4 +1,5 @@
-"""The "what this run shows" cell closing each notebook, written from the numbers the notebook computed.
+"""The "what this run shows" cell closing a notebook, written from the numbers the notebook computed (notebooks 04
+and 12 write theirs in their own last cells).
 
 Each function takes the rows a notebook has just measured and returns a short markdown text (a heading and a few
 bullets) that the notebook shows with ``IPython.display.Markdown``. No number is typed in anywhere: rerun a notebook
@@ -11,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from statistics import mean
 from typing import Any
 
-from lib.experiments.study import REFERENCE_ROWS
 from lib.kit.plots import method_label
 
 Rows = Sequence[Mapping[str, Any]]
@@ -49,7 +49,7 @@ def _ranked(values: Mapping[str, float]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 01-04: toys and digits
+# 01-03: toys
 # ---------------------------------------------------------------------------------------------------------
 def toy_couplings(straightness: Rows, reassignment: Mapping[str, Any], polygon: Rows) -> str:
     """Notebook 01: straightness of the Fig. 1 paths, the Fig. 2 reassignment, the Fig. 5 polygon sweep."""
@@ -113,34 +113,6 @@ def toy_generation(rows: Rows, one_step: Mapping[str, Mapping[str, float]]) -> s
             )
         bullets.append(f"{toy}, W2 to held-out samples at one Euler step: {_ranked(by_coupling)}{close}.")
     return _text(*bullets)
-
-
-def digits(
-    claims: Mapping[str, Any],
-    agreement: Rows,
-    mean_curvature: Mapping[str, float],
-    step_ratio: Mapping[str, Any],
-    best_low: Mapping[str, Any],
-) -> str:
-    """Notebook 04: LOOM-CFM vs I-CFM at the fewest Euler steps, the ordering against Table 5, curvature, cost."""
-    concordance = mean(float(r["concordance"]) for r in agreement) if agreement else None
-    cache = (
-        f"; one noise cache instead of several: {_g(claims['fd_loom_1_cache'])}"
-        if claims.get("fd_loom_1_cache") is not None
-        else ""
-    )
-    return _text(
-        f"At {claims['solver']} the Frechet distance to held-out digits is {_g(claims['fd_loom'])} for LOOM-CFM, "
-        f"{_g(claims['fd_minibatch_ot'])} without saving local reassignments and {_g(claims['fd_independent'])} for "
-        f"I-CFM{cache}; the best row there is {best_low['label']} ({_g(best_low['fd'])}).",
-        f"Ordering of the rows against the paper's Table 5 (midpoint and dopri5): {_pct(concordance)} of row pairs "
-        f"ordered alike on average over {len(agreement)} NFE settings."
-        if concordance is not None
-        else "",
-        f"Mean curvature per Euler step: {_ranked(mean_curvature)}.",
-        f"A LOOM training step costs {_g(step_ratio['loom_over_independent'], 2)}x an independent one "
-        f"({step_ratio['model']}, batch {step_ratio['batch_size']}).",
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -213,66 +185,3 @@ def paper_tables(rows: Rows, drawn: Sequence[str], missing: Mapping[str, str]) -
         f"Figures redrawn: {', '.join(drawn) or 'none'}"
         + (f"; missing: {', '.join(f'{k} ({v})' for k, v in missing.items())}." if missing else "."),
     )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# 12: the noise-table study
-# ---------------------------------------------------------------------------------------------------------
-def _rounded(value: object) -> int | None:
-    """A V as a whole number; None (never crossed) stays None."""
-    return None if value is None else round(float(value))
-
-
-def noise_table_study(
-    boundary: Mapping[str, Any],
-    by_step: Rows,
-    step: int,
-    worst: Mapping[str, Any],
-    fixes: Rows,
-    best: Mapping[str, Any],
-    capacity: Rows,
-    dimension: Rows,
-    threshold: float,
-    solvers: tuple[str, str],
-) -> list[str]:
-    """Notebook 12's findings, recomputed from its tables, as printable lines.
-
-    boundary: study.summarise_boundary at the budget ``step``; by_step: study.boundary_by_step rows; worst:
-    study.worst_table; fixes: study.fix_table rows; best: study.best_fix; capacity and dimension:
-    study.boundary_crossings rows of parts 2 and 3; solvers: (the boundary's solver, the few-step one).
-    """
-    high, low = solvers
-    rows = {r["fix"]: r for r in fixes}
-    no_fix, ot, icfm = rows["no fix"], rows["minibatch OT"], rows["I-CFM"]
-    lines = [
-        f"1. Boundary at {step} steps ({high}, ratio {threshold}): V* = {boundary['boundary_v']} "
-        f"(per seed {boundary.get('low_v')} to {boundary.get('high_v')}; measured V either side per seed: "
-        f"{[(r['v_below'], r['v_above']) for r in by_step if r['step'] == step]}).",
-        f"   Earlier in training: "
-        f"{[(r['step'], r['seed'], r['boundary_v'] and round(r['boundary_v'])) for r in by_step if r['step'] != step]}",
-        f"2. Worst table: {worst['label']} at step {worst['step']} (V = {worst['visits_per_noise']:.0f}): fd "
-        f"{worst['score']:.1f} = {worst['ratio']:.1f} x minibatch OT's; its table-noise samples lie "
-        f"{worst['table_pair_ratio']:.3f} x the held-out nearest-training distance from their paired digit, fresh "
-        f"samples {worst['fresh_nn_ratio']:.2f} x from the nearest one.",
-        f"3. Fixes at the failing setting ({no_fix['label']}, {no_fix['step']} steps): no fix "
-        f"{no_fix[f'fd_{high}']:.1f} at {high}, {no_fix[f'fd_{low}']:.1f} at {low}; minibatch OT "
-        f"{ot[f'fd_{high}']:.1f} / {ot[f'fd_{low}']:.1f}; I-CFM {icfm[f'fd_{high}']:.1f} / {icfm[f'fd_{low}']:.1f}.",
-    ]
-    for r in sorted((r for r in fixes if r["fix"] not in REFERENCE_ROWS), key=lambda r: r[f"fd_{high}"]):
-        lines.append(
-            f"   {r['fix']:24s} {r[f'fd_{high}']:6.1f} at {high}, {r[f'fd_{low}']:6.1f} at {low} "
-            f"({r[f'fd_{low}'] / ot[f'fd_{low}']:.2f} x minibatch OT's), stored noises {r['stored_noises']:.0f}"
-        )
-    lines += [
-        f"   best fix keeping the few-step advantage: {best['fix']} (keeps it: {best['keeps_few_step_advantage']})",
-        "4. Capacity: "
-        + str(
-            [
-                (r["model"], r["hidden"], r["num_examples"], round(r["params_per_stored_number"], 2),
-                 _rounded(r["boundary_v"]), round(r["max_v"]))
-                for r in capacity
-            ]
-        ),
-        "5. Dimension: " + str([(r["dim"], round(r["max_ratio"], 2), _rounded(r["boundary_v"])) for r in dimension]),
-    ]  # fmt: skip
-    return lines

@@ -70,7 +70,7 @@ def test_12_noise_table_study_writes_consistent_tables(tiny_run: Path) -> None:
     for r in ratios:
         step = int(r["step"])
         assert float(r["ratio"]) == pytest.approx(fd[r["label"], step, "midpoint-6"] / fd["OT", step, "midpoint-6"])
-        caches = int(r["label"].split()[1][:-1])
+        caches = int(r["caches"])
         assert float(r["visits_per_noise"]) == pytest.approx(step * 32 / (64 * caches))  # V = S B / (N C)
     # THRESHOLD 0.5: every curve crosses at its first point. Per run: at its first step; per step (across the
     # plain LOOM runs of 1 and 2 caches): at the smaller V, that of 2 caches. The rule's boundary is the last step's.

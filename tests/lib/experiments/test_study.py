@@ -56,6 +56,15 @@ def test_the_cache_key_changes_with_every_setting() -> None:
     assert len(keys) == 4
 
 
+def test_plain_loom_is_loom_with_caches_and_no_table_option() -> None:
+    assert TINY.plain_loom and replace(TINY, caches=8).plain_loom
+    others = [TINY.reference(), replace(TINY, coupling="independent"), replace(TINY, no_swaps=True)]
+    others += [replace(TINY, **{k: v}) for k, v in (("refresh_prob", 0.1), ("mix_prob", 0.2), ("jitter", 0.3))]
+    others += [replace(TINY, redraw_every_epochs=2), replace(TINY, visit_cap=5.0, max_caches=4)]
+    assert not any(run.plain_loom for run in others)
+    assert replace(TINY, seed=3, hidden=64, eval_steps=(2,)).plain_loom  # the setting is not the coupling
+
+
 def test_crossing_interpolates_in_log_v() -> None:
     assert study.crossing([(100, 1.0), (400, 1.5)], 1.25) == pytest.approx(200.0)
     assert study.crossing([(100, 1.3), (400, 2.0)], 1.25) == 100  # already over at the first point
