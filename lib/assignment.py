@@ -43,11 +43,6 @@ LAPJV_MIN_DIM = (
 TIE_TOLERANCE = 1e-9
 
 
-def available_solver() -> str:
-    """The fast solver on this installation: "lapjv" (for points of >= LAPJV_MIN_DIM values) or "scipy" (always)."""
-    return "lapjv" if _lapjv is not None else "scipy"
-
-
 def solver_for(dim: int) -> str:
     """The solver :func:`exact_assignment` tries first for costs between points of ``dim`` values (0: unknown)."""
     return "lapjv" if _lapjv is not None and dim >= LAPJV_MIN_DIM else "scipy"

@@ -9,9 +9,8 @@ Every dataset here is a ``torch.utils.data.Dataset`` of ``N`` unflipped examples
   ``flip_pairs()`` lists each image's two examples; lib.train's epochs visit each image once, as one of them
   drawn at random (the released pipeline).
 - ``get_batch(indices) -> (index (B,) int64, x (B, C, H, W))`` fetches a batch at once. It is also the
-  dataset's ``__getitems__``, which torch's DataLoader calls (automatic batching), so pair a DataLoader with
-  ``collate_fn=collate_indexed``, which passes that tuple through (and also stacks lists of ``(i, x)``).
-  The default collate would fail loudly on the tuple, not silently mis-batch.
+  dataset's ``__getitems__``, which torch's DataLoader calls (automatic batching), so pair a DataLoader with a
+  ``collate_fn`` that passes that tuple through; the default collate would fail loudly on it, not mis-batch.
 
 Classes: :class:`TensorImages` (an in-memory tensor), :class:`DigitsImages` (scikit-learn's 8x8 digits),
 :class:`CIFAR10Images`, :class:`ImageFolderImages`, :class:`ImageFiles` (any folder of image files),
@@ -97,34 +96,6 @@ def quantisation_change(samples: Tensor) -> dict[str, float]:
 def unflip_index(i: int, num_examples: int) -> tuple[int, bool]:
     """Dataset index i in [0, 2N) -> (example k in [0, N), whether it is the flipped copy)."""
     return i % num_examples, i >= num_examples
-
-
-def collate_indexed(batch: IndexBatch | Sequence[tuple[int, Tensor]]) -> IndexBatch:
-    """Collate for these datasets: -> (index (B,) int64, x (B, C, H, W)).
-
-    Accepts what a DataLoader hands over: the tuple already batched by ``__getitems__`` (passed through)
-    or a list of ``(i, x)`` items from ``__getitem__`` (stacked).
-    """
-    if _is_index_batch(batch):
-        return batch  # type: ignore[return-value]
-    items = list(batch)
-    if not items:
-        raise ValueError("collate_indexed got an empty batch")
-    index = torch.tensor([int(i) for i, _ in items], dtype=torch.int64)
-    return index, torch.stack([x for _, x in items])
-
-
-def _is_index_batch(batch: object) -> bool:
-    """True for an (index (B,), x (B, ...)) tuple of tensors, as returned by ``__getitems__``."""
-    return (
-        isinstance(batch, tuple)
-        and len(batch) == 2
-        and isinstance(batch[0], Tensor)
-        and isinstance(batch[1], Tensor)
-        and batch[0].ndim == 1
-        and batch[1].ndim >= 2
-        and len(batch[0]) == len(batch[1])
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------

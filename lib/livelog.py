@@ -89,12 +89,3 @@ class LiveLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    """The scalars of a run's TensorBoard log: {tag: [(step, value), ...]} in step order (tests, notebooks)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(folder / FOLDER), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}

@@ -32,8 +32,6 @@ from typing import Any
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 PAPER_RESULTS = REFERENCE_DIR / "paper_results.csv"
-RELEASED_KEYS = REFERENCE_DIR / "released_checkpoint_keys.json"
-OFFICIAL_MEASUREMENTS = REFERENCE_DIR / "official_measurements.md"
 OFFICIAL_MEASUREMENTS_SOURCE = "lib/reference/official_measurements.md (released code, commit 213f24f)"
 
 

@@ -94,8 +94,6 @@ class UNetConfig:
         return 4 * self.model_channels
 
 
-PAPER_PRESETS: tuple[str, ...] = tuple(UNET_ARCHITECTURES)  # the released architectures (lib.paper)
-
 PRESETS: dict[str, UNetConfig] = {
     # The four released LOOM-CFM models (cifar10 also covers the cifar10_reflow checkpoint).
     **{name: UNetConfig(**settings) for name, settings in UNET_ARCHITECTURES.items()},

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from lib.paper import RELEASED_KEYS
+from lib.paper import REFERENCE_DIR
 
 
 @pytest.fixture(scope="session")
 def released_keys() -> dict[str, Any]:
     """lib/reference/released_checkpoint_keys.json: the released checkpoints' state-dict layout (facts, shipped)."""
-    return json.loads(RELEASED_KEYS.read_text())
+    return json.loads((REFERENCE_DIR / "released_checkpoint_keys.json").read_text())
 
 
 @pytest.fixture

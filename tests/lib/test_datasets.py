@@ -20,7 +20,6 @@ from lib.datasets import (
     ImageFiles,
     ImageFolderImages,
     TensorImages,
-    collate_indexed,
     make_dataset,
     read_cifar10,
     to_uint8,
@@ -133,24 +132,21 @@ def test_out_of_range_indices_raise_index_error(datasets):
         ds.get_batch([0, len(ds)])
 
 
-def test_dataloader_with_batch_sampler_and_collate_indexed_returns_index_and_batch(datasets):
+def passed_through(batch):
+    """A DataLoader's collate_fn for these datasets: __getitems__ already made the (index, x) batch."""
+    return batch
+
+
+def test_dataloader_with_batch_sampler_fetches_index_and_batch_through_getitems(datasets):
     ds = datasets["tensor"]
     sampler = BatchSampler(RandomSampler(ds, generator=torch.Generator().manual_seed(0)), 4, drop_last=True)
-    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate_indexed)
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=passed_through)
     seen = []
     for index, x in loader:
         assert index.shape == (4,) and x.shape == (4, 3, 8, 8)
         assert torch.equal(x, torch.stack([ds[i][1] for i in index.tolist()]))
         seen += index.tolist()
     assert len(set(seen)) == len(seen) == 16  # 18 items, drop_last -> 4 batches of distinct indices
-
-
-def test_collate_indexed_stacks_items_and_passes_batches_through(datasets):
-    ds = datasets["tensor"]
-    index, x = collate_indexed([ds[3], ds[10]])
-    assert index.tolist() == [3, 10] and torch.equal(x, torch.stack([ds[3][1], ds[10][1]]))
-    batch = ds.get_batch([3, 10])
-    assert collate_indexed(batch) is batch
 
 
 def test_example_labels_map_flipped_copies_to_their_example():
@@ -333,7 +329,7 @@ def test_hdf5_opens_lazily_per_process_and_pickles_without_handles(tmp_path):
     copy = pickle.loads(pickle.dumps(ds))
     assert copy._files == {} and torch.equal(copy[5][1], ds[5][1])
     # A forked worker must not reuse the parent's open handle: it opens its own.
-    loader = DataLoader(ds, batch_size=4, collate_fn=collate_indexed, num_workers=1)
+    loader = DataLoader(ds, batch_size=4, collate_fn=passed_through, num_workers=1)
     assert torch.equal(torch.cat([x for _, x in loader]), uint8_to_unit(images))
 
 

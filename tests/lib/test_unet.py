@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 
-from lib.unet import PAPER_PRESETS, PRESETS, UNet, UNetConfig, build_unet, expected_shapes, qkv_attention_legacy
+from lib.paper import UNET_ARCHITECTURES
+from lib.unet import PRESETS, UNet, UNetConfig, build_unet, expected_shapes, qkv_attention_legacy
 
 # Fingerprint of each released `backbone.*` layout: (number of keys, num_unet_params, sha256 of the sorted
 # "name [shape]" lines), taken from released_checkpoint_keys.json so the check runs without that file.
@@ -38,7 +39,7 @@ def _random_weights(model: UNet, seed: int = 0) -> UNet:
 
 
 # --- released layout ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("preset", PAPER_PRESETS)
+@pytest.mark.parametrize("preset", UNET_ARCHITECTURES)
 def test_paper_preset_matches_released_fingerprint(preset: str) -> None:
     layout = _released_layout(preset)
     num_keys, num_params, digest = RELEASED[preset]
@@ -48,7 +49,7 @@ def test_paper_preset_matches_released_fingerprint(preset: str) -> None:
     assert hashlib.sha256(text.encode()).hexdigest() == digest
 
 
-@pytest.mark.parametrize("preset", PAPER_PRESETS)
+@pytest.mark.parametrize("preset", UNET_ARCHITECTURES)
 def test_paper_preset_matches_released_keys_json(preset: str, released_keys) -> None:
     facts = released_keys["configs"][preset]
     want = {k: tuple(v) for k, v in facts["keys"].items() if k.startswith("backbone.")}
@@ -120,6 +121,6 @@ def test_config_refuses_unreachable_attention_rate() -> None:
 
 
 def test_presets_table_is_complete() -> None:
-    assert set(PAPER_PRESETS) | {"digits", "tiny", "tiny_latent"} == set(PRESETS)
+    assert set(UNET_ARCHITECTURES) | {"digits", "tiny", "tiny_latent"} == set(PRESETS)
     assert PRESETS["digits"].image_size == 8 and PRESETS["digits"].in_channels == 1
     assert PRESETS["ffhq256_latent"].in_channels == PRESETS["ffhq256_latent"].out_channels == 4
