@@ -705,18 +705,17 @@ def make_coupling(
 # ---------------------------------------------------------------------------------------------
 
 
-def total_pairing_cost(coupling: LoomCoupling, data: Tensor, cost: CostName | None = None) -> float:
+def total_pairing_cost(coupling: LoomCoupling, data: Tensor) -> float:
     """Mean cost over all (example, cache) pairs of the table: the quantity Theorem 1 says never rises.
 
     data: (N, *shape) with data[i] the example of index i. Raises ValueError while a first-visit table still has
     unvisited slots (see :meth:`LoomCoupling.noise`).
     """
-    cost = cost or coupling.cost
     total = 0.0
     for cache in range(coupling.num_caches):
         index = torch.nonzero(coupling.active > cache)[:, 0]  # every example, unless the table grows
         z = coupling.noise(index, cache, data.device, tuple(data.shape[1:]))
-        total += cost_matrix_diagonal(data[index.to(data.device)], z, cost).sum().item()
+        total += cost_matrix_diagonal(data[index.to(data.device)], z, coupling.cost).sum().item()
     return total / int(coupling.active.sum())
 
 

@@ -731,12 +731,11 @@ def write_hdf5_latents(
     path: PathLike,
     latents: Tensor | np.ndarray,
     scale: float,
-    labels: Tensor | np.ndarray | None = None,
     attrs: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write UNSCALED latents (N, C, h, w) as float32 with attrs["scale"] = scale -> path (atomically).
 
-    Readers divide by ``scale`` (the latent std measured by the data-prep script); labels (N,) are optional;
+    Readers divide by ``scale`` (the latent std measured by the data-prep script);
     ``attrs`` go on /latents beside the scale (e.g. "autoencoder", "flipped_copies", see the module doc).
     """
     latents = _as_numpy(latents)
@@ -744,14 +743,11 @@ def write_hdf5_latents(
         raise ValueError(f"latents must be floating (N, C, h, w), got {latents.dtype} {latents.shape}")
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be positive and finite, got {scale}")
-    labels = _labels_array(labels, len(latents))
 
     def fill(f: Any) -> None:
         f.create_dataset("latents", data=latents.astype(np.float32))
         f["latents"].attrs["scale"] = float(scale)
         f["latents"].attrs.update(dict(attrs or {}))
-        if labels is not None:
-            f.create_dataset("labels", data=labels)
 
     return atomic_write_hdf5(path, fill)
 

@@ -26,12 +26,12 @@ def _expand(t: Tensor, like: Tensor) -> Tensor:
     return t.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def interpolate(z: Tensor, x: Tensor, t: Tensor, sigma: float = 0.0, eps: Tensor | None = None) -> Tensor:
-    """x_t = (1 - t) z + t x (+ sigma * eps): z, x (B, *shape), t (B,) -> (B, *shape)."""
+def interpolate(z: Tensor, x: Tensor, t: Tensor, sigma: float = 0.0) -> Tensor:
+    """x_t = (1 - t) z + t x (+ sigma * eps, eps ~ N(0, I)): z, x (B, *shape), t (B,) -> (B, *shape)."""
     tt = _expand(t, x)
     x_t = (1 - tt) * z + tt * x
     if sigma > 0:
-        x_t = x_t + sigma * (torch.randn_like(x) if eps is None else eps)
+        x_t = x_t + sigma * torch.randn_like(x)
     return x_t
 
 
