@@ -54,15 +54,14 @@ MODELS = {"digits UNet": "digits", "2-D MLP": "mlp"}  # label -> lib.checkpoints
 def target_rows(ratios: list[dict[str, object]]) -> list[dict[str, object]]:
     """The training-step targets: pipelined LOOM over the independent coupling's (synchronous) step, per model and
     batch size measured, against TRAINING_TARGETS."""
-    names = {label: name for label, name in MODELS.items()}
     return [
         {
             "model": r["model"],
             "batch_size": r["batch_size"],
             "loom_pipelined_over_independent": r["pipelined_over_independent"],
             "loom_synchronous_over_independent": r["synchronous_over_independent"],
-            "target": TRAINING_TARGETS[names[str(r["model"])]],
-            "met": float(r["pipelined_over_independent"]) <= TRAINING_TARGETS[names[str(r["model"])]],
+            "target": TRAINING_TARGETS[MODELS[str(r["model"])]],
+            "met": float(r["pipelined_over_independent"]) <= TRAINING_TARGETS[MODELS[str(r["model"])]],
         }
         for r in ratios
         if r["coupling"] == "loom"
