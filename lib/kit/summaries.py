@@ -49,72 +49,8 @@ def _ranked(values: Mapping[str, float]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 01-04: toys and digits
+# 04: digits
 # ---------------------------------------------------------------------------------------------------------
-def toy_couplings(straightness: Rows, reassignment: Mapping[str, Any], polygon: Rows) -> str:
-    """Notebook 01: straightness of the Fig. 1 paths, the Fig. 2 reassignment, the Fig. 5 polygon sweep."""
-    straight = {str(r["paths"]): float(r["straightness"]) for r in straightness}
-    n = int(polygon[-1]["batch_size"])
-    first = next((r for r in polygon if r["escaped"]), None)
-    stuck = (
-        f"stays at its starting cost {_g(polygon[0]['start_cost'])} for every minibatch size below "
-        f"{first['batch_size']}; from size {first['batch_size']} it ends at {_g(first['final_cost'])} (global "
-        f"optimum {_g(first['global_optimum'])})"
-        if first
-        else f"stays at its starting cost {_g(polygon[0]['start_cost'])} for every minibatch size"
-    )
-    return _text(
-        "Fig. 1, straightness of the sampling paths (0 is a straight line at constant speed): "
-        + ", ".join(f"{k} {_g(v)}" for k, v in straight.items())
-        + ".",
-        "Fig. 2: re-pairing one minibatch exactly lowered its pairing cost from "
-        f"{_g(reassignment['batch_cost_before'])} to {_g(reassignment['batch_cost_after'])}, changed "
-        f"{reassignment['pairs_changed_in_batch']} of its pairs and {reassignment['pairs_changed_outside_batch']} "
-        "pairs outside it.",
-        f"Fig. 5: on the {n}-point polygon, minibatch re-pairing {stuck}.",
-    )
-
-
-def assignment_convergence(
-    headline: Mapping[str, Any], batch_rows: Rows, cache_rows: Rows, size_rows: Rows, bench: Mapping[str, Any]
-) -> str:
-    """Notebook 02: the headline gap to the global optimum, the sweeps' final gaps and the coupling step's cost."""
-
-    def final_gaps(rows: Rows, key: str) -> str:
-        last = max(int(r["epoch"]) for r in rows)
-        return ", ".join(f"{r[key]}: {_pct(r['gap'])}" for r in rows if int(r["epoch"]) == last)
-
-    return _text(
-        f"After {headline['epochs']} epochs at batch {headline['batch_size']}, LOOM's pairing of all "
-        f"{headline['examples']} digits is {_pct(headline['loom_gap'])} above the global optimum; the pairs minibatch "
-        f"OT-CFM trains on are {_pct(headline['minibatch_ot_gap'])} above it and independent pairs "
-        f"{_pct(headline['independent_gap'])}. LOOM's gap is {_g(headline['loom_gap_over_ot_gap'], 2)}x minibatch "
-        f"OT's (target at most 0.25x: {'met' if headline['target_quarter_of_ot_gap'] else 'missed'}; within 1 %: "
-        f"{'met' if headline['target_within_1pct'] else 'missed'}); {headline['swaps_last_epoch']} swaps in the "
-        "last epoch.",
-        f"Gap after the last epoch by batch size: {final_gaps(batch_rows, 'batch_size')}.",
-        f"By noise caches (digits subset): {final_gaps(cache_rows, 'caches')}." if cache_rows else "",
-        f"By dataset size (2-D toy): {final_gaps(size_rows, 'dataset_size')}." if size_rows else "",
-        f"One coupling step at batch {bench['batch_size']} with a {bench['num_examples']}-row seed table: LOOM "
-        f"{_g(bench['ms_loom'])} ms, {_g(bench['loom_over_independent'], 2)}x independent (target at most "
-        f"{_g(bench['target_loom_over_independent'])}x: {'met' if bench['target_met'] else 'missed'}).",
-    )
-
-
-def toy_generation(rows: Rows, one_step: Mapping[str, Mapping[str, float]]) -> str:
-    """Notebook 03: W2 at one Euler step per toy and coupling, and how close the couplings get with dopri5."""
-    bullets = []
-    for toy, by_coupling in one_step.items():
-        adaptive = {str(r["coupling"]): float(r["w2"]) for r in rows if r["toy"] == toy and r["method"] == "dopri5"}
-        close = ""
-        if adaptive:
-            close = (
-                f"; with dopri5 all lie within {_g(max(adaptive.values()) - min(adaptive.values()), 2)} of each other"
-            )
-        bullets.append(f"{toy}, W2 to held-out samples at one Euler step: {_ranked(by_coupling)}{close}.")
-    return _text(*bullets)
-
-
 def digits(
     claims: Mapping[str, Any],
     agreement: Rows,
