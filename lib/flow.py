@@ -44,13 +44,3 @@ def cfm_loss(model: VelocityField, z: Tensor, x: Tensor, t: Tensor, sigma: float
     """Flow-matching loss: mean over batch and dimensions of ||v_theta(x_t, t) - (x - z)||^2 -> scalar."""
     v = model(interpolate(z, x, t, sigma), t)
     return (v - target_velocity(z, x)).square().mean()
-
-
-def gaussian_independent_field(y: Tensor, t: Tensor, sigma: float = 0.0) -> Tensor:
-    """Closed-form marginal velocity between N(0, I) and N(0, I) under independent coupling.
-
-    v(y, t) = y (2t - 1) / (sigma^2 + t^2 + (1 - t)^2): y (B, d), t (B,) -> (B, d). Paper Fig. 1:
-    paths first move toward the origin (t < 1/2) then back out, although source = target.
-    """
-    tt = _expand(t, y)
-    return y * (2 * tt - 1) / (sigma**2 + tt**2 + (1 - tt) ** 2)

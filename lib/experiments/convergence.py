@@ -1,8 +1,9 @@
-"""How LOOM's pairing converges (Theorem 1 in practice) and how far it ends from the global optimum.
+"""How far LOOM's pairing ends from the global optimum: the optimum itself, and its estimate at dataset scale.
 
-Here the whole dataset fits one exact assignment, so the gap to the global optimum is measured, not
-bounded. With C caches the table pairs N*C noises with N*C slots (every example C times) and the
-write-back can move a seed between caches, so the global problem is the (NC x NC) assignment.
+Where the whole dataset fits one exact assignment (notebook 02 re-pairs digits and 2-D toys; notebook 12 measures
+its tables), :func:`global_optimum` gives the gap to the global optimum, measured, not bounded. With C caches the
+table pairs N*C noises with N*C slots (every example C times) and the write-back can move a seed between caches,
+so the global problem is the (NC x NC) assignment.
 
 At CIFAR-10 scale (2N = 100k examples x 4 caches) that assignment is out of reach, so :func:`converge_table`
 converges a seed table by re-pairing alone (no training) and :func:`subset_gaps` measures its gap on random
@@ -22,13 +23,10 @@ from torch import Tensor
 from lib.couplings import (
     CostName,
     LoomCoupling,
-    MinibatchOTCoupling,
     converge_pairing,
     cost_matrix,
-    epoch_batches,
     exact_assignment,
     noise_from_seeds,
-    total_pairing_cost,
 )
 from lib.metrics import exact_ot_cost, optimality_gap
 
@@ -56,48 +54,6 @@ def global_optimum(loom: LoomCoupling, data: Tensor) -> float:
     """Mean cost of the best possible re-pairing of the table's noises with (data repeated C times)."""
     slots = data.repeat(loom.num_caches, *([1] * (data.ndim - 1)))
     return exact_ot_cost(slots, table_noise(loom, tuple(data.shape[1:])), loom.cost)
-
-
-def run_loom_convergence(data: Tensor, setting: ConvergenceSetting) -> list[dict[str, float]]:
-    """Re-pair with LOOM for ``setting.epochs`` epochs (no training: the pairing alone converges).
-
-    data: (N, *shape). One record per epoch (epoch 0 = the initial random pairing): swaps in the
-    epoch, mean cost of the whole table, and its relative gap to the exact global optimum.
-    """
-    loom = LoomCoupling(len(data), setting.num_caches, seed=setting.seed, cost=setting.cost)
-    optimum = global_optimum(loom, data)
-    generator = torch.Generator().manual_seed(setting.seed + 1)
-    records = [_record(0, 0, total_pairing_cost(loom, data), optimum)]
-    for epoch in range(1, setting.epochs + 1):
-        swaps = sum(
-            loom(data[index], index).stats.swaps for index in epoch_batches(len(data), setting.batch_size, generator)
-        )
-        records.append(_record(epoch, swaps, total_pairing_cost(loom, data), optimum))
-    return records
-
-
-def _record(epoch: int, swaps: int, cost: float, optimum: float) -> dict[str, float]:
-    return {"epoch": epoch, "swaps": swaps, "cost": cost, "optimum": optimum, "gap": (cost - optimum) / optimum}
-
-
-def minibatch_ot_expected_cost(
-    data: Tensor, batch_size: int, cost: CostName = "l2", epochs: int = 5, seed: int = 0
-) -> float:
-    """Mean pairing cost minibatch OT-CFM trains on: fresh noise, exact in-batch assignment, averaged."""
-    coupling = MinibatchOTCoupling(seed=seed, cost=cost)
-    generator = torch.Generator().manual_seed(seed + 1)
-    costs = [
-        coupling(data[index], index).stats.cost_after
-        for _ in range(epochs)
-        for index in epoch_batches(len(data), batch_size, generator)
-    ]
-    return float(np.mean(costs))
-
-
-def independent_expected_cost(data: Tensor, cost: CostName = "l2", seed: int = 0) -> float:
-    """Mean cost of a random pairing with fresh noise (what I-CFM trains on)."""
-    z = torch.randn(data.shape, generator=torch.Generator().manual_seed(seed))
-    return cost_matrix(data, z, cost).diagonal().double().mean().item()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,51 +143,3 @@ def mean_gaps(rows: Sequence[dict[str, float | str]]) -> list[dict[str, float | 
             }
         )
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Explicit point sets: Fig. 2 (one local reassignment) and the regular-polygon counterexample
-# ---------------------------------------------------------------------------------------------
-
-
-def reassign_batch(x: Tensor, z: Tensor, pairing: Tensor, batch: Tensor, cost: CostName = "l2") -> Tensor:
-    """One local reassignment on an explicit pairing (what a LOOM step does to its seed table).
-
-    x: (N, d) data, z: (M, d) noise, pairing: (N,) noise index of each example, batch: (B,) examples.
-    Returns the new pairing (N,): the batch's noises re-assigned exactly among the batch, the rest kept.
-    """
-    chosen = pairing[batch]
-    perm = torch.as_tensor(exact_assignment(cost_matrix(x[batch], z[chosen], cost), x[0].numel()))
-    new = pairing.clone()
-    new[batch] = chosen[perm]
-    return new
-
-
-def polygon_counterexample(n: int, eps: float = 0.05) -> tuple[Tensor, Tensor, Tensor]:
-    """Data on alternate vertices of a regular 2n-gon, noise on the others rotated by ``eps``.
-
-    Returns x (n, 2), z (n, 2) and the stuck pairing (n,): example k is paired with the noise just
-    counter-clockwise of it (angle gap pi/n + eps). Shifting every pair by one (gap pi/n - eps) is
-    cheaper, but only as one cycle through all n points: inside a minibatch a partial shift must
-    close its cycle with a long jump back, which costs more than the shift saves unless the batch
-    covers most of the polygon. So small-minibatch re-pairing (OT-CFM, LOOM) is stuck at an m-local
-    optimum that is not global (the paper's counterexample); notebook 01 measures which m escape.
-    """
-    k = torch.arange(n, dtype=torch.float64)
-    data_angle = 2 * torch.pi * k / n
-    noise_angle = data_angle + torch.pi / n + eps
-    to_xy = lambda a: torch.stack([torch.cos(a), torch.sin(a)], dim=1).float()  # noqa: E731
-    return to_xy(data_angle), to_xy(noise_angle), torch.arange(n)
-
-
-def minibatch_sweeps(
-    x: Tensor, z: Tensor, pairing: Tensor, batch_size: int, epochs: int, cost: CostName = "l2", seed: int = 0
-) -> tuple[Tensor, list[float]]:
-    """Repeated local reassignments over shuffled epochs; returns the final pairing and the mean cost per epoch."""
-    generator = torch.Generator().manual_seed(seed)
-    history = []
-    for _ in range(epochs):
-        for batch in epoch_batches(len(x), batch_size, generator):
-            pairing = reassign_batch(x, z, pairing, batch, cost)
-        history.append(cost_matrix(x, z[pairing], cost).diagonal().double().mean().item())
-    return pairing, history

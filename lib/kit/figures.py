@@ -4,8 +4,8 @@ Each paper figure has two halves: ``*_rows`` turns what a notebook computed (ten
 :mod:`lib.kit.results` writes as CSV, and ``fig*`` draws a figure from such rows (as read back from the CSV: every
 value may arrive as a string). The notebooks draw through the same functions notebook 10 redraws with, so the figure
 in a notebook's folder and the one notebook 10 redraws are the same drawing of the same numbers. The notebooks' own
-figures (toy paths, the performance plots) live here too, so a notebook cell is one call such as
-``run.save_figure(figures.fig6_convergence(rows, ...), "fig6_assignment_convergence")``; notebooks 04 and 12 draw
+figures (the performance plots) live here too, so a notebook cell is one call such as
+``run.save_figure(figures.fig6_convergence(rows, ...), "fig6_assignment_convergence")``; notebooks 03, 04 and 12 draw
 their own figures in their cells (04 through :func:`fig4_curvature` for Fig. 4). All of them use the style
 of :mod:`lib.kit.plots`.
 
@@ -398,64 +398,6 @@ def save_sample_grids(
     earlier = [r for r in read_table(index) if r["file"] not in new] if index.is_file() else []
     run.write_table(GRID_INDEX, earlier + rows)
     run.save_figure(sample_grids_figure(samples, solver, dataset), name)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Notebook 03: 2-D toys
-# ---------------------------------------------------------------------------------------------------------
-def toy_paths_figure(paths: Mapping[tuple[str, str], Tensor], steps: int) -> Figure:
-    """Sampling paths per (toy, coupling) -> trajectory (T, B, 2): one row per toy, one column per coupling."""
-    toys = list(dict.fromkeys(t for t, _ in paths))
-    couplings = list(dict.fromkeys(c for _, c in paths))
-    fig, axes = plots.figure(len(couplings), len(toys), size=2.8, aspect=1.0)
-    for i, toy in enumerate(toys):
-        for j, coupling in enumerate(couplings):
-            trajectory = paths[toy, coupling]
-            plots.draw_paths(axes[i][j], trajectory, f"{toy}: {plots.method_label(coupling)}", trajectory.shape[1])
-    fig.suptitle(f"Sampling paths from the same noise, Euler with {steps} steps")
-    plots.legend_below(fig, axes[0])
-    return fig
-
-
-def w2_vs_nfe_figure(rows: Rows) -> Figure:
-    """W2 to held-out samples against NFE, one panel per toy, one line per coupling (rows of notebook 03's
-    w2_by_nfe: toy, coupling, solver, nfe, w2); adaptive (dopri5) results as open markers."""
-    toys = list(dict.fromkeys(r["toy"] for r in rows))
-    fig, axes = plots.figure(len(toys), size=3.2)
-    for ax, toy in zip(axes[0], toys):
-        mine = [{**r, "method": r["coupling"], "fid": r["w2"]} for r in _select(rows, "toy", toy)]
-        nfe = _draw_fid(ax, mine)
-        ax.set(xlabel=plots.axis_label("nfe"), ylabel=plots.axis_label("w2"), title=toy)
-        plots.log_axis(ax, "x", nfe)
-        plots.log_axis(ax, "y")
-    plots.legend_below(fig, extra=_fid_key({_family(r["solver"]) for r in rows}))
-    return fig
-
-
-# ---------------------------------------------------------------------------------------------------------
-def quality_vs_nfe_figure(metrics: Rows, floor: Mapping[str, float], methods: Sequence[str]) -> Figure:
-    """Frechet distance and W2 to held-out digits against NFE, one row of panels per fixed-grid solver in
-    ``methods``, one line per Table 5 row (rows {label, method, nfe, fd, w2}); the dotted floor is real training
-    digits scored like samples (``floor``: {fd, w2})."""
-    fig, axes = plots.figure(2, len(methods), size=3.3)
-    for i, method in enumerate(methods):
-        for j, metric in enumerate(["fd", "w2"]):
-            ax = axes[i][j]
-            sel = [r for r in metrics if r["method"] == method]
-            plots.draw_curves(ax, _floats(sel, "nfe", metric), "nfe", metric, "label", legend=False)
-            ax.axhline(
-                float(floor[metric]),
-                color=plots.REFERENCE_COLOR,
-                ls=":",
-                lw=1.2,
-                label="floor: real training digits scored like samples",
-            )
-            name = "Frechet distance" if metric == "fd" else "W2"
-            ax.set(xlabel=f"NFE ({method}, network calls)", title=f"{name}, {method} solver")
-            plots.log_axis(ax, "x", [float(r["nfe"]) for r in sel])
-            plots.log_axis(ax, "y")
-    plots.legend_below(fig, ncol=3)
-    return fig
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -18,7 +18,13 @@ def test_01_toy_couplings(tmp_path: Path, committed_run) -> None:
     folder = committed_run("01_toy_couplings", tmp_path)
     polygon_n = notebook_defaults("01_toy_couplings")["POLYGON_N"]
     straight = {r["paths"]: float(r["straightness"]) for r in read_table(folder / "fig1_straightness.csv")}
-    assert straight["trained, loom coupling"] < straight["trained, independent coupling"]
+    # Fig. 1's text: the trained independent field bends its paths the same way as the closed form, less; LOOM's
+    # paths are nearly straight.
+    assert (
+        straight["trained, loom coupling"]
+        < straight["trained, independent coupling"]
+        < straight["closed form (independent)"]
+    )
     fig2 = json.loads((folder / "fig2_local_reassignment.json").read_text())
     assert fig2["pairs_changed_outside_batch"] == 0
     polygon = read_table(folder / "fig5_polygon.csv")

@@ -25,3 +25,4 @@ def test_02_assignment_convergence(tmp_path: Path, committed_run) -> None:
     assert all(b <= a * (1 + 1e-6) for a, b in zip(costs, costs[1:]))
     bench = json.loads((folder / "coupling_cost.json").read_text())
     assert bench["num_examples"] == defaults["BENCH_EXAMPLES"] and bench["ms_loom"] > 0
+    assert bench["loom_noise"] in {"memory", "seeds"}  # the coupling-cost text names where the noises come from

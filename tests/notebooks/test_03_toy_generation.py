@@ -3,6 +3,7 @@ this test (root conftest.py); run alone, this test runs it through papermill."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ def test_03_toy_generation(tmp_path: Path, committed_run) -> None:
     nfe = {r["solver"]: int(r["nfe"]) for r in rows}
     assert nfe["euler-1"] == 1 and nfe["euler-8"] == 8 and nfe["dopri5"] >= 6
     assert all(float(r["w2"]) > 0 for r in rows)
+    one_step = json.loads((folder / "one_step_w2.json").read_text())
+    assert all(w["loom"] < w["independent"] and w["minibatch_ot"] < w["independent"] for w in one_step.values())
     # Plain vs squared Euclidean pairing cost: LOOM trained both ways on COST_TOYS, scored at every solver.
     costs = read_table(folder / "cost_choice_w2.csv")
     assert [(r["toy"], r["cost"], r["solver"]) for r in costs] == [
