@@ -29,9 +29,10 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -56,6 +57,7 @@ from lib.toy import sample_toy
 from lib.train import RANK_DATA, Data, TrainConfig, Trainer, build_trainer, fetch_global, train_step
 from lib.unet import PRESETS
 
+K = TypeVar("K", bound=Hashable)  # what a timing's contenders are keyed by
 MAX_DISTINCT_BATCHES = 8  # data tensors materialised per benchmark; later steps reuse them with new indices
 LOOM_PARTS: tuple[str, ...] = ("noise from seeds", "cost matrix", "assignment", "write-back")
 ASSIGNMENT_PARTS: tuple[str, ...] = ("cost matrix", "transfer", "assignment")
@@ -86,15 +88,16 @@ def _clock() -> float:
     return time.perf_counter()
 
 
-def interleaved_median_ms(fns: dict[str, Callable[[int], object]], steps: int, warmup: int) -> dict[str, float]:
-    """Median wall time in ms of each ``fn(step)``; the functions take turns at every step.
+def interleaved_median_ms(fns: Mapping[K, Callable[[int], object]], steps: int, warmup: int) -> dict[K, float]:
+    """Median wall time in ms of each ``fn(step)``, by the same keys (a name, or a tuple such as (coupling, pairing));
+    the functions take turns at every step.
 
     Taking turns exposes every contender to the same background load, so their ratios stay
     meaningful on a shared, noisy machine even when the absolute times drift.
     """
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict[K, list[float]] = {name: [] for name in fns}
     for step in range(warmup + steps):
         for name, fn in fns.items():
             start = _clock()
@@ -341,10 +344,10 @@ def assignment_scaling(
         timer.lap("assignment")
         return perm
 
-    fns: dict[str, Callable[[int], object]] = {str(m): (lambda step, m=m: solve(m)) for m in sizes}
+    fns: dict[tuple[str, int], Callable[[int], object]] = {("kit", m): (lambda step, m=m: solve(m)) for m in sizes}
     if scipy:
         hosts = {m: cost_matrix(*points[m]).cpu().numpy() for m in sizes}
-        fns.update({f"scipy {m}": (lambda step, m=m: assignment.scipy_assignment(hosts[m])) for m in sizes})
+        fns.update({("scipy", m): (lambda step, m=m: assignment.scipy_assignment(hosts[m])) for m in sizes})
     ms = interleaved_median_ms(fns, steps, warmup)
     rows = []
     for m in sizes:
@@ -356,8 +359,8 @@ def assignment_scaling(
                 "device": device,
                 "solver": assignment.solver_for(math.prod(shape)),
                 **{column(p): parts[p] for p in ASSIGNMENT_PARTS},
-                "total_ms": ms[str(m)],
-                **({"scipy_ms": ms[f"scipy {m}"]} if scipy else {}),
+                "total_ms": ms[("kit", m)],
+                **({"scipy_ms": ms[("scipy", m)]} if scipy else {}),
             }
         )
     return rows
@@ -378,19 +381,19 @@ def solver_comparison(
         .numpy()
         for m in sizes
     }
-    fns: dict[str, Callable[[int], object]] = {}
+    fns: dict[tuple[str, int], Callable[[int], object]] = {}
     for m in sizes:
-        fns[f"kit {m}"] = lambda step, c=costs[m]: exact_assignment(c, math.prod(shape))
-        fns[f"scipy {m}"] = lambda step, c=costs[m]: assignment.scipy_assignment(c)
+        fns[("kit", m)] = lambda step, c=costs[m]: exact_assignment(c, math.prod(shape))
+        fns[("scipy", m)] = lambda step, c=costs[m]: assignment.scipy_assignment(c)
     ms = interleaved_median_ms(fns, steps, warmup)
     return [
         {
             "m": m,
             "dim": math.prod(shape),
             "solver": assignment.solver_for(math.prod(shape)),
-            "assignment_ms": ms[f"kit {m}"],
-            "scipy_ms": ms[f"scipy {m}"],
-            "scipy_over_solver": ms[f"scipy {m}"] / ms[f"kit {m}"],
+            "assignment_ms": ms[("kit", m)],
+            "scipy_ms": ms[("scipy", m)],
+            "scipy_over_solver": ms[("scipy", m)] / ms[("kit", m)],
             "same_permutation": bool(
                 np.array_equal(exact_assignment(costs[m], math.prod(shape)), assignment.scipy_assignment(costs[m]))
             ),
@@ -574,13 +577,13 @@ def time_training_steps(
     if compile_backend:
         for trainer in trainers.values():
             trainer.net = torch.compile(trainer.net, backend=compile_backend)
-    fns: dict[str, Callable[[int], object]] = {
-        f"{name} ({mode})": (lambda step, trainer=trainer: _training_turn(trainer, block))
-        for (name, mode), trainer in trainers.items()
+    # Keyed (coupling, pairing mode) for a training step, (coupling, "alone") for the coupling step by itself.
+    fns: dict[tuple[str, str], Callable[[int], object]] = {
+        key: (lambda step, trainer=trainer: _training_turn(trainer, block)) for key, trainer in trainers.items()
     }
     for name in couplings:
         alone = make_coupling(name, len(data), seed=seed)  # its own state, so timing it leaves training intact
-        fns[f"{name} alone"] = lambda step, c=alone: [c(data[batches[step]], batches[step]) for _ in range(block)]
+        fns[(name, "alone")] = lambda step, c=alone: [c(data[batches[step]], batches[step]) for _ in range(block)]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch_threads(threads):
         for trainer in trainers.values():
             trainer.pairing.start((steps + warmup) * block)
@@ -591,10 +594,10 @@ def time_training_steps(
             for trainer in trainers.values():
                 trainer.pairing.resume()
                 trainer.pairing.stop()
-    base = medians[f"independent ({'synchronous' if 'synchronous' in pairings else pairings[0]})"]
+    base = medians[("independent", "synchronous" if "synchronous" in pairings else pairings[0])]
     rows: list[dict[str, object]] = []
     for name, mode in trainers:
-        step_ms, coupling_ms = medians[f"{name} ({mode})"], medians[f"{name} alone"]
+        step_ms, coupling_ms = medians[(name, mode)], medians[(name, "alone")]
         rows.append(
             {
                 "coupling": name,
