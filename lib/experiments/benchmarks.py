@@ -13,7 +13,7 @@ Speed is reported by writing results/, never asserted in tests.
   and the fit log t = a + k log m; :func:`solver_comparison`   the kit's solver (lib.assignment) against scipy's.
 - :func:`time_sampling`, :func:`time_training_steps`, :func:`time_presets`, :func:`coupling_share_sweep`
   sampling throughput per solver, training-step time per UNet preset, the coupling's share of a step vs batch.
-- :func:`seed_table_memory`, :func:`peak_memory`   what the seed table and a run occupy.
+- :func:`peak_memory`   what a run occupies.
 
 Notebook 09 draws these timings and writes its conclusion from them; ``make benchmark`` (lib.kit.benchmark) and
 lib.kit.gpu_check time the same real steps.
@@ -42,9 +42,7 @@ from lib import assignment, distributed
 from lib.checkpoints import build_model
 from lib.couplings import (
     COUPLINGS,
-    NOISE_MEMORY_GIB,
     LoomCoupling,
-    NoiseMemory,
     cost_matrix,
     epoch_batches,
     exact_assignment,
@@ -862,46 +860,5 @@ def coupling_share_sweep(
                 "coupling_share": loom["share_of_step"],
                 "loom_over_independent": loom["ratio_to_independent"],
             }
-        )
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# Memory
-# ---------------------------------------------------------------------------------------------
-
-
-def seed_table_memory(name: str, num_examples: int, num_caches: int, shape: Sequence[int]) -> dict[str, object]:
-    """Bytes of LOOM's seed table (num_examples, num_caches) for a dataset, measured on a real table,
-    against storing the same noises as float32 tensors (num_examples, num_caches, *shape), and whether lib.couplings
-    keeps those noises in memory at the default budget (NOISE_MEMORY_GIB per process)."""
-    table = LoomCoupling(num_examples, num_caches).seeds
-    table_bytes = table.element_size() * table.nelement()
-    noise_bytes = NoiseMemory.nbytes((num_examples, num_caches), tuple(shape))
-    return {
-        "dataset": name,
-        "num_examples": num_examples,
-        "num_caches": num_caches,
-        "shape": shape_label(shape),
-        "seed_bytes_per_example": table_bytes / num_examples,
-        "seed_table_mib": table_bytes / 2**20,
-        "stored_noise_mib": noise_bytes / 2**20,
-        "noise_over_seeds": noise_bytes / table_bytes,
-        "noise_in_memory_by_default": noise_bytes <= NOISE_MEMORY_GIB * 2**30,
-    }
-
-
-def released_seed_tables(examples: Mapping[str, int]) -> list[dict[str, object]]:
-    """:func:`seed_table_memory` for each released config named in ``examples`` (name -> examples, flipped
-    copies included), with its caches (lib.paper.RELEASED_CONFIGS) and its preset's input shape (lib.unet)."""
-    rows = []
-    for name, num in examples.items():
-        if name not in RELEASED_CONFIGS:
-            raise ValueError(f"no released config {name!r}; use one of {sorted(RELEASED_CONFIGS)}")
-        cfg = PRESETS[RELEASED_CONFIGS[name]["model"]]
-        rows.append(
-            seed_table_memory(
-                name, num, int(RELEASED_CONFIGS[name]["caches"]), (cfg.in_channels, cfg.image_size, cfg.image_size)
-            )
         )
     return rows

@@ -246,3 +246,26 @@ def test_conclusion_says_where_pipelined_pairing_hides_the_coupling_and_where_it
     assert "pipelining can hide only a step's length of it" in text
     assert "2-D MLP at batch 256 (LOOM's pairing 28.0 ms, an independent step 10.0 ms)" in text
     assert "digits UNet at batch 128 (" not in text
+
+
+def test_the_memory_table_says_which_noise_tables_fit_the_default_budget(nb: dict[str, Any]) -> None:
+    memory = nb["seed_table_memory"]("cifar10", 100_000, 4, (3, 32, 32))
+    assert memory["noise_in_memory_by_default"] and round(memory["stored_noise_mib"]) == 4688
+    assert not nb["seed_table_memory"]("imagenet64", 2_562_334, 1, (3, 64, 64))["noise_in_memory_by_default"]
+
+
+def test_seed_table_memory_is_eight_bytes_per_cache(nb: dict[str, Any]) -> None:
+    row = nb["seed_table_memory"]("cifar10", 1000, 4, (3, 32, 32))
+    assert row["seed_bytes_per_example"] == 8 * 4
+    assert row["noise_over_seeds"] == 3 * 32 * 32 * 4 / 8  # float32 noise against one int64 seed
+    assert row["seed_table_mib"] == 1000 * 4 * 8 / 2**20
+
+
+def test_released_seed_tables_use_each_configs_caches_and_shape(nb: dict[str, Any]) -> None:
+    rows = nb["released_seed_tables"]({"cifar10": 100, "ffhq256_latent": 50})
+    assert [(r["dataset"], r["num_caches"], r["shape"]) for r in rows] == [
+        ("cifar10", 4, "3x32x32"),
+        ("ffhq256_latent", 4, "4x32x32"),
+    ]
+    with pytest.raises(ValueError, match="no released config 'digits'"):
+        nb["released_seed_tables"]({"digits": 10})

@@ -35,12 +35,6 @@ def test_solver_comparison_times_the_kits_solver_beside_scipy_on_the_same_matric
     assert benchmarks.solver_comparison([16], shape=(2,), steps=1, warmup=0)[0]["solver"] == "scipy"  # 2-D points
 
 
-def test_the_memory_table_says_which_noise_tables_fit_the_default_budget() -> None:
-    memory = benchmarks.seed_table_memory("cifar10", 100_000, 4, (3, 32, 32))
-    assert memory["noise_in_memory_by_default"] and round(memory["stored_noise_mib"]) == 4688
-    assert not benchmarks.seed_table_memory("imagenet64", 2_562_334, 1, (3, 64, 64))["noise_in_memory_by_default"]
-
-
 def test_time_training_steps_times_every_coupling_in_both_pairing_modes() -> None:
     from lib.models import MLP
 
@@ -194,13 +188,6 @@ def test_preset_batch_uses_the_released_per_gpu_batch() -> None:
         benchmarks.preset_batch("digits", 0)
 
 
-def test_seed_table_memory_is_eight_bytes_per_cache() -> None:
-    row = benchmarks.seed_table_memory("cifar10", 1000, 4, (3, 32, 32))
-    assert row["seed_bytes_per_example"] == 8 * 4
-    assert row["noise_over_seeds"] == 3 * 32 * 32 * 4 / 8  # float32 noise against one int64 seed
-    assert row["seed_table_mib"] == 1000 * 4 * 8 / 2**20
-
-
 def test_peak_memory_reports_the_process_rss() -> None:
     memory = benchmarks.peak_memory("cpu")
     assert memory["peak_rss_mib"] > 10 and memory["cuda_peak_mib"] is None
@@ -213,13 +200,3 @@ def test_bf16_is_refused_off_cuda() -> None:
         pytest.skip("bf16 is allowed on a CUDA machine")
     with pytest.raises(ValueError, match="bf16 autocast runs on CUDA only"):
         benchmarks.time_sampling(MLP(3, hidden=8, depth=1), (3,), ["euler-1"], batch_size=2, bf16=True)
-
-
-def test_released_seed_tables_use_each_configs_caches_and_shape() -> None:
-    rows = benchmarks.released_seed_tables({"cifar10": 100, "ffhq256_latent": 50})
-    assert [(r["dataset"], r["num_caches"], r["shape"]) for r in rows] == [
-        ("cifar10", 4, "3x32x32"),
-        ("ffhq256_latent", 4, "4x32x32"),
-    ]
-    with pytest.raises(ValueError, match="no released config 'digits'"):
-        benchmarks.released_seed_tables({"digits": 10})
