@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -343,6 +343,41 @@ class MinibatchOTCoupling(Coupling):
         return CoupledBatch(z=rows_of(z, perm), x=x, stats=stats)
 
 
+@dataclass(frozen=True)
+class LoomOptions:
+    """LOOM's options against the table overfitting, all off by default (see :class:`LoomCoupling`): the one list
+    the coupling, :func:`make_coupling` and the noise-table study (lib.experiments.study) share."""
+
+    refresh_prob: float = 0.0  # phi: each visit redraws the chosen slot's seed with this probability
+    mix_prob: float = 0.0  # p: a row gets fresh noise instead of its stored one with this probability
+    jitter: float = 0.0  # eps: the returned noise is sqrt(1 - eps^2) z + eps xi
+    visit_cap: float = 0.0  # K: growing caches, a new slot once visits per stored noise pass K (0: no growth)
+    max_caches: int = 0  # growing caches: at most this many slots per example
+
+    def on(self) -> list[str]:
+        """The names of the options that are on."""
+        return [f.name for f in fields(self) if getattr(self, f.name)]
+
+    def check(self, num_caches: int) -> None:
+        """Refuse options out of range for a table of ``num_caches`` caches, naming the valid range."""
+        for name, value in (("refresh_prob", self.refresh_prob), ("mix_prob", self.mix_prob)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} is a probability, got {value}; use a value in [0, 1]")
+        if not 0.0 <= self.jitter < 1.0:
+            raise ValueError(
+                f"jitter eps must be in [0, 1) (the stored noise keeps weight sqrt(1 - eps^2)), got {self.jitter}"
+            )
+        if self.visit_cap < 0:
+            raise ValueError(f"visit_cap must be >= 0 (0: the table does not grow), got {self.visit_cap}")
+        if self.visit_cap and self.max_caches <= num_caches:
+            raise ValueError(
+                f"a growing table (visit_cap {self.visit_cap}) needs max_caches > num_caches ({num_caches}), "
+                f"got {self.max_caches}"
+            )
+        if self.max_caches and not self.visit_cap:
+            raise ValueError("max_caches only applies to a growing table: set visit_cap too (or drop max_caches)")
+
+
 class LoomCoupling(Coupling):
     """LOOM-CFM: a seed table (num_examples, num_caches) whose assignment improves across batches.
 
@@ -358,8 +393,8 @@ class LoomCoupling(Coupling):
     same distribution, but the table then says which examples have been seen). :meth:`redraw`
     replaces every seed (the appendix's periodic refresh).
 
-    Options against the table overfitting (all off by default; off, the coupling draws exactly what it
-    drew before they existed). Each keeps the returned noise exactly N(0, I):
+    ``options`` (:class:`LoomOptions`) against the table overfitting (all off by default; off, the coupling draws
+    exactly what it drew before they existed). Each keeps the returned noise exactly N(0, I):
       ``refresh_prob`` phi: each visit replaces the chosen slot's seed by a fresh one with probability phi,
         before the assignment (the appendix's per-visit refresh); only those slots change in the multiset.
       ``mix_prob`` p: each row gets fresh noise instead of its stored one with probability p; the fresh
@@ -383,7 +418,8 @@ class LoomCoupling(Coupling):
     name = "loom"
     # Marks a table slot whose seed is drawn at first visit (or a growing table's unused slot); its memory row is empty.
     UNSEEN = NoiseMemory.EMPTY
-    OPTIONS = ("refresh_prob", "mix_prob", "jitter", "visit_cap")  # settings a saved state must agree on
+    # Options a saved state records and a resumed one must agree on (the table's width records max_caches).
+    OPTIONS = tuple(f.name for f in fields(LoomOptions) if f.name != "max_caches")
 
     def __init__(
         self,
@@ -393,11 +429,7 @@ class LoomCoupling(Coupling):
         cost: CostName = "l2",
         no_swaps: bool = False,
         seed_init: Literal["upfront", "first_visit"] = "upfront",
-        refresh_prob: float = 0.0,
-        mix_prob: float = 0.0,
-        jitter: float = 0.0,
-        visit_cap: float = 0.0,
-        max_caches: int = 0,
+        options: LoomOptions = LoomOptions(),
         noise_memory_gib: float = NOISE_MEMORY_GIB,
     ) -> None:
         super().__init__(seed=seed, cost=cost)
@@ -405,15 +437,15 @@ class LoomCoupling(Coupling):
             raise ValueError(f"need num_examples >= 1 and num_caches >= 1, got {num_examples}, {num_caches}")
         if seed_init not in ("upfront", "first_visit"):
             raise ValueError(f"unknown seed_init {seed_init!r}; use 'upfront' or 'first_visit'")
-        check_table_options(num_caches, refresh_prob, mix_prob, jitter, visit_cap, max_caches)
+        options.check(num_caches)
         if not noise_memory_gib >= 0:
             raise ValueError(
                 f"noise_memory_gib is a budget in GiB, got {noise_memory_gib}; use 0 (always from seeds) or more"
             )
         self.no_swaps = no_swaps
         self.seed_init = seed_init
-        self.refresh_prob, self.mix_prob, self.jitter, self.visit_cap = refresh_prob, mix_prob, jitter, visit_cap
-        width = max_caches if visit_cap else num_caches
+        self.options = options
+        width = options.max_caches if options.visit_cap else num_caches
         self.seeds = torch.full((num_examples, width), self.UNSEEN, dtype=torch.int64)
         self.active = torch.full((num_examples,), num_caches, dtype=torch.int64)
         self.visits = torch.zeros(num_examples, dtype=torch.int64)
@@ -433,7 +465,7 @@ class LoomCoupling(Coupling):
 
     @property
     def grows(self) -> bool:
-        return self.visit_cap > 0
+        return self.options.visit_cap > 0
 
     def redraw(self) -> None:
         """Replace every seed in use by a fresh one (periodic redraw; a growing table's unused slots stay unused)."""
@@ -489,8 +521,9 @@ class LoomCoupling(Coupling):
             self.lap("write-back")
         if not bool(table.all()):
             z = self._with_fresh_rows(x, z, table)
-        if self.jitter:
-            z = math.sqrt(1.0 - self.jitter**2) * z + self.jitter * _fresh_noise(z, self.generator)
+        eps = self.options.jitter
+        if eps:
+            z = math.sqrt(1.0 - eps**2) * z + eps * _fresh_noise(z, self.generator)
         fresh_rows = int((~table).sum()) + int((refreshed & table).sum())
         return CoupledBatch(z=z, x=x, stats=CouplingStats(stats.swaps, stats.cost_before, stats.cost_after, fresh_rows))
 
@@ -519,7 +552,8 @@ class LoomCoupling(Coupling):
 
     def _grow(self, index: Tensor) -> None:
         """Give each example of ``index`` whose visits per stored noise passed ``visit_cap`` one more slot."""
-        full = (self.visits[index] > self.visit_cap * self.active[index]) & (self.active[index] < self.num_caches)
+        over_cap = self.visits[index] > self.options.visit_cap * self.active[index]
+        full = over_cap & (self.active[index] < self.num_caches)
         grown = index[full]
         if len(grown):
             self.seeds[grown, self.active[grown]] = torch.randint(SEED_HIGH, (len(grown),), generator=self.generator)
@@ -527,9 +561,9 @@ class LoomCoupling(Coupling):
 
     def _refresh(self, index: Tensor, caches: Tensor) -> Tensor:
         """Per-visit refresh: with probability phi a chosen slot gets a fresh seed -> which rows (B,) bool."""
-        if not self.refresh_prob:
+        if not self.options.refresh_prob:
             return torch.zeros(len(index), dtype=torch.bool)
-        refreshed = torch.rand(len(index), generator=self.generator) < self.refresh_prob
+        refreshed = torch.rand(len(index), generator=self.generator) < self.options.refresh_prob
         count = int(refreshed.sum())
         if count:
             self.seeds[index[refreshed], caches[refreshed]] = torch.randint(
@@ -539,9 +573,9 @@ class LoomCoupling(Coupling):
 
     def _mixed_rows(self, batch_size: int) -> Tensor:
         """Rows that get fresh noise instead of their stored one (probability ``mix_prob``) -> (B,) bool."""
-        if not self.mix_prob:
+        if not self.options.mix_prob:
             return torch.zeros(batch_size, dtype=torch.bool)
-        return torch.rand(batch_size, generator=self.generator) < self.mix_prob
+        return torch.rand(batch_size, generator=self.generator) < self.options.mix_prob
 
     def _with_fresh_rows(self, x: Tensor, z_table: Tensor, table: Tensor) -> Tensor:
         """The batch's noise (B, *shape): the re-paired table noise in the table rows, fresh noise paired by
@@ -590,7 +624,7 @@ class LoomCoupling(Coupling):
             "seed_init": self.seed_init,
             "active": self.active.clone(),
             "visits": self.visits.clone(),
-            **{name: getattr(self, name) for name in self.OPTIONS},
+            **{name: getattr(self.options, name) for name in self.OPTIONS},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -602,9 +636,9 @@ class LoomCoupling(Coupling):
                 "setting or num_caches differs from the run that saved it"
             )
         differ = [
-            f"{k}: saved {state.get(k, 0.0)!r}, here {getattr(self, k)!r}"
+            f"{k}: saved {state.get(k, 0.0)!r}, here {getattr(self.options, k)!r}"
             for k in self.OPTIONS
-            if state.get(k, 0.0) != getattr(self, k)
+            if state.get(k, 0.0) != getattr(self.options, k)
         ]  # states saved before the options existed: all off
         if differ:
             raise ValueError(
@@ -630,25 +664,6 @@ def fixed_pairs_coupling(seeds: Tensor) -> LoomCoupling:
     return coupling
 
 
-def check_table_options(
-    num_caches: int, refresh_prob: float, mix_prob: float, jitter: float, visit_cap: float, max_caches: int
-) -> None:
-    """Refuse table options out of range, naming the valid range."""
-    for name, value in (("refresh_prob", refresh_prob), ("mix_prob", mix_prob)):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} is a probability, got {value}; use a value in [0, 1]")
-    if not 0.0 <= jitter < 1.0:
-        raise ValueError(f"jitter eps must be in [0, 1) (the stored noise keeps weight sqrt(1 - eps^2)), got {jitter}")
-    if visit_cap < 0:
-        raise ValueError(f"visit_cap must be >= 0 (0: the table does not grow), got {visit_cap}")
-    if visit_cap and max_caches <= num_caches:
-        raise ValueError(
-            f"a growing table (visit_cap {visit_cap}) needs max_caches > num_caches ({num_caches}), got {max_caches}"
-        )
-    if max_caches and not visit_cap:
-        raise ValueError("max_caches only applies to a growing table: set visit_cap too (or drop max_caches)")
-
-
 COUPLINGS: tuple[str, ...] = ("independent", "minibatch_ot", "loom")
 
 
@@ -661,26 +676,14 @@ def make_coupling(
     cost: CostName = "l2",
     no_swaps: bool = False,
     seed_init: Literal["upfront", "first_visit"] = "upfront",
-    refresh_prob: float = 0.0,
-    mix_prob: float = 0.0,
-    jitter: float = 0.0,
-    visit_cap: float = 0.0,
-    max_caches: int = 0,
+    options: LoomOptions = LoomOptions(),
     noise_memory_gib: float = NOISE_MEMORY_GIB,
 ) -> Coupling:
     """Build a coupling by name ("independent", "minibatch_ot", "loom"); the table options and the noise memory
     budget are LOOM's."""
-    options = {
-        "refresh_prob": refresh_prob,
-        "mix_prob": mix_prob,
-        "jitter": jitter,
-        "visit_cap": visit_cap,
-        "max_caches": max_caches,
-    }
-    if name in ("independent", "minibatch_ot") and any(options.values()):
+    if name in ("independent", "minibatch_ot") and options.on():
         raise ValueError(
-            f"{sorted(k for k, v in options.items() if v)} are options of the loom noise table; "
-            f"{name!r} draws fresh noise every step"
+            f"{sorted(options.on())} are options of the loom noise table; {name!r} draws fresh noise every step"
         )
     if name == "independent":
         return IndependentCoupling(seed=seed, cost=cost)
@@ -694,8 +697,8 @@ def make_coupling(
             cost=cost,
             no_swaps=no_swaps,
             seed_init=seed_init,
+            options=options,
             noise_memory_gib=noise_memory_gib,
-            **options,
         )
     raise ValueError(f"unknown coupling {name!r}; use one of {COUPLINGS}")
 

@@ -5,15 +5,18 @@ ratios reported from one run hold on a noisy, shared machine even when the absol
 Speed is reported by writing results/, never asserted in tests.
 
 - :func:`time_couplings`         one coupling step, LOOM vs independent vs minibatch OT (notebook 02's
-  CIFAR-10 setting: batch 128 of 3x32x32 examples, a 50k-row seed table; issue target LOOM <= 2x independent).
+  CIFAR-10 setting: batch 128 of 3x32x32 examples, a 50k-row seed table; targets: SYNC_COUPLING_TARGET,
+  COUPLING_TARGETS).
 - :func:`loom_breakdown`, :func:`coupling_sweep`   a LOOM step split into noise regeneration, cost matrix,
   assignment and seed write-back, beside the other couplings, for any batch size and example shape.
 - :func:`assignment_scaling`, :func:`fit_power_law`   cost matrix, host transfer and exact assignment vs m,
   and the fit log t = a + k log m; :func:`solver_comparison`   the kit's solver (lib.assignment) against scipy's.
 - :func:`time_sampling`, :func:`time_training_steps`, :func:`time_presets`, :func:`coupling_share_sweep`
   sampling throughput per solver, training-step time per UNet preset, the coupling's share of a step vs batch.
-- :func:`seed_table_memory`, :func:`peak_memory`   what the seed table and a run occupy.
-- :func:`conclusion_facts`, :func:`conclusion_text`   where LOOM stops being cheap, written from the measurements.
+- :func:`peak_memory`   what a run occupies.
+
+Notebook 09 draws these timings and writes its conclusion from them; ``make benchmark`` (lib.kit.benchmark) and
+lib.kit.gpu_check time the same real steps.
 
     python -m lib.kit.benchmark         # writes results/quick/benchmarks/coupling_cost.{csv,json}
 """
@@ -26,9 +29,10 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -38,9 +42,7 @@ from lib import assignment, distributed
 from lib.checkpoints import build_model
 from lib.couplings import (
     COUPLINGS,
-    NOISE_MEMORY_GIB,
     LoomCoupling,
-    NoiseMemory,
     cost_matrix,
     epoch_batches,
     exact_assignment,
@@ -53,11 +55,10 @@ from lib.toy import sample_toy
 from lib.train import RANK_DATA, Data, TrainConfig, Trainer, build_trainer, fetch_global, train_step
 from lib.unet import PRESETS
 
+K = TypeVar("K", bound=Hashable)  # what a timing's contenders are keyed by
 MAX_DISTINCT_BATCHES = 8  # data tensors materialised per benchmark; later steps reuse them with new indices
 LOOM_PARTS: tuple[str, ...] = ("noise from seeds", "cost matrix", "assignment", "write-back")
 ASSIGNMENT_PARTS: tuple[str, ...] = ("cost matrix", "transfer", "assignment")
-SHARE_THRESHOLDS: tuple[float, ...] = (0.10, 0.50)  # coupling shares of a training step the conclusion locates
-EXTRAPOLATION_LIMIT = 16  # the conclusion quotes an extrapolated crossing only up to this multiple of the largest batch
 
 
 @dataclass(frozen=True)
@@ -85,15 +86,16 @@ def _clock() -> float:
     return time.perf_counter()
 
 
-def interleaved_median_ms(fns: dict[str, Callable[[int], object]], steps: int, warmup: int) -> dict[str, float]:
-    """Median wall time in ms of each ``fn(step)``; the functions take turns at every step.
+def interleaved_median_ms(fns: Mapping[K, Callable[[int], object]], steps: int, warmup: int) -> dict[K, float]:
+    """Median wall time in ms of each ``fn(step)``, by the same keys (a name, or a tuple such as (coupling, pairing));
+    the functions take turns at every step.
 
     Taking turns exposes every contender to the same background load, so their ratios stay
     meaningful on a shared, noisy machine even when the absolute times drift.
     """
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict[K, list[float]] = {name: [] for name in fns}
     for step in range(warmup + steps):
         for name, fn in fns.items():
             start = _clock()
@@ -340,10 +342,10 @@ def assignment_scaling(
         timer.lap("assignment")
         return perm
 
-    fns: dict[str, Callable[[int], object]] = {str(m): (lambda step, m=m: solve(m)) for m in sizes}
+    fns: dict[tuple[str, int], Callable[[int], object]] = {("kit", m): (lambda step, m=m: solve(m)) for m in sizes}
     if scipy:
         hosts = {m: cost_matrix(*points[m]).cpu().numpy() for m in sizes}
-        fns.update({f"scipy {m}": (lambda step, m=m: assignment.scipy_assignment(hosts[m])) for m in sizes})
+        fns.update({("scipy", m): (lambda step, m=m: assignment.scipy_assignment(hosts[m])) for m in sizes})
     ms = interleaved_median_ms(fns, steps, warmup)
     rows = []
     for m in sizes:
@@ -355,8 +357,8 @@ def assignment_scaling(
                 "device": device,
                 "solver": assignment.solver_for(math.prod(shape)),
                 **{column(p): parts[p] for p in ASSIGNMENT_PARTS},
-                "total_ms": ms[str(m)],
-                **({"scipy_ms": ms[f"scipy {m}"]} if scipy else {}),
+                "total_ms": ms[("kit", m)],
+                **({"scipy_ms": ms[("scipy", m)]} if scipy else {}),
             }
         )
     return rows
@@ -377,19 +379,19 @@ def solver_comparison(
         .numpy()
         for m in sizes
     }
-    fns: dict[str, Callable[[int], object]] = {}
+    fns: dict[tuple[str, int], Callable[[int], object]] = {}
     for m in sizes:
-        fns[f"kit {m}"] = lambda step, c=costs[m]: exact_assignment(c, math.prod(shape))
-        fns[f"scipy {m}"] = lambda step, c=costs[m]: assignment.scipy_assignment(c)
+        fns[("kit", m)] = lambda step, c=costs[m]: exact_assignment(c, math.prod(shape))
+        fns[("scipy", m)] = lambda step, c=costs[m]: assignment.scipy_assignment(c)
     ms = interleaved_median_ms(fns, steps, warmup)
     return [
         {
             "m": m,
             "dim": math.prod(shape),
             "solver": assignment.solver_for(math.prod(shape)),
-            "assignment_ms": ms[f"kit {m}"],
-            "scipy_ms": ms[f"scipy {m}"],
-            "scipy_over_solver": ms[f"scipy {m}"] / ms[f"kit {m}"],
+            "assignment_ms": ms[("kit", m)],
+            "scipy_ms": ms[("scipy", m)],
+            "scipy_over_solver": ms[("scipy", m)] / ms[("kit", m)],
             "same_permutation": bool(
                 np.array_equal(exact_assignment(costs[m], math.prod(shape)), assignment.scipy_assignment(costs[m]))
             ),
@@ -573,13 +575,13 @@ def time_training_steps(
     if compile_backend:
         for trainer in trainers.values():
             trainer.net = torch.compile(trainer.net, backend=compile_backend)
-    fns: dict[str, Callable[[int], object]] = {
-        f"{name} ({mode})": (lambda step, trainer=trainer: _training_turn(trainer, block))
-        for (name, mode), trainer in trainers.items()
+    # Keyed (coupling, pairing mode) for a training step, (coupling, "alone") for the coupling step by itself.
+    fns: dict[tuple[str, str], Callable[[int], object]] = {
+        key: (lambda step, trainer=trainer: _training_turn(trainer, block)) for key, trainer in trainers.items()
     }
     for name in couplings:
         alone = make_coupling(name, len(data), seed=seed)  # its own state, so timing it leaves training intact
-        fns[f"{name} alone"] = lambda step, c=alone: [c(data[batches[step]], batches[step]) for _ in range(block)]
+        fns[(name, "alone")] = lambda step, c=alone: [c(data[batches[step]], batches[step]) for _ in range(block)]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch_threads(threads):
         for trainer in trainers.values():
             trainer.pairing.start((steps + warmup) * block)
@@ -590,10 +592,10 @@ def time_training_steps(
             for trainer in trainers.values():
                 trainer.pairing.resume()
                 trainer.pairing.stop()
-    base = medians[f"independent ({'synchronous' if 'synchronous' in pairings else pairings[0]})"]
+    base = medians[("independent", "synchronous" if "synchronous" in pairings else pairings[0])]
     rows: list[dict[str, object]] = []
     for name, mode in trainers:
-        step_ms, coupling_ms = medians[f"{name} ({mode})"], medians[f"{name} alone"]
+        step_ms, coupling_ms = medians[(name, mode)], medians[(name, "alone")]
         rows.append(
             {
                 "coupling": name,
@@ -860,284 +862,3 @@ def coupling_share_sweep(
             }
         )
     return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# Memory
-# ---------------------------------------------------------------------------------------------
-
-
-def seed_table_memory(name: str, num_examples: int, num_caches: int, shape: Sequence[int]) -> dict[str, object]:
-    """Bytes of LOOM's seed table (num_examples, num_caches) for a dataset, measured on a real table,
-    against storing the same noises as float32 tensors (num_examples, num_caches, *shape), and whether lib.couplings
-    keeps those noises in memory at the default budget (NOISE_MEMORY_GIB per process)."""
-    table = LoomCoupling(num_examples, num_caches).seeds
-    table_bytes = table.element_size() * table.nelement()
-    noise_bytes = NoiseMemory.nbytes((num_examples, num_caches), tuple(shape))
-    return {
-        "dataset": name,
-        "num_examples": num_examples,
-        "num_caches": num_caches,
-        "shape": shape_label(shape),
-        "seed_bytes_per_example": table_bytes / num_examples,
-        "seed_table_mib": table_bytes / 2**20,
-        "stored_noise_mib": noise_bytes / 2**20,
-        "noise_over_seeds": noise_bytes / table_bytes,
-        "noise_in_memory_by_default": noise_bytes <= NOISE_MEMORY_GIB * 2**30,
-    }
-
-
-def released_seed_tables(examples: Mapping[str, int]) -> list[dict[str, object]]:
-    """:func:`seed_table_memory` for each released config named in ``examples`` (name -> examples, flipped
-    copies included), with its caches (lib.paper.RELEASED_CONFIGS) and its preset's input shape (lib.unet)."""
-    rows = []
-    for name, num in examples.items():
-        if name not in RELEASED_CONFIGS:
-            raise ValueError(f"no released config {name!r}; use one of {sorted(RELEASED_CONFIGS)}")
-        cfg = PRESETS[RELEASED_CONFIGS[name]["model"]]
-        rows.append(
-            seed_table_memory(
-                name, num, int(RELEASED_CONFIGS[name]["caches"]), (cfg.in_channels, cfg.image_size, cfg.image_size)
-            )
-        )
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# The conclusion, written from the measurements
-# ---------------------------------------------------------------------------------------------
-
-# What would make each part cheaper, beyond what the kit does already (lapjv in place of scipy's solver; the noises
-# gathered from memory below the budget; the write-back moving B integers): named, not measured.
-FIXES: dict[str, str] = {
-    "assignment": "a GPU assignment solver (an auction algorithm, or entropic Sinkhorn iterations rounded to a "
-    "permutation) in place of the exact CPU solver; pairing the disjoint batches of an epoch on several CPU cores at "
-    "once (independent problems; worth a core only where one batch's pairing outlasts a training step, which "
-    "pipelined pairing cannot hide)",
-    "noise from seeds": "for a table whose noises exceed the memory budget (--noise-memory-gib; below it they are "
-    "gathered from memory already), a memory-mapped noise file on fast local disk",
-    "cost matrix": "building the cost matrix on the GPU (one matrix product; bf16/tf32) and sending only it to the "
-    "host (on the CPU it is one float32 matrix product already)",
-    "write-back": "keeping the seed table on the device the permutation is applied on",
-}
-SOLVER_LABELS = {
-    "lapjv": "lapjv, whose permutation lib.assignment certifies to be scipy's",
-    "scipy": "scipy's linear_sum_assignment",
-}
-PER_RANK_FIX = (
-    "smaller per-rank OT batches (each rank pairing its own slice instead of one assignment on the "
-    "gathered global batch; cheaper by the fitted exponent, at the price of a more local pairing)"
-)
-
-
-def crossing(rows: Sequence[Mapping[str, object]], threshold: float) -> dict[str, object]:
-    """Where coupling_share first reaches ``threshold`` along the measured batch sizes.
-
-    rows: :func:`coupling_share_sweep` rows. Returns threshold, at (first batch size with share >=
-    threshold, None if never) and below (the measured batch size before it, None if none).
-    """
-    ordered = sorted(rows, key=lambda r: int(r["batch_size"]))
-    below = None
-    for r in ordered:
-        if float(r["coupling_share"]) >= threshold:
-            return {"threshold": threshold, "at": int(r["batch_size"]), "below": below}
-        below = int(r["batch_size"])
-    return {"threshold": threshold, "at": None, "below": below}
-
-
-def share_fits(rows: Sequence[Mapping[str, object]]) -> tuple[PowerLawFit, PowerLawFit] | None:
-    """Power laws in the batch size of the coupling's ms and of the rest of the LOOM step's ms
-    (loom_step_ms - coupling_ms), fitted to :func:`coupling_share_sweep` rows; None if they cannot be fitted."""
-    sizes = [float(r["batch_size"]) for r in rows]
-    coupling_ms = [float(r["coupling_ms"]) for r in rows]
-    rest_ms = [float(r["loom_step_ms"]) - float(r["coupling_ms"]) for r in rows]
-    if len(set(sizes)) < 2 or min(rest_ms) <= 0 or min(coupling_ms) <= 0:
-        return None
-    return fit_power_law(sizes, coupling_ms), fit_power_law(sizes, rest_ms)
-
-
-def extrapolated_crossing(rows: Sequence[Mapping[str, object]], threshold: float) -> float | None:
-    """Batch size where the coupling would reach ``threshold`` of the step, from :func:`share_fits`.
-
-    None when the coupling does not grow faster than the rest of the step, or the rows cannot be fitted.
-    An extrapolation, not a measurement.
-    """
-    fits = share_fits(rows)
-    if fits is None or fits[0].exponent <= fits[1].exponent:
-        return None
-    c, n = fits
-    # c_c B^k_c = thr (c_n B^k_n + c_c B^k_c)  <=>  B^(k_c - k_n) = thr c_n / ((1 - thr) c_c)
-    return (threshold * n.constant / ((1 - threshold) * c.constant)) ** (1 / (c.exponent - n.exponent))
-
-
-def dominant_parts(breakdown: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
-    """Per example shape, at its largest measured batch: the LOOM part with the most time and its share of
-    the parts, and LOOM's ratios to the other couplings. breakdown: :func:`loom_breakdown` rows."""
-    out = []
-    for shape in dict.fromkeys(str(r["shape"]) for r in breakdown):
-        row = max((r for r in breakdown if r["shape"] == shape), key=lambda r: int(r["batch_size"]))
-        parts = {part: float(row[column(part)]) for part in LOOM_PARTS}
-        top = max(parts, key=parts.get)
-        out.append(
-            {
-                "shape": shape,
-                "batch_size": int(row["batch_size"]),
-                "part": top,
-                "part_share": parts[top] / sum(parts.values()),
-                "loom_ms": float(row["loom_ms"]),
-                "loom_over_independent": float(row["loom_over_independent"]),
-                "loom_over_minibatch_ot": float(row["loom_over_minibatch_ot"]),
-            }
-        )
-    return out
-
-
-def conclusion_facts(
-    share_rows: Sequence[Mapping[str, object]],
-    fit: PowerLawFit,
-    assignment_rows: Sequence[Mapping[str, object]],
-    breakdown: Sequence[Mapping[str, object]],
-    training: Sequence[Mapping[str, object]] = (),
-) -> dict[str, object]:
-    """The numbers the conclusion states, all taken from measured rows (JSON-ready).
-
-    training: :func:`training_step_sweep` rows (the pipelined paragraph; left out when empty)."""
-    ordered = sorted(share_rows, key=lambda r: int(r["batch_size"]))
-    largest = max(assignment_rows, key=lambda r: int(r["m"]))
-    fits = share_fits(ordered)
-    return {
-        "device": ordered[0]["device"],
-        "torch_threads": torch.get_num_threads(),
-        "preset": ordered[0]["preset"],
-        "bf16": ordered[0]["bf16"],
-        "share_first": {"batch_size": int(ordered[0]["batch_size"]), "share": float(ordered[0]["coupling_share"])},
-        "share_last": {"batch_size": int(ordered[-1]["batch_size"]), "share": float(ordered[-1]["coupling_share"])},
-        "crossings": [
-            {**crossing(ordered, t), "extrapolated": extrapolated_crossing(ordered, t)} for t in SHARE_THRESHOLDS
-        ],
-        "coupling_batch_exponent": fits[0].exponent if fits else None,
-        "rest_of_step_batch_exponent": fits[1].exponent if fits else None,
-        "assignment_exponent": fit.exponent,
-        "assignment_constant_ms": fit.constant,
-        "fit_sizes": [fit.min_size, fit.max_size],
-        "assignment_device": largest["device"],
-        "assignment_solver": str(largest.get("solver") or "scipy"),  # tables written before it was recorded: scipy
-        "largest_m": int(largest["m"]),
-        "largest_m_assignment_ms": float(largest["assignment_ms"]),
-        "largest_m_cost_matrix_ms": float(largest["cost_matrix_ms"]),
-        "largest_m_scipy_ms": float(largest["scipy_ms"]) if largest.get("scipy_ms") not in (None, "") else None,
-        "dominant_parts": dominant_parts(breakdown),
-        "pipelined": [r for r in pipelined_ratios(training) if r["coupling"] == "loom"] if training else [],
-        "training_threads": int(training[0]["torch_threads"]) if training else None,
-    }
-
-
-def _crossing_sentence(c: Mapping[str, object], last_batch: int) -> str:
-    """One sentence about where the share passes c['threshold'] (measured, or extrapolated when not reached)."""
-    pct = f"{100 * float(c['threshold']):.0f} %"
-    if c["at"] is not None:
-        where = (
-            f"between batch {c['below']} and batch {c['at']}"
-            if c["below"] is not None
-            else f"already at the smallest batch measured, {c['at']}"
-        )
-        return f"It passes {pct} of the step {where}."
-    guess, limit = c["extrapolated"], EXTRAPOLATION_LIMIT * last_batch
-    if guess is None:
-        tail = "; on these measurements the coupling does not grow faster than the rest of the step"
-    elif guess > limit:
-        tail = (
-            f"; power laws fitted to the measured coupling and rest-of-step times put the crossing beyond batch "
-            f"{limit:,} ({EXTRAPOLATION_LIMIT}x the largest measured), too far out to quote"
-        )
-    else:
-        tail = (
-            f"; power laws fitted to the measured coupling and rest-of-step times put the crossing near batch "
-            f"{guess:,.0f} (extrapolated, not measured)"
-        )
-    return f"It stays below {pct} up to the largest batch measured, {last_batch}{tail}."
-
-
-def conclusion_text(facts: Mapping[str, object]) -> str:
-    """Markdown conclusion: where LOOM stops being cheap on this device and what would fix it (named, not measured)."""
-    first, last = facts["share_first"], facts["share_last"]
-    precision = "bf16 autocast" if facts["bf16"] else "fp32"
-    k = float(facts["assignment_exponent"])
-    solver = SOLVER_LABELS[str(facts.get("assignment_solver", "scipy"))]  # conclusions saved before it was recorded
-    scipy = (
-        f" (scipy's linear_sum_assignment on the same matrices: {facts['largest_m_scipy_ms']:.1f} ms, "
-        f"{float(facts['largest_m_scipy_ms']) / float(facts['largest_m_assignment_ms']):.1f}x as long)"
-        if facts.get("largest_m_scipy_ms") and facts.get("assignment_solver") == "lapjv"
-        else ""
-    )
-    growth = (
-        ""
-        if facts["coupling_batch_exponent"] is None
-        else (
-            f"Over the measured batches the rest of the training step grows as "
-            f"B^{facts['rest_of_step_batch_exponent']:.2f} and the coupling as "
-            f"B^{facts['coupling_batch_exponent']:.2f}. "
-        )
-    )
-    lines = [
-        f"**Where LOOM stops being cheap ({facts['device']}, {facts['torch_threads']} torch threads, "
-        f"`{facts['preset']}` UNet, {precision}).** "
-        f"The LOOM coupling takes {100 * first['share']:.1f} % of a training step at batch {first['batch_size']} "
-        f"and {100 * last['share']:.1f} % at batch {last['batch_size']}. "
-        + " ".join(_crossing_sentence(c, last["batch_size"]) for c in facts["crossings"]),
-        "",
-        f"**Why.** {growth}Fitted on m = {facts['fit_sizes'][0]}..{facts['fit_sizes'][1]}, the exact assignment "
-        f"({solver}) takes t ≈ {facts['assignment_constant_ms']:.3g} ms · m^{k:.2f}, so "
-        f"doubling the OT batch multiplies it by {2**k:.1f}. At m = {facts['largest_m']} it takes "
-        f"{facts['largest_m_assignment_ms']:.1f} ms{scipy}, beside "
-        f"{facts['largest_m_cost_matrix_ms']:.1f} ms for the cost matrix on {facts['assignment_device']}.",
-        "",
-        "**What dominates a LOOM step** (largest batch measured per example shape): "
-        + "; ".join(
-            f"{d['shape']} at batch {d['batch_size']}: {d['part']} {100 * d['part_share']:.0f} % of the step's parts, "
-            f"LOOM {d['loom_over_independent']:.1f}x independent and {d['loom_over_minibatch_ot']:.2f}x minibatch OT"
-            for d in facts["dominant_parts"]
-        )
-        + ".",
-        "",
-        "**What would fix it** (named here, not measured): " + "; ".join(fix_order(facts)) + ".",
-    ]
-    if facts.get("pipelined"):
-        lines[1:1] = ["", pipelined_paragraph(facts["pipelined"], int(facts["training_threads"]))]
-    return "\n".join(lines) + "\n"
-
-
-def pipelined_paragraph(rows: Sequence[Mapping[str, object]], threads: int) -> str:
-    """Markdown: LOOM's training step paired ahead (and inside the step) over the independent coupling's step, per
-    model and batch size (:func:`pipelined_ratios` LOOM rows), naming the rows where pairing one batch takes longer
-    than an independent step, so that pipelining cannot hide it."""
-    parts = [
-        f"{r['model']} at batch {r['batch_size']}: {float(r['pipelined_over_independent']):.2f}x pipelined, "
-        f"{float(r['synchronous_over_independent']):.2f}x synchronous"
-        for r in rows
-    ]
-    bound = [
-        f"{r['model']} at batch {r['batch_size']} (LOOM's pairing {float(r['coupling_ms']):.1f} ms, an independent "
-        f"step {float(r['independent_ms']):.1f} ms)"
-        for r in rows
-        if float(r["coupling_ms"]) > float(r["independent_ms"])
-    ]
-    text = (
-        f"**Pairing ahead of the step** (the model on {threads} torch thread(s), the pairing thread on another core). "
-        "LOOM's training step over the independent coupling's: " + "; ".join(parts) + ". "
-    )
-    if bound:
-        return text + (
-            "Where one batch's pairing takes longer than a whole independent step, pipelining can hide only a step's "
-            "length of it, so the ratio stays above 1: " + "; ".join(bound) + "."
-        )
-    return text + "Everywhere measured, one batch's pairing fits within an independent step, so pipelining can hide it."
-
-
-def fix_order(facts: Mapping[str, object]) -> list[str]:
-    """The fixes, the one for the most frequently dominant part first, then the per-rank batch fix."""
-    counts: dict[str, int] = {}
-    for d in facts["dominant_parts"]:
-        counts[str(d["part"])] = counts.get(str(d["part"]), 0) + 1
-    ordered = sorted(FIXES, key=lambda part: -counts.get(part, 0))
-    return [FIXES[part] for part in ordered if counts.get(part) or part == "assignment"] + [PER_RANK_FIX]

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -29,9 +29,7 @@ from torch import Tensor
 from lib import REPO_ROOT
 from lib.checkpoints import RELEASED_PREFIX, LoadedModel, kept_checkpoints, load_model
 from lib.code import code_digest
-from lib.datasets import IndexedImages
 from lib.evaluate import fid_rows, path_curvature
-from lib.experiments.convergence import ConvergenceSetting, converge_table, subset_gaps
 from lib.fabricate import FAKE_NOTE
 from lib.fid import DEFAULT_PROTOCOL, PAPER_PROTOCOL, check_protocol, feature_network
 from lib.files import open_log
@@ -47,7 +45,7 @@ from lib.paper import (
 from lib.progress import LOG_INTERVAL_S, RelayedBar
 from lib.sample import generate, noise_for_images, to_images
 from lib.solvers import parse_solver
-from lib.train import TrainSettings, named_settings
+from lib.train import TrainConfig, TrainSettings, named_settings
 
 
 class TrainingFailed(RuntimeError):
@@ -84,6 +82,17 @@ def notebook_parameters(**names: str) -> contextlib.AbstractContextManager[None]
     """Errors about lib.train settings built inside the block name the notebook's parameters
     (:data:`NOTEBOOK_PARAMETERS`, with ``names`` for a notebook's own, e.g. ``steps="TEACHER_STEPS"``)."""
     return named_settings({**NOTEBOOK_PARAMETERS, **names})
+
+
+def notebook_train_config(parameters: Mapping[str, Any], **names: str) -> TrainConfig:
+    """The TrainConfig an image notebook's parameters ask for: each lib.train setting of :data:`NOTEBOOK_PARAMETERS`
+    (``names``: a notebook's own parameter for a setting, e.g. ``steps="TEACHER_STEPS"``) whose parameter
+    ``parameters`` holds; errors name the parameters. Notebooks 05-08 and ``reproduce --plan`` (lib.kit.plan) build
+    their runs' training settings through it, so the plan is the notebooks' runs."""
+    names = {**NOTEBOOK_PARAMETERS, **names}
+    config = {f.name for f in fields(TrainConfig)}
+    with named_settings(names):
+        return TrainConfig(**{s: parameters[n] for s, n in names.items() if s in config and n in parameters})
 
 
 def launch_training(settings: TrainSettings, nproc: int = 1, timeout_s: float | None = None) -> Path:
@@ -432,26 +441,6 @@ def fid_vs_step(
             )
             rows += [{"method": name, "step": step, **{k: v for k, v in r.items() if k != "method"}} for r in ours]
     return rows
-
-
-def gap_at_scale(
-    data: IndexedImages,
-    setting: ConvergenceSetting,
-    subset_sizes: Sequence[int],
-    repeats: int,
-    device: str,
-) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
-    """The reviewers' "how far from the global optimum" on an image dataset: converge a seed table over all of
-    ``data``'s examples (flipped copies included) without training, then the gap of the initial and the converged
-    table on random subsets of their slots (lib.experiments.convergence) -> (convergence history per epoch, gap
-    rows {table, size, repeat, cost, optimum, gap})."""
-
-    def fetch(index: Tensor) -> Tensor:
-        return data.get_batch(index)[1].to(device)
-
-    loom, initial, history = converge_table(len(data), fetch, setting)
-    tables = {"initial": initial, "converged": loom.seeds}
-    return history, subset_gaps(tables, fetch, subset_sizes, repeats, setting.cost, setting.seed + 2)
 
 
 def curvature_rows(

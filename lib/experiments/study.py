@@ -31,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,14 @@ from torch import Tensor, nn
 
 from lib.checkpoints import build_model
 from lib.code import code_digest
-from lib.couplings import LoomCoupling, caches_for_visits, make_coupling, total_pairing_cost, visits_per_noise
+from lib.couplings import (
+    LoomCoupling,
+    LoomOptions,
+    caches_for_visits,
+    make_coupling,
+    total_pairing_cost,
+    visits_per_noise,
+)
 from lib.evaluate import noise_like, path_curvature
 from lib.experiments.ablations import as_model_input, digits_split, digits_velocity_field, score_samples
 from lib.experiments.convergence import global_optimum
@@ -217,12 +224,13 @@ class StudyRun:
             caches=1,
             no_swaps=False,
             redraw_every_epochs=0,
-            refresh_prob=0.0,
-            mix_prob=0.0,
-            jitter=0.0,
-            visit_cap=0.0,
-            max_caches=0,
+            **asdict(LoomOptions()),  # every table option off
         )
+
+    @property
+    def loom_options(self) -> LoomOptions:
+        """The run's options of the LOOM table, from its fields of the same names."""
+        return LoomOptions(**{f.name: getattr(self, f.name) for f in fields(LoomOptions)})
 
 
 @dataclass(frozen=True)
@@ -290,11 +298,7 @@ def make_run_coupling(run: StudyRun, num_examples: int):
         num_caches=run.caches,
         seed=run.seed,
         no_swaps=run.no_swaps,
-        refresh_prob=run.refresh_prob,
-        mix_prob=run.mix_prob,
-        jitter=run.jitter,
-        visit_cap=run.visit_cap,
-        max_caches=run.max_caches,
+        options=run.loom_options,
     )
 
 

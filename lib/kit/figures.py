@@ -3,11 +3,9 @@
 Each paper figure has two halves: ``*_rows`` turns what a notebook computed (tensors) into plain table rows that
 :mod:`lib.kit.results` writes as CSV, and ``fig*`` draws a figure from such rows (as read back from the CSV: every
 value may arrive as a string). The notebooks draw through the same functions notebook 10 redraws with, so the figure
-in a notebook's folder and the one notebook 10 redraws are the same drawing of the same numbers. The notebooks' own
-figures (the performance plots) live here too, so a notebook cell is one call such as
-``run.save_figure(figures.fig6_convergence(rows, ...), "fig6_assignment_convergence")``; notebooks 03, 04 and 12 draw
-their own figures in their cells (04 through :func:`fig4_curvature` for Fig. 4). All of them use the style
-of :mod:`lib.kit.plots`.
+in a notebook's folder and the one notebook 10 redraws are the same drawing of the same numbers. Figures several
+notebooks draw (05-08's training and FID curves) live here too; a figure only one notebook draws is drawn in that
+notebook. All of them use the style of :mod:`lib.kit.plots`.
 
 Figures (lib/reference/paper_setup.md, "Figures to regenerate"): 1 Gaussian paths, 2 a local reassignment,
 3 FID vs NFE, 4 curvature per step, 5 the polygon counterexample, 6 convergence of the assignment, 7 sample grids.
@@ -28,11 +26,10 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, MaxNLocator
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from torch import Tensor
 
-from lib.experiments.benchmarks import LOOM_PARTS, SHARE_THRESHOLDS, PowerLawFit, column
 from lib.kit import plots
 from lib.kit.notebooks import grid_notebooks
 from lib.kit.results import Run, read_table
@@ -401,161 +398,8 @@ def save_sample_grids(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Notebook 09: performance
+# The image notebooks (05-08): training, FID along training
 # ---------------------------------------------------------------------------------------------------------
-def coupling_breakdown_figure(breakdown: Rows) -> Figure:
-    """Per example shape: LOOM's coupling step split into its parts (stacked bars) and the total of each coupling
-    (lines), by batch size (rows of lib.experiments.benchmarks.coupling_sweep)."""
-    shapes = list(dict.fromkeys(r["shape"] for r in breakdown))
-    fig, axes = plots.figure(len(shapes), size=2.9, aspect=0.95)
-    parts = plots.sequence_looks(list(reversed(LOOM_PARTS)))
-    for ax, shape in zip(axes[0], shapes):
-        rows = _select(breakdown, "shape", shape)
-        x, bottom = list(range(len(rows))), [0.0] * len(rows)
-        for part in LOOM_PARTS:
-            heights = [float(r[column(part)]) for r in rows]
-            ax.bar(x, heights, bottom=bottom, color=parts[part].color, width=0.6, label=f"LOOM step: {part}")
-            bottom = [b + h for b, h in zip(bottom, heights)]
-        for name in ("independent", "minibatch_ot", "loom"):
-            style = plots.look(name)
-            ax.plot(
-                x,
-                [float(r[f"{name}_ms"]) for r in rows],
-                marker=style.marker,
-                color=style.color,
-                ls=":",
-                mec="white",
-                ms=6,
-                label=f"{plots.method_label(name)} (whole step)",
-            )
-        ax.set(
-            xticks=x,
-            xticklabels=[str(r["batch_size"]) for r in rows],
-            xlabel="batch size",
-            ylabel="ms per coupling step",
-            title=f"{shape} examples ({rows[0]['device']})",
-        )
-        plots.log_axis(ax, "y")
-        ax.xaxis.set_major_locator(FixedLocator(x))
-    plots.legend_below(fig, ncol=4)
-    return fig
-
-
-def assignment_fit_figure(assignment: Rows, fit: PowerLawFit, device: str) -> Figure:
-    """The exact assignment's time against m with its power-law fit, the cost matrix beside it (per device) and,
-    off the CPU, the transfer to the host (rows of lib.experiments.benchmarks.assignment_scaling)."""
-    fig, axes = plots.figure(1, size=4.0, aspect=0.85)
-    ax = axes[0][0]
-    devices = list(dict.fromkeys(r["device"] for r in assignment))
-    for k, dev in enumerate(devices):
-        rows = _floats(_select(assignment, "device", dev), "m", "cost_matrix_ms", "transfer_ms")
-        parts = [("cost_matrix_ms", "s", f"m x m cost matrix ({dev})")]
-        if dev != "cpu":
-            parts.append(("transfer_ms", "^", f"transfer {dev} -> host"))
-        for j, (key, marker, label) in enumerate(parts):
-            color = plots.OTHER_COLORS[(2 + k + 2 * j) % len(plots.OTHER_COLORS)]
-            ax.plot([r["m"] for r in rows], [r[key] for r in rows], marker=marker, ls="--", color=color, label=label)
-    rows = _floats(_select(assignment, "device", device), "m", "assignment_ms")
-    sizes = [r["m"] for r in rows]
-    solver = rows[0].get("solver") or "scipy"  # tables written before the solver was recorded: scipy
-    ax.plot(sizes, [r["assignment_ms"] for r in rows], marker="o", color="k", label=f"exact assignment ({solver}, CPU)")
-    fitted = [m for m in sizes if m >= fit.min_size]
-    ax.plot(
-        fitted,
-        [fit.predict(m) for m in fitted],
-        color=plots.look("LOOM-CFM").color,
-        lw=2.5,
-        alpha=0.6,
-        label=f"fit: {fit.constant:.2g} ms x m^{fit.exponent:.2f}",
-    )
-    ax.set(xlabel="m (OT batch size)", ylabel="ms per call", title="exact assignment vs batch size m")
-    plots.log_axis(ax, "x", sizes)
-    plots.log_axis(ax, "y")
-    plots.legend_below(fig, ncol=2)
-    return fig
-
-
-def share_and_throughput_figure(
-    share: Rows, sampling: Rows, training: Rows, share_preset: str, sample_preset: str, device: str
-) -> Figure:
-    """Three panels: LOOM's coupling as a share of a training step by batch size (rows of
-    coupling_share_sweep), sampling throughput per solver (time_sampling) and training throughput per preset and
-    coupling (time_presets)."""
-    fig, axes = plots.figure(3, size=3.2, aspect=0.95)
-    ax = axes[0][0]
-    share = _floats(share, "batch_size", "coupling_share")
-    sizes = [r["batch_size"] for r in share]
-    style = plots.look("LOOM-CFM")
-    ax.plot(
-        sizes,
-        [100 * r["coupling_share"] for r in share],
-        marker=style.marker,
-        color=style.color,
-        label="LOOM coupling share",
-    )
-    for t, ls in zip(SHARE_THRESHOLDS, ("--", "-.")):
-        ax.axhline(100 * t, color=plots.REFERENCE_COLOR, ls=ls, lw=0.9, label=f"{100 * t:g} % of the step")
-    ax.set(
-        xlabel="batch size",
-        ylabel="LOOM coupling, % of a training step",
-        title=f"coupling share, {share_preset} UNet ({device})",
-    )
-    plots.log_axis(ax, "x", sizes)
-    plots.log_axis(ax, "y")
-    plots.legend_below(fig, axes[0][:1], ncol=3)
-    ax = axes[0][1]
-    labels = [f"{r['solver']}{' bf16' if _truthy(r['bf16']) else ''}\nNFE {int(float(r['nfe']))}" for r in sampling]
-    ax.bar(labels, [float(r["images_per_s"]) for r in sampling], color="0.55", width=0.6)
-    batch = sampling[0]["batch_size"] if sampling else ""
-    ax.set(ylabel="images per second", title=f"sampling, {sample_preset} UNet, batch {batch}")
-    ax = axes[0][2]
-    ax.bar(
-        [
-            f"{r['preset']}{' bf16' if _truthy(r['bf16']) else ''}\n{plots.method_label(r['coupling'])}"
-            + (f",\n{r['pairing']}" if "pairing" in r else "")
-            for r in training
-        ],
-        [float(r["images_per_s"]) for r in training],
-        color=[plots.look(r["coupling"]).color for r in training],
-        width=0.6,
-    )
-    ax.set(ylabel="training images per second", title="training step per preset")
-    for ax in axes[0][1:]:
-        ax.grid(axis="x", visible=False)
-        ax.tick_params(axis="x", labelsize=7.5)
-    if len(training) > 4:  # every coupling paired two ways: the labels stand upright
-        axes[0][2].tick_params(axis="x", labelrotation=90, labelsize=6.5)
-    return fig
-
-
-def training_steps_figure(rows: Rows, device: str) -> Figure:
-    """One panel per model: ms per training step by batch size for each coupling (colour), paired inside the step
-    (dashed) or ahead of it (solid); rows of lib.experiments.benchmarks.training_step_sweep."""
-    rows = _floats(rows, "batch_size", "step_ms")
-    models = list(dict.fromkeys(str(r["model"]) for r in rows))
-    fig, axes = plots.figure(len(models), size=3.4, aspect=0.9)
-    for ax, model in zip(axes[0], models):
-        mine = _select(rows, "model", model)
-        for coupling in dict.fromkeys(str(r["coupling"]) for r in mine):
-            style = plots.look(coupling)
-            for pairing, ls in (("synchronous", "--"), ("pipelined", "-")):
-                line = [r for r in mine if (r["coupling"], r["pairing"]) == (coupling, pairing)]
-                ax.plot(
-                    [r["batch_size"] for r in line],
-                    [r["step_ms"] for r in line],
-                    marker=style.marker,
-                    color=style.color,
-                    ls=ls,
-                    label=f"{plots.method_label(coupling)}, {pairing}",
-                )
-        threads = int(float(mine[0]["torch_threads"]))
-        ax.set(xlabel="batch size", ylabel="ms per training step", title=f"{model} ({device}, {threads} torch thread)")
-        plots.log_axis(ax, "x", sorted({r["batch_size"] for r in mine}))
-        plots.log_axis(ax, "y")
-    plots.legend_below(fig, axes[0][:1], ncol=3)
-    return fig
-
-
 def training_pairing_figure(history: Rows, group: str = "method") -> Figure:
     """The appendix's convergence of the assignment during training, at dataset scale: per logged step (lib.train's
     history.json rows {step, swaps, cost_before, cost_after}), the swaps the step's assignment made and the mean
@@ -584,30 +428,6 @@ def fid_vs_step_figure(rows: Rows, features: str) -> Figure:
     )
     ax.set(xlabel="training step", ylabel=f"FID ({features} features)")
     plots.legend_below(fig)
-    return fig
-
-
-def subset_gap_figure(history: Rows, gaps: Rows) -> Figure:
-    """The gap to the optimum at dataset scale: swaps per epoch while a seed table converges without training
-    (rows {epoch, swaps}), and the mean gap of the initial and the converged table on random subsets of their slots
-    against the subset size (rows of lib.experiments.convergence.mean_gaps)."""
-    fig, axes = plots.figure(2, size=3.4)
-    ax = axes[0][0]
-    converge = _floats(history, "epoch", "swaps")
-    ax.plot(
-        [r["epoch"] for r in converge],
-        [max(r["swaps"], 0.5) for r in converge],
-        marker="o",
-        ms=3,
-        color=plots.look("LOOM-CFM").color,
-    )
-    ax.set(xlabel="epoch (re-pairing only)", ylabel="swaps (0 drawn at 0.5)", title="seed table converging")
-    plots.log_axis(ax, "y")
-    gaps = _floats(gaps, "size", "gap")
-    plots.draw_curves(axes[0][1], gaps, "size", "gap", "table", "gap on random subsets", legend=False)
-    axes[0][1].set(xlabel="subset size (table slots)", ylabel="(cost - optimum) / optimum")
-    plots.log_axis(axes[0][1], "x", sorted({r["size"] for r in gaps}))
-    plots.legend_below(fig, axes[0][1:])
     return fig
 
 

@@ -48,7 +48,7 @@ from lib.paper import (
     RELEASED_REPOS,
     TRAINING_CURVE_ROWS,
 )
-from lib.train import TrainConfig, TrainSettings, steps_for_epochs
+from lib.train import TrainSettings, steps_for_epochs
 from lib.unet import PRESETS
 
 GB = 1e9
@@ -268,17 +268,7 @@ def shards_need(notebook: str, what: str, folder: str, size: float, how: str) ->
 # ---------------------------------------------------------------------------------------------------------
 def image_settings(p: Mapping[str, Any], **data: Any) -> TrainSettings:
     """The TrainSettings an image notebook builds from its parameters (05-07's settings cell)."""
-    train = TrainConfig(
-        steps=p["STEPS"],
-        batch_size=p["BATCH_SIZE"],
-        lr=p["LR"],
-        warmup_steps=p["WARMUP_STEPS"],
-        ema_decay=p["EMA_DECAY"],
-        seed=p["SEED"],
-        bf16=p["BF16"],
-        checkpoint_every=p["CHECKPOINT_EVERY"],
-        keep_checkpoints_every=p.get("KEEP_CHECKPOINTS_EVERY", 0),
-    )
+    train = pipeline.notebook_train_config(p)
     return TrainSettings(model=p["MODEL"], caches=p["CACHES"], epochs=p["EPOCHS"], train=train, **data)
 
 
@@ -352,15 +342,7 @@ def plan_ffhq(name: str, p: Mapping[str, Any], measured: Any) -> tuple[list[Plan
 
 def plan_reflow(name: str, p: Mapping[str, Any], measured: Any) -> tuple[list[PlannedRun], list[Need]]:
     teacher = p["TEACHER"]
-    train = TrainConfig(
-        steps=p["REFLOW_STEPS"],
-        batch_size=p["REFLOW_BATCH_SIZE"],
-        lr=p["REFLOW_LR"],
-        ema_decay=p["EMA_DECAY"],
-        seed=p["SEED"],
-        bf16=p["BF16"],
-        checkpoint_every=p["CHECKPOINT_EVERY"],
-    )
+    train = pipeline.notebook_train_config(p, steps="REFLOW_STEPS", batch_size="REFLOW_BATCH_SIZE", lr="REFLOW_LR")
     model = "cifar10" if teacher else p["TEACHER_MODEL"]  # released:cifar10 and a kit CIFAR-10 run: the cifar10 UNet
     settings = TrainSettings(model=model, reflow=True, coupling="independent", epochs=p["REFLOW_EPOCHS"], train=train)
     runs = [plan_run(name, "LOOM-CFM + 1 Reflow", settings, p["NUM_PAIRS"], p["NPROC"], measured)]

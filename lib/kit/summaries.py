@@ -1,5 +1,4 @@
-"""The "what this run shows" cell closing a notebook, written from the numbers the notebook computed (notebooks 04
-and 12 write theirs in their own last cells).
+"""The "what this run shows" cell closing each notebook, written from the numbers the notebook computed.
 
 Each function takes the rows a notebook has just measured and returns a short markdown text (a heading and a few
 bullets) that the notebook shows with ``IPython.display.Markdown``. No number is typed in anywhere: rerun a notebook
@@ -25,10 +24,6 @@ def _text(*bullets: str) -> str:
 def _g(value: float, digits: int = 3) -> str:
     """A measured number with ``digits`` significant digits."""
     return f"{float(value):.{digits}g}"
-
-
-def _pct(value: float) -> str:
-    return f"{100 * float(value):.2g} %"
 
 
 def _profile_note(profile: str) -> str:
@@ -75,46 +70,4 @@ def fid_pipeline(fid_rows: Rows, curvature: Rows, profile: str) -> str:
         f"FID ({protocol}, features {features}) per method:" + _fid_by_method(fid_rows),
         f"At the fewest network calls ({_g(fewest)}): {_ranked(at_fewest)}.",
         f"Mean curvature per Euler step: {_ranked(curvature_means)}." if curvature_means else "",
-    )
-
-
-def released_checkpoints(rows: Rows, profile: str) -> str:
-    """Notebook 11: each release's FID at the paper's settings beside the paper's number."""
-    bullets = [_profile_note(profile), f"Weights: {rows[0].get('release_weights', '?')}."]
-    for release in dict.fromkeys(r["release"] for r in rows):
-        cells = [
-            f"{r['solver']} (NFE {_g(r['nfe'])}): {_g(r['fid'])}"
-            + (f" (paper {_g(r['paper_fid'])})" if profile != "quick" and str(r.get("paper_fid", "")) else "")
-            for r in rows
-            if r["release"] == release
-        ]
-        bullets.append(f"{release}: " + ", ".join(cells) + ".")
-    return _text(*bullets)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# 10: the paper's tables and figures
-# ---------------------------------------------------------------------------------------------------------
-def paper_tables(rows: Rows, drawn: Sequence[str], missing: Mapping[str, str]) -> str:
-    """Notebook 10: how many paper numbers have a kit number beside them, of which profile, and the figures."""
-    paper_numbers = sum(1 for r in rows if r.get("paper_fid", "") != "")
-    run = [r for r in rows if r.get("status") != "not run yet"]
-    by_profile: dict[str, int] = {}
-    for r in run:
-        by_profile[str(r.get("profile", "?"))] = by_profile.get(str(r.get("profile", "?")), 0) + 1
-    compared = [r for r in run if r.get("difference", "") != ""]
-    return _text(
-        f"{len(rows)} table rows, {paper_numbers} of them carrying a paper number; "
-        f"{sum(1 for r in rows if r.get('status') == 'not run yet')} paper numbers have no kit result yet.",
-        "Kit results by profile: " + ", ".join(f"{p} {n}" for p, n in sorted(by_profile.items())) + "."
-        if by_profile
-        else "No kit results yet.",
-        f"{len(compared)} kit numbers are compared with the paper's (paper profile, the paper's FID protocol)"
-        + (
-            f"; mean |kit - paper| {_g(mean(abs(float(r['difference'])) for r in compared), 2)}."
-            if compared
-            else "; quick-profile numbers never are."
-        ),
-        f"Figures redrawn: {', '.join(drawn) or 'none'}"
-        + (f"; missing: {', '.join(f'{k} ({v})' for k, v in missing.items())}." if missing else "."),
     )

@@ -10,6 +10,7 @@ from scipy import stats
 
 from lib.couplings import (
     LoomCoupling,
+    LoomOptions,
     caches_for_visits,
     caches_needed,
     epoch_batches,
@@ -50,7 +51,7 @@ def test_returned_noise_is_standard_normal(name):
     x = data()
     rows = []
     for seed in range(40):  # a new table each time, so the pooled rows are independent draws
-        loom = LoomCoupling(N, 1, seed=seed, **OPTIONS[name])
+        loom = LoomCoupling(N, 1, seed=seed, options=LoomOptions(**OPTIONS[name]))
         for index in batches(1, seed)[:2]:
             rows.append(loom(x[index], index).z)
     z = torch.cat(rows)  # (40 * 2 * 32, DIM)
@@ -64,7 +65,7 @@ def test_returned_noise_is_standard_normal(name):
 def test_table_rows_return_exactly_the_stored_noise(name):
     """Without mixing or jitter, the batch's noise is exactly the noise of the seeds the table now pairs with it."""
     x = data()
-    loom = LoomCoupling(N, 1, seed=2, **OPTIONS[name])
+    loom = LoomCoupling(N, 1, seed=2, options=LoomOptions(**OPTIONS[name]))
     for index in batches(3):
         out = loom(x[index], index)
         stored = torch.cat(
@@ -81,7 +82,7 @@ def test_table_rows_return_exactly_the_stored_noise(name):
 @pytest.mark.parametrize("name", ["plain", "mix", "jitter"])
 def test_options_that_keep_the_multiset_keep_it(name):
     x = data()
-    loom = LoomCoupling(N, 2, seed=3, **OPTIONS[name])
+    loom = LoomCoupling(N, 2, seed=3, options=LoomOptions(**OPTIONS[name]))
     before = multiset(loom)
     swaps = sum(loom(x[index], index).stats.swaps for index in batches(4))
     assert swaps > 0 and multiset(loom) == before
@@ -89,7 +90,7 @@ def test_options_that_keep_the_multiset_keep_it(name):
 
 def test_refresh_changes_only_the_refreshed_slots():
     x = data()
-    loom = LoomCoupling(N, 2, seed=4, refresh_prob=0.2)
+    loom = LoomCoupling(N, 2, seed=4, options=LoomOptions(refresh_prob=0.2))
     for index in batches(3):
         before_table = loom.seeds.clone()
         out = loom(x[index], index)
@@ -99,12 +100,12 @@ def test_refresh_changes_only_the_refreshed_slots():
         lost = Counter(before_table.flatten().tolist()) - Counter(loom.seeds.flatten().tolist())
         gained = Counter(loom.seeds.flatten().tolist()) - Counter(before_table.flatten().tolist())
         assert sum(lost.values()) == sum(gained.values()) == out.stats.fresh_rows
-    assert loom.refresh_prob == 0.2
+    assert loom.options.refresh_prob == 0.2
 
 
 def test_mixed_rows_leave_their_slots_alone_and_fresh_rows_are_counted():
     x = data()
-    loom = LoomCoupling(N, 1, seed=5, mix_prob=0.5)
+    loom = LoomCoupling(N, 1, seed=5, options=LoomOptions(mix_prob=0.5))
     total_fresh = 0
     for index in batches(2):
         before = loom.seeds.clone()
@@ -123,7 +124,7 @@ def test_jitter_is_the_stored_noise_plus_independent_fresh_noise():
     xi is N(0, 1) and uncorrelated with z."""
     eps = 0.3
     x = data()
-    loom = LoomCoupling(N, 1, seed=6, jitter=eps)
+    loom = LoomCoupling(N, 1, seed=6, options=LoomOptions(jitter=eps))
     residuals, stored = [], []
     for index in batches(6):
         out = loom(x[index], index)
@@ -140,7 +141,7 @@ def test_jitter_keeps_the_table_monotone():
     from lib.couplings import total_pairing_cost
 
     x = data()
-    loom = LoomCoupling(N, 2, seed=7, jitter=0.5)
+    loom = LoomCoupling(N, 2, seed=7, options=LoomOptions(jitter=0.5))
     costs = [total_pairing_cost(loom, x)]
     for index in batches(4):
         loom(x[index], index)
@@ -151,7 +152,7 @@ def test_jitter_keeps_the_table_monotone():
 def test_growing_table_only_gains_seeds_and_caps_visits():
     x = data()
     cap, most = 2.0, 4
-    loom = LoomCoupling(N, 1, seed=8, visit_cap=cap, max_caches=most)
+    loom = LoomCoupling(N, 1, seed=8, options=LoomOptions(visit_cap=cap, max_caches=most))
     assert loom.seeds.shape == (N, most) and int(loom.active.sum()) == N
     for index in batches(7):
         before = multiset(loom)
@@ -168,7 +169,7 @@ def test_growing_table_only_gains_seeds_and_caps_visits():
 
 
 def test_redraw_of_a_growing_table_keeps_unused_slots_unused():
-    loom = LoomCoupling(N, 1, seed=9, visit_cap=1.0, max_caches=3)
+    loom = LoomCoupling(N, 1, seed=9, options=LoomOptions(visit_cap=1.0, max_caches=3))
     x = data()
     for index in batches(2):
         loom(x[index], index)
@@ -182,15 +183,15 @@ def test_redraw_of_a_growing_table_keeps_unused_slots_unused():
 def test_resume_through_state_dict_is_exact(name):
     x = data()
     plan = batches(4)
-    straight = LoomCoupling(N, 2, seed=10, **OPTIONS[name])
-    first = LoomCoupling(N, 2, seed=10, **OPTIONS[name])
+    straight = LoomCoupling(N, 2, seed=10, options=LoomOptions(**OPTIONS[name]))
+    first = LoomCoupling(N, 2, seed=10, options=LoomOptions(**OPTIONS[name]))
     outs = [straight(x[index], index).z for index in plan]
     for index in plan[:5]:
         first(x[index], index)
     buffer = io.BytesIO()
     torch.save(first.state_dict(), buffer)
     buffer.seek(0)
-    resumed = LoomCoupling(N, 2, seed=99, **OPTIONS[name])
+    resumed = LoomCoupling(N, 2, seed=99, options=LoomOptions(**OPTIONS[name]))
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
     for index, expected in zip(plan[5:], outs[5:]):
         assert torch.equal(resumed(x[index], index).z, expected)
@@ -199,7 +200,7 @@ def test_resume_through_state_dict_is_exact(name):
 
 
 def test_a_state_with_other_options_is_refused():
-    saved = LoomCoupling(N, 1, refresh_prob=0.1).state_dict()
+    saved = LoomCoupling(N, 1, options=LoomOptions(refresh_prob=0.1)).state_dict()
     with pytest.raises(ValueError, match="refresh_prob: saved 0.1, here 0.0"):
         LoomCoupling(N, 1).load_state_dict(saved)
     legacy = {
@@ -222,17 +223,20 @@ def test_a_state_with_other_options_is_refused():
 )
 def test_bad_options_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        LoomCoupling(N, 1, **kwargs)
+        LoomCoupling(N, 1, options=LoomOptions(**kwargs))
 
 
 def test_options_belong_to_loom_only():
     with pytest.raises(ValueError, match="options of the loom noise table"):
-        make_coupling("minibatch_ot", N, jitter=0.1)
+        make_coupling("minibatch_ot", N, options=LoomOptions(jitter=0.1))
 
 
 def test_options_off_draw_exactly_what_plain_loom_draws():
     x = data()
-    a, b = LoomCoupling(N, 2, seed=11), make_coupling("loom", N, num_caches=2, seed=11, refresh_prob=0.0, jitter=0.0)
+    a, b = (
+        LoomCoupling(N, 2, seed=11),
+        make_coupling("loom", N, num_caches=2, seed=11, options=LoomOptions(refresh_prob=0.0, jitter=0.0)),
+    )
     for index in batches(2):
         assert torch.equal(a(x[index], index).z, b(x[index], index).z)
     assert torch.equal(a.seeds, b.seeds)

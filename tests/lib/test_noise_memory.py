@@ -9,17 +9,17 @@ import torch
 
 from lib import toy
 from lib.checkpoints import read_training_checkpoint
-from lib.couplings import LoomCoupling, NoiseMemory, epoch_batches, make_coupling, noise_from_seeds
+from lib.couplings import LoomCoupling, LoomOptions, NoiseMemory, epoch_batches, make_coupling, noise_from_seeds
 from lib.models import MLP
 from lib.train import TrainConfig, TrainSettings, parse_args, train_flow
 
 OPTIONS = {
     "plain": {},
     "caches": {"num_caches": 3},
-    "refresh": {"num_caches": 2, "refresh_prob": 0.3},
-    "mix": {"mix_prob": 0.25},
-    "jitter": {"jitter": 0.1},
-    "grow": {"visit_cap": 1.0, "max_caches": 3},
+    "refresh": {"num_caches": 2, "options": LoomOptions(refresh_prob=0.3)},
+    "mix": {"options": LoomOptions(mix_prob=0.25)},
+    "jitter": {"options": LoomOptions(jitter=0.1)},
+    "grow": {"options": LoomOptions(visit_cap=1.0, max_caches=3)},
     "first_visit": {"seed_init": "first_visit", "num_caches": 2},
     "sqeuclidean": {"cost": "sqeuclidean", "num_caches": 2},
 }

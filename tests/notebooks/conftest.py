@@ -3,12 +3,15 @@ the results of nbval's run of the committed notebook (root conftest.py: which no
 
 from __future__ import annotations
 
+import ast
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from lib import REPO_ROOT
 from lib.kit import reproduce
 from lib.kit.notebooks import figures_not_shown
 from lib.kit.results import portable, results_root
@@ -51,3 +54,30 @@ def _committed_run(request: pytest.FixtureRequest, name: str, tmp_path: Path) ->
 def committed_run(request: pytest.FixtureRequest) -> Callable[[str, Path], Path]:
     """``committed_run(name, tmp_path) -> results folder`` of the notebook run with its committed parameters."""
     return lambda name, tmp_path: _committed_run(request, name, tmp_path)
+
+
+def _definitions(name: str) -> dict[str, Any]:
+    """What notebook ``name`` defines at the top level of its code cells (imports, functions, classes, UPPER_CASE
+    constants), executed in order in a fresh namespace; nothing else of the notebook runs. So a test can check a
+    function the notebook defines (its figure, its conclusion) on inputs of its own."""
+    notebook = json.loads((REPO_ROOT / "notebooks" / f"{name}.ipynb").read_text())
+    kept = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)
+    namespace: dict[str, Any] = {}
+    for cell in notebook["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        tree = ast.parse("".join(cell["source"]))
+        tree.body = [
+            node
+            for node in tree.body
+            if isinstance(node, kept)
+            or (isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) and t.id.isupper() for t in node.targets))
+        ]
+        exec(compile(tree, f"{name}.ipynb", "exec"), namespace)
+    return namespace
+
+
+@pytest.fixture(scope="session")
+def notebook_definitions() -> Callable[[str], dict[str, Any]]:
+    """``notebook_definitions(name) -> namespace``: the imports, functions and constants notebook ``name`` defines."""
+    return _definitions

@@ -106,3 +106,11 @@ def test_05_cifar10_evaluates_a_released_format_checkpoint(tmp_path: Path, run_t
     )
     assert [(r["solver_steps_accepted"], r["solver_steps_attempted"]) for r in rows] == [("1.0", "1.0")] * 2
     assert not (folder / "training_history.csv").exists() and not (folder / "fid_vs_step.csv").exists()
+
+
+def test_05_draws_the_gap_at_scale_one_line_per_table(notebook_definitions) -> None:
+    """Notebook 05's gap figure: swaps per epoch, and one gap curve per seed table (initial, converged)."""
+    gaps = [{"table": t, "size": n, "gap": g} for t, g in (("initial", 0.3), ("converged", 0.01)) for n in (8, 64)]
+    figure = notebook_definitions("05_cifar10")["subset_gap_figure"]
+    fig = figure([{"epoch": 1, "swaps": 5}, {"epoch": 2, "swaps": 0}], gaps)
+    assert len(fig.axes[1].lines) == 2

@@ -41,3 +41,17 @@ def test_11_released_checkpoints_fake_reflow_and_latent_releases(tmp_path: Path,
     assert releases["ffhq256"]["example_shape"] == "[4, 8, 8]" and releases["ffhq256"]["image_shape"] == "[3, 64, 64]"
     assert releases["ffhq256"]["latent"] == "True" and releases["cifar10_reflow"]["image_shape"] == "[3, 32, 32]"
     assert {"samples_cifar10_reflow.png", "samples_ffhq256.png"} <= {p.name for p in folder.iterdir()}
+
+
+def test_11_closing_text_sets_paper_numbers_beside_real_releases_only(notebook_definitions) -> None:
+    """Fake releases (random tiny weights) are never set beside the paper's numbers; real ones are."""
+    definitions = notebook_definitions("11_released_checkpoints")
+    rows = [
+        {"release": "cifar10", "solver": s, "nfe": n, "fid": 3.0, "paper_fid": 2.5, "release_weights": FAKE_NOTE}
+        for s, n in (("midpoint-2", 4), ("dopri5", 142))
+    ]
+    definitions["FAKE_RELEASES"] = True
+    fake = definitions["closing_text"](rows)
+    assert f"Weights: {FAKE_NOTE}." in fake and "cifar10: midpoint-2 (NFE 4): 3, dopri5 (NFE 142): 3." in fake
+    definitions["FAKE_RELEASES"] = False
+    assert "midpoint-2 (NFE 4): 3 (paper 2.5)" in definitions["closing_text"](rows)

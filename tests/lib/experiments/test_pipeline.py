@@ -99,3 +99,14 @@ def test_fid_table_checks_the_protocol_before_sampling() -> None:
     models = {"m": LoadedModel(Unsampled(), (3, 32, 32), {})}
     with pytest.raises(ValueError, match="unknown FID protocol 'torcheval'"):
         pipeline.fid_table(models, ["euler-1"], 4, "cifar10", [], seed=0, device="cpu", protocol="torcheval")
+
+
+def test_notebook_train_config_takes_the_parameters_a_notebook_has_under_their_names() -> None:
+    """Notebooks 05-08 and reproduce --plan build TrainConfig from the same parameters; errors name them."""
+    p = {"STEPS": 5, "BATCH_SIZE": 8, "LR": 1e-3, "EMA_DECAY": 0.5, "SEED": 3, "BF16": False, "CHECKPOINT_EVERY": 2}
+    p |= {"TEACHER_LR": 2e-4, "CACHES": 4, "RESOLUTION": 64}  # other settings' parameters: not TrainConfig's
+    expected = TrainConfig(steps=5, batch_size=8, lr=1e-3, ema_decay=0.5, seed=3, bf16=False, checkpoint_every=2)
+    assert pipeline.notebook_train_config(p) == expected
+    assert pipeline.notebook_train_config(p, lr="TEACHER_LR") == replace(expected, lr=2e-4)
+    with pytest.raises(ValueError, match=r"^STEPS must be at least 1, got 0"):
+        pipeline.notebook_train_config({**p, "STEPS": 0})

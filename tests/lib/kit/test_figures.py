@@ -98,7 +98,7 @@ def test_fid_vs_nfe_refuses_rows_of_several_protocols() -> None:
 
 
 def test_training_figures_draw_from_rows_read_back_from_csv() -> None:
-    """The swaps/cost-during-training, FID-along-training and gap figures take CSV rows (strings)."""
+    """The swaps/cost-during-training and FID-along-training figures take CSV rows (strings)."""
     history = [
         {"method": m, "step": str(s), "swaps": str(10 - s), "cost_before": str(2.0 - s / 10), "cost_after": "1.0"}
         for m in ("I-CFM", "LOOM-CFM")
@@ -108,8 +108,3 @@ def test_training_figures_draw_from_rows_read_back_from_csv() -> None:
     assert [ax.get_title() for ax in fig.axes][0] == "swaps per step" and len(fig.axes[0].lines) == 2
     steps = [{"method": "LOOM-CFM", "step": str(s), "solver": "midpoint-2", "fid": str(9.0 / s)} for s in (10, 20)]
     assert "midpoint-2" in figures.fid_vs_step_figure(steps, "random").axes[0].get_title()
-    gaps = [
-        {"table": t, "size": str(n), "gap": str(g)} for t, g in (("initial", 0.3), ("converged", 0.01)) for n in (8, 64)
-    ]
-    fig = figures.subset_gap_figure([{"epoch": "1", "swaps": "5"}, {"epoch": "2", "swaps": "0"}], gaps)
-    assert len(fig.axes[1].lines) == 2
