@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import json
 import re
+import subprocess
+import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -14,6 +16,7 @@ import nbformat
 import papermill
 import pytest
 import yaml
+from jupyter_client.kernelspec import KernelSpecManager
 
 from lib import REPO_ROOT
 from lib.kit import profiles, reproduce
@@ -89,6 +92,63 @@ def test_notebook_is_committed_clean_and_follows_the_conventions(path: Path) -> 
     # papermill's parser silently skips some lines (e.g. a comment holding "="): such a parameter could not be
     # injected, and lib.reproduce would refuse it as unknown.
     assert {line.split(" = ")[0] for line in lines} == set(papermill.inspect_notebook(str(path)))
+    assert nb.metadata.kernelspec == LAB_KERNELSPEC, "the kernelspec JupyterLab writes, so that saving changes nothing"
+    assert _git_filter(path.read_bytes()) == path.read_bytes(), (
+        "commit the notebook as git's filter stores it (make notebook-filter, then git add it)"
+    )
+
+
+# What JupyterLab writes into a notebook it runs the kit's kernel for: the committed notebooks carry it already.
+LAB_KERNELSPEC = {
+    "display_name": KernelSpecManager().get_kernel_spec("python3").display_name,
+    "language": "python",
+    "name": "python3",
+}
+
+
+def _git_filter(notebook: bytes) -> bytes:
+    """What git stores for a notebook: nbstripout as ``make notebook-filter`` configures it (.gitattributes)."""
+    assert "notebooks/*.ipynb filter=nbstripout" in (ROOT / ".gitattributes").read_text().splitlines()
+    makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    options = re.search(r"filter\.nbstripout\.clean '\"\$\(abspath \$\(PY\)\)\" -m nbstripout ([^']*)'", makefile)
+    keys = re.search(r"^NOTEBOOK_FILTER_KEYS := (.*)$", makefile, re.MULTILINE)
+    assert options and keys, "the Makefile's notebook-filter configures nbstripout"
+    command = [sys.executable, "-m", "nbstripout", *options[1].split(), "--extra-keys", keys[1], "-t"]
+    return subprocess.run(command, input=notebook, capture_output=True, check=True).stdout
+
+
+def test_a_notebook_run_and_saved_in_jupyterlab_is_unchanged_in_gits_eyes() -> None:
+    """Outputs, execution counts, widget state and what Lab adds to the metadata on save (this Python's version,
+    view state) are all stripped: git stores the committed bytes again."""
+    path = ROOT / "notebooks" / "01_toy_couplings.ipynb"
+    nb = json.loads(path.read_text())
+    nb["metadata"]["language_info"] = {
+        "codemirror_mode": {"name": "ipython", "version": 3},
+        "file_extension": ".py",
+        "mimetype": "text/x-python",
+        "name": "python",
+        "nbconvert_exporter": "python",
+        "pygments_lexer": "ipython3",
+        "version": sys.version.split()[0],
+    }
+    nb["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2}}
+    code = [cell for cell in nb["cells"] if cell["cell_type"] == "code"]
+    for count, cell in enumerate(code, 1):
+        cell["execution_count"] = count
+        cell["metadata"].update(
+            {"scrolled": True, "jupyter": {"outputs_hidden": False}, "execution": {"iopub.status.idle": "2026"}}
+        )
+        cell["outputs"] = [
+            {"name": "stdout", "output_type": "stream", "text": ["01_toy_couplings: profile quick\n"]},
+            {
+                "data": {"image/png": "iVBORw0KGgo=", "text/plain": ["<Figure>"]},
+                "metadata": {},
+                "output_type": "display_data",
+            },
+        ]
+    saved = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"  # JupyterLab's layout: keys in its own order
+    assert saved.encode() != path.read_bytes()
+    assert _git_filter(saved.encode()) == path.read_bytes()
 
 
 def test_profiles_name_existing_notebooks_and_parameters() -> None:
