@@ -24,19 +24,15 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(MAKE) --no-print-directory notebook-filter
 	touch $(STAMP)
 
-# Opening or running a notebook leaves notebooks/*.ipynb clean in git's eyes: .gitattributes sends them through
-# nbstripout, which strips outputs, execution counts and these keys Lab writes on save (the machine's Python version
-# and the editor's view state); the committed notebooks are already in that form (tests/test_repository.py). A git
-# filter, unlike a Jupyter save hook, works whatever saved the file and keeps the outputs on disk for the reader.
-# A fresh clone has no filter configured: this writes it into the clone's .git/config (outside git: nothing to do).
-NOTEBOOK_FILTER_KEYS := metadata.language_info.codemirror_mode metadata.language_info.file_extension \
-	metadata.language_info.mimetype metadata.language_info.nbconvert_exporter metadata.language_info.pygments_lexer \
-	metadata.language_info.version cell.metadata.jupyter cell.metadata.trusted
+# Opening or running a notebook leaves notebooks/*.ipynb as committed. `make lab` saves them stripped (outputs,
+# execution counts, what Lab adds to the metadata: lib.kit.notebooks.STRIPPED_KEYS) through a Jupyter pre-save hook,
+# so their bytes do not change; .gitattributes sends them through nbstripout with the same keys, so whatever else
+# saved one, git stores it stripped. A fresh clone has no filter configured: this writes it into .git/config.
 notebook-filter:
 	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
 		git config filter.nbstripout.clean '"$(abspath $(PY))" -m nbstripout --keep-id' && \
 		git config filter.nbstripout.smudge cat && \
-		git config filter.nbstripout.extrakeys "$(NOTEBOOK_FILTER_KEYS)"; fi
+		git config filter.nbstripout.extrakeys "$$($(PY) -c 'from lib.kit.notebooks import STRIPPED_KEYS; print(*STRIPPED_KEYS)')"; fi
 
 # Refresh the lock: resolve pyproject.toml's dependencies afresh in a scratch environment and pin what was installed.
 # Then `make test` and `make verify`, and commit constraints.txt with any results that changed.
@@ -87,7 +83,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 lab: $(STAMP) notebook-filter
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --ContentsManager.pre_save_hook=lib.kit.notebooks.strip_on_save notebooks/
 
 # Drive JupyterLab in headless Chromium (Debian's /usr/bin/chromium; Playwright's Python package, no browser
 # download): run all cells of each notebook, count figures and widgets, find errors and warnings, screenshot, and
