@@ -370,7 +370,8 @@ def lab_check(names: list[str], timeout: float) -> int:
         ]
     finally:
         for name, path in notebooks.items():
-            path.write_bytes(originals[name])  # the reader's file as it was, outputs or not
+            if path.read_bytes() != originals[name]:
+                path.write_bytes(originals[name])  # the reader's file as it was, outputs or not
     for counts in checked:
         run.files += [f"{counts.notebook}/{shot}" for shot in counts.screenshots]
         run.write_json(f"{counts.notebook}/counts", asdict(counts))
