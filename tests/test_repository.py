@@ -6,20 +6,26 @@ from __future__ import annotations
 import ast
 import json
 import re
+import subprocess
+import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 
 import nbformat
 import papermill
 import pytest
 import yaml
+from jupyter_client.kernelspec import KernelSpecManager
 
 from lib import REPO_ROOT
 from lib.kit import profiles, reproduce
+from lib.kit.notebooks import SAVE_HOOK, STRIPPED_KEYS, strip_on_save
 
 ROOT = REPO_ROOT
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+MAKEFILE = (ROOT / "Makefile").read_text().replace("\\\n", " ")
 
 
 def _requirement_name(requirement: str) -> str:
@@ -89,6 +95,73 @@ def test_notebook_is_committed_clean_and_follows_the_conventions(path: Path) -> 
     # papermill's parser silently skips some lines (e.g. a comment holding "="): such a parameter could not be
     # injected, and lib.reproduce would refuse it as unknown.
     assert {line.split(" = ")[0] for line in lines} == set(papermill.inspect_notebook(str(path)))
+    assert nb.metadata.kernelspec == LAB_KERNELSPEC, "the kernelspec JupyterLab writes, so that saving changes nothing"
+    assert _git_filter(path.read_bytes()) == path.read_bytes(), (
+        "commit the notebook as git's filter stores it (make notebook-filter, then git add it)"
+    )
+
+
+# What JupyterLab writes into a notebook it runs the kit's kernel for: the committed notebooks carry it already.
+LAB_KERNELSPEC = {
+    "display_name": KernelSpecManager().get_kernel_spec("python3").display_name,
+    "language": "python",
+    "name": "python3",
+}
+
+
+def _git_filter(notebook: bytes) -> bytes:
+    """What git stores for a notebook: nbstripout as ``make notebook-filter`` configures it (.gitattributes)."""
+    assert "notebooks/*.ipynb filter=nbstripout" in (ROOT / ".gitattributes").read_text().splitlines()
+    options = re.search(r"filter\.nbstripout\.clean '\"\$\(abspath \$\(PY\)\)\" -m nbstripout ([^']*)'", MAKEFILE)
+    assert options and "import STRIPPED_KEYS" in MAKEFILE, "the Makefile's notebook-filter configures nbstripout"
+    command = [sys.executable, "-m", "nbstripout", *options[1].split(), "--extra-keys", " ".join(STRIPPED_KEYS), "-t"]
+    return subprocess.run(command, input=notebook, capture_output=True, check=True).stdout
+
+
+def _lab_save(path: Path, notebook: str) -> bytes:
+    """What the Jupyter server of ``make lab`` writes for ``notebook`` (JSON) saved as ``path``: its pre-save hook,
+    then nbformat's layout."""
+    hook = re.search(r"jupyter lab --ContentsManager\.pre_save_hook=(\S+) notebooks/", MAKEFILE)
+    assert hook and hook[1] == SAVE_HOOK, "make lab saves notebooks through lib.kit.notebooks.strip_on_save"
+    model = {"type": "notebook", "content": json.loads(notebook)}
+    strip_on_save(model=model, path=path.name, contents_manager=SimpleNamespace(root_dir=str(path.parent)))
+    return (nbformat.writes(nbformat.from_dict(model["content"])) + "\n").encode()
+
+
+def test_a_notebook_run_and_saved_in_jupyterlab_is_unchanged_in_gits_eyes() -> None:
+    """Outputs, execution counts, widget state and what Lab adds to the metadata on save (this Python's version,
+    view state) are all stripped: the file keeps its committed bytes, so git status has nothing to list (a clean
+    filter alone would leave git status listing a file whose size changed)."""
+    path = ROOT / "notebooks" / "01_toy_couplings.ipynb"
+    nb = json.loads(path.read_text())
+    nb["metadata"]["language_info"] = {
+        "codemirror_mode": {"name": "ipython", "version": 3},
+        "file_extension": ".py",
+        "mimetype": "text/x-python",
+        "name": "python",
+        "nbconvert_exporter": "python",
+        "pygments_lexer": "ipython3",
+        "version": sys.version.split()[0],
+    }
+    nb["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2}}
+    code = [cell for cell in nb["cells"] if cell["cell_type"] == "code"]
+    for count, cell in enumerate(code, 1):
+        cell["execution_count"] = count
+        cell["metadata"].update(
+            {"scrolled": True, "jupyter": {"outputs_hidden": False}, "execution": {"iopub.status.idle": "2026"}}
+        )
+        cell["outputs"] = [
+            {"name": "stdout", "output_type": "stream", "text": ["01_toy_couplings: profile quick\n"]},
+            {
+                "data": {"image/png": "iVBORw0KGgo=", "text/plain": ["<Figure>"]},
+                "metadata": {},
+                "output_type": "display_data",
+            },
+        ]
+    saved = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"  # JupyterLab's layout: keys in its own order
+    assert saved.encode() != path.read_bytes()
+    assert _lab_save(path, saved) == path.read_bytes(), "make lab's server writes the committed bytes back"
+    assert _git_filter(saved.encode()) == path.read_bytes(), "saved by anything else, git stores the committed bytes"
 
 
 def test_profiles_name_existing_notebooks_and_parameters() -> None:

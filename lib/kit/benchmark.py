@@ -183,7 +183,7 @@ def benchmark_command(argv: list[str]) -> int:
     params = {
         "QUICK": args.profile == "quick",
         "SEED": setting.seed,
-        "RESULTS_DIR": args.results_dir,
+        "RESULTS_DIR": str(results.published_root(args.results_dir)),  # a command that publishes
         **{k.upper(): v for k, v in asdict(setting).items()},
         "UNET_BATCHES": args.unet_batches,
         "MLP_BATCHES": args.mlp_batches,

@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu") if args.tiny else torch.device("cuda", torch.cuda.current_device())
     size = TINY_SIZE if args.tiny else GPU_SIZE
     started = time.perf_counter()
-    params = {"QUICK": args.tiny, "SEED": 0, "RESULTS_DIR": args.results_dir, **size.__dict__}
+    root = results.published_root(args.results_dir)  # a command that publishes, like make reproduce
+    params = {"QUICK": args.tiny, "SEED": 0, "RESULTS_DIR": str(root), **size.__dict__}
     run = results.start_run("gpu_check", params, profile="gpu-tiny" if args.tiny else "gpu")
     variants = training_variants(size, device)
     run.write_table("training_throughput", variants)

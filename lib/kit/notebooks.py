@@ -11,6 +11,9 @@ import ast
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from lib import REPO_ROOT
 
 
 @dataclass(frozen=True)
@@ -159,3 +162,45 @@ def figures_not_shown(executed: str | Path) -> list[str]:
         if images < calls:
             missing.append(f"cell {i}: {calls} figure calls, {images} images")
     return missing
+
+
+# What is stripped from a notebook before git stores it (nbstripout as the git filter, `make notebook-filter`) and
+# before JupyterLab writes it (:func:`strip_on_save`, `make lab`): besides outputs and execution counts, nbstripout's
+# own default keys and the ones JupyterLab adds on save (this machine's Python version, the editor's view state).
+# Cell ids are kept. The committed notebooks are in this form (tests/test_repository.py).
+STRIPPED_KEYS = (
+    "metadata.signature",
+    "metadata.widgets",
+    "metadata.language_info.codemirror_mode",
+    "metadata.language_info.file_extension",
+    "metadata.language_info.mimetype",
+    "metadata.language_info.nbconvert_exporter",
+    "metadata.language_info.pygments_lexer",
+    "metadata.language_info.version",
+    "cell.metadata.collapsed",
+    "cell.metadata.ExecuteTime",
+    "cell.metadata.execution",
+    "cell.metadata.heading_collapsed",
+    "cell.metadata.hidden",
+    "cell.metadata.jupyter",
+    "cell.metadata.scrolled",
+    "cell.metadata.trusted",
+)
+SAVE_HOOK = f"{__name__}.strip_on_save"  # JupyterLab's --ContentsManager.pre_save_hook (make lab, lab_check)
+
+
+def strip_on_save(model: dict, path: str, contents_manager: Any, **kwargs: Any) -> None:
+    """Jupyter's ContentsManager pre-save hook: a notebook of the kit's ``notebooks/`` is written as committed
+    (:data:`STRIPPED_KEYS`), so that saving, Lab's autosave included, leaves the file's bytes as git has them; the
+    outputs stay on the open page. A git filter alone would not do: git calls a file whose size changed modified
+    without running the filter (git status lists it, git diff shows nothing)."""
+    from nbformat import from_dict  # both come with Jupyter, where this runs
+    from nbstripout import strip_output
+
+    folder = (Path(contents_manager.root_dir) / path).resolve().parent
+    if model.get("type") != "notebook" or folder != REPO_ROOT / "notebooks":
+        return
+    notebook = from_dict(model["content"])
+    model["content"] = strip_output(
+        notebook, keep_output=False, keep_count=False, keep_id=True, extra_keys=list(STRIPPED_KEYS)
+    )

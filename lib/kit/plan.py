@@ -38,7 +38,7 @@ from lib.checkpoints import build_model, fetch_released
 from lib.experiments import pipeline
 from lib.kit.notebooks import NOTEBOOKS
 from lib.kit.profiles import notebook_defaults
-from lib.kit.results import results_root
+from lib.kit.results import published_root
 from lib.paper import (
     PAPER_GPUS,
     PAPER_TRAINING_HOURS,
@@ -404,7 +404,7 @@ def plan_profile(
     notebooks: Mapping[str, Mapping[str, Any]], results: Path | None = None
 ) -> tuple[list[PlannedRun], list[Need]]:
     """Runs and needs of a profile's notebooks ({name: overrides}, lib.kit.profiles.load_profile)."""
-    measured = read_measured(results or results_root())
+    measured = read_measured(results or published_root())
     runs: list[PlannedRun] = []
     needs: list[Need] = []
     for name, overrides in notebooks.items():

@@ -18,12 +18,11 @@ from pathlib import Path
 from lib import REPO_ROOT
 from lib.files import write_text
 from lib.kit.notebooks import NOTEBOOKS
-from lib.kit.results import read_table
+from lib.kit.results import COMMITTED_RESULTS, read_table
 from lib.kit.tables import REPRODUCED_WITHIN, counts
 from lib.paper import TABLES
 
 README = REPO_ROOT / "README.md"
-RESULTS = REPO_ROOT / "results"
 
 
 def notebooks_on_disk() -> list[str]:
@@ -251,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m lib.kit.readme", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--check", action="store_true", help="only check that README.md is current (exit 1 if not)")
-    p.add_argument("--results", type=Path, default=RESULTS, help="results root (default: <repo>/results)")
+    p.add_argument("--results", type=Path, default=COMMITTED_RESULTS, help="results root (default: <repo>/results)")
     args = p.parse_args(argv)
     current = README.read_text()
     wanted = render(current, args.results)

@@ -54,7 +54,7 @@ from lib.kit.profiles import (
     profile_names,
     resolve,
 )
-from lib.kit.results import portable, replace_folder, results_root
+from lib.kit.results import portable, published_root, replace_folder, results_root
 from lib.progress import progress
 
 # torch's, MKL's and oneDNN's names for a CPU capability recorded in run.json (torch.backends.cpu).
@@ -296,7 +296,7 @@ def reproduce_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     notebooks = select(load_profile(args.profile), args.only)
     if args.plan:
-        print(plan.format_plan(args.profile, notebooks, results_root(args.results_dir)))
+        print(plan.format_plan(args.profile, notebooks, published_root(args.results_dir)))
         return 0
     if args.list:
         print(f"profile {args.profile} (profiles: {', '.join(profile_names())}):")
@@ -372,7 +372,7 @@ class Runner:
 
     def __init__(self, notebooks: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
         self.notebooks, self.args = notebooks, args
-        self.root = results_root(args.results_dir)
+        self.root = published_root(args.results_dir)
         self.jobs = min(args.jobs or default_jobs(), len(notebooks))
         self.scratch: dict[str, Path] = {}  # notebook -> its scratch folder, removed once the notebook is done
         self.comparisons: list[verify.Comparison] = []

@@ -6,13 +6,19 @@ the hardware and software settings that decide bit-identity (CPU model and capab
 threads, CUDA/cuDNN and determinism flags), seed, wall time and the files written. Every number in results/ sits
 beside the run.json of the run that made it.
 
+Two results roots: the committed ``results/``, which only ``lib.kit.reproduce`` (make reproduce, verify, timings) and
+the benchmark commands publish into, and the git-ignored ``results-local/``, where a notebook run anywhere else
+(JupyterLab, plain papermill, nbval) writes, so an interactive session leaves the repository as it found it.
+
 A run writes into a staging folder (``.<notebook>.partial`` beside the final one) and :meth:`Run.finish` swaps it
-in whole, so a folder never mixes two runs and an interrupted run leaves the previous results untouched. Paths under
-the repository are stored relative to it, so committed results hold nothing machine-specific.
+in whole, so a folder never mixes two runs and an interrupted run leaves the previous results untouched; a staging
+folder left unfinished is removed when the process (the kernel) exits. Paths under the repository are stored
+relative to it, so committed results hold nothing machine-specific.
 """
 
 from __future__ import annotations
 
+import atexit
 import csv
 import json
 import os
@@ -59,9 +65,20 @@ ISA_VARIABLES = (
 )
 
 
+COMMITTED_RESULTS = REPO_ROOT / "results"  # tracked: what lib.kit.reproduce published
+LOCAL_RESULTS = REPO_ROOT / "results-local"  # git-ignored: any other run (JupyterLab, plain papermill)
+
+
 def results_root(root: str | os.PathLike[str] = "") -> Path:
-    """The results folder: ``root`` if given, else $LOOM_RESULTS, else ``<repo>/results``."""
-    return Path(root or os.environ.get("LOOM_RESULTS", "") or REPO_ROOT / "results")
+    """Where a run writes: ``root`` if given (RESULTS_DIR), else $LOOM_RESULTS, else the git-ignored
+    ``<repo>/results-local``. lib.kit.reproduce always names its root, so only it publishes into ``results/``."""
+    return Path(root or os.environ.get("LOOM_RESULTS", "") or LOCAL_RESULTS)
+
+
+def published_root(root: str | os.PathLike[str] = "") -> Path:
+    """The results that are read back and published into: ``root`` if given, else $LOOM_RESULTS, else the
+    committed ``<repo>/results``."""
+    return Path(root or os.environ.get("LOOM_RESULTS", "") or COMMITTED_RESULTS)
 
 
 def portable(value: Any, base: Path = REPO_ROOT) -> Any:
@@ -164,6 +181,16 @@ def in_notebook() -> bool:
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
+_unfinished: set[Path] = set()  # staging folders of runs started in this process and not finished
+
+
+@atexit.register
+def _remove_unfinished() -> None:
+    """At exit (a kernel shut down or restarted, a script that raised) remove what unfinished runs staged."""
+    for staging in _unfinished:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 @dataclass
 class Run:
     """One notebook run: where it writes and what it records. Call :meth:`finish` at the end."""
@@ -179,9 +206,14 @@ class Run:
     files: list[str] = field(default_factory=list)
 
     @property
+    def root(self) -> Path:
+        """The results root this run writes under (``<root>/<profile>/<notebook>``)."""
+        return self.directory.parent.parent
+
+    @property
     def base(self) -> Path:
         """The folder holding this run's results root and ``runs/``: the repository for ``<repo>/results``."""
-        return self.directory.parent.parent.parent
+        return self.root.parent
 
     @property
     def staging(self) -> Path:
@@ -263,6 +295,7 @@ class Run:
         """Write ``run.json``, swap the staging folder in for the previous results and say where they are."""
         (self.staging / "run.json").write_text(json.dumps(self.provenance(), indent=2, default=str) + "\n")
         replace_folder(self.staging, self.directory)
+        _unfinished.discard(self.staging)
         print(f"{len(set(self.files)) + 1} files in {portable(str(self.directory), self.base)}")
 
 
@@ -295,23 +328,26 @@ def start_run(notebook: str, namespace: MutableMapping[str, Any], profile: str |
     run = Run(
         notebook=notebook, profile=profile, parameters=params, seed=int(params.get("SEED", 0)), directory=directory
     )
-    shutil.rmtree(run.staging, ignore_errors=True)  # what an interrupted earlier run left
+    shutil.rmtree(run.staging, ignore_errors=True)  # what a run killed before its exit hook left
     run.staging.mkdir(parents=True)
-    print(
-        json.dumps(
-            {
-                "notebook": notebook,
-                "profile": profile,
-                "results": portable(str(directory), run.base),
-                "parameters": portable(params, run.base),
-                "versions": package_versions(),
-                "device": device_description(),
-            },
-            indent=1,
-            default=str,
-        )
-    )
+    _unfinished.add(run.staging)
+    print(summary_line(run))
     return run
+
+
+def summary_line(run: Run) -> str:
+    """One line saying what runs where and where its results go; the full provenance goes to run.json."""
+    device = device_description()
+    where = (
+        f"{device['cuda_device']} (cuda)"
+        if "cuda_device" in device
+        else f"cpu {device['torch_cpu_capability']}, {device['torch_threads']} torch thread(s)"
+    )
+    results = portable(str(run.directory), run.base) + "/"
+    if run.root == LOCAL_RESULTS:
+        results += " (git-ignored; make reproduce publishes to results/)"
+    commit = run.commit[:12] + ("+dirty" if run.commit.endswith("+dirty") else "")
+    return f"{run.notebook}: profile {run.profile}, commit {commit}, {where}, seed {run.seed} -> {results}"
 
 
 def _say_profile(notebook: str, resolved: profiles.Resolved) -> None:

@@ -13,7 +13,7 @@ matched to the paper's rows (lib/reference/paper_results.csv) on dataset, method
 - every kit row shows its true network calls and the solver's accepted / attempted steps (the paper's adaptive
   "NFE" may count steps).
 
-    rows = comparison(results_root())          # dicts, written as results/tables.csv
+    rows = comparison(published_root())          # dicts, written as results/tables.csv
     text = markdown(rows)                      # results/tables.md, also the README's results section
 """
 
