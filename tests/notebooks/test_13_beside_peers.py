@@ -45,7 +45,7 @@ METHODS = {
 def test_13_beside_peers_writes_consistent_tables(tmp_path: Path, run_tiny) -> None:
     folder = run_tiny("13_beside_peers", tmp_path / "results", **TINY_13)
     datasets = {"8gaussians", "digits"}
-    runs = read_table(folder / "runs.csv")
+    runs = read_table(folder / "per_seed_scores.csv")
     keys = {(r["dataset"], r["method"], int(r["seed"]), r["solver"]) for r in runs}
     assert len(keys) == len(runs) == len(datasets) * len(METHODS) * 2 * 3
     assert {k[:2] for k in keys} == {(d, m) for d in datasets for m in METHODS}
