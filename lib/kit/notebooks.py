@@ -112,6 +112,12 @@ NOTEBOOKS: dict[str, NotebookInfo] = {
         "CPU",
         "est. 4.4 h of one CPU core (WORKERS = 2: about 2.5 h on 2 cores), in resumable parts",
     ),
+    "13_beside_peers": NotebookInfo(
+        "- (beyond the paper: the kit beside torchcfm)",
+        "I-CFM and minibatch OT-CFM, kit vs torchcfm, W2 / Frechet distance by NFE over seeds; LOOM in a peer's loop",
+        "CPU",
+        "est. ~2 h of one CPU core",
+    ),
 }
 
 
