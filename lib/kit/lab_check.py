@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lib import REPO_ROOT, cli
+from lib import REPO_ROOT, cli, files
 from lib.kit import results
 from lib.kit.notebooks import SAVE_HOOK
 from lib.kit.profiles import load_profile
@@ -102,9 +102,7 @@ def free_port() -> int:
 def jupyterlab(settings_dir: Path) -> Any:
     """A JupyterLab server on a free localhost port serving the repository -> (base url, token); stopped on exit."""
     for name, values in LAB_SETTINGS.items():
-        path = settings_dir / "settings" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(values))
+        files.write_json(settings_dir / "settings" / name, values)
     port, token = free_port(), secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if k != "LOOM_RESULTS"}  # write where a reader's run would
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
@@ -125,7 +123,7 @@ def jupyterlab(settings_dir: Path) -> Any:
         f"--ContentsManager.pre_save_hook={SAVE_HOOK}",  # as make lab: notebooks saved as committed
         *(["--allow-root"] if os.geteuid() == 0 else []),  # containers, CI
     ]
-    log = open(settings_dir / "server.log", "w")  # noqa: SIM115 (closed below, after the server)
+    log = files.open_log(settings_dir / "server.log")  # closed below, after the server
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -371,7 +369,7 @@ def lab_check(names: list[str], timeout: float) -> int:
     finally:
         for name, path in notebooks.items():
             if path.read_bytes() != originals[name]:
-                path.write_bytes(originals[name])  # the reader's file as it was, outputs or not
+                files.atomic_write(path, lambda tmp, name=name: tmp.write_bytes(originals[name]))  # as it was
     for counts in checked:
         run.files += [f"{counts.notebook}/{shot}" for shot in counts.screenshots]
         run.write_json(f"{counts.notebook}/counts", asdict(counts))
