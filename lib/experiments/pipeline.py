@@ -523,13 +523,14 @@ def evaluate_releases(
 
 
 def grid_samples(
-    models: Mapping[str, LoadedModel], num_images: int, solver: str, seed: int, device: str
+    models: Mapping[str, LoadedModel], num_images: int, solver: str, seed: int, device: str, progress: bool = True
 ) -> dict[str, Tensor]:
     """``num_images`` samples of every model from the same noise -> {name: images (N, C, H, W) in [-1, 1] on the
-    CPU} (latent models decoded to pixels), for the sample-grid figure (paper Fig. 7)."""
+    CPU} (latent models decoded to pixels), for the sample-grid figure (paper Fig. 7). ``progress``: a bar over the
+    models (off where a caller draws its own)."""
     return {
         name: torch.cat([to_images(loaded, x) for x, _ in generate(loaded, num_images, solver, seed, device=device)])
         .cpu()
         .clamp(-1, 1)
-        for name, loaded in progress_bar(models.items(), desc="sample grids (model)")
+        for name, loaded in progress_bar(models.items(), desc="sample grids (model)", disable=not progress)
     }
