@@ -32,7 +32,6 @@ from lib.couplings import make_coupling
 from lib.fid import DigitsClassifier, digits_frechet_distance
 from lib.metrics import w2
 from lib.paper import COUPLING_ROWS, TABLE5_BATCH, TABLE5_CACHES, paper_rows, sweep_label, table5_sweep
-from lib.progress import progress
 from lib.solvers import integrate, solver_for_nfe
 from lib.toy import digits_split_indices, digits_vectors
 from lib.train import TrainConfig, TrainResult, train_flow
@@ -183,8 +182,7 @@ def compare_costs(
     other = "sqeuclidean" if trained.ablation.cost == "l2" else "l2"
     variant = replace(trained.ablation, label=f"{trained.ablation.label} ({other})", cost=other)
     rows: list[dict[str, object]] = []
-    for ablation in progress((trained.ablation, variant), desc="cost choice (row)"):
-        run = trained if ablation is trained.ablation else train_ablation(ablation, train, budget)
+    for run in (trained, train_ablation(variant, train, budget)):
         final = run.history[-1]["cost_after"] if run.history else float("nan")
         rows += [
             {"label": run.ablation.label, "cost": run.ablation.cost, **row, "final_cost": final}
