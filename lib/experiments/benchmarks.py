@@ -50,6 +50,7 @@ from lib.couplings import (
 )
 from lib.pairing import PAIRING_MODES, check_pairing_mode
 from lib.paper import OFFICIAL_MEASUREMENTS_SOURCE, RELEASED_CONFIGS, RELEASED_COUPLING_STEP
+from lib.progress import progress
 from lib.solvers import integrate, parse_solver
 from lib.toy import sample_toy
 from lib.train import RANK_DATA, Data, TrainConfig, Trainer, build_trainer, fetch_global, train_step
@@ -282,12 +283,14 @@ def coupling_sweep(
     device: str = "cpu",
     seed: int = 0,
 ) -> list[dict[str, object]]:
-    """:func:`loom_breakdown` for every example shape x batch size (the seed table grows to the batch if needed)."""
+    """:func:`loom_breakdown` for every example shape x batch size (the seed table grows to the batch if needed).
+    The progress bar moves once per sweep point, outside the timed steps."""
+    points = [(tuple(int(s) for s in shape), b) for shape in shapes for b in batch_sizes]
     return [
         loom_breakdown(
             CouplingBenchmark(
                 num_examples=max(num_examples, b),
-                shape=tuple(int(s) for s in shape),
+                shape=shape,
                 batch_size=b,
                 steps=steps,
                 warmup=warmup,
@@ -295,8 +298,7 @@ def coupling_sweep(
                 seed=seed,
             )
         )
-        for shape in shapes
-        for b in batch_sizes
+        for shape, b in progress(points, desc="coupling sweep (shape x batch)")
     ]
 
 
@@ -695,12 +697,12 @@ def training_step_sweep(
     Rows: model, shape, batch_size, then :func:`time_training_steps`' columns.
     """
     rows = []
-    for label, name in models.items():
-        for b in batch_sizes:
-            data = sweep_data(name, 4 * b, device, seed)
-            model = build_model(name, tuple(data.shape[1:]), seed=seed).to(device)
-            timed = time_training_steps(model, data, b, steps, warmup, block, seed=seed, threads=threads)
-            rows += [{"model": label, "shape": shape_label(data.shape[1:]), "batch_size": b, **r} for r in timed]
+    points = [(label, name, b) for label, name in models.items() for b in batch_sizes]
+    for label, name, b in progress(points, desc="training steps (model x batch)"):  # between timed points
+        data = sweep_data(name, 4 * b, device, seed)
+        model = build_model(name, tuple(data.shape[1:]), seed=seed).to(device)
+        timed = time_training_steps(model, data, b, steps, warmup, block, seed=seed, threads=threads)
+        rows += [{"model": label, "shape": shape_label(data.shape[1:]), "batch_size": b, **r} for r in timed]
     return rows
 
 
@@ -834,7 +836,7 @@ def coupling_share_sweep(
     coupling_share (coupling_ms / loom_step_ms), loom_over_independent.
     """
     rows = []
-    for b in batch_sizes:
+    for b in progress(batch_sizes, desc="coupling share (batch)"):  # between timed points
         model = build_model(preset, (), seed=seed).to(device)
         independent, loom = time_training_steps(
             model,

@@ -43,6 +43,7 @@ from lib.paper import (
     table5_sweep,
 )
 from lib.progress import LOG_INTERVAL_S, RelayedBar
+from lib.progress import progress as progress_bar
 from lib.sample import generate, noise_for_images, to_images
 from lib.solvers import parse_solver
 from lib.train import TrainConfig, TrainSettings, named_settings
@@ -370,23 +371,26 @@ def fid_table(
     dataset_res: int | None = 32,
     dataset_split: str = "train",
     protocol: str = DEFAULT_PROTOCOL,
+    progress: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """FID of every model at every solver under the named ``protocol`` of lib.fid (true NFE checked against the
     grid) -> (our rows, rows joined with the paper's). ``features="random"`` scores with lib.fid's random
     stand-in network: offline, not comparable. ``dataset_res`` / ``dataset_split`` pick clean-fid's
     precomputed statistics of a named dataset (cifar10 32 train, ffhq 256 trainval70k); the generated images
     must have that size (None: any size). ``paper-torcheval`` references are split images (CIFAR-10 root, HDF5
-    shards, image folder); relative paths are taken from the repository, like the notebooks' parameters."""
+    shards, image folder); relative paths are taken from the repository, like the notebooks' parameters.
+    ``progress``: a bar over the (model, solver) evaluations (off where a caller draws its own)."""
     extractor = feature_network(features, check_protocol(protocol))  # both checked before any sampling
     if protocol == PAPER_PROTOCOL:
         reference = str(REPO_ROOT / reference)  # an absolute reference stays as it is
     ours: list[dict[str, Any]] = []
-    for name, loaded in models.items():
+    evaluations = [(name, loaded, solver) for name, loaded in models.items() for solver in solvers]
+    for name, loaded, solver in progress_bar(evaluations, desc="FID (model x solver)", disable=not progress):
         ours += [
             {"method": name, **row}
             for row in fid_rows(
                 loaded,
-                solvers,
+                [solver],
                 num_samples,
                 reference,
                 seed=seed,
@@ -424,22 +428,27 @@ def fid_vs_step(
     (``--keep-checkpoints-every``, lib.checkpoints.kept_checkpoints) at one ``solver`` -> rows {method, step, solver,
     nfe, fid, protocol...}, by row then step. Every snapshot samples the same noise (``seed``)."""
     rows: list[dict[str, Any]] = []
-    for name, checkpoint in checkpoints.items():
-        for step, path in kept_checkpoints(checkpoint).items():
-            ours, _ = fid_table(
-                {name: load_model(path)},
-                [solver],
-                num_samples,
-                reference,
-                [],
-                seed=seed,
-                device=device,
-                features=features,
-                dataset_res=dataset_res,
-                dataset_split=dataset_split,
-                protocol=protocol,
-            )
-            rows += [{"method": name, "step": step, **{k: v for k, v in r.items() if k != "method"}} for r in ours]
+    snapshots = [
+        (name, step, path)
+        for name, checkpoint in checkpoints.items()
+        for step, path in kept_checkpoints(checkpoint).items()
+    ]
+    for name, step, path in progress_bar(snapshots, desc="FID along training (snapshot)"):
+        ours, _ = fid_table(
+            {name: load_model(path)},
+            [solver],
+            num_samples,
+            reference,
+            [],
+            seed=seed,
+            device=device,
+            features=features,
+            dataset_res=dataset_res,
+            dataset_split=dataset_split,
+            protocol=protocol,
+            progress=False,  # one bar over the snapshots
+        )
+        rows += [{"method": name, "step": step, **{k: v for k, v in r.items() if k != "method"}} for r in ours]
     return rows
 
 
@@ -449,7 +458,7 @@ def curvature_rows(
     """Paper Fig. 4: 1 - cos of consecutive velocities along ``steps``-step Euler paths from the same noise
     for every model -> rows {method, step, curvature}."""
     rows: list[dict[str, Any]] = []
-    for name, loaded in models.items():
+    for name, loaded in progress_bar(models.items(), desc="curvature (model)"):
         z = noise_for_images(loaded, seed, num_paths, device)
         per_step = path_curvature(loaded.model.to(device), z, steps=steps)
         rows += [{"method": name, "step": i + 1, "curvature": float(c)} for i, c in enumerate(per_step)]
@@ -485,7 +494,7 @@ def evaluate_releases(
             "dataset name such as cifar10, custom stats such as imagenet32_train, or an image folder)"
         )
     rows: list[dict[str, Any]] = []
-    for name, loaded in models.items():
+    for name, loaded in progress_bar(models.items(), desc="FID of releases (release)"):
         spec = PAPER_EVALUATION[name]
         _, joined = fid_table(
             {spec.method: loaded},
@@ -499,6 +508,7 @@ def evaluate_releases(
             dataset_res=None if fake else spec.resolution,
             dataset_split=splits.get(spec.dataset, "train"),
             protocol=protocol,
+            progress=False,  # one bar over the releases
         )
         rows += [
             {
@@ -513,13 +523,14 @@ def evaluate_releases(
 
 
 def grid_samples(
-    models: Mapping[str, LoadedModel], num_images: int, solver: str, seed: int, device: str
+    models: Mapping[str, LoadedModel], num_images: int, solver: str, seed: int, device: str, progress: bool = True
 ) -> dict[str, Tensor]:
     """``num_images`` samples of every model from the same noise -> {name: images (N, C, H, W) in [-1, 1] on the
-    CPU} (latent models decoded to pixels), for the sample-grid figure (paper Fig. 7)."""
+    CPU} (latent models decoded to pixels), for the sample-grid figure (paper Fig. 7). ``progress``: a bar over the
+    models (off where a caller draws its own)."""
     return {
         name: torch.cat([to_images(loaded, x) for x, _ in generate(loaded, num_images, solver, seed, device=device)])
         .cpu()
         .clamp(-1, 1)
-        for name, loaded in models.items()
+        for name, loaded in progress_bar(models.items(), desc="sample grids (model)", disable=not progress)
     }

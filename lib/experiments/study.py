@@ -527,27 +527,28 @@ def fill_cache(runs: Sequence[StudyRun], settings: EvalSettings, cache: Path, wo
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: safe from a notebook kernel and any thread
     with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_one_thread) as pool:
         started = {pool.submit(run_study, run, settings, cache): (run, time.perf_counter()) for run in todo}
-        for future in as_completed(started):
+        for count, future in enumerate(as_completed(started), 1):
             future.result()  # a worker's error stops the fill here, with its traceback
             run, start = started[future]
-            log(f"{run.label:28s} {run.setting} -> steps {list(run.eval_steps)} in {time.perf_counter() - start:.0f} s")
+            took = time.perf_counter() - start
+            log(f"{count}/{len(todo)} {run.label:28s} {run.setting} -> steps {list(run.eval_steps)} in {took:.0f} s")
 
 
 def run_all(
     runs: Iterable[StudyRun], settings: EvalSettings, cache: Path | None = None, log: Any = print, workers: int = 1
 ) -> list[tuple[StudyRun, list[dict[str, Any]]]]:
-    """run_study for each run (duplicates once), logging each run's label and wall time; with ``workers`` > 1 (and
-    a cache) the missing runs are first trained in parallel by :func:`fill_cache`."""
+    """run_study for each run (duplicates once), logging each run's count (i/n), label and wall time; with
+    ``workers`` > 1 (and a cache) the missing runs are first trained in parallel by :func:`fill_cache`."""
     runs = list(dict.fromkeys(runs))
     if workers > 1 and cache is not None:
         fill_cache(runs, settings, cache, workers, log)
     done: dict[StudyRun, list[dict[str, Any]]] = {}
-    for run in runs:
+    for count, run in enumerate(runs, 1):
         start = time.perf_counter()
         reused = cache is not None and is_cached(run, settings, cache)
         done[run] = run_study(run, settings, cache)
         took = "reused (same settings and run code)" if reused else f"in {time.perf_counter() - start:.0f} s"
-        log(f"{run.label:28s} {run.setting} -> steps {list(run.eval_steps)} {took}")
+        log(f"{count}/{len(runs)} {run.label:28s} {run.setting} -> steps {list(run.eval_steps)} {took}")
     return list(done.items())
 
 

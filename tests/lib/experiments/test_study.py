@@ -45,6 +45,7 @@ def test_runs_in_parallel_workers_give_the_records_of_runs_in_process(tmp_path: 
     lines: list[str] = []
     parallel = study.run_all(runs, SETTINGS, tmp_path / "parallel", log=lines.append, workers=2)
     assert lines[0] == "training 2 runs, 2 at a time" and len(lines) == 1 + 2 + 2  # filled, then read back
+    assert [line.split()[0] for line in lines[1:]] == ["1/2", "2/2", "1/2", "2/2"]  # each line says i/n
     for (run_a, recs_a), (run_b, recs_b) in zip(serial, parallel, strict=True):
         assert run_a == run_b and [scores(r) for r in recs_a] == [scores(r) for r in recs_b]
     assert all(study.is_cached(r, SETTINGS, tmp_path / "parallel") for r in runs)
