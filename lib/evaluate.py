@@ -1,9 +1,9 @@
-"""Evaluate a trained velocity field: FID per solver and NFE, path curvature, and the evaluation noise.
+"""Evaluate a trained velocity field: sample quality per solver and NFE, and path straightness.
 
-For images quality is FID under a named protocol of lib.fid (``python -m lib.evaluate``), with everything that
-defines the protocol beside every number (point clouds use lib.metrics' exact W2: notebooks 03 and 04). Every
-row records the solver, the TRUE number of network calls and the solver's accepted and attempted steps (an adaptive
-solver's steps are not its network calls).
+For point clouds (toys, digits as vectors) quality is the exact W2 to held-out target samples (``w2_table``:
+notebooks 03 and 13); for images it is FID under a named protocol of lib.fid (``python -m lib.evaluate``), with
+everything that defines the protocol beside every number. Every row records the solver, the TRUE number of network
+calls and the solver's accepted and attempted steps (an adaptive solver's steps are not its network calls).
 
     python -m lib.evaluate --checkpoint runs/c10/checkpoint.pt --solvers midpoint-2 midpoint-4 dopri5 --out fid.json
     python -m lib.evaluate --checkpoint loom.pt --protocol paper-torcheval --reference data --out fid.json
@@ -24,9 +24,29 @@ from lib.checkpoints import LoadedModel, checkpoint_file, load_model
 from lib.fid import DEFAULT_PROTOCOL, PROTOCOLS, feature_network, fid_from_generator
 from lib.files import check_output, sha256_file, write_json
 from lib.flow import VelocityField
-from lib.metrics import curvature_per_step
+from lib.metrics import curvature_per_step, straightness, w2
 from lib.sample import noise_for_images, to_images
 from lib.solvers import integrate, parse_solver
+
+
+def w2_table(model: VelocityField, z: Tensor, reference: Tensor, solvers: Sequence[str]) -> list[dict[str, object]]:
+    """One row per solver: samples from noise z (N, *shape) compared with reference (N, *shape) by exact W2.
+
+    Fixed-grid rows also carry the straightness of their own sampling paths.
+    """
+    rows: list[dict[str, object]] = []
+    for spec in solvers:
+        result = integrate(model, z, spec, return_trajectory=parse_solver(spec).steps is not None)
+        row: dict[str, object] = {
+            "solver": result.spec.label,
+            "method": result.spec.method,
+            **result.cost(),
+            "w2": w2(result.x, reference),
+        }
+        if result.trajectory is not None and result.trajectory.shape[0] > 2:
+            row["straightness"] = straightness(result.trajectory, result.times)
+        rows.append(row)
+    return rows
 
 
 def path_curvature(model: VelocityField, z: Tensor, steps: int = 20) -> Tensor:
