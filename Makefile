@@ -27,12 +27,15 @@ $(STAMP): pyproject.toml $(LOCK)
 # Opening or running a notebook leaves notebooks/*.ipynb as committed. `make lab` saves them stripped (outputs,
 # execution counts, what Lab adds to the metadata: lib.kit.notebooks.STRIPPED_KEYS) through a Jupyter pre-save hook,
 # so their bytes do not change; .gitattributes sends them through nbstripout with the same keys, so whatever else
-# saved one, git stores it stripped. A fresh clone has no filter configured: this writes it into .git/config.
+# saved one, git stores it stripped. A fresh clone has no filter configured: this writes it into .git/config, then
+# refreshes the index once: a clone's files are as new as its index, so until the index is rewritten every
+# `git status` runs the filter on every notebook (17 s, which made run.json's commit lookup time out under test load).
 notebook-filter:
 	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
 		git config filter.nbstripout.clean '"$(abspath $(PY))" -m nbstripout --keep-id' && \
 		git config filter.nbstripout.smudge cat && \
-		git config filter.nbstripout.extrakeys "$$($(PY) -c 'from lib.kit.notebooks import STRIPPED_KEYS; print(*STRIPPED_KEYS)')"; fi
+		git config filter.nbstripout.extrakeys "$$($(PY) -c 'from lib.kit.notebooks import STRIPPED_KEYS; print(*STRIPPED_KEYS)')" && \
+		git update-index -q --refresh >/dev/null; fi
 
 # Refresh the lock: resolve pyproject.toml's dependencies afresh in a scratch environment and pin what was installed.
 # Then `make test` and `make verify`, and commit constraints.txt with any results that changed.
