@@ -46,7 +46,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from lib import REPO_ROOT, cli, distributed
+from lib import cli, distributed
+from lib.boundary import TableRun, load_boundary, noise_table_warning
 from lib.checkpoints import (
     KIT_FORMAT,
     RELEASED_PREFIX,
@@ -64,13 +65,11 @@ from lib.couplings import (
     Coupling,
     CouplingStats,
     LoomCoupling,
-    caches_needed,
     converge_pairing,
     epoch_batches,
     fixed_pairs_coupling,
     flipped_epoch_batches,
     make_coupling,
-    visits_per_noise,
 )
 from lib.datasets import DATASETS, HDF5Images, IndexedImages, make_dataset, read_pair_seeds
 from lib.files import atomic_write_stream, check_folder, write_json
@@ -696,47 +695,6 @@ def check_global_batch(global_batch: int, num_examples: int) -> None:
         )
 
 
-# The boundary notebook 12's paper profile measured (its committed rule.json): past it a finite table overfits.
-NOISE_TABLE_RULE = REPO_ROOT / "results" / "paper" / "12_noise_table_study" / "rule.json"
-
-
-def measured_boundary(path: Path | None = None) -> dict[str, Any] | None:
-    """Notebook 12's measured boundary V* ({boundary_v, low_v, high_v, threshold, solver, ...}) from ``path``
-    (default :data:`NOISE_TABLE_RULE`), or None when the study's paper results are absent or found no boundary
-    (then nothing is checked)."""
-    path = path or NOISE_TABLE_RULE
-    if not path.is_file():
-        return None
-    rule = json.loads(path.read_text())
-    return rule if rule.get("boundary_v") else None
-
-
-def noise_table_warning(
-    steps: int, global_batch: int, num_examples: int, caches: int, boundary: dict[str, Any] | None
-) -> str | None:
-    """A warning when a table run's planned visits per stored noise V exceed the measured boundary, else None.
-
-    V = steps x global batch / (examples x caches); examples count flipped copies (each owns its seeds).
-    """
-    if boundary is None:
-        return None
-    v = visits_per_noise(steps, global_batch, num_examples, caches)
-    if v <= boundary["boundary_v"]:
-        return None
-    enough = caches_needed(steps, global_batch, num_examples, boundary["boundary_v"])
-
-    def show(x: float) -> str:  # one decimal at most: V is 1781 on digits, 0.9 in a toy run
-        return f"{round(x, 1):g}"
-
-    return (
-        f"warning: this run visits each stored noise V = {steps} x {global_batch} / ({num_examples} x {caches}) = "
-        f"{show(v)} times, above the boundary V* = {show(boundary['boundary_v'])} (range {show(boundary['low_v'])}-"
-        f"{show(boundary['high_v'])}) that notebook 12 measured on digits (fresh-noise quality "
-        f"{boundary['threshold']}x minibatch OT's at {boundary['solver']}); past it the table overfits: samples from "
-        f"fresh noise degrade. Use --caches {enough} or more (README: Choosing caches)."
-    )
-
-
 def train_flow(
     model: nn.Module,
     data: Data,
@@ -1112,8 +1070,15 @@ def train_in_folder(settings: TrainSettings, device: torch.device) -> None:
         print(json.dumps(run), flush=True)
         if isinstance(coupling, LoomCoupling) and not settings.reflow:
             global_batch = config.batch_size * distributed.world_size()
-            boundary = measured_boundary()
-            warning = noise_table_warning(config.steps, global_batch, len(data), coupling.num_caches, boundary)
+            table = TableRun(
+                config.steps,
+                global_batch,
+                len(data),
+                coupling.num_caches,
+                sum(p.numel() for p in model.parameters()),
+                math.prod(data[0][1].shape),
+            )
+            warning = noise_table_warning(table, load_boundary())
             if warning:
                 print(warning, file=sys.stderr, flush=True)
         if state is not None:

@@ -52,6 +52,7 @@ class Ablation:
     no_swaps: bool = False  # loom: never re-pair (fixed source w/o reassignments)
     converge_first: bool = False  # loom: converge the pairing before training (train after convergence)
     cost: str = "l2"  # pairing cost (lib.couplings.COST_NAMES): l2 as the released code, sqeuclidean as the paper
+    paper_caches: int = 0  # the paper's cache count this row stands for when the counts are scaled (0: num_caches)
 
     @property
     def paper_label(self) -> str | None:
@@ -60,7 +61,7 @@ class Ablation:
         if self.cost != "l2":
             return None
         if self.coupling == "loom" and not (self.no_swaps or self.converge_first):
-            return sweep_label(self.num_caches, self.batch_size)
+            return sweep_label(self.paper_caches or self.num_caches, self.batch_size)
         return self.label if self.label in {r["method"] for r in paper_rows("5", "cifar10")} else None
 
 
@@ -87,21 +88,40 @@ class TrainedAblation:
 
 
 def table5_ablations(
-    caches: Sequence[int], batch_sizes: Sequence[int], main_caches: int = 4, main_batch: int = 128
+    caches: Sequence[int],
+    batch_sizes: Sequence[int],
+    main_caches: int = 4,
+    main_batch: int = 128,
+    paper_main_caches: int = 0,
 ) -> list[Ablation]:
     """The Table 5 rows: I-CFM, the three ablations, LOOM-CFM, then LOOM with each cache count (at
     ``main_batch``) and each batch size (at ``main_caches``); no configuration appears twice.
 
     The ablation rows use LOOM-CFM's caches and batch size, so they differ from it in one switch only.
+    paper_main_caches: the paper's caches that ``main_caches`` stands for (0: the same). When the counts are scaled
+    (notebook 04's paper profile scales the paper's 4 to the caches rule's count), each LOOM row stands for the
+    paper's row at the same ratio, c x paper_main_caches / main_caches, rounded: that row is its paper_label.
     """
+    scale = (paper_main_caches or main_caches) / main_caches
+
+    def paper_caches(c: int) -> int:
+        return round(c * scale) if scale != 1 else 0
+
     rows = [
         Ablation(
-            r.label, r.coupling, main_caches if r.coupling == "loom" else 1, main_batch, r.no_swaps, r.converge_first
+            r.label,
+            r.coupling,
+            main_caches if r.coupling == "loom" else 1,
+            main_batch,
+            r.no_swaps,
+            r.converge_first,
+            paper_caches=paper_caches(main_caches) if r.coupling == "loom" else 0,
         )
         for r in COUPLING_ROWS.values()
     ]
     return rows + [
-        Ablation(sweep_label(c, b), "loom", c, b) for c, b in table5_sweep(caches, batch_sizes, main_caches, main_batch)
+        Ablation(sweep_label(c, b), "loom", c, b, paper_caches=paper_caches(c))
+        for c, b in table5_sweep(caches, batch_sizes, main_caches, main_batch)
     ]
 
 
