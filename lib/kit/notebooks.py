@@ -118,6 +118,12 @@ NOTEBOOKS: dict[str, NotebookInfo] = {
         "CPU",
         "est. ~2 h of one CPU core",
     ),
+    "14_noise_boundary": NotebookInfo(
+        "- (beyond the paper: when a noise table overfits)",
+        "a boundary in V, capacity, run length and dimension, fit on notebook 12's runs, tested on new runs; the rule",
+        "CPU",
+        "est. ~15 min of one CPU core",
+    ),
 }
 
 
