@@ -152,9 +152,16 @@ class Boundary:
             basis = "capacity model (notebook 14)"
         else:
             v_star = float(self.visits["boundary_v"])
-            basis = f"visits alone (notebook 12, digits: range {self.visits['low_v']:.0f}-{self.visits['high_v']:.0f})"
+            basis = (
+                f"visits alone (notebook 12, digits: range {show(self.visits['low_v'])}-{show(self.visits['high_v'])})"
+            )
         visits_at_one = replace(run, caches=1).visits
         return Check(run.visits, v_star, caches_for_visits(visits_at_one, v_star), basis, outside)
+
+
+def show(x: float) -> str:
+    """A V for people: one decimal at most (V is 1781 on digits, 0.9 in a toy run)."""
+    return f"{round(x, 1):g}"
 
 
 def load_boundary(rule: Path | None = None, model: Path | None = None) -> Boundary | None:
@@ -177,9 +184,6 @@ def noise_table_warning(run: TableRun, boundary: Boundary | None) -> str | None:
     check = boundary.check(run)
     if not check.past:
         return None
-
-    def show(x: float) -> str:  # one decimal at most: V is 1781 on digits, 0.9 in a toy run
-        return f"{round(x, 1):g}"
 
     where = f"; outside the capacity model's range: {', '.join(check.outside)}" if check.outside else ""
     return (

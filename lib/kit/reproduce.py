@@ -351,6 +351,11 @@ def _stopped_by_runner(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM to the runner (kill, a job scheduler): stop as Ctrl-C does, so no worker or kernel is left running."""
+    raise KeyboardInterrupt
+
+
 def _rerun_quietly(
     name: str, parameters: dict[str, Any], root: Path, profile: str, scratch: Path, **kwargs: Any
 ) -> verify.Comparison | None:
@@ -380,7 +385,9 @@ class Runner:
         self.started = time.time()
 
     def run(self) -> int:
-        """The whole run -> exit status (1: a notebook failed, or --verify found a real difference; 130: Ctrl-C)."""
+        """The whole run -> exit status (1: a notebook failed, or --verify found a real difference; 130: Ctrl-C or
+        SIGTERM, which stop every worker and its kernel alike)."""
+        signal.signal(signal.SIGTERM, _terminated)
         # A live bar for the whole run in a terminal; elsewhere (logs, CI) the per-notebook lines alone.
         bar = progress(
             total=len(self.notebooks),

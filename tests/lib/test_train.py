@@ -397,54 +397,25 @@ def test_a_checkpoint_of_an_earlier_kit_still_resumes_and_still_refuses_changes(
         )
 
 
-def test_noise_table_warning_names_v_the_boundary_and_the_caches_that_fit() -> None:
-    from lib.train import noise_table_warning
-
-    boundary = {"boundary_v": 100.0, "low_v": 80.0, "high_v": 130.0, "threshold": 1.25, "solver": "midpoint-6"}
-    warning = noise_table_warning(20_000, 128, 1437, 1, boundary)  # notebook 04's paper profile: V = 1781.5
-    assert warning is not None
-    assert "= 1781.5 times" in warning and "V* = 100 (range 80-130)" in warning and "--caches 18 or more" in warning
-    assert noise_table_warning(20_000, 128, 1437, 18, boundary) is None  # V = 99: at or below the boundary
-    assert noise_table_warning(20_000, 128, 1437, 1, None) is None  # no study results: nothing to check
-
-
-def test_measured_boundary_reads_the_study_rule_or_gives_none(tmp_path: Path) -> None:
-    from lib.train import measured_boundary
-
-    assert measured_boundary(tmp_path / "missing.json") is None
-    (tmp_path / "none.json").write_text(json.dumps({"boundary_v": None, "crossed": 0}))
-    assert measured_boundary(tmp_path / "none.json") is None  # the study found no boundary: no warning
-    (tmp_path / "rule.json").write_text(json.dumps({"boundary_v": 131.0, "low_v": 90.0, "high_v": 180.0}))
-    assert measured_boundary(tmp_path / "rule.json")["boundary_v"] == 131.0
-
-
 def test_the_cli_warns_when_the_planned_v_passes_the_boundary(tmp_path: Path, monkeypatch, capsys) -> None:
     """20 images with flips = 40 examples, 2 epochs of batch 6 = 6 steps: V = 36 / 40 = 0.9 with one cache."""
+    import lib.boundary
     import lib.train
     from lib.datasets import write_hdf5_images
 
     rule = tmp_path / "rule.json"
     rule.write_text(json.dumps({"boundary_v": 0.5, "low_v": 0.4, "high_v": 0.7, "threshold": 1.25, "solver": "x"}))
-    monkeypatch.setattr(lib.train, "NOISE_TABLE_RULE", rule)
+    monkeypatch.setattr(lib.boundary, "NOISE_TABLE_RULE", rule)
+    monkeypatch.setattr(lib.boundary, "CAPACITY_MODEL", tmp_path / "no_capacity_model.json")  # visits alone
     write_hdf5_images(tmp_path / "images.h5", torch.randint(0, 256, (20, 3, 4, 4), dtype=torch.uint8))
     common = ["--dataset", "hdf5", "--root", str(tmp_path / "images.h5"), "--flip", "--epochs", "2"]
     common += ["--batch-size", "6", "--device", "cpu", "--no-progress", "--log-every", "1", "--coupling"]
     assert lib.train.main([*common, "loom", "--out", str(tmp_path / "one")]) == 0
     err = capsys.readouterr().err
-    assert "V = 6 x 6 / (40 x 1) = 0.9 times, above the boundary V* = 0.5 (range 0.4-0.7)" in err
+    assert "V = 6 x 6 / (40 x 1) = 0.9 times, above the boundary V* = 0.5 from the visits alone" in err
+    assert "(notebook 12, digits: range 0.4-0.7)" in err
     assert "--caches 2 or more" in err
     assert lib.train.main([*common, "loom", "--caches", "2", "--out", str(tmp_path / "two")]) == 0  # V = 0.45
     assert "warning" not in capsys.readouterr().err
     assert lib.train.main([*common, "minibatch_ot", "--out", str(tmp_path / "ot")]) == 0
     assert "warning" not in capsys.readouterr().err  # no table, no V
-
-
-def test_the_committed_study_boundary_flags_notebook_04s_failing_setting_and_not_64_caches() -> None:
-    """lib.train reads the boundary notebook 12's paper profile committed: it must lie between the V of the digits
-    run that overfit (1 cache, V = 1781.5) and that of the 64-cache run that did not (V = 27.8)."""
-    from lib.train import measured_boundary, noise_table_warning
-
-    boundary = measured_boundary()
-    assert boundary is not None, "results/paper/12_noise_table_study/rule.json is missing or found no boundary"
-    assert noise_table_warning(20_000, 128, 1437, 1, boundary) is not None
-    assert noise_table_warning(20_000, 128, 1437, 64, boundary) is None

@@ -44,6 +44,24 @@ def test_table5_rows_differ_from_loom_in_one_switch_and_never_repeat() -> None:
     assert by["LOOM-CFM 4 caches bs32"].paper_label == "LOOM-CFM 4 caches bs32"
 
 
+def test_scaled_caches_stand_for_the_papers_rows_at_the_same_ratio() -> None:
+    """Notebook 04's paper profile: LOOM-CFM at the rule's 14 caches stands for the paper's 4, the sweep 7 and 11 for
+    its 2 and 3; every scaled row trains its own count and is compared with the paper's row of the same ratio."""
+    rows = ablations.table5_ablations([7, 11, 14], [32, 64, 128], main_caches=14, main_batch=128, paper_main_caches=4)
+    by = {r.label: r for r in rows}
+    assert by["LOOM-CFM"].num_caches == 14 and by["LOOM-CFM"].paper_label == "LOOM-CFM 4 caches bs128"
+    assert by["LOOM-CFM 7 caches bs128"].paper_label == "LOOM-CFM 2 caches bs128"
+    assert by["LOOM-CFM 11 caches bs128"].paper_label == "LOOM-CFM 3 caches bs128"
+    assert by["LOOM-CFM 14 caches bs32"].paper_label == "LOOM-CFM 4 caches bs32"
+    assert by["fixed source w/o reassignments"].num_caches == 14
+    assert by["fixed source w/o reassignments"].paper_label == "fixed source w/o reassignments"
+    paper = {r["method"] for r in ablations.paper_rows("5", "cifar10")}
+    assert {r.paper_label for r in rows if r.paper_label} <= paper  # every scaled row has its paper row
+    assert ablations.table5_ablations([1, 4], [64], 4, 128, paper_main_caches=4) == ablations.table5_ablations(
+        [1, 4], [64], 4, 128
+    )  # no scaling: the rows as before
+
+
 def test_solver_specs_spend_exactly_the_asked_nfe() -> None:
     specs = ablations.solver_specs([2, 4, 8, 12], ["midpoint", "euler"])
     assert specs == [

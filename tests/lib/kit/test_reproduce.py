@@ -136,6 +136,54 @@ def test_ctrl_c_stops_every_notebook_in_one_line_and_leaves_nothing_behind(tmp_p
     assert sorted(scratch_root.glob("loom-*")) == []  # no scratch copy, no kernel's socket folder
 
 
+def test_sigterm_to_the_runner_stops_its_notebook_and_kernel_as_ctrl_c_does(tmp_path: Path) -> None:
+    """kill <runner> (SIGTERM to the runner alone, as a job scheduler or a closed session sends): status 130, the
+    one line, and no worker or kernel left running on its own (they were, before the runner handled SIGTERM)."""
+    import os
+    import subprocess
+    import time
+    import uuid
+
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    marker = f"LOOM_TEST_RUN={uuid.uuid4().hex}"
+    env = {**os.environ, "TMPDIR": str(scratch_root), marker.split("=")[0]: marker.split("=")[1]}
+    runner = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lib.kit.reproduce",
+            "--only",
+            "02",
+            "--verify",
+            "--no-progress",
+            "--results-dir",
+            str(tmp_path / "r"),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while not list(scratch_root.glob("loom-rerun-*/results/*/.*.executing.ipynb")):
+        assert runner.poll() is None and time.time() < deadline, "the notebook did not start"
+        time.sleep(0.5)
+    time.sleep(2)  # into its first cells
+    runner.terminate()  # the runner alone, not its process group
+    out, err = runner.communicate(timeout=120)
+    assert runner.returncode == 130, (out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted: finished none"), err
+    deadline = time.time() + 30
+    while _processes_with(marker) and time.time() < deadline:
+        time.sleep(0.5)
+    assert _processes_with(marker) == []
+    assert sorted(scratch_root.glob("loom-*")) == []
+
+
 def test_a_worker_that_fails_outside_its_notebook_is_a_failed_notebook_not_a_traceback(tmp_path: Path) -> None:
     """A worker that raises something other than NotebookFailed (no kernel could start: a socket path too long, a
     full disk) marks its notebook failed, names the error and removes its scratch folder; the run goes on to exit 1."""

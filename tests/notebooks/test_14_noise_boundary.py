@@ -1,0 +1,83 @@
+"""papermill smoke run of notebook 14 (the capacity-aware noise-table boundary) with tiny held-out runs of every
+kind, then assertions on what it wrote.
+
+Whether the capacity model predicts better than V alone needs the notebook's paper-profile runs; here the model
+must be fit on every plain-LOOM point of notebook 12's committed results, be written so lib.boundary reads it back
+unchanged, predict the held-out runs before they are trained, and apply lib.boundary to the released configs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from lib.boundary import FEATURES, Boundary, CapacityModel, load_boundary
+from lib.experiments import study
+from lib.kit.results import REPO_ROOT, read_table
+from lib.paper import RELEASED_CONFIGS
+
+pytestmark = pytest.mark.slow
+
+TINY_14 = {
+    "BOOTSTRAP": 4,
+    "HELD_OUT_CAPACITY": [["mlp", 16, 160]],
+    "HELD_OUT_VISITS": [5, 10],
+    "HELD_OUT_DOSE": [[16, 2]],
+    "HELD_OUT_DOSE_STEPS": [80],
+    "HELD_OUT_DIMS": [4],
+}
+STUDY = REPO_ROOT / "results" / "paper" / "12_noise_table_study"
+
+
+def test_14_noise_boundary_fits_writes_and_predicts(tmp_path: Path, run_tiny) -> None:
+    folder = run_tiny("14_noise_boundary", tmp_path / "results", **TINY_14)
+    written = json.loads((folder / "capacity_model.json").read_text())
+    model = CapacityModel.from_json(written)
+    # Fit on every plain-LOOM point of notebook 12 at the boundary's solver, and its domain spans exactly those.
+    expected = sum(
+        1
+        for part in ("dose", "capacity", "dimension")
+        for r in read_table(STUDY / f"{part}_ratio.csv")
+        if r["plain_loom"] in (True, "True") and r["solver"] == written["solver"]
+    )
+    assert written["points"] == expected > 50
+    assert model.domain["dim"] == (2.0, 128.0) and model.domain["steps"][1] == 20_000.0
+    assert set(model.coef) == set(FEATURES)
+
+    # Leave-one-run-out and held-out scores: both models, sane values.
+    cv = {r["model"]: r for r in read_table(folder / "cross_validation.csv")}
+    assert set(cv) == {"capacity", "visits alone"}
+    for r in cv.values():
+        assert 0 <= float(r["leave_one_run_out_log_loss"]) and 0 <= float(r["leave_one_run_out_accuracy"]) <= 1
+        assert float(r["in_sample_log_loss"]) <= float(r["leave_one_run_out_log_loss"]) + 1e-9  # fitting sees the run
+
+    # Each held-out plain-LOOM run (one per kind) was predicted, trained and scored.
+    predictions = read_table(folder / "held_out_predictions.csv")
+    assert sorted(p["task"] for p in predictions) == ["digits", "digits-160", "gmm-4d"]
+    assert {int(p["caches"]) for p in predictions} == {1, 2}
+    crossings = read_table(folder / "held_out_crossings.csv")
+    assert len(crossings) == len(predictions)
+    ratio = [r for r in read_table(folder / "held_out_ratio.csv") if r["plain_loom"] in (True, "True")]
+    scores = {r["model"]: r for r in read_table(folder / "held_out_scores.csv")}
+    assert int(scores["capacity"]["points"]) == len(ratio) == 2 + 1 + 2
+
+    # The released configs: V from lib.boundary's TableRun equals notebook 12's epochs x visits per epoch / caches.
+    released = {r["config"]: r for r in read_table(folder / "released_configs.csv")}
+    assert set(released) == {k for k, v in RELEASED_CONFIGS.items() if not v.get("reflow")}
+    for name, r in released.items():
+        cfg = RELEASED_CONFIGS[name]
+        v = cfg["epochs"] * study.visits_per_epoch(cfg["flip"]) / cfg["caches"]
+        assert float(r["v"]) == pytest.approx(v, rel=1e-4), name
+        assert r["basis"].startswith("visits alone") and "dim" in r["outside"]  # all far outside the fitted range
+    cifar = read_table(folder / "cifar10_out_of_range.csv")
+    assert [round(float(r["v"])) for r in cifar] == [250, 167, 125]
+
+    # lib.boundary reads the written model back as fitted, and answers with it inside its range.
+    rule = tmp_path / "rule.json"
+    rule.write_text((STUDY / "rule.json").read_text())
+    loaded = load_boundary(rule, folder / "capacity_model.json")
+    assert loaded == Boundary(json.loads(rule.read_text()), model)
+    assert math.isfinite(float(written["bootstrap_95"]["v_star_04"][0]))
