@@ -28,6 +28,10 @@ TINY_14 = {
     "HELD_OUT_DOSE": [[16, 2]],
     "HELD_OUT_DOSE_STEPS": [80],
     "HELD_OUT_DIMS": [4],
+    "REDRAW_STEPS": 40,
+    "REDRAW_HIDDEN": 16,
+    "REDRAW_EVERY": 1,
+    "REFRESH": 0.5,
 }
 STUDY = REPO_ROOT / "results" / "paper" / "12_noise_table_study"
 
@@ -74,6 +78,16 @@ def test_14_noise_boundary_fits_writes_and_predicts(tmp_path: Path, run_tiny) ->
         assert r["basis"].startswith("visits alone") and "dim" in r["outside"]  # all far outside the fitted range
     cifar = read_table(folder / "cifar10_out_of_range.csv")
     assert [round(float(r["v"])) for r in cifar] == [250, 167, 125]
+
+    # Part 2: every redraw variant trained and scored against minibatch OT; a redraw whose pairing is rebuilt at once
+    # starts the next epoch from cheaper stored pairs than a plain redraw, which starts from fresh random ones.
+    quality = {r["variant"]: r for r in read_table(folder / "redraw_quality.csv")}
+    assert len(quality) == 5 and float(quality["minibatch OT"]["over_ot_midpoint-6"]) == 1.0
+    recovery = read_table(folder / "redraw_recovery.csv")
+    plain = [float(r["cost_first_epoch_after"]) for r in recovery if not r["variant"].endswith("rebuilt")]
+    rebuilt = [float(r["cost_first_epoch_after"]) for r in recovery if r["variant"].endswith("rebuilt")]
+    assert len(plain) == len(rebuilt) >= 2
+    assert all(b < a for a, b in zip(plain, rebuilt))
 
     # lib.boundary reads the written model back as fitted, and answers with it inside its range.
     rule = tmp_path / "rule.json"
