@@ -85,7 +85,7 @@ from lib.runfolder import (
     hold_run_folder,
     settings_differences,
 )
-from lib.unet import PRESETS
+from lib.unet import PRESETS, build_unet
 
 Data = Tensor | IndexedImages  # (N, *shape) in memory, or a dataset of the kit
 RANK_DATA: tuple[str, ...] = ("fetch", "gather")  # how each rank gets the global batch's data under torchrun
@@ -934,6 +934,24 @@ def released_steps(config: str) -> int:
     (50,000 // 128) = 390,000 (391,000 if the partial batch were kept)."""
     settings = RELEASED_CONFIGS[config]
     return steps_for_epochs(settings["epochs"], RELEASED_EPOCH_IMAGES[config], settings["batch_size"] * PAPER_GPUS)
+
+
+def released_table_run(config: str, caches: int | None = None) -> TableRun:
+    """A released config's LOOM table as lib.boundary sees it: its optimiser steps (:func:`released_steps`), global
+    batch, examples (flipped copies own their seeds), ``caches`` (default: the config's), the released UNet's
+    parameters (counted on the meta device, nothing allocated) and the numbers in one example."""
+    settings = RELEASED_CONFIGS[config]
+    with torch.device("meta"):
+        unet = build_unet(settings["model"])
+    examples = RELEASED_EPOCH_IMAGES[config] * (2 if settings["flip"] else 1)
+    return TableRun(
+        steps=released_steps(config),
+        global_batch=settings["batch_size"] * PAPER_GPUS,
+        num_examples=examples,
+        caches=caches or settings["caches"],
+        params=sum(p.numel() for p in unet.parameters()),
+        dim=unet.config.in_channels * unet.config.image_size**2,
+    )
 
 
 def initial_model(settings: TrainSettings, example_shape: tuple[int, ...]) -> nn.Module:

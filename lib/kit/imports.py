@@ -18,7 +18,7 @@ from lib.code import graph, lib_imports, modules
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("lib", "lib.files", "lib.cli", "lib.progress", "lib.code")),
     ("paper", ("lib.paper",)),
-    ("algorithm", ("lib.assignment", "lib.couplings", "lib.flow", "lib.solvers", "lib.metrics")),
+    ("algorithm", ("lib.assignment", "lib.couplings", "lib.boundary", "lib.flow", "lib.solvers", "lib.metrics")),
     ("networks", ("lib.models", "lib.unet", "lib.autoencoder")),
     ("data", ("lib.datasets", "lib.shards", "lib.toy")),
     ("checkpoints", ("lib.checkpoints", "lib.fabricate")),

@@ -127,6 +127,7 @@ def quick_total(results: Path) -> str:
 
 
 STUDY = "12_noise_table_study"  # the study whose paper-profile rule.json the caches advice comes from
+CAPACITY = "14_noise_boundary"  # the notebook whose capacity_model.json refines it inside its fitted range
 
 
 def choosing_caches(results: Path) -> str:
@@ -167,7 +168,35 @@ def choosing_caches(results: Path) -> str:
             f"{r['threshold']}x at {crossings}. Digits with an MLP is one dataset and one architecture: for other "
             "data the rule is a prediction to check, not a measurement.",
         ]
-    return "\n".join(lines)
+    return "\n".join(lines + capacity_paragraph(results))
+
+
+def capacity_paragraph(results: Path) -> list[str]:
+    """The capacity model of notebook 14 (capacity_model.json): how well it predicts runs it did not see, and where
+    lib.boundary uses it instead of V alone; nothing before notebook 14's paper profile has run."""
+    path = results / "paper" / CAPACITY / "capacity_model.json"
+    if not path.is_file():
+        return []
+    m = json.loads(path.read_text())
+    cv = {r["model"]: r for r in m["cross_validation"]}
+    held = {r["model"]: r for r in m["held_out"]}
+    span = ", ".join(f"{k.replace('_', ' ')} {lo:.3g}-{hi:.3g}" for k, (lo, hi) in m["domain"].items())
+
+    def score(rows: dict, loss: str, accuracy: str) -> str:
+        return "; ".join(f"{name} {r[loss]:.2f} ({r[accuracy]:.0%} right)" for name, r in rows.items())
+
+    return [
+        "",
+        f"Notebook {CAPACITY[:2]} (results/paper/{CAPACITY}/) fits one logistic model of the boundary in log V, log "
+        "parameters per stored number, log steps and log dimension to notebook 12's "
+        f"{m['runs']} runs. Log loss on a run left out of the fit: "
+        f"{score(cv, 'leave_one_run_out_log_loss', 'leave_one_run_out_accuracy')}; on "
+        f"{held['capacity']['runs']} new runs predicted before training: "
+        f"{score(held, 'held_out_log_loss', 'held_out_accuracy')}. `lib.boundary` (the rule and `lib.train`'s "
+        f"warning) uses it inside the range it was fit on ({span}) and V* from V alone elsewhere; every released "
+        "config lies outside that range, so the table above stands for them. "
+        "`lib.boundary.load_boundary().check(TableRun(...))` gives any run's V, V*, basis and the caches it needs.",
+    ]
 
 
 # What the quick run should print: (notebook, JSON file it writes, sentence filled from that file as ``r``).

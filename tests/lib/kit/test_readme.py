@@ -81,6 +81,25 @@ def test_choosing_caches_states_the_measured_boundary_and_the_rule(tmp_path: Pat
     assert "at V = 56 and 223)" in text
     assert "caches >= E / (2 x 131)" in text and "| cifar10 | 1000 | 125 | 4 | 4 (3-6) |" in text
     assert "crosses the same 1.25x at dopri5 V = 161" in text
+    assert "Notebook 14" not in text  # no capacity model yet: V alone
+    model = tmp_path / "paper" / readme.CAPACITY
+    model.mkdir(parents=True)
+    scores = {"leave_one_run_out_log_loss": 0.2, "leave_one_run_out_accuracy": 0.9}
+    held = {"held_out_log_loss": 0.3, "held_out_accuracy": 0.8, "runs": 7}
+    (model / "capacity_model.json").write_text(
+        json.dumps(
+            {
+                "runs": 24,
+                "domain": {"visits": [1.7, 1781.0], "dim": [2, 128]},
+                "cross_validation": [{"model": "capacity", **scores}, {"model": "visits alone", **scores}],
+                "held_out": [{"model": "capacity", **held}, {"model": "visits alone", **held}],
+            }
+        )
+    )
+    text = readme.choosing_caches(tmp_path)
+    assert "to notebook 12's 24 runs" in text and "capacity 0.20 (90% right)" in text
+    assert "on 7 new runs predicted before training: capacity 0.30 (80% right)" in text
+    assert "(visits 1.7-1.78e+03, dim 2-128)" in text
     (folder / "rule.json").write_text(json.dumps(rule | {"boundary_v": None}))
     assert "found no boundary" in readme.choosing_caches(tmp_path)
 
