@@ -179,22 +179,29 @@ def capacity_paragraph(results: Path) -> list[str]:
         return []
     m = json.loads(path.read_text())
     cv = {r["model"]: r for r in m["cross_validation"]}
-    held = {r["model"]: r for r in m["held_out"]}
+    new = {(r["model"], r["kind"]): r for r in m["prospective"]}
     span = ", ".join(f"{k.replace('_', ' ')} {lo:.3g}-{hi:.3g}" for k, (lo, hi) in m["domain"].items())
 
-    def score(rows: dict, loss: str, accuracy: str) -> str:
-        return "; ".join(f"{name} {r[loss]:.2f} ({r[accuracy]:.0%} right)" for name, r in rows.items())
+    def score(r: dict, loss: str, accuracy: str) -> str:
+        return f"{r[loss]:.2f} ({r[accuracy]:.0%} right)"
 
+    left_out = ("leave_one_run_out_log_loss", "leave_one_run_out_accuracy")
+
+    kinds = [k for k in ("digits", "mixtures") if ("capacity", k) in new]
+    prospective = "; ".join(
+        f"{k}: capacity {score(new['capacity', k], 'held_out_log_loss', 'held_out_accuracy')}, V alone "
+        f"{score(new['visits alone', k], 'held_out_log_loss', 'held_out_accuracy')}"
+        for k in kinds
+    )
     return [
         "",
         f"Notebook {CAPACITY[:2]} (results/paper/{CAPACITY}/) fits one logistic model of the boundary in log V, log "
-        "parameters per stored number, log steps and log dimension to notebook 12's "
-        f"{m['runs']} runs. Log loss on a run left out of the fit: "
-        f"{score(cv, 'leave_one_run_out_log_loss', 'leave_one_run_out_accuracy')}; on "
-        f"{held['capacity']['runs']} new runs predicted before training: "
-        f"{score(held, 'held_out_log_loss', 'held_out_accuracy')}. `lib.boundary` (the rule and `lib.train`'s "
-        f"warning) uses it inside the range it was fit on ({span}) and V* from V alone elsewhere; every released "
-        "config lies outside that range, so the table above stands for them. "
+        f"parameters per stored number, log steps and log dimension to notebook 12's {m['study_runs']} runs. Log loss "
+        f"on a run left out of the fit: capacity {score(cv['capacity'], *left_out)}, "
+        f"V alone {score(cv['visits alone'], *left_out)}. On new runs "
+        f"predicted before training ({prospective}) it held for {', '.join(m['holds_for'])} only. `lib.boundary` (the "
+        f"rule and `lib.train`'s warning) uses its refit on all {m['runs']} runs there ({span}) and V* from V alone "
+        "elsewhere; every released config lies outside that range, so the table above stands for them. "
         "`lib.boundary.load_boundary().check(TableRun(...))` gives any run's V, V*, basis and the caches it needs.",
     ]
 

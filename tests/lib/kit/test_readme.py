@@ -85,21 +85,26 @@ def test_choosing_caches_states_the_measured_boundary_and_the_rule(tmp_path: Pat
     model = tmp_path / "paper" / readme.CAPACITY
     model.mkdir(parents=True)
     scores = {"leave_one_run_out_log_loss": 0.2, "leave_one_run_out_accuracy": 0.9}
-    held = {"held_out_log_loss": 0.3, "held_out_accuracy": 0.8, "runs": 7}
+    held = {"held_out_log_loss": 0.3, "held_out_accuracy": 0.8}
+    prospective = [
+        {"model": m, "kind": k, **held} for m in ("capacity", "visits alone") for k in ("all", "digits", "mixtures")
+    ]
     (model / "capacity_model.json").write_text(
         json.dumps(
             {
-                "runs": 24,
-                "domain": {"visits": [1.7, 1781.0], "dim": [2, 128]},
+                "runs": 31,
+                "study_runs": 24,
+                "holds_for": ["digits"],
+                "domain": {"visits": [1.7, 1781.0], "dim": [64, 64]},
                 "cross_validation": [{"model": "capacity", **scores}, {"model": "visits alone", **scores}],
-                "held_out": [{"model": "capacity", **held}, {"model": "visits alone", **held}],
+                "prospective": prospective,
             }
         )
     )
     text = readme.choosing_caches(tmp_path)
     assert "to notebook 12's 24 runs" in text and "capacity 0.20 (90% right)" in text
-    assert "on 7 new runs predicted before training: capacity 0.30 (80% right)" in text
-    assert "(visits 1.7-1.78e+03, dim 2-128)" in text
+    assert "(digits: capacity 0.30 (80% right), V alone 0.30 (80% right); mixtures:" in text
+    assert "it held for digits only" in text and "refit on all 31 runs there (visits 1.7-1.78e+03, dim 64-64)" in text
     (folder / "rule.json").write_text(json.dumps(rule | {"boundary_v": None}))
     assert "found no boundary" in readme.choosing_caches(tmp_path)
 
