@@ -118,6 +118,7 @@ def test_paper_profiles_warn_only_for_the_rows_that_show_a_table_overfitting() -
     and their digits stand-ins (notebook 04's 7 and 11 caches at 20,000 steps)."""
     from lib.experiments.ablations import digits_velocity_field, table5_ablations
     from lib.kit.profiles import profile_settings
+    from lib.models import MLP
     from lib.train import released_table_run
 
     boundary = load_boundary()
@@ -149,3 +150,20 @@ def test_paper_profiles_warn_only_for_the_rows_that_show_a_table_overfitting() -
     assert not boundary.check(
         released_table_run("ffhq256_latent", profile_settings("07_ffhq_latent", "paper")["CACHES"])
     ).past
+    # The 2-D toys (01, 03) and the kit beside torchcfm (13): one table per toy or digits model, none there to overfit.
+    t = profile_settings("01_toy_couplings", "paper")
+    assert not boundary.check(
+        TableRun(t["TRAIN_STEPS"], t["BATCH_SIZE"], t["DATASET_SIZE"], 1, n_params(MLP(2)), 2)
+    ).past
+    t = profile_settings("03_toy_generation", "paper")
+    toy = TableRun(t["STEPS"], t["BATCH_SIZE"], t["DATASET_SIZE"], 1, n_params(MLP(2, hidden=t["HIDDEN"])), 2)
+    assert not boundary.check(toy).past
+    t = profile_settings("13_beside_peers", "paper")
+    toy_params, digits_params = n_params(MLP(2, hidden=t["TOY_HIDDEN"])), n_params(MLP(64, hidden=t["DIGITS_HIDDEN"]))
+    toy = TableRun(t["TOY_STEPS"], t["TOY_BATCH"], t["DATASET_SIZE"], t["LOOM_CACHES"], toy_params, 2)
+    digits = TableRun(t["DIGITS_STEPS"], t["DIGITS_BATCH"], 1437, t["LOOM_CACHES"], digits_params, 64)
+    assert not boundary.check(toy).past and not boundary.check(digits).past
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
