@@ -251,11 +251,6 @@ def caches_for_visits(visits_at_one_cache: float, boundary_v: float) -> int:
     return max(1, math.ceil(visits_at_one_cache / boundary_v))
 
 
-def caches_needed(steps: int, global_batch: int, num_examples: int, boundary_v: float) -> int:
-    """The rule for a run of ``steps`` steps of ``global_batch`` over ``num_examples`` (flipped copies counted)."""
-    return caches_for_visits(visits_per_noise(steps, global_batch, num_examples, 1), boundary_v)
-
-
 Lap = Callable[[str], None]  # called with a sub-step's name right after it finishes (timing hooks)
 
 

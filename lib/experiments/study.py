@@ -17,7 +17,7 @@ settings, so an interrupted study resumes where it stopped and a finished one re
 
 :func:`ratio_to_reference` divides each run's fresh-noise score by the table-free reference's (minibatch OT,
 same model, data, seed and step); :func:`boundary_crossings` finds the V at which that ratio passes a
-threshold; lib.couplings.caches_needed turns the boundary into the rule "use at least C caches".
+threshold; lib.boundary turns the boundary into the rule "use at least C caches" and lib.train's warning.
 """
 
 from __future__ import annotations

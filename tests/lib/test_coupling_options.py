@@ -12,7 +12,6 @@ from lib.couplings import (
     LoomCoupling,
     LoomOptions,
     caches_for_visits,
-    caches_needed,
     epoch_batches,
     make_coupling,
     noise_from_seeds,
@@ -253,6 +252,6 @@ def test_caches_for_visits_keeps_v_at_or_below_the_boundary():
     for visits, boundary in [(500.0, 125.0), (500.1, 125.0), (1781.5, 131.0), (10.0, 131.0)]:
         c = caches_for_visits(visits, boundary)
         assert visits / c <= boundary and (c == 1 or visits / (c - 1) > boundary)  # enough, and the fewest
-    assert caches_needed(390_000, 128, 100_000, 125.0) == 4  # the paper's CIFAR-10: V = 124.8 at 4 caches
+    assert caches_for_visits(visits_per_noise(390_000, 128, 100_000, 1), 125.0) == 4  # CIFAR-10: V = 124.8 at 4
     with pytest.raises(ValueError, match="need positive"):
         caches_for_visits(100.0, 0.0)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.couplings import caches_needed
+from lib.couplings import caches_for_visits, visits_per_noise
 from lib.experiments import study
 from lib.paper import paper_rows
 
@@ -99,7 +99,7 @@ def test_effective_visits_of_each_fix() -> None:
 
 
 def test_the_rule_and_the_paper_sweep() -> None:
-    assert caches_needed(391_000, 128, 100_000, 125.0) == 5  # V = 125.12 at 4 caches: just over
+    assert caches_for_visits(visits_per_noise(391_000, 128, 100_000, 1), 125.0) == 5  # V = 125.12 at 4: just over
     sweep = study.paper_cache_sweep(paper_rows("5", "cifar10"), epochs=1000)
     fid = {(r["method"], r["solver"]): float(r["fid"]) for r in paper_rows("5", "cifar10")}
     two = next(r for r in sweep if r["caches"] == 2 and r["solver"] == "dopri5")
