@@ -92,12 +92,10 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
-@pytest.mark.slow
-def test_ctrl_c_stops_every_notebook_in_one_line_and_leaves_nothing_behind(tmp_path: Path) -> None:
-    """Ctrl-C (SIGINT to the terminal's process group) during two notebooks running side by side: status 130, one
-    line, no scratch folder left, no worker, kernel or training process left running."""
+def _start_runner(tmp_path: Path, args: list[str], notebooks: int, **popen: object) -> tuple:
+    """``python -m lib.kit.reproduce <args>`` in its own session, TMPDIR and environment marker, returned once its
+    ``notebooks`` notebooks have started their first cells: (runner, marker, scratch root)."""
     import os
-    import signal
     import subprocess
     import time
     import uuid
@@ -106,25 +104,28 @@ def test_ctrl_c_stops_every_notebook_in_one_line_and_leaves_nothing_behind(tmp_p
     scratch_root.mkdir()
     marker = f"LOOM_TEST_RUN={uuid.uuid4().hex}"
     env = {**os.environ, "TMPDIR": str(scratch_root), marker.split("=")[0]: marker.split("=")[1]}
-    command = [sys.executable, "-m", "lib.kit.reproduce", "--only", "03", "04", "--jobs", "2", "--verify"]
     runner = subprocess.Popen(
-        [*command, "--results-dir", str(tmp_path / "results")],
+        [sys.executable, "-m", "lib.kit.reproduce", *args, "--verify", "--results-dir", str(tmp_path / "results")],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job
-        # Ctrl-C raises KeyboardInterrupt in the runner, as in a terminal, even where this test runs with SIGINT
-        # ignored (a shell's background job: the runner would inherit that).
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        **popen,
     )
     deadline = time.time() + 120
-    while len(list(scratch_root.glob("loom-rerun-*/results/*/.*.executing.ipynb"))) < 2:
-        assert runner.poll() is None and time.time() < deadline, "the two notebooks did not start"
+    while len(list(scratch_root.glob("loom-rerun-*/results/*/.*.executing.ipynb"))) < notebooks:
+        assert runner.poll() is None and time.time() < deadline, f"the {notebooks} notebook(s) did not start"
         time.sleep(0.5)
-    time.sleep(3)  # into their first cells
-    os.killpg(runner.pid, signal.SIGINT)
+    time.sleep(2)  # into their first cells
+    return runner, marker, scratch_root
+
+
+def _assert_stopped_in_one_line_leaving_nothing(runner, marker: str, scratch_root: Path) -> None:
+    """Status 130, the one 'interrupted' line, no worker, kernel or training process left, no scratch folder."""
+    import time
+
     out, err = runner.communicate(timeout=120)
     lines = [line for line in err.splitlines() if line.strip()]
     assert runner.returncode == 130, (out, err)
@@ -136,52 +137,30 @@ def test_ctrl_c_stops_every_notebook_in_one_line_and_leaves_nothing_behind(tmp_p
     assert sorted(scratch_root.glob("loom-*")) == []  # no scratch copy, no kernel's socket folder
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_every_notebook_in_one_line_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group) during two notebooks running side by side: status 130, one
+    line, no scratch folder left, no worker, kernel or training process left running."""
+    import os
+    import signal
+
+    # Ctrl-C raises KeyboardInterrupt in the runner, as in a terminal, even where this test runs with SIGINT ignored
+    # (a shell's background job: the runner would inherit that).
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    runner, marker, scratch = _start_runner(
+        tmp_path, ["--only", "03", "04", "--jobs", "2"], 2, preexec_fn=default_sigint
+    )
+    os.killpg(runner.pid, signal.SIGINT)
+    _assert_stopped_in_one_line_leaving_nothing(runner, marker, scratch)
+
+
+@pytest.mark.slow
 def test_sigterm_to_the_runner_stops_its_notebook_and_kernel_as_ctrl_c_does(tmp_path: Path) -> None:
     """kill <runner> (SIGTERM to the runner alone, as a job scheduler or a closed session sends): status 130, the
     one line, and no worker or kernel left running on its own (they were, before the runner handled SIGTERM)."""
-    import os
-    import subprocess
-    import time
-    import uuid
-
-    scratch_root = tmp_path / "tmp"
-    scratch_root.mkdir()
-    marker = f"LOOM_TEST_RUN={uuid.uuid4().hex}"
-    env = {**os.environ, "TMPDIR": str(scratch_root), marker.split("=")[0]: marker.split("=")[1]}
-    runner = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lib.kit.reproduce",
-            "--only",
-            "02",
-            "--verify",
-            "--no-progress",
-            "--results-dir",
-            str(tmp_path / "r"),
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    deadline = time.time() + 120
-    while not list(scratch_root.glob("loom-rerun-*/results/*/.*.executing.ipynb")):
-        assert runner.poll() is None and time.time() < deadline, "the notebook did not start"
-        time.sleep(0.5)
-    time.sleep(2)  # into its first cells
+    runner, marker, scratch = _start_runner(tmp_path, ["--only", "02", "--no-progress"], 1)
     runner.terminate()  # the runner alone, not its process group
-    out, err = runner.communicate(timeout=120)
-    assert runner.returncode == 130, (out, err)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("interrupted: finished none"), err
-    deadline = time.time() + 30
-    while _processes_with(marker) and time.time() < deadline:
-        time.sleep(0.5)
-    assert _processes_with(marker) == []
-    assert sorted(scratch_root.glob("loom-*")) == []
+    _assert_stopped_in_one_line_leaving_nothing(runner, marker, scratch)
 
 
 def test_a_worker_that_fails_outside_its_notebook_is_a_failed_notebook_not_a_traceback(tmp_path: Path) -> None:
