@@ -60,10 +60,13 @@ def _notebook_of(item: pytest.Item) -> tuple[str, int]:
 @pytest.hookimpl(wrapper=True)  # around every other implementation: xdist reads the groups in its own
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Generator[None]:
     """A notebook's cells share one kernel, and its test reads what they wrote: one xdist group per notebook
-    (``--dist loadgroup``), its cells before its test."""
+    (``--dist loadgroup``), its cells before its test; slow tests first."""
     for item in items:
         name, _ = _notebook_of(item)
         if name:
             item.add_marker(pytest.mark.xdist_group(name))  # (pytest 9.2 breaks xdist 3.8's groups: the lock pins 9.1)
-    items.sort(key=lambda item: _notebook_of(item)[1])  # stable: the cells keep their order
+    # Stable: the cells keep their order and come before their notebook's test. Slow tests (papermill, torchrun: up
+    # to a minute each) go out first and the many quick ones fill in after, so the two workers finish together
+    # instead of one running a minute-long test alone at the end.
+    items.sort(key=lambda item: (_notebook_of(item)[1], item.get_closest_marker("slow") is None))
     return (yield)
